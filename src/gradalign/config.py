@@ -1,0 +1,133 @@
+"""`RunConfig`: every knob of a curriculum run, in one documented dataclass (TRL `GRPOConfig` style).
+
+Loaded from YAML (`gradalign run --config run.yaml`), overridden from the command line (`--rounds 8`);
+the resolved config is written into the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _f(default: Any, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class RunConfig:
+    # ── run ──────────────────────────────────────────────────────────────────────────────────────────────
+    output_dir: str = _f("runs/gradalign", "Run directory: config, rounds, metrics, checkpoints, plots, summary.")
+    seed: int = _f(0, "One seed for chunking, sampling, scenario building, tie-breaks and TRL.")
+    # ── data ─────────────────────────────────────────────────────────────────────────────────────────────
+    scenario: str = _f("unreliable-rewards", "Built-in scenario used when `pool` is not given "
+                       "(unreliable-rewards, imbalance, low-utility).")
+    pool: str | None = _f(None, "Pool file (.jsonl/.json/.parquet, TRL or verl layout).")
+    validation: str | None = _f(None, "Trusted validation file (same formats).")
+    test: str | None = _f(None, "Held-out test file (same formats); optional for your own data.")
+    pool_size: int = _f(2000, "Built-in scenarios: pool size.")
+    validation_size: int = _f(64, "Built-in scenarios: validation set size.")
+    test_size: int = _f(256, "Built-in scenarios: test set size.")
+    corrupt_fraction: float = _f(0.5, "unreliable-rewards: share of the pool with corrupted rewards.")
+    verifier: str = _f("exact", "Verifier used for training AND selection: exact or math (math-verify).")
+    verifier_timeout: float = _f(5.0, "math verifier: seconds per completion before it scores 0.")
+    # ── policy ───────────────────────────────────────────────────────────────────────────────────────────
+    model: str = _f("tiny", "'tiny' (built-in, warm-started and cached) or a Hugging Face hub id / local path.")
+    # ── selection ────────────────────────────────────────────────────────────────────────────────────────
+    method: str = _f("gradalign", "Selection method (see `gradalign methods`).")
+    chunk_size: int = _f(256, "M: candidates scored per round (reference 5120).")
+    selection_ratio: int = _f(8, "q: keep the top floor(M/q) of each chunk (reference 20).")
+    rollouts_per_problem: int = _f(8, "k_r: completions per candidate at selection time.")
+    validation_rollouts: int = _f(8, "k_v: completions per validation problem.")
+    temperature: float = _f(0.7, "Sampling temperature (selection rollouts and GRPO generation).")
+    top_p: float = _f(0.95, "Nucleus sampling (selection rollouts and GRPO generation).")
+    max_new_tokens: int = _f(6, "Completion length limit (selection, training and evaluation).")
+    advantage_scale: str = _f("none", "Advantages for scoring: none (r - mean, reference) or group (/ (std+eps)).")
+    validation_direction: str = _f("pooled", "pooled (reference: surrogate over all validation completions) "
+                                   "or mean-unit (mean of unit per-problem gradients).")
+    zero_variance: str = _f("exclude", "Zero-variance candidates: exclude (default) or score-zero (reference).")
+    passrate_band: list = _f([0.2, 0.8], "passrate-band method: [a, b].")
+    no_direction: str = _f("error", "If every validation group is zero-variance: error, random (select "
+                           "uniformly this round) or previous (reuse the last direction).")
+    gradient_backend: str = _f("naive", "How per-problem gradient signals are computed.")
+    micro_batch: int = _f(256, "Completions per forward/backward when computing gradient signals.")
+    # ── training (TRL GRPOTrainer) ───────────────────────────────────────────────────────────────────────
+    rounds: int = _f(8, "R: selection rounds.")
+    steps_per_round: int = _f(8, "T: GRPO steps on each round's selection.")
+    problems_per_step: int = _f(16, "B: problems per GRPO step.")
+    num_generations: int = _f(8, "Completions per problem in a GRPO step (TRL num_generations).")
+    learning_rate: float = _f(1e-4, "AdamW learning rate (constant); the optimiser state carries across rounds.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping in GRPO steps.")
+    beta: float = _f(0.0, "TRL: KL coefficient (0 = no reference model).")
+    loss_type: str = _f("dapo", "TRL: loss aggregation (dapo, grpo, dr_grpo, bnpo, ...).")
+    scale_rewards: str = _f("group", "TRL: advantage scaling in training (group, batch, none).")
+    epsilon: float = _f(0.2, "TRL: PPO clip range.")
+    num_iterations: int = _f(1, "TRL: optimisation passes per generation batch (mu).")
+    # ── evaluation ───────────────────────────────────────────────────────────────────────────────────────
+    eval_samples: int = _f(4, "Test metric: k > 0 is mean@k sampled at the training temperature; 0 is greedy pass@1.")
+    device: str = _f("auto", "auto, cpu or cuda.")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Cheap checks that catch a bad config before anything is computed."""
+        positive = ["chunk_size", "selection_ratio", "rollouts_per_problem", "validation_rollouts", "rounds",
+                    "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens", "num_iterations"]
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"config: '{name}' must be >= 1 (got {getattr(self, name)})")
+        if self.num_generations < 2:
+            raise ValueError("config: 'num_generations' must be >= 2 (GRPO needs groups that can disagree)")
+        choices = {"advantage_scale": ("none", "group"), "validation_direction": ("pooled", "mean-unit"),
+                   "zero_variance": ("exclude", "score-zero"), "no_direction": ("error", "random", "previous")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config: '{name}' must be one of {', '.join(allowed)} (got '{getattr(self, name)}')")
+        if self.steps_per_round % self.num_iterations:
+            raise ValueError("config: 'steps_per_round' must be a multiple of 'num_iterations'")
+
+    @property
+    def keep(self) -> int:
+        """Problems selected per round: floor(M / q)."""
+        return max(1, self.chunk_size // self.selection_ratio)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from .fileio import write_text
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def fields_help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_sources(cls, yaml_path: str | None = None, overrides: dict | None = None) -> "RunConfig":
+        """Defaults < YAML file < command-line overrides. Unknown keys are an error naming the key and file."""
+        values: dict[str, Any] = {}
+        if yaml_path:
+            path = Path(yaml_path)
+            if not path.exists():
+                raise ValueError(f"{yaml_path}: config file not found")
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ValueError(f"{yaml_path}: malformed YAML ({str(e).splitlines()[0]})") from None
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{yaml_path}: expected a mapping of config keys")
+            known = {f.name for f in dataclasses.fields(cls)}
+            for key in loaded:
+                if key not in known:
+                    raise ValueError(f"{yaml_path}: unknown config key '{key}'")
+            values.update(loaded)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls(**values)

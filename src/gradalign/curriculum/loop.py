@@ -1,0 +1,283 @@
+"""The adaptive curriculum (METHODS.md §1): per round, score the next chunk with the current policy, keep the
+top fraction, train T GRPO steps on it; the optimiser state carries across rounds.
+
+Resumable: each finished round leaves an atomically written checkpoint (weights, optimiser state, the round's
+record). A rerun of the same command loads the latest one and continues with the next round; every round is
+seeded by (seed, round), so the result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .. import fileio
+from ..config import RunConfig
+from ..data.io import load_problems, save_problems
+from ..data.problem import DataError, Problem
+from ..data.regimes import Scenario, build_scenario
+from ..evaluation import evaluate
+from ..policy.load import load_policy, resolve_device, save_policy
+from ..rewards import ProblemReward, get_verifier
+from ..selection import get_method
+from .round import RoundSelection, RoundSelector
+from .trl_bridge import grpo_args, plan_blocks, train_round
+
+log = logging.getLogger(__name__)
+INITIAL_EVAL = 2**31 - 1  # the "round" whose seed the evaluation before training uses
+
+
+def round_seed(seed: int, r: int) -> int:
+    """Independent, reproducible seed for round r (rollouts, tie-breaks, TRL)."""
+    return int(np.random.SeedSequence([seed, r]).generate_state(1)[0])
+
+
+def chunk_order(n_pool: int, chunk_size: int, seed: int) -> list[np.ndarray]:
+    """Shuffle the pool once and cut it into chunks of M; the last chunk wraps around so every chunk has M."""
+    order = np.random.default_rng(seed).permutation(n_pool)
+    n_chunks = -(-n_pool // chunk_size)
+    padded = np.concatenate([order, order[: n_chunks * chunk_size - n_pool]])
+    return [padded[i * chunk_size:(i + 1) * chunk_size] for i in range(n_chunks)]
+
+
+def load_problem_sets(cfg: RunConfig) -> Scenario:
+    """The pool, validation and test problems: the user's files, or a built-in scenario."""
+    if cfg.pool is None:
+        kw = dict(pool_size=cfg.pool_size, validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed)
+        if cfg.scenario == "unreliable-rewards":
+            kw["corrupt_fraction"] = cfg.corrupt_fraction
+        return build_scenario(cfg.scenario, **kw)
+    pool = load_problems(cfg.pool)
+    validation = load_problems(cfg.validation) if cfg.validation else []
+    test = load_problems(cfg.test) if cfg.test else []
+    return Scenario("custom", pool, validation, test)
+
+
+def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
+    """Refuse what cannot run, before anything is computed."""
+    method = get_method(cfg.method)
+    if "validation" in method.needs and not sets.validation:
+        raise DataError(f"method '{cfg.method}' needs a trusted validation set: set 'validation' to a file")
+    if method.needs_rollouts and cfg.chunk_size > len(sets.pool):
+        where = cfg.pool or f"the built-in '{cfg.scenario}' pool"
+        raise DataError(f"{where}: chunk_size {cfg.chunk_size} is larger than the pool ({len(sets.pool)} problems); "
+                        f"lower chunk_size")
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    initial: dict
+    rounds: list[dict]
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.rounds[-1]["test"]["accuracy"] if self.rounds else self.initial["accuracy"]
+
+
+def _summary(x: np.ndarray) -> dict:
+    x = np.asarray(x, dtype=float)
+    if x.size == 0:
+        return {}
+    return {"mean": float(x.mean()), "min": float(x.min()), "max": float(x.max()), "std": float(x.std())}
+
+
+class Curriculum:
+    """Select → train rounds over one pool. `run()` resumes from the run directory if it holds finished rounds."""
+
+    def __init__(self, cfg: RunConfig, sets: Scenario | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.sets = sets or load_problem_sets(cfg)
+        check_inputs(cfg, self.sets)
+        self.method = get_method(cfg.method)
+        self.reward = ProblemReward(get_verifier(cfg.verifier, **self._verifier_kw()), seed=cfg.seed)
+        self.selector = RoundSelector(cfg, self.sets.validation, self.reward)
+        self.chunks = chunk_order(len(self.sets.pool), cfg.chunk_size, cfg.seed)
+        self.device = resolve_device(cfg.device)
+
+    def _verifier_kw(self) -> dict:
+        return {"timeout_seconds": self.cfg.verifier_timeout} if self.cfg.verifier == "math" else {}
+
+    # ── run directory ────────────────────────────────────────────────────────────────────────────────────
+    def checkpoint_dir(self, r: int) -> Path:
+        return self.out / "checkpoints" / f"round-{r:03d}"
+
+    def finished_rounds(self) -> list[dict]:
+        records = []
+        for r in range(self.cfg.rounds):
+            path = self.checkpoint_dir(r) / "record.json"
+            if not path.exists():
+                break
+            records.append(fileio.read_json(path))
+        return records
+
+    def prepare_run_dir(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        saved = self.out / "config.yaml"
+        if saved.exists():
+            previous = RunConfig.from_sources(str(saved))
+            if previous.to_dict() != self.cfg.to_dict() and self.finished_rounds():
+                raise ValueError(f"{saved}: this run directory holds rounds made with a different config; "
+                                 f"use a new output_dir (or the same config to resume)")
+        self.cfg.save(saved)
+        for name, problems in (("pool", self.sets.pool), ("validation", self.sets.validation),
+                               ("test", self.sets.test)):
+            path = self.out / "problems" / f"{name}.jsonl"
+            if problems and not path.exists():
+                save_problems(path, problems)
+
+    # ── the loop ─────────────────────────────────────────────────────────────────────────────────────────
+    def run(self) -> RunResult:
+        self.prepare_run_dir()
+        done = self.finished_rounds()
+        model, tokenizer = self.load_state(len(done))
+        optimizer, scheduler = self.optimizer(model, len(done))
+        initial = self.initial_evaluation(model, tokenizer)
+        if done:
+            log.info("resuming %s after round %d of %d", self.out, len(done) - 1, self.cfg.rounds)
+        for r in range(len(done), self.cfg.rounds):
+            done.append(self.run_round(r, model, tokenizer, optimizer, scheduler))
+            log.info("round %d/%d: test accuracy %.3f", r + 1, self.cfg.rounds, done[-1]["test"]["accuracy"])
+        self.write_logs(done)
+        return RunResult(self.out, initial, done)
+
+    def run_round(self, r: int, model, tokenizer, optimizer, scheduler) -> dict:
+        cfg, seed = self.cfg, round_seed(self.cfg.seed, r)
+        start = time.perf_counter()
+        if self.method.needs_rollouts:
+            chunk_index = r % len(self.chunks)
+            chunk = [self.sets.pool[i] for i in self.chunks[chunk_index]]
+            selection = self.selector.select(model, tokenizer, chunk, seed)
+            chosen = [chunk[i] for i in selection.selected]
+        else:  # plain GRPO on the whole pool
+            chunk_index, chunk, selection, chosen = None, self.sets.pool, None, list(self.sets.pool)
+        if not chosen:
+            raise RuntimeError(f"round {r}: no problem was eligible for selection (all candidates zero-variance?); "
+                               f"try zero_variance: score-zero or a larger chunk_size")
+        fileio.write_jsonl(self.out / "selected" / f"round-{r:03d}.jsonl",
+                           [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "source": p.source,
+                             "metadata": p.metadata} for p in chosen])
+        t = time.perf_counter()
+        blocks = plan_blocks(len(chosen), cfg.problems_per_step, cfg.steps_per_round // cfg.num_iterations,
+                             np.random.default_rng(seed))
+        args = grpo_args(cfg, seed=seed % 2**31, max_steps=cfg.steps_per_round,
+                         output_dir=tempfile.mkdtemp(prefix="gradalign-trl-"), use_cpu=self.device.type == "cpu")
+        train_log = train_round(model, tokenizer, chosen, blocks, self.reward, args, optimizer, scheduler)
+        shutil.rmtree(args.output_dir, ignore_errors=True)
+        t_train = time.perf_counter() - t
+        t = time.perf_counter()
+        test = self.evaluate(model, tokenizer, seed)
+        record = self.round_record(r, chunk_index, chunk, selection, chosen, train_log, test)
+        record["timings"].update(training=round(t_train, 4), evaluation=round(time.perf_counter() - t, 4),
+                                 total=round(time.perf_counter() - start, 4))
+        self.save_checkpoint(r, model, optimizer, record)
+        return record
+
+    def round_record(self, r: int, chunk_index, chunk: list[Problem], sel: RoundSelection | None,
+                     chosen: list[Problem], train_log: list[dict], test: dict) -> dict:
+        sources: dict[str, int] = {}
+        for p in chosen:
+            sources[p.source] = sources.get(p.source, 0) + 1
+        corrupted = [p.corrupted for p in chosen]
+        record = {
+            "round": r, "step": (r + 1) * self.cfg.steps_per_round, "method": self.cfg.method, "chunk": chunk_index,
+            "candidates": len(chunk), "selected_count": len(chosen), "selected_ids": [p.id for p in chosen],
+            "selected_by_source": sources,
+            "selected_corrupted_share": float(np.mean(corrupted)) if any(p.corrupted for p in self.sets.pool) else None,
+            "train": {k: float(np.mean([float(row[k]) for row in train_log if k in row]))
+                      for k in ("loss", "reward", "reward_std", "frac_reward_zero_std") if train_log},
+            "train_log": train_log, "test": test, "timings": {},
+        }
+        if sel is not None:
+            cand, chosen_idx = sel.candidates, sel.selected
+            record.update({
+                "pass_rate": _summary(cand.pass_rate), "zero_variance": int(cand.zero_variance.sum()),
+                "pass_rate_histogram": np.histogram(cand.pass_rate, bins=10, range=(0, 1))[0].tolist(),
+                "selected_pass_rate": _summary(cand.pass_rate[chosen_idx]),
+                "scores": {"all": _summary(sel.scores), "selected": _summary(sel.scores[chosen_idx])},
+                "validation": {"zero_variance": sel.validation_zero_variance,
+                               "pass_rate": sel.validation_pass_rate},
+                "fallback": sel.fallback,
+            })
+            record["timings"].update(sel.timings)
+        return record
+
+    def evaluate(self, model, tokenizer, seed: int) -> dict:
+        return evaluate(model, tokenizer, self.sets.test, self.reward, self.cfg.max_new_tokens,
+                        samples=self.cfg.eval_samples, sampling=self.selector.sampling, seed=seed)
+
+    def initial_evaluation(self, model, tokenizer) -> dict:
+        path = self.out / "initial.json"
+        if path.exists():
+            return fileio.read_json(path)
+        result = self.evaluate(model, tokenizer, round_seed(self.cfg.seed, INITIAL_EVAL))
+        fileio.write_json(path, result)
+        return result
+
+    # ── state: weights + optimiser, saved per round ──────────────────────────────────────────────────────
+    def load_state(self, n_done: int):
+        model, tokenizer = load_policy(self.cfg.model, self.cfg.device)
+        if n_done:
+            state = load_file(str(self.checkpoint_dir(n_done - 1) / "model.safetensors"))
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+            if set(missing) - tied or unexpected:
+                raise ValueError(f"{self.checkpoint_dir(n_done - 1)}: checkpoint does not match model "
+                                 f"'{self.cfg.model}' (missing {sorted(missing)[:3]}, unexpected {unexpected[:3]})")
+        return model, tokenizer
+
+    def optimizer(self, model, n_done: int):
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.cfg.learning_rate,
+                                      weight_decay=self.cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        if n_done:
+            path = self.checkpoint_dir(n_done - 1) / "optimizer.pt"
+            optimizer.load_state_dict(torch.load(path, weights_only=True))
+        return optimizer, scheduler
+
+    def save_checkpoint(self, r: int, model, optimizer, record: dict) -> None:
+        """Write the round's checkpoint into a temporary directory and rename it: all or nothing."""
+        target = self.checkpoint_dir(r)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        save_policy(model, tmp, tiny=self.cfg.model == "tiny")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        fileio.write_json(tmp / "record.json", record)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+        if r > 0:  # only the latest weights are kept; earlier rounds keep their record
+            for name in ("model.safetensors", "optimizer.pt"):
+                (self.checkpoint_dir(r - 1) / name).unlink(missing_ok=True)
+        self.write_logs(self.finished_rounds())
+
+    def write_logs(self, records: list[dict]) -> None:
+        """rounds.jsonl (one line per round, without the per-step log) and metrics.jsonl (per step and round)."""
+        fileio.write_jsonl(self.out / "rounds.jsonl", [{k: v for k, v in rec.items() if k != "train_log"}
+                                                        for rec in records])
+        metrics = []
+        steps_before = 0
+        for rec in records:
+            for i, row in enumerate(rec.get("train_log", [])):
+                metrics.append({"round": rec["round"], "step": steps_before + i + 1,
+                                **{k: float(v) for k, v in row.items() if _is_number(v)}})
+            steps_before = rec["step"]
+            metrics.append({"round": rec["round"], "step": rec["step"], "test_accuracy": rec["test"]["accuracy"]})
+        fileio.write_jsonl(self.out / "metrics.jsonl", metrics)
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,150 @@
+"""Everything that touches TRL: datasets, the reward adapter, the GRPO arguments, a sampler that plays an exact
+schedule of problems, and `ScheduledGRPOTrainer`, which trains on exactly that schedule.
+
+TRL has no data-selection API. Its `RepeatSampler` yields blocks of unique prompt indices, each index repeated
+`num_generations` times and each block `num_iterations × steps_per_generation` times. `ScheduleSampler` keeps
+that structure but plays blocks we chose, so TRL trains on exactly the selected problems.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from typing import Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import Sampler
+from transformers.trainer_callback import PrinterCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from ..config import RunConfig
+from ..data.io import ANSWER_COLUMN, ID_COLUMN, METADATA_COLUMN, problems_to_rows
+from ..data.problem import Problem
+from ..rewards import ProblemReward
+
+log = logging.getLogger(__name__)
+
+
+def problems_dataset(problems: Sequence[Problem]) -> Dataset:
+    """A TRL-ready dataset: `prompt` plus the columns our reward function reads."""
+    return Dataset.from_list(problems_to_rows(problems))
+
+
+def completion_text(completion) -> str:
+    """TRL passes plain strings, or for chat prompts a list of messages; the reward reads the text."""
+    if isinstance(completion, list):
+        return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
+    return completion
+
+
+class TRLReward:
+    """Adapts a `ProblemReward` to TRL's reward-function signature.
+
+    It is the same reward the selection rollouts use, so selection and training never disagree on what is
+    correct. `seen` (optional list) records the problem id of every completion TRL scored: what TRL trained on.
+    """
+
+    def __init__(self, reward: ProblemReward, seen: list | None = None):
+        self.reward = reward
+        self.seen = seen
+        self.__name__ = "gradalign_reward"  # TRL logs rewards under the function's name
+
+    def __call__(self, prompts, completions, **columns) -> list[float]:
+        answers = columns[ANSWER_COLUMN]
+        metas = [{**json.loads(m or "{}"), "problem_id": pid}
+                 for m, pid in zip(columns[METADATA_COLUMN], columns[ID_COLUMN])]
+        if self.seen is not None:
+            self.seen.extend(columns[ID_COLUMN])
+        return self.reward.batch([completion_text(c) for c in completions], list(answers), metas)
+
+
+class ScheduleSampler(Sampler):
+    """Yields a fixed list of prompt blocks in RepeatSampler's layout (identical on every rank)."""
+
+    def __init__(self, blocks: list[list[int]], mini_repeat_count: int, repeat_count: int):
+        self.blocks, self.mini, self.repeat = blocks, mini_repeat_count, repeat_count
+
+    def __iter__(self):
+        for block in self.blocks:
+            for _ in range(self.repeat):
+                for index in block:
+                    yield from [index] * self.mini
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.blocks) * self.mini * self.repeat
+
+
+def plan_blocks(n_items: int, block_size: int, n_blocks: int, rng: np.random.Generator) -> list[list[int]]:
+    """`n_blocks` blocks of `block_size` indices from range(n_items): seeded passes through shuffled orders.
+
+    Every item is used once per pass; a block straddles passes when `block_size` does not divide `n_items`,
+    and repeats an item within a block only when the selection is smaller than a block.
+    """
+    if n_items < 1:
+        raise ValueError("cannot train on an empty selection")
+    stream: list[int] = []
+    while len(stream) < block_size * n_blocks:
+        stream.extend(rng.permutation(n_items).tolist())
+    return [stream[i * block_size:(i + 1) * block_size] for i in range(n_blocks)]
+
+
+class ScheduledGRPOTrainer(GRPOTrainer):
+    """A GRPOTrainer whose training prompts follow `schedule` (blocks of dataset indices, one per generation)."""
+
+    def __init__(self, *args, schedule: list[list[int]], **kwargs):
+        self.schedule = schedule
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, dataset=None) -> Sampler:
+        return ScheduleSampler(self.schedule, self.num_generations, self.num_iterations * self.args.steps_per_generation)
+
+
+def grpo_args(cfg: RunConfig, seed: int, max_steps: int, output_dir: str | None = None, use_cpu: bool = True
+              ) -> GRPOConfig:
+    """TRL arguments for one round: B problems × num_generations completions per step, our loss settings."""
+    return GRPOConfig(
+        output_dir=output_dir or tempfile.mkdtemp(prefix="gradalign-trl-"),
+        per_device_train_batch_size=cfg.problems_per_step * cfg.num_generations,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        learning_rate=cfg.learning_rate,
+        max_grad_norm=cfg.max_grad_norm,
+        beta=cfg.beta,
+        loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        epsilon=cfg.epsilon,
+        num_iterations=cfg.num_iterations,
+        max_steps=max_steps,
+        lr_scheduler_type="constant",
+        seed=seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=use_cpu,
+        bf16=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def train_round(model, tokenizer, problems: Sequence[Problem], schedule: list[list[int]], reward: ProblemReward,
+                args: GRPOConfig, optimizer: torch.optim.Optimizer, scheduler, seen: list | None = None
+                ) -> list[dict]:
+    """Run GRPO steps over `schedule` with the given optimiser (its state carries across rounds).
+
+    Returns TRL's per-step logs (loss, reward, ...).
+    """
+    trainer = ScheduledGRPOTrainer(
+        model=model, reward_funcs=[TRLReward(reward, seen)], args=args, train_dataset=problems_dataset(problems),
+        processing_class=tokenizer, optimizers=(optimizer, scheduler), schedule=schedule,
+    )
+    trainer.remove_callback(PrinterCallback)  # our records keep TRL's logs; do not print a dict per step
+    trainer.train()
+    return [row for row in trainer.state.log_history if "loss" in row or "reward" in row]

@@ -1,0 +1,274 @@
+"""Load and save problem files (JSONL, JSON, Parquet) in the TRL or the verl layout.
+
+Two row layouts are recognised, row by row:
+
+* TRL style: ``prompt``, ``answer`` (aliases ``solution``, ``ground_truth``), optional ``id`` and
+  ``source``; any other key is kept in ``metadata``.
+* verl style (any row with a ``reward_model`` key): ``prompt`` (chat), ``reward_model.ground_truth``,
+  optional ``data_source`` and ``extra_info.index``; the rest of ``extra_info`` and any other key go
+  into ``metadata``.
+
+A ``metadata`` object (JSONL/JSON) or ``metadata_json`` string (Parquet) in a row is merged into the
+metadata, so the files `save_problems` writes load back to equal problems.
+
+Every bad input raises `DataError` with one line naming the file, the row and the field: users fix
+their data from that line alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from gradalign.data.problem import DataError, Problem, Prompt
+from gradalign.fileio import atomic_path
+
+# Columns of the rows handed to TRL (`problems_to_rows`). Metadata travels as a JSON string so that
+# datasets/arrow never has to infer one schema for arbitrary, per-problem dicts.
+PROMPT_COLUMN = "prompt"
+ANSWER_COLUMN = "answer"
+ID_COLUMN = "problem_id"
+SOURCE_COLUMN = "source"
+METADATA_COLUMN = "metadata_json"
+
+_ANSWER_KEYS = ("answer", "solution", "ground_truth")  # TRL-style aliases, first present wins
+_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _one_line(text: str) -> str:
+    """Error messages must stay on one line, even when they quote a library's message."""
+    return " ".join(str(text).split())
+
+
+# ----------------------------------------------------------------------------------------------- load
+
+
+def load_problems(path: str | os.PathLike, *, id_prefix: str | None = None) -> list[Problem]:
+    """Read problems from a ``.jsonl``, ``.json`` or ``.parquet`` file.
+
+    Rows without an id get ``f"{id_prefix or file stem}-{row index}"`` (row index 0-based, counting
+    problems, not lines). Raises `DataError` on any bad input.
+    """
+    path = Path(path)
+    name = str(path)
+    if path.suffix not in _SUFFIXES:
+        raise DataError(f"{name}: unknown file type '{path.suffix}' (expected .jsonl, .json or .parquet)")
+    if not path.is_file():
+        raise DataError(f"{name}: file not found")
+    prefix = path.stem if id_prefix is None else id_prefix
+
+    problems: list[Problem] = []
+    first_seen: dict[str, str] = {}  # id -> row label, to name both rows of a duplicate
+    for index, (where, row) in enumerate(_read_rows(path)):
+        problem = _parse_row(row, where=f"{name}: {where}", default_id=f"{prefix}-{index}")
+        if problem.id in first_seen:
+            raise DataError(f"{name}: {where}: field 'id' duplicates {problem.id!r} from {first_seen[problem.id]}")
+        first_seen[problem.id] = where
+        problems.append(problem)
+    if not problems:
+        raise DataError(f"{name}: no problems")
+    return problems
+
+
+def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield (row label for messages, raw row) pairs; the label says how the row is counted."""
+    name = str(path)
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{name}: line {lineno}: malformed JSON ({_one_line(e.msg)})") from None
+                yield f"line {lineno}", row
+    elif path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{name}: malformed JSON ({_one_line(e.msg)} at line {e.lineno})") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{name}: expected a JSON list of objects (got {type(rows).__name__})")
+        for i, row in enumerate(rows):
+            yield f"row {i} (0-based)", row
+    else:
+        import pyarrow.parquet as pq  # lazy: only parquet users pay for the import
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises several types for corrupt/foreign files
+            raise DataError(f"{name}: unreadable parquet file ({_one_line(e)})") from None
+        for i, row in enumerate(rows):
+            yield f"row {i} (0-based)", row
+
+
+def _parse_row(row: Any, *, where: str, default_id: str) -> Problem:
+    """Turn one raw row (either layout) into a `Problem`; `where` prefixes every error."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: row is not a JSON object (got {type(row).__name__})")
+    row = dict(row)  # we pop consumed keys; what is left becomes metadata
+    metadata: dict[str, Any] = {}
+
+    if "reward_model" in row:  # verl layout
+        reward_model = row.pop("reward_model")
+        if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
+            raise DataError(f"{where}: field 'reward_model.ground_truth' is missing")
+        answer = _answer(reward_model["ground_truth"], where, "reward_model.ground_truth")
+        source = row.pop("data_source", None)
+        source_field = "data_source"
+        extra_info = row.pop("extra_info", None) or {}
+        if not isinstance(extra_info, dict):
+            raise DataError(f"{where}: field 'extra_info' must be an object (got {type(extra_info).__name__})")
+        extra_info = dict(extra_info)
+        raw_id, id_field = extra_info.pop("index", None), "extra_info.index"
+        if raw_id is None:
+            raw_id, id_field = row.pop("id", None), "id"
+        metadata.update(extra_info)
+    else:  # TRL layout
+        key = next((k for k in _ANSWER_KEYS if k in row), None)
+        if key is None:
+            raise DataError(f"{where}: field 'answer' (or 'reward_model.ground_truth') is missing")
+        answer = _answer(row.pop(key), where, key)
+        source, source_field = row.pop("source", None), "source"
+        raw_id, id_field = row.pop("id", None), "id"
+
+    if "prompt" not in row:
+        raise DataError(f"{where}: field 'prompt' is missing")
+    prompt = _prompt(row.pop("prompt"), where)
+
+    if source is None:
+        source = "unknown"
+    elif not isinstance(source, str) or not source.strip():
+        raise DataError(f"{where}: field '{source_field}' must be a non-empty string")
+
+    problem_id = default_id if raw_id is None else _id(raw_id, where, id_field)
+
+    # Our own files carry metadata explicitly: a dict in JSON, a JSON string in Parquet.
+    explicit = row.pop("metadata", None)
+    if explicit is not None and not isinstance(explicit, dict):
+        raise DataError(f"{where}: field 'metadata' must be an object (got {type(explicit).__name__})")
+    encoded = row.pop(METADATA_COLUMN, None)
+    metadata.update(row)  # every other key of the row
+    metadata.update(explicit or {})
+    if encoded is not None:
+        try:
+            decoded = json.loads(encoded)
+        except (TypeError, json.JSONDecodeError):
+            decoded = None
+        if not isinstance(decoded, dict):
+            raise DataError(f"{where}: field '{METADATA_COLUMN}' is not a JSON object string")
+        metadata.update(decoded)
+
+    return Problem(id=problem_id, prompt=prompt, answer=answer, source=source, metadata=metadata)
+
+
+def _answer(value: Any, where: str, field: str) -> str:
+    if value is None:
+        raise DataError(f"{where}: field '{field}' is null")
+    # bool is an int subclass, but "True" as a ground truth is almost surely a data bug.
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(f"{where}: field '{field}' must be a string or number (got {type(value).__name__})")
+    answer = str(value)
+    if not answer.strip():
+        raise DataError(f"{where}: field '{field}' is empty")
+    return answer
+
+
+def _id(value: Any, where: str, field: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{where}: field '{field}' must be a string or integer (got {type(value).__name__})")
+    if not str(value).strip():
+        raise DataError(f"{where}: field '{field}' is empty")
+    return str(value)
+
+
+def _prompt(value: Any, where: str) -> Prompt:
+    """A non-empty string, or a non-empty chat list of {"role", "content"} string messages."""
+    if value is None:
+        raise DataError(f"{where}: field 'prompt' is null")
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: field 'prompt' is empty")
+        return value
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field 'prompt' must be a string or a chat list (got {type(value).__name__})")
+    if not value:
+        raise DataError(f"{where}: field 'prompt' is empty")
+    messages = []
+    for i, msg in enumerate(value):
+        if not (isinstance(msg, dict) and isinstance(msg.get("role"), str) and isinstance(msg.get("content"), str)):
+            raise DataError(f"{where}: field 'prompt[{i}]' must be a message with string 'role' and 'content'")
+        # Only role and content matter to chat templates here; other keys (or the None-filled fields
+        # Parquet adds to structs) would break round trips.
+        messages.append({"role": msg["role"], "content": msg["content"]})
+    return messages
+
+
+# ----------------------------------------------------------------------------------------------- save
+
+
+def save_problems(path: str | os.PathLike, problems: Iterable[Problem], style: str = "trl") -> None:
+    """Write problems atomically to ``.jsonl`` or ``.parquet`` in the "trl" or "verl" layout.
+
+    Parquet stores metadata as a JSON string column ``metadata_json``: per-problem dicts of mixed keys
+    and types have no single arrow schema. verl style turns str prompts into one user message.
+    """
+    path = Path(path)
+    if style not in ("trl", "verl"):
+        raise ValueError(f"unknown style {style!r} (choose from: trl, verl)")
+    if path.suffix not in (".jsonl", ".parquet"):
+        raise ValueError(f"{path}: can only save .jsonl or .parquet (got '{path.suffix}')")
+    parquet = path.suffix == ".parquet"
+    rows = [_to_row(p, style, encode_metadata=parquet) for p in problems]
+
+    with atomic_path(path) as tmp:
+        if parquet:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            if style == "trl" and len({isinstance(r["prompt"], str) for r in rows}) > 1:
+                # An arrow column has one type: text and chat prompts cannot share it.
+                raise ValueError(f"{path}: parquet needs all prompts to be text or all chat (use style='verl')")
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        else:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _to_row(p: Problem, style: str, *, encode_metadata: bool) -> dict[str, Any]:
+    metadata_json = json.dumps(p.metadata, sort_keys=True)
+    if style == "trl":
+        row: dict[str, Any] = {"id": p.id, "prompt": p.prompt, "answer": p.answer, "source": p.source}
+        if encode_metadata:
+            row[METADATA_COLUMN] = metadata_json
+        else:
+            row["metadata"] = p.metadata
+        return row
+
+    prompt = [{"role": "user", "content": p.prompt}] if isinstance(p.prompt, str) else p.prompt
+    extra_info: dict[str, Any] = {"index": p.id}
+    row = {"prompt": prompt, "data_source": p.source, "reward_model": {"ground_truth": p.answer}}
+    if encode_metadata:
+        row[METADATA_COLUMN] = metadata_json
+    else:
+        if "index" in p.metadata:  # it would be read back as the id
+            raise ValueError(f"problem {p.id!r}: metadata key 'index' clashes with verl's extra_info.index")
+        extra_info.update(p.metadata)
+    row["extra_info"] = extra_info
+    return row
+
+
+def problems_to_rows(problems: Iterable[Problem]) -> list[dict[str, Any]]:
+    """Rows for ``datasets.Dataset.from_list`` fed to TRL: prompt, answer, problem_id, source, metadata_json."""
+    return [
+        {
+            PROMPT_COLUMN: p.prompt,
+            ANSWER_COLUMN: p.answer,
+            ID_COLUMN: p.id,
+            SOURCE_COLUMN: p.source,
+            METADATA_COLUMN: json.dumps(p.metadata, sort_keys=True),
+        }
+        for p in problems
+    ]

@@ -1,0 +1,52 @@
+"""Accuracy of a policy on held-out problems: greedy pass@1 or sampled mean@k, overall and per source."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from ..data.problem import Problem
+from ..policy.rollouts import SamplingConfig, pad, reward_metadata, sample_rollouts, tokenize_prompts
+from ..rewards import ProblemReward
+
+
+@torch.no_grad()
+def greedy_completions(model, tokenizer, problems: list[Problem], max_new_tokens: int, batch: int = 256) -> list[str]:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    texts: list[str] = []
+    for start in range(0, len(problems), batch):
+        ids = tokenize_prompts(tokenizer, [p.prompt for p in problems[start:start + batch]])
+        p_ids, p_mask = pad(ids, tokenizer.pad_token_id, "left")
+        out = model.generate(input_ids=p_ids.to(device), attention_mask=p_mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        texts += tokenizer.batch_decode(out[:, p_ids.shape[1]:], skip_special_tokens=True)
+    model.train(was_training)
+    return texts
+
+
+def per_problem_correct(model, tokenizer, problems: list[Problem], reward: ProblemReward, max_new_tokens: int,
+                        samples: int = 0, sampling: SamplingConfig | None = None, seed: int = 0) -> np.ndarray:
+    """Score of each problem: greedy correctness (samples=0) or the mean reward of `samples` sampled completions."""
+    if samples == 0:
+        texts = greedy_completions(model, tokenizer, problems, max_new_tokens)
+        return np.array(reward.batch(texts, [p.answer for p in problems], [reward_metadata(p) for p in problems]))
+    sampling = sampling or SamplingConfig(max_new_tokens=max_new_tokens)
+    return sample_rollouts(model, tokenizer, problems, samples, reward, sampling, seed, desc="evaluation").pass_rates()
+
+
+def evaluate(model, tokenizer, problems: list[Problem], reward: ProblemReward, max_new_tokens: int,
+             samples: int = 0, sampling: SamplingConfig | None = None, seed: int = 0) -> dict:
+    """{"accuracy": overall, "by_source": {source: accuracy}, "n": count}."""
+    if not problems:
+        return {"accuracy": float("nan"), "by_source": {}, "n": 0}
+    correct = per_problem_correct(model, tokenizer, problems, reward, max_new_tokens, samples, sampling, seed)
+    by_source: dict[str, list[float]] = defaultdict(list)
+    for p, c in zip(problems, correct):
+        by_source[p.source].append(float(c))
+    return {"accuracy": float(np.mean(correct)), "by_source": {s: float(np.mean(v)) for s, v in by_source.items()},
+            "n": len(problems)}

@@ -1,0 +1,115 @@
+"""Per-problem policy-gradient signals: the one small interface every scorer sits behind.
+
+A backend answers two questions about the problems of a `SurrogateBatch`:
+  * `combined_gradient(weights)`: the flat vector Σ_i w_i g(x_i) (validation / pool directions);
+  * `problem_signals(directions)`: ‖g(x_i)‖ and ⟨g(x_i), d⟩ for a few fixed directions d.
+Cosines follow from those two. `NaiveGradients` is the reference: one full gradient per problem, as the
+reference GradAlign code computes it. Faster backends must reproduce its numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .surrogate import SurrogateBatch, weighted_surrogate
+
+EPS = 1e-5  # the reference code's ε in ĝ_V = g_V / (‖g_V‖ + ε) and s = ⟨g, ĝ_V⟩ / (‖g‖ + ε)
+
+
+@dataclass
+class ProblemSignals:
+    norms: torch.Tensor  # [n] ‖g(x_i)‖
+    dots: torch.Tensor  # [n, D] ⟨g(x_i), d_k⟩
+
+    def cosines(self, k: int = 0) -> torch.Tensor:
+        """⟨g, d_k⟩ / (‖g‖ + ε): the cosine when d_k is unit-normalised."""
+        return self.dots[:, k] / (self.norms + EPS)
+
+
+def trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def flat_grad(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Concatenate .grad of `params` (zeros where a parameter got no gradient), fp32."""
+    return torch.cat([
+        (p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().reshape(-1) for p in params
+    ])
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    return v / (v.norm() + EPS)
+
+
+class GradientBackend:
+    """Base: the combined gradient is one (micro-batched) backward of the weighted surrogate."""
+
+    def __init__(self, micro_batch: int = 256):
+        self.micro_batch = micro_batch  # completions per forward/backward
+
+    def combined_gradient(self, model, batch: SurrogateBatch, weights: torch.Tensor) -> torch.Tensor:
+        params = trainable(model)
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        try:
+            for rows in torch.arange(batch.rollouts.group.numel()).split(self.micro_batch):
+                weighted_surrogate(model, batch, weights, rows).backward()
+            return flat_grad(params)
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
+
+    def pooled_gradient(self, model, batch: SurrogateBatch) -> torch.Tensor:
+        """Gradient of the token-mean surrogate over all completions of the batch (reference g_V)."""
+        n_tok = batch.tokens_per_problem()
+        return self.combined_gradient(model, batch, n_tok / n_tok.sum().clamp(min=1))
+
+    def mean_unit_gradient(self, model, batch: SurrogateBatch) -> torch.Tensor:
+        """Mean of the unit per-problem gradients (zero-gradient problems left out): Σ_i g_i / (n ‖g_i‖)."""
+        norms = self.problem_signals(model, batch, torch.zeros(0, 0)).norms
+        live = norms > EPS
+        weights = torch.where(live, 1.0 / (norms.clamp(min=EPS) * live.sum().clamp(min=1)), torch.zeros_like(norms))
+        return self.combined_gradient(model, batch, weights)
+
+    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor) -> ProblemSignals:
+        """‖g(x_i)‖ and ⟨g(x_i), d_k⟩ for each problem i and each row d_k of `directions` ([D, P], D may be 0)."""
+        raise NotImplementedError
+
+
+class NaiveGradients(GradientBackend):
+    """The reference: a full fp32 gradient of every problem, one problem at a time."""
+
+    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor) -> ProblemSignals:
+        params = trainable(model)
+        saved = [p.grad for p in params]
+        n, n_dir = batch.num_problems, directions.shape[0]
+        norms, dots = torch.zeros(n), torch.zeros(n, n_dir)
+        ones = torch.ones(n)
+        try:
+            for i in range(n):
+                for p in params:
+                    p.grad = None
+                rows = batch.rows_of(i)
+                if batch.advantages[rows].abs().sum() == 0:
+                    continue  # zero-variance group: g(x) = 0 exactly, no need for a backward
+                weighted_surrogate(model, batch, ones, rows).backward()
+                g = flat_grad(params)
+                norms[i] = g.norm()
+                if n_dir:
+                    dots[i] = directions @ g
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
+        return ProblemSignals(norms=norms, dots=dots)
+
+
+BACKENDS = {"naive": NaiveGradients}
+
+
+def get_backend(name: str, **kw) -> GradientBackend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown gradient backend '{name}' (choose from: {', '.join(BACKENDS)})")
+    return BACKENDS[name](**kw)

@@ -1,0 +1,49 @@
+"""Loading a policy: the built-in tiny one, a local checkpoint directory, or a Hugging Face hub id."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .tiny import build_tokenizer
+from .warmstart import warm_started_tiny
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config: device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def load_policy(spec: str, device: str = "auto"):
+    """(model, tokenizer) for 'tiny', a local directory, or a hub id. Tokenizers are set up for TRL: left
+    padding and a pad token."""
+    if spec == "tiny":
+        model, tokenizer = warm_started_tiny()
+    elif Path(spec, "gradalign_tiny").exists():  # one of our own tiny checkpoints (its tokenizer is built in code)
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(spec), build_tokenizer()
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+        except OSError as e:
+            raise ValueError(f"model '{spec}': cannot load ({str(e).splitlines()[0]})") from None
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    model.to(resolve_device(device))
+    return model, tokenizer
+
+
+def save_policy(model, directory: str | Path, tiny: bool) -> None:
+    """Weights as safetensors (+ config). Tiny checkpoints get a marker so `load_policy` rebuilds their tokenizer."""
+    model.save_pretrained(directory, safe_serialization=True)
+    if tiny:
+        Path(directory, "gradalign_tiny").write_text("tokenizer: built-in character-level (gradalign.policy.tiny)\n")

@@ -1,0 +1,179 @@
+"""Sampling k completions per problem from a policy, with token ids, sampling-time log-probs and rewards."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.problem import Problem
+from ..rewards import ProblemReward
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are drawn (reference GradAlign: temperature 0.7, top-p 0.95)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 8
+    prompts_per_batch: int = 64  # prompts per `generate` call (each repeated k times)
+
+
+@dataclass
+class Rollouts:
+    """A rollout group of k_i completions for each of n problems, flattened to N = Σ k_i rows.
+
+    Prompts are left-padded and completions right-padded, as TRL lays them out, so that
+    `cat([prompt_ids, completion_ids], 1)` is a valid model input.
+    """
+
+    problem_ids: list[str]  # n
+    group: torch.Tensor  # [N] long: row -> problem index
+    prompt_ids: torch.Tensor  # [N, P]
+    prompt_mask: torch.Tensor  # [N, P]
+    completion_ids: torch.Tensor  # [N, C]
+    completion_mask: torch.Tensor  # [N, C] 1 up to and including EOS
+    sample_logps: torch.Tensor  # [N, C] log-prob of each sampled token under the sampling distribution
+    rewards: torch.Tensor  # [N] float
+    completions: list[str]  # N decoded texts
+    temperature: float
+
+    @property
+    def num_problems(self) -> int:
+        return len(self.problem_ids)
+
+    def pass_rates(self) -> np.ndarray:
+        """Mean reward per problem, p(x)."""
+        sums = torch.zeros(self.num_problems).index_add_(0, self.group, self.rewards.float())
+        counts = torch.bincount(self.group, minlength=self.num_problems).clamp(min=1)
+        return (sums / counts).numpy()
+
+    def zero_variance(self) -> np.ndarray:
+        """True for problems whose completions all got the same reward (their policy gradient is zero)."""
+        n = self.num_problems
+        lo = torch.full((n,), float("inf")).scatter_reduce(0, self.group, self.rewards.float(), "amin")
+        hi = torch.full((n,), float("-inf")).scatter_reduce(0, self.group, self.rewards.float(), "amax")
+        return (hi - lo <= 1e-12).numpy()
+
+    def advantages(self, scale: str = "none", eps: float = 1e-4) -> torch.Tensor:
+        """Per-completion advantage A_j = r_j - mean(group), divided by (std + eps) when `scale == "group"`.
+
+        `none` is the reference GradAlign scoring; `group` is standard GRPO (and CROPI, with eps = 1e-4).
+        The std is the unbiased sample std, as TRL computes it.
+        """
+        if scale not in ("none", "group"):
+            raise ValueError(f"unknown advantage scale '{scale}' (choose from: none, group)")
+        n, r = self.num_problems, self.rewards.double()
+        counts = torch.bincount(self.group, minlength=n).double()
+        mean = torch.zeros(n, dtype=torch.float64).index_add_(0, self.group, r) / counts.clamp(min=1)
+        adv = r - mean[self.group]
+        if scale == "group":
+            sq = torch.zeros(n, dtype=torch.float64).index_add_(0, self.group, adv**2)
+            std = (sq / (counts - 1).clamp(min=1)).sqrt()
+            adv = adv / (std[self.group] + eps)
+        return adv.float()
+
+    def select_problems(self, rows: list[int] | np.ndarray) -> "Rollouts":
+        """The rollouts of a subset of problems (in the given order)."""
+        rows = [int(r) for r in rows]
+        remap = {old: new for new, old in enumerate(rows)}
+        keep = torch.tensor([i for i, g in enumerate(self.group.tolist()) if g in remap], dtype=torch.long)
+        return Rollouts(
+            problem_ids=[self.problem_ids[r] for r in rows],
+            group=torch.tensor([remap[g] for g in self.group[keep].tolist()], dtype=torch.long),
+            prompt_ids=self.prompt_ids[keep], prompt_mask=self.prompt_mask[keep],
+            completion_ids=self.completion_ids[keep], completion_mask=self.completion_mask[keep],
+            sample_logps=self.sample_logps[keep], rewards=self.rewards[keep],
+            completions=[self.completions[i] for i in keep.tolist()], temperature=self.temperature,
+        )
+
+
+def tokenize_prompts(tokenizer, prompts: list) -> list[list[int]]:
+    """Token ids of each prompt exactly as TRL's GRPOTrainer tokenizes them (chat template for message lists)."""
+    if prompts and isinstance(prompts[0], list):
+        out = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return [list(ids) for ids in out["input_ids"]]
+    return tokenizer(text=list(prompts))["input_ids"]
+
+
+def pad(seqs: list[list[int]], value: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id lists to a [B, L] tensor and its mask."""
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if not s:
+            continue
+        sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def reward_metadata(problem: Problem) -> dict:
+    """What the reward sees about a problem besides its answer (corruption flags, the id for the fixed coin)."""
+    return {**problem.metadata, "problem_id": problem.id}
+
+
+@torch.no_grad()
+def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: ProblemReward,
+                    sampling: SamplingConfig, seed: int, desc: str = "rollouts") -> Rollouts:
+    """Sample `k` completions for every problem from `model` and reward them with `reward`.
+
+    Deterministic given `seed`, the model and the batching. Sampling-time log-probs are those of the
+    tempered, top-p-truncated distribution the tokens were actually drawn from.
+    """
+    if k < 1:
+        raise ValueError(f"need at least one rollout per problem, got k={k}")
+    if not problems:
+        raise ValueError("no problems to roll out")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    prompt_rows, comp_rows, logp_rows, groups = [], [], [], []
+    eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    step = max(1, sampling.prompts_per_batch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in tqdm(range(0, len(problems), step), desc=desc, leave=False, disable=len(problems) <= step):
+            batch = problems[start:start + step]
+            ids = tokenize_prompts(tokenizer, [p.prompt for p in batch])
+            ids = [s for s in ids for _ in range(k)]
+            p_ids, p_mask = pad(ids, pad_id, "left")
+            out = model.generate(
+                input_ids=p_ids.to(device), attention_mask=p_mask.to(device), do_sample=True,
+                temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                max_new_tokens=sampling.max_new_tokens, output_scores=True, return_dict_in_generate=True,
+                pad_token_id=pad_id, eos_token_id=eos,
+            )
+            comp = out.sequences[:, p_ids.shape[1]:].cpu()
+            logps = torch.stack(out.scores, 1).float().log_softmax(-1).cpu()
+            tok_logp = logps.gather(-1, comp.unsqueeze(-1)).squeeze(-1)
+            for i in range(comp.shape[0]):
+                row = comp[i].tolist()
+                length = row.index(eos) + 1 if eos in row else len(row)
+                comp_rows.append(row[:length])
+                logp_rows.append(tok_logp[i, :length].tolist())
+                prompt_rows.append(ids[i])
+                groups.append(start + i // k)
+    model.train(was_training)
+
+    prompt_ids, prompt_mask = pad(prompt_rows, pad_id, "left")
+    completion_ids, completion_mask = pad(comp_rows, pad_id, "right")
+    sample_logps = torch.zeros(completion_ids.shape)
+    for i, lp in enumerate(logp_rows):
+        sample_logps[i, :len(lp)] = torch.tensor(lp)
+    texts = tokenizer.batch_decode(comp_rows, skip_special_tokens=True)
+    group = torch.tensor(groups, dtype=torch.long)
+    rewards = reward.batch(texts, [problems[g].answer for g in groups], [reward_metadata(problems[g]) for g in groups])
+    return Rollouts(
+        problem_ids=[p.id for p in problems], group=group, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+        completion_ids=completion_ids, completion_mask=completion_mask, sample_logps=sample_logps,
+        rewards=torch.tensor(rewards, dtype=torch.float32), completions=texts, temperature=sampling.temperature,
+    )

@@ -1,0 +1,408 @@
+"""Run directories → a result table (terminal and Markdown) and `summary.md`.
+
+A run directory is what `gradalign.curriculum.loop.Curriculum` leaves behind (`config.yaml`, `initial.json`,
+`rounds.jsonl`, ...); a comparison directory holds one run directory per method. Everything here only reads
+those files, so it works on finished, running (rounds so far) and copied runs alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..fileio import write_text
+
+PREFERRED_ORDER = ("gradalign",)  # shown first (table rows, legend); the rest by directory name
+DASH = "—"
+TABLE_WIDTH = 100
+
+
+@dataclass
+class RunView:
+    """One run directory, read: enough to tabulate and plot it."""
+
+    name: str  # directory name
+    method: str
+    config: dict
+    initial: dict
+    rounds: list[dict]
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def scenario(self) -> str:
+        return str(self.config.get("scenario") or "custom")
+
+    @property
+    def corrupted_shares(self) -> list[float]:
+        """Per finished round, the share of selected problems with corrupted rewards ([] when not applicable)."""
+        return [float(r["selected_corrupted_share"]) for r in self.rounds
+                if r.get("selected_corrupted_share") is not None]
+
+    def curve(self) -> tuple[list[int], list[float]]:
+        """(GRPO steps, test accuracy): step 0 is the evaluation before training, then one point per round."""
+        steps = [0] + [int(r["step"]) for r in self.rounds]
+        acc = [float(self.initial["accuracy"])] + [float(r["test"]["accuracy"]) for r in self.rounds]
+        return steps, acc
+
+
+# ── reading ──────────────────────────────────────────────────────────────────────────────────────────────────
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing (not a finished or started run directory?)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or "parse error"
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML{where} ({_one_line(problem)})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read ({_one_line(e)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _read_initial(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing (the evaluation before training was not written)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read ({_one_line(e)})") from None
+    if not isinstance(data, dict) or not _is_number(data.get("accuracy")):
+        raise ValueError(f"{path}: expected an object with a numeric 'accuracy'")
+    return data
+
+
+def _read_rounds(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing (not a run directory?)")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read ({_one_line(e)})") from None
+    rounds = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {i} is not a JSON object")
+        test = row.get("test")
+        if not _is_number(row.get("step")) or not isinstance(test, dict) or not _is_number(test.get("accuracy")):
+            raise ValueError(f"{path}: line {i} lacks 'step' or 'test.accuracy' (not a round record?)")
+        rounds.append(row)
+    return rounds
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / "rounds.jsonl").is_file()
+
+
+def load_run(run_dir: str | os.PathLike) -> RunView:
+    """Read one run directory. A missing or garbled file is a one-line `ValueError` naming that file."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: not a directory")
+    rounds = _read_rounds(run_dir / "rounds.jsonl")
+    config = _read_config(run_dir / "config.yaml")
+    initial = _read_initial(run_dir / "initial.json")
+    method = config.get("method") or (rounds[0].get("method") if rounds else None) or run_dir.name
+    return RunView(name=run_dir.name, method=str(method), config=config, initial=initial, rounds=rounds,
+                   path=run_dir)
+
+
+def _order_key(run: RunView) -> tuple:
+    rank = PREFERRED_ORDER.index(run.method) if run.method in PREFERRED_ORDER else len(PREFERRED_ORDER)
+    return rank, run.name
+
+
+def find_runs(directory: str | os.PathLike) -> list[RunView]:
+    """`directory` itself if it is a run directory, else its immediate subdirectories that are (gradalign first)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: not a directory")
+    if is_run_dir(directory):
+        return [load_run(directory)]
+    runs = [load_run(sub) for sub in sorted(directory.iterdir()) if sub.is_dir() and is_run_dir(sub)]
+    if not runs:
+        raise ValueError(f"{directory}: no run directories (rounds.jsonl) found")
+    return sorted(runs, key=_order_key)
+
+
+# ── one row per method ───────────────────────────────────────────────────────────────────────────────────────
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _timing_total(rounds: list[dict], keys: tuple[str, ...]) -> float | None:
+    """Sum of the given timing keys over rounds; None when no round recorded any of them."""
+    values = [float(r["timings"][k]) for r in rounds for k in keys
+              if isinstance(r.get("timings"), dict) and _is_number(r["timings"].get(k))]
+    return sum(values) if values else None
+
+
+def method_rows(runs: list[RunView]) -> list[dict]:
+    """Per run: accuracy before/after/best/Δ, corrupted share of the selections, zero-variance, wall time split."""
+    rows = []
+    for run in runs:
+        steps, acc = run.curve()
+        before = acc[0]
+        after = acc[-1] if run.rounds else None
+        best = max(acc[1:]) if run.rounds else None
+        shares = run.corrupted_shares
+        zero_var = [float(r["zero_variance"]) for r in run.rounds if _is_number(r.get("zero_variance"))]
+        last_test = run.rounds[-1]["test"] if run.rounds else {}
+        rows.append({
+            "name": run.name,
+            "method": run.method,
+            "scenario": run.scenario,
+            "rounds": len(run.rounds),
+            "steps": steps[-1],
+            "before": before,
+            "after": after,
+            "best": best,
+            "best_step": steps[1:][acc[1:].index(best)] if best is not None else None,
+            "delta": after - before if after is not None else None,
+            "corrupted_shares": shares,
+            "corrupted_mean": _mean(shares),
+            "zero_variance_mean": _mean(zero_var),
+            "selected_mean": _mean([float(r["selected_count"]) for r in run.rounds
+                                    if _is_number(r.get("selected_count"))]),
+            "fallbacks": [(int(r.get("round", i)), str(r["fallback"])) for i, r in enumerate(run.rounds)
+                          if r.get("fallback")],
+            "time_rollouts": _timing_total(run.rounds, ("rollouts", "validation_rollouts")),
+            "time_scoring": _timing_total(run.rounds, ("scoring", "selection")),
+            "time_training": _timing_total(run.rounds, ("training",)),
+            "time_evaluation": _timing_total(run.rounds, ("evaluation",)),
+            "time_total": _timing_total(run.rounds, ("total",)),
+            "by_source_before": dict(run.initial.get("by_source") or {}),
+            "by_source_after": dict(last_test.get("by_source") or {}),
+        })
+    return rows
+
+
+# ── formatting ───────────────────────────────────────────────────────────────────────────────────────────────
+def _acc(x: float | None) -> str:
+    return DASH if x is None else f"{x:.3f}"
+
+
+def _delta(x: float | None) -> str:
+    return DASH if x is None else f"{x:+.3f}"
+
+
+def _share(x: float | None) -> str:
+    return DASH if x is None else f"{x:.2f}"
+
+
+def _secs(x: float | None) -> str:
+    if x is None:
+        return DASH
+    return f"{x:.1f}" if x < 10_000 else f"{x:.0f}"
+
+
+def _before_after(row: dict) -> str:
+    return f"{_acc(row['before'])} → {_acc(row['after'])}"
+
+
+def _fit_shares(shares: list[float], width: int) -> str:
+    """Per-round shares, "0.22 0.31 0.28"; the middle rounds elided ("0.22 0.31 … 0.25") if it would not fit."""
+    if not shares:
+        return DASH
+    cells = [_share(s) for s in shares]
+    text = " ".join(cells)
+    if len(text) <= width:
+        return text
+    for shown in range(len(cells) - 1, 1, -1):
+        head, tail = cells[:(shown + 1) // 2], cells[len(cells) - shown // 2:]
+        text = " ".join(head + ["…"] + tail)
+        if len(text) <= width:
+            return text
+    return (cells[0] + " …")[:max(width, 1)]
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def format_table(rows: list[dict], width: int = TABLE_WIDTH) -> str:
+    """Fixed-width table for a terminal (fits `width` columns, 100 by default)."""
+    times = [("rollouts", "time_rollouts"), ("scoring", "time_scoring"), ("training", "time_training"),
+             ("total", "time_total")]
+    w_method = max([len("method")] + [len(r["method"]) for r in rows])
+    w_acc = len("before → after")
+    w_delta = 6
+    w_mean = 4
+    w_time = max(8, *(len(_secs(r[k])) for r in rows for _, k in times)) if rows else 8
+    fixed = 2 + w_acc + 2 + w_delta + 2 + 2 + w_mean + 2 + len(times) * (w_time + 2) - 2
+    w_method = max(len("method"), min(w_method, width - fixed - len("0.22 … 0.25")))  # long names are cut
+    fixed += w_method
+    w_shares = max(len("per round"), width - fixed)
+    w_shares = min(w_shares, max([len("per round")] + [len(" ".join(_share(s) for s in r["corrupted_shares"]))
+                                                       for r in rows]))
+
+    def line(method, acc, delta, shares, mean, tvals):
+        return (f"{method:<{w_method}}  {acc:<{w_acc}}  {delta:>{w_delta}}  {shares:<{w_shares}}  "
+                f"{mean:>{w_mean}}  " + "  ".join(f"{t:>{w_time}}" for t in tvals)).rstrip()
+
+    group_time = "wall time (s)"
+    w_times = len(times) * (w_time + 2) - 2
+    head1 = (f"{'':<{w_method}}  {'test accuracy':<{w_acc}}  {'':>{w_delta}}  "
+             f"{'corrupted share':<{w_shares + 2 + w_mean}}  {group_time:>{w_times}}").rstrip()
+    head2 = line("method", "before → after", "Δ", "per round", "mean", [name for name, _ in times])
+    body = [line(_cut(r["method"], w_method), _before_after(r), _delta(r["delta"]), _fit_shares(r["corrupted_shares"], w_shares),
+                 _share(r["corrupted_mean"]), [_secs(r[k]) for _, k in times]) for r in rows]
+    rule = "─" * max(len(s) for s in [head1, head2, *body])
+    return "\n".join([head1, head2, rule, *body])
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = ["method", "test acc before", "after", "best", "Δ", "corrupted share / round", "mean corrupted",
+              "zero-var (mean)", "rollouts s", "scoring s", "training s", "evaluation s", "total s", "GRPO steps"]
+    align = ["---"] + ["---:"] * 4 + ["---"] + ["---:"] * 8
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for r in rows:
+        shares = " ".join(_share(s) for s in r["corrupted_shares"]) or DASH
+        zero_var = DASH if r["zero_variance_mean"] is None else f"{r['zero_variance_mean']:.1f}"
+        cells = [f"**{r['method']}**" if r["name"] == r["method"] else f"**{r['method']}** ({r['name']})",
+                 _acc(r["before"]), _acc(r["after"]), _acc(r["best"]), _delta(r["delta"]), shares,
+                 _share(r["corrupted_mean"]), zero_var, _secs(r["time_rollouts"]), _secs(r["time_scoring"]),
+                 _secs(r["time_training"]), _secs(r["time_evaluation"]), _secs(r["time_total"]), str(r["steps"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _by_source_table(rows: list[dict]) -> str | None:
+    sources: list[str] = []
+    for r in rows:
+        for s in list(r["by_source_before"]) + list(r["by_source_after"]):
+            if s not in sources:
+                sources.append(s)
+    if len(sources) < 2:
+        return None
+    lines = ["| method | " + " | ".join(f"{s} (before → after)" for s in sources) + " |",
+             "|---|" + "---:|" * len(sources)]
+    for r in rows:
+        cells = []
+        for s in sources:
+            b, a = r["by_source_before"].get(s), r["by_source_after"].get(s)
+            cells.append(f"{_acc(b if _is_number(b) else None)} → {_acc(a if _is_number(a) else None)}")
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _config_value(runs: list[RunView], key: str) -> Any:
+    """The value of `key` across runs: one value, or "a / b" when the runs differ, or None when absent."""
+    values = []
+    for run in runs:
+        v = run.config.get(key)
+        if v is not None and v not in values:
+            values.append(v)
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else " / ".join(str(v) for v in values)
+
+
+def _essentials(runs: list[RunView]) -> list[str]:
+    get = lambda k: _config_value(runs, k)  # noqa: E731
+    out = []
+    scenario = get("scenario")
+    if any(run.config.get("pool") for run in runs):
+        scenario = f"custom pool ({get('pool')})"
+    if scenario is not None:
+        extra = ""
+        if scenario == "unreliable-rewards" and get("corrupt_fraction") is not None:
+            extra = f" (corrupted fraction of the pool: {get('corrupt_fraction')})"
+        out.append(f"- **scenario**: {scenario}{extra}")
+    if get("model") is not None:
+        out.append(f"- **model**: {get('model')}")
+    r, t, b = get("rounds"), get("steps_per_round"), get("problems_per_step")
+    if r is not None or t is not None:
+        out.append(f"- **schedule**: {r if r is not None else '?'} rounds × {t if t is not None else '?'} "
+                   f"GRPO steps × {b if b is not None else '?'} problems per step")
+    m, q = runs[0].config.get("chunk_size"), runs[0].config.get("selection_ratio")
+    if _is_number(m):
+        keep = f", keep floor(M/q) = floor({m}/{q}) = {max(1, int(m) // int(q))} per round" if _is_number(q) and q else ""
+        out.append(f"- **chunk**: M = {get('chunk_size')} candidates per round{keep}")
+    if get("rollouts_per_problem") is not None:
+        out.append(f"- **rollouts per candidate**: k_r = {get('rollouts_per_problem')}")
+    if get("seed") is not None:
+        out.append(f"- **seed**: {get('seed')}")
+    return out
+
+
+HOW_TO_READ = (
+    "**Test accuracy** is measured on the held-out test set before training (step 0) and after every round; "
+    "Δ is after − before. **Corrupted share** is the fraction of the problems a method selected whose rewards "
+    "are coin flips (a fair coin per rollout, whatever the completion says), per round and averaged over rounds: "
+    "training on them teaches nothing but noise. The paper's pattern: AccGreedy, which prefers problems whose "
+    "pass rate is near 1/2, picks mostly corrupted problems (>80% in the paper); random selection picks about "
+    "the pool's share (about half); GradAlign, which keeps problems whose policy gradient agrees with the "
+    "gradient on a trusted validation set, picks far fewer (~18–30%). Wall time is summed over rounds: "
+    "rollouts include the validation rollouts, scoring includes the selection itself."
+)
+
+HOW_TO_READ_CLEAN = (
+    "**Test accuracy** is measured on the held-out test set before training (step 0) and after every round; "
+    "Δ is after − before. This scenario has no corrupted rewards, so the corrupted share (the fraction of "
+    "selected problems whose rewards are coin flips) does not apply and shows as —. Wall time is summed over "
+    "rounds: rollouts include the validation rollouts, scoring includes the selection itself."
+)
+
+
+def summary_markdown(directory: str | os.PathLike, runs: list[RunView], plot_path: str | os.PathLike | None = None,
+                     notes: list[str] | None = None) -> str:
+    directory = Path(directory)
+    rows = method_rows(runs)
+    methods = ", ".join(r["method"] for r in rows)
+    parts = [f"# Curriculum results: {directory.name or directory.resolve().name}", "",
+             f"Methods: {methods}.", ""]
+    essentials = _essentials(runs)
+    if essentials:
+        parts += ["## Setup", "", *essentials, ""]
+    parts += ["## Results", "", markdown_table(rows), ""]
+    if plot_path is not None:
+        rel = Path(os.path.relpath(Path(plot_path).resolve(), directory.resolve())).as_posix()
+        parts += [f"![test accuracy and corrupted share per round]({rel})", ""]
+    by_source = _by_source_table(rows)
+    if by_source:
+        parts += ["## Test accuracy by source", "", by_source, ""]
+    applicable = any(r["corrupted_shares"] for r in rows)
+    parts += ["## How to read this", "", HOW_TO_READ if applicable else HOW_TO_READ_CLEAN, ""]
+    all_notes = list(notes or [])
+    for r in rows:
+        for rnd, fb in r["fallbacks"]:
+            all_notes.append(f"{r['method']}: round {rnd} used the no-direction fallback ({fb}).")
+    if all_notes:
+        parts += ["## Notes", "", *(f"- {n}" for n in all_notes), ""]
+    return "\n".join(parts)
+
+
+def write_summary(directory: str | os.PathLike, runs: list[RunView], plot_path: str | os.PathLike | None = None,
+                  notes: list[str] | None = None) -> Path:
+    """Write `<directory>/summary.md` atomically; returns its path."""
+    path = Path(directory) / "summary.md"
+    write_text(path, summary_markdown(directory, runs, plot_path, notes))
+    return path

@@ -1,0 +1,76 @@
+"""The problem-level reward, used both for training and for selection: a verifier, unless the regime
+builder corrupted the problem (``metadata["corrupted"]``), in which case the reward is noise.
+
+Corruption kinds (``metadata["corruption"]``):
+
+* ``"coin"`` (default): a fair coin per rollout, whatever the completion says. It is a fixed function of
+  (seed, problem, completion, occurrence of that completion in the batch), so it is reproducible (a resumed
+  run sees the same rewards) while repeated identical completions still get independent coins: a corrupted
+  problem's pass rate is Binomial(k, 1/2)/k, near 0.5, exactly what pass-rate heuristics prefer.
+* ``"wrong-answer"``: the verifier against ``metadata["wrong_answer"]`` instead of the true answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+
+from gradalign.rewards.verifiers import Verifier
+
+CORRUPTION_KINDS = ("coin", "wrong-answer")
+
+
+class ProblemReward:
+    """Callable ``(completion, answer, metadata) -> float``; `batch` scores many at once."""
+
+    def __init__(self, verifier: Verifier, seed: int = 0):
+        self.verifier = verifier
+        self.seed = seed
+
+    def __call__(self, completion: str, answer: str, metadata: Mapping[str, Any] | None = None) -> float:
+        return self.batch([completion], [answer], [metadata])[0]
+
+    def batch(
+        self,
+        completions: list[str],
+        answers: list[str],
+        metadatas: list[Mapping[str, Any] | None],
+    ) -> list[float]:
+        if not len(completions) == len(answers) == len(metadatas):
+            raise ValueError(f"lengths differ: {len(completions)} completions, {len(answers)} answers, {len(metadatas)} metadatas")
+        rewards: list[float | None] = [None] * len(completions)
+        # Everything the verifier must check goes through one `verifier.batch` call (one round trip to
+        # the math-verify worker instead of one per completion).
+        to_verify: list[int] = []
+        targets: list[str] = []
+        occurrences: dict[tuple[str, str], int] = {}
+        for i, (completion, answer, metadata) in enumerate(zip(completions, answers, metadatas)):
+            metadata = metadata or {}
+            if not metadata.get("corrupted", False):
+                to_verify.append(i)
+                targets.append(answer)
+                continue
+            kind = metadata.get("corruption", "coin")
+            if kind == "coin":
+                key = (str(metadata.get("problem_id", answer)), completion)
+                occurrences[key] = occurrences.get(key, -1) + 1
+                rewards[i] = self._coin(*key, occurrences[key])
+            elif kind == "wrong-answer":
+                if "wrong_answer" not in metadata:
+                    raise ValueError("corruption 'wrong-answer' needs metadata['wrong_answer']")
+                to_verify.append(i)
+                targets.append(str(metadata["wrong_answer"]))
+            else:
+                raise ValueError(f"unknown corruption {kind!r} (choose from: {', '.join(CORRUPTION_KINDS)})")
+        if to_verify:
+            verified = self.verifier.batch([completions[i] for i in to_verify], targets)
+            for i, reward in zip(to_verify, verified):
+                rewards[i] = reward
+        return rewards  # type: ignore[return-value]  (every slot is filled above)
+
+    def _coin(self, key: str, completion: str, occurrence: int) -> float:
+        # JSON-encoding keeps field boundaries unambiguous ("a"+"bc" != "ab"+"c");
+        # blake2b, unlike hash(), is the same in every process and run.
+        digest = hashlib.blake2b(json.dumps([self.seed, key, completion, occurrence]).encode(), digest_size=8).digest()
+        return float(digest[0] & 1)

@@ -1,0 +1,233 @@
+"""Verifiers: score one completion against a ground-truth answer (1.0 right, 0.0 wrong).
+
+This package must never import torch: verifiers run in reward workers and CPU-only tools.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import threading
+import weakref
+from typing import Callable, Protocol, runtime_checkable
+
+logger = logging.getLogger(__name__)
+
+Scorer = Callable[[str, str], float]
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Anything with a `name` that scores (completion, answer) pairs.
+
+    Subclass it to inherit the default `batch` (a loop); override `batch` when scoring many pairs at
+    once is cheaper (as `MathVerify` does, to pay one process round trip per batch).
+    """
+
+    name: str
+
+    def __call__(self, completion: str, answer: str) -> float: ...
+
+    def batch(self, completions: list[str], answers: list[str]) -> list[float]:
+        if len(completions) != len(answers):
+            raise ValueError(f"{len(completions)} completions but {len(answers)} answers")
+        return [self(c, a) for c, a in zip(completions, answers)]
+
+
+# --------------------------------------------------------------------------------------- exact match
+
+DEFAULT_EOS_MARKERS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>")
+
+
+class ExactMatch(Verifier):
+    """Strict string equality after stripping whitespace; no numeric normalisation ("82" != "82.0").
+
+    The completion's answer is its text (leading whitespace dropped) up to the first newline or EOS
+    marker: small policies often keep generating junk after the answer line, which should not count.
+    Strict on purpose: the tiny synthetic tasks print canonical answers, and a lenient match would
+    blur the reward the selection methods are compared on.
+    """
+
+    name = "exact"
+
+    def __init__(self, eos_markers: tuple[str, ...] = DEFAULT_EOS_MARKERS):
+        self.eos_markers = tuple(eos_markers)
+
+    def extract(self, completion: str) -> str:
+        """The answer part of a completion: first line, cut at the first EOS marker, stripped."""
+        text = completion.lstrip().split("\n", 1)[0]
+        for marker in self.eos_markers:
+            text = text.split(marker, 1)[0]
+        return text.strip()
+
+    def __call__(self, completion: str, answer: str) -> float:
+        return 1.0 if self.extract(completion) == answer.strip() else 0.0
+
+
+# --------------------------------------------------------------------------------------- math-verify
+
+
+def math_verify_score(completion: str, answer: str) -> float:
+    """1.0 if math-verify judges `completion` equal to `answer`. Runs in the worker process only.
+
+    Timeouts are off (None) inside math-verify: its own timeout uses signal.alarm, which only works
+    on a main thread; the parent process enforces the time limit instead by killing the worker.
+    """
+    from math_verify import parse, verify
+
+    # A bare "82" or "\\frac{1}{2}" usually parses as is; things like "x+1" only parse inside $...$.
+    gold = parse(answer, parsing_timeout=None) or parse(f"${answer}$", parsing_timeout=None)
+    pred = parse(completion, parsing_timeout=None)
+    return 1.0 if gold and pred and verify(gold, pred, timeout_seconds=None) else 0.0
+
+
+def _worker_main(conn, scorer: Scorer | None) -> None:
+    """Child process loop: receive a list of (completion, answer) pairs, send back one float per pair.
+
+    One message per item (not per batch), so that on a timeout the parent knows which items were done.
+    """
+    if scorer is None:
+        import math_verify  # noqa: F401  (import before "ready": startup must not eat the first item's time)
+
+        # math-verify warns once that its timeout is disabled; we time out from the parent instead.
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
+        scorer = math_verify_score
+    conn.send("ready")
+    while True:
+        try:
+            batch = conn.recv()
+        except EOFError:  # parent went away
+            return
+        if batch is None:  # orderly shutdown
+            return
+        for completion, answer in batch:
+            try:
+                reward = float(scorer(completion, answer))
+            except Exception:  # a crash on one odd completion must not kill the worker
+                reward = 0.0
+            conn.send(reward)
+
+
+def _stop(proc, conn) -> None:
+    """Shut a worker down: polite request first, kill if it does not exit promptly."""
+    try:
+        conn.send(None)
+    except (OSError, ValueError):
+        pass
+    conn.close()
+    proc.join(timeout=1.0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+class _Worker:
+    """One spawned child process and its pipe; closed on `close()`, garbage collection or exit."""
+
+    def __init__(self, scorer: Scorer | None, startup_timeout: float):
+        ctx = mp.get_context("spawn")  # fork would copy a parent that may hold CUDA state and threads
+        self.conn, child_conn = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child_conn, scorer), daemon=True)
+        self.proc.start()
+        child_conn.close()
+        # weakref.finalize runs at interpreter exit too, so no child outlives us.
+        self._finalizer = weakref.finalize(self, _stop, self.proc, self.conn)
+        if not self.conn.poll(startup_timeout):
+            self.close()
+            raise RuntimeError(f"math-verify worker did not start within {startup_timeout:.0f}s")
+        self.conn.recv()  # "ready"
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.close()
+
+
+class MathVerify(Verifier):
+    """math-verify equivalence (e.g. "The answer is 82" matches "82"; "\\boxed{\\frac{1}{2}}" matches "0.5").
+
+    Scoring runs in a persistent child process because sympy can hang on adversarial completions and
+    math-verify's own timeout (signal.alarm) does not work off the main thread (reward functions are
+    often called from one). Each item gets `timeout_seconds` from the parent; a stuck item scores 0.0,
+    the child is killed, and the rest of the batch goes to a fresh child, started only when needed.
+
+    Picklable: a copy gets no process and starts its own on first use. The child is started with
+    "spawn", which re-imports the main module: scripts must keep their code under
+    ``if __name__ == "__main__":``.
+    """
+
+    name = "math"
+
+    def __init__(self, timeout_seconds: float = 5.0, *, startup_timeout: float = 120.0, _scorer: Scorer | None = None):
+        # `_scorer` (a picklable, module-level function) replaces math-verify in the child; for tests.
+        self.timeout_seconds = timeout_seconds
+        self.startup_timeout = startup_timeout
+        self._scorer = _scorer
+        self._worker: _Worker | None = None
+        self._lock = threading.Lock()  # one batch at a time through the pipe
+
+    def __call__(self, completion: str, answer: str) -> float:
+        return self.batch([completion], [answer])[0]
+
+    def batch(self, completions: list[str], answers: list[str]) -> list[float]:
+        if len(completions) != len(answers):
+            raise ValueError(f"{len(completions)} completions but {len(answers)} answers")
+        pending = list(zip(completions, answers))
+        rewards: list[float] = []
+        with self._lock:
+            while pending:  # loops again only after a timeout, with the items after the stuck one
+                if self._worker is None:
+                    self._worker = _Worker(self._scorer, self.startup_timeout)
+                done = self._run(self._worker, pending)
+                rewards += done
+                pending = pending[len(done):]
+                if pending:  # the next item timed out, or the child died on it
+                    logger.warning(
+                        "math-verify gave no answer within %.1fs; scoring that completion 0.0 and restarting the worker",
+                        self.timeout_seconds,
+                    )
+                    self._worker.kill()
+                    self._worker = None
+                    rewards.append(0.0)
+                    pending = pending[1:]
+        return rewards
+
+    def _run(self, worker: _Worker, items: list[tuple[str, str]]) -> list[float]:
+        """Send `items`; return the rewards received before the first timeout (all of them if none)."""
+        worker.conn.send(items)
+        rewards = []
+        for _ in items:
+            try:
+                if not worker.conn.poll(self.timeout_seconds):
+                    break
+                rewards.append(worker.conn.recv())
+            except (EOFError, OSError):  # the child died
+                break
+        return rewards
+
+    def close(self) -> None:
+        """Stop the child process (it is also stopped at exit)."""
+        with self._lock:
+            if self._worker is not None:
+                self._worker.close()
+                self._worker = None
+
+    def __getstate__(self):
+        return {"timeout_seconds": self.timeout_seconds, "startup_timeout": self.startup_timeout, "_scorer": self._scorer}
+
+    def __setstate__(self, state):
+        self.__init__(state["timeout_seconds"], startup_timeout=state["startup_timeout"], _scorer=state["_scorer"])
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+_VERIFIERS = {"exact": ExactMatch, "math": MathVerify}
+
+
+def get_verifier(name: str, **kwargs) -> Verifier:
+    """Build a verifier by name ("exact" or "math"); kwargs go to its constructor."""
+    if name not in _VERIFIERS:
+        raise ValueError(f"unknown verifier {name!r} (choose from: {', '.join(_VERIFIERS)})")
+    return _VERIFIERS[name](**kwargs)

@@ -1,0 +1,77 @@
+"""What a selection method sees about a chunk, and the two generic selectors (top-n and uniform)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Candidates:
+    """Signals of the candidates of one round. Gradient fields are None when the method does not need them."""
+
+    ids: list[str]
+    pass_rate: np.ndarray  # [n] p(x), mean reward of the rollout group
+    zero_variance: np.ndarray  # [n] bool: all rewards equal, so g(x) = 0
+    norm: np.ndarray | None = None  # ‖g(x)‖
+    cos_val: np.ndarray | None = None  # ⟨g, ĝ_V⟩ / (‖g‖ + ε)
+    dot_val: np.ndarray | None = None  # ⟨g, ĝ_V⟩
+    cos_self: np.ndarray | None = None  # cosine to the pooled gradient of the chunk itself
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class SelectionOptions:
+    """Knobs shared by the methods (the run config carries them)."""
+
+    zero_variance: str = "exclude"  # "exclude" (default) or "score-zero" (reference GradAlign code)
+    passrate_band: tuple[float, float] = (0.2, 0.8)
+
+
+@dataclass
+class Scored:
+    """A method's verdict: a score per candidate (higher is better) and which candidates may be chosen."""
+
+    scores: np.ndarray
+    eligible: np.ndarray
+    rule: str = "top"  # "top": best scores first; "uniform": seeded uniform draw among the eligible
+
+
+@dataclass
+class Method:
+    """A registry entry: a name, what signals it needs, and a scoring function."""
+
+    name: str
+    score: Callable[[Candidates, SelectionOptions], Scored]
+    needs: frozenset[str] = field(default_factory=frozenset)  # subset of {"gradients", "validation", "self"}
+    description: str = ""
+    needs_rollouts: bool = True  # False only for "full", which trains on the whole pool unscored
+
+
+def select(scored: Scored, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of up to `n` chosen candidates, best first. Ties are broken by a seeded random order."""
+    eligible = np.flatnonzero(scored.eligible)
+    order = rng.permutation(eligible)  # random tie-break / uniform draw
+    if scored.rule == "top":
+        order = order[np.argsort(-scored.scores[order], kind="stable")]
+    elif scored.rule != "uniform":
+        raise ValueError(f"unknown selection rule '{scored.rule}'")
+    return order[:n]
+
+
+def gradient_eligibility(c: Candidates, opts: SelectionOptions) -> np.ndarray:
+    """Zero-variance candidates are excluded by default; the reference code keeps them with score 0."""
+    if opts.zero_variance == "exclude":
+        return ~c.zero_variance
+    if opts.zero_variance == "score-zero":
+        return np.ones(len(c), dtype=bool)
+    raise ValueError(f"unknown zero_variance option '{opts.zero_variance}' (choose from: exclude, score-zero)")
+
+
+def zero_where_zero_variance(scores: np.ndarray, c: Candidates) -> np.ndarray:
+    """Score 0 for zero-variance candidates (their gradient is 0; the cosine is 0/ε there anyway)."""
+    return np.where(c.zero_variance, 0.0, scores)
