@@ -142,5 +142,5 @@ class RoundSelector:
         if choice == "random":
             log.warning("%s; selecting uniformly this round (no_direction: random)", what)
             return None, "random"
-        raise NoDirectionError(f"{what} (set no_direction: random or previous to continue, or use a harder or "
-                               f"larger validation set)")
+        raise NoDirectionError(f"{what} (set no_direction: random or previous to continue, or use a validation "
+                               f"set the policy sometimes solves and sometimes fails)")

@@ -32,6 +32,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         unk_token="<unk>",
         padding_side="left",
     )
+    # Chat prompts (verl layout) render to the same tokens as the plain prompt: BOS + the messages' text.
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
     return tok
 
 

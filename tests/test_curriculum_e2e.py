@@ -1,0 +1,120 @@
+"""End-to-end: the curriculum through the real TRL GRPOTrainer on the warm-started tiny policy, tiny settings."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from gradalign.config import RunConfig
+from gradalign.curriculum import loop
+from gradalign.curriculum.loop import Curriculum
+from gradalign.policy.warmstart import WarmStartConfig, sampled_accuracy, warm_started_tiny
+from gradalign.data.tasks import generate_mix
+from gradalign.selection import REGISTRY
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_cfg(tmp_path, name="run", **kw) -> RunConfig:
+    base = dict(output_dir=str(tmp_path / name), pool_size=64, validation_size=16, test_size=32, chunk_size=32,
+                selection_ratio=4, rollouts_per_problem=4, validation_rollouts=4, rounds=2, steps_per_round=2,
+                problems_per_step=4, num_generations=4, eval_samples=0)
+    return RunConfig(**{**base, **kw})
+
+
+def recording_train_round(calls: list):
+    """Wrap the loop's TRL call so the test sees every problem id TRL's reward function was asked to score."""
+    real = loop.train_round
+
+    def wrapper(model, tokenizer, problems, schedule, reward, args, optimizer, scheduler, seen=None):
+        seen = []
+        out = real(model, tokenizer, problems, schedule, reward, args, optimizer, scheduler, seen)
+        calls.append({"problems": [p.id for p in problems], "schedule": schedule, "seen": seen})
+        return out
+    return wrapper
+
+
+def test_warm_start_lands_where_grpo_groups_disagree():
+    model, tokenizer = warm_started_tiny()
+    held_out = generate_mix({"add": 1, "sub": 1}, 128, seed=99, id_prefix="check")
+    acc = sampled_accuracy(model, tokenizer, held_out, WarmStartConfig())
+    assert 0.25 <= acc <= 0.65, acc  # sampled accuracy around 0.3-0.5: many groups have mixed rewards
+
+
+def test_trl_trains_on_exactly_the_selected_problems(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(loop, "train_round", recording_train_round(calls))
+    result = Curriculum(tiny_cfg(tmp_path)).run()
+    assert len(calls) == len(result.rounds) == 2
+    for call, record in zip(calls, result.rounds):
+        assert call["problems"] == record["selected_ids"]  # TRL's dataset is the selection
+        expected = [call["problems"][i] for block in call["schedule"] for i in block for _ in range(4)]
+        assert call["seen"] == expected  # ... and TRL sampled exactly the planned blocks, k completions each
+        assert set(call["seen"]) <= set(record["selected_ids"])
+        assert len(call["seen"]) == 2 * 4 * 4  # T steps × B problems × num_generations
+    for record in result.rounds:
+        assert record["selected_count"] == 8 and record["candidates"] == 32
+        assert {"rollouts", "validation_rollouts", "scoring", "training", "evaluation"} <= set(record["timings"])
+        assert 0 <= record["selected_corrupted_share"] <= 1
+    out = tmp_path / "run"
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1]
+    for name in ("config.yaml", "initial.json", "metrics.jsonl", "problems/pool.jsonl", "selected/round-001.jsonl",
+                 "checkpoints/round-001/model.safetensors", "checkpoints/round-001/optimizer.pt"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoints/round-000/model.safetensors").exists()  # only the latest weights are kept
+
+
+def test_optimizer_state_carries_across_rounds(tmp_path):
+    import torch
+    Curriculum(tiny_cfg(tmp_path, rounds=2)).run()
+    state = torch.load(tmp_path / "run/checkpoints/round-001/optimizer.pt", weights_only=True)
+    steps = {float(s["step"]) for s in state["state"].values()}
+    assert steps == {4.0}  # 2 rounds × 2 steps on one AdamW, not 2 fresh optimisers
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, monkeypatch):
+    cfg_kw = dict(rounds=3)
+    reference = Curriculum(tiny_cfg(tmp_path, "whole", **cfg_kw)).run()
+
+    real = loop.train_round
+    state = {"calls": 0}
+
+    def dies_in_round_1(*args, **kwargs):
+        state["calls"] += 1
+        if state["calls"] == 2:  # killed while training round 1, after its selection was made
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_round", dies_in_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        Curriculum(tiny_cfg(tmp_path, "resumed", **cfg_kw)).run()
+    out = tmp_path / "resumed"
+    assert [json.loads(x)["round"] for x in (out / "rounds.jsonl").read_text().splitlines()] == [0]
+
+    rounds_run = []
+    monkeypatch.setattr(loop, "train_round", real)
+    original = Curriculum.run_round
+    monkeypatch.setattr(Curriculum, "run_round",
+                        lambda self, r, *a: rounds_run.append(r) or original(self, r, *a))
+    resumed = Curriculum(tiny_cfg(tmp_path, "resumed", **cfg_kw)).run()
+    assert rounds_run == [1, 2]  # finished rounds are not redone
+    for a, b in zip(reference.rounds, resumed.rounds):
+        assert a["selected_ids"] == b["selected_ids"]
+        assert a["test"]["accuracy"] == b["test"]["accuracy"]
+    wa = load_file(str(tmp_path / "whole/checkpoints/round-002/model.safetensors"))
+    wb = load_file(str(out / "checkpoints/round-002/model.safetensors"))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_every_method_runs_through_the_same_loop(tmp_path, method):
+    result = Curriculum(tiny_cfg(tmp_path, rounds=1, steps_per_round=1, method=method)).run()
+    record = result.rounds[0]
+    assert record["method"] == method
+    if method == "full":
+        assert record["selected_count"] == 64 and "scores" not in record  # the whole pool, unscored
+    else:
+        assert 1 <= record["selected_count"] <= 8
+        assert record["zero_variance"] >= 0
