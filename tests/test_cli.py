@@ -165,3 +165,20 @@ def test_demo_writes_table_plot_and_summary(tmp_path, capsys):
     assert "corrupted share" in printed
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| **gradalign** |" in (out / "summary.md").read_text()
+
+
+def test_any_local_hugging_face_checkpoint(tmp_path, files):
+    # A plain HF directory (weights + tokenizer files), loaded through AutoModelForCausalLM / AutoTokenizer.
+    from gradalign.policy.warmstart import warm_started_tiny
+    model, tokenizer = warm_started_tiny()
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    assert run(tmp_path, files, "--model", str(tmp_path / "ckpt")) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"] == str(tmp_path / "ckpt")
+
+
+def test_unloadable_model(tmp_path, files, capsys):
+    (tmp_path / "empty-model").mkdir()
+    assert run(tmp_path, files, "--model", str(tmp_path / "empty-model")) == 2
+    assert "empty-model" in one_line_error(capsys)

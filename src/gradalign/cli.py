@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (DataError, NoDirectionError, ValueError) as e:
         # Bad input or config: one line, no traceback; whatever was already written stays valid.
-        print(f"gradalign: error: {e}", file=sys.stderr)
+        print(f"gradalign: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gradalign: interrupted; rerun the same command to resume from the last finished round",

@@ -33,8 +33,9 @@ def load_policy(spec: str, device: str = "auto"):
         try:
             tokenizer = AutoTokenizer.from_pretrained(spec)
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
-        except OSError as e:
-            raise ValueError(f"model '{spec}': cannot load ({str(e).splitlines()[0]})") from None
+        except (OSError, ValueError) as e:
+            reason = " ".join(str(e).split())[:300]
+            raise ValueError(f"model '{spec}': cannot load it as a causal LM + tokenizer ({reason})") from None
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
