@@ -55,7 +55,8 @@ class RunConfig:
     passrate_band: list = _f([0.2, 0.8], "passrate-band method: [a, b].")
     no_direction: str = _f("error", "If every validation group is zero-variance: error, random (select "
                            "uniformly this round) or previous (reuse the last direction).")
-    gradient_backend: str = _f("naive", "How per-problem gradient signals are computed.")
+    gradient_backend: str = _f("onepass", "Per-problem gradient signals: onepass (exact, one forward+backward) "
+                               "or naive (exact, one full gradient per problem; the reference).")
     micro_batch: int = _f(256, "Completions per forward/backward when computing gradient signals.")
     # ── training (TRL GRPOTrainer) ───────────────────────────────────────────────────────────────────────
     rounds: int = _f(8, "R: selection rounds.")

@@ -15,7 +15,8 @@ import torch
 
 from ..config import RunConfig
 from ..data.problem import Problem
-from ..gradients.signals import GradientBackend, get_backend, unit
+from ..gradients import GradientBackend, get_backend
+from ..gradients.signals import unit
 from ..gradients.surrogate import SurrogateBatch
 from ..policy.rollouts import Rollouts, SamplingConfig, sample_rollouts
 from ..rewards import ProblemReward

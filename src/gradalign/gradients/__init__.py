@@ -1,0 +1,18 @@
+"""Per-problem policy-gradient signals behind one interface (`GradientBackend`), by name."""
+
+from .onepass import OnePassGradients
+from .signals import GradientBackend, NaiveGradients, ProblemSignals
+
+BACKENDS: dict[str, type[GradientBackend]] = {
+    "onepass": OnePassGradients,  # exact, one forward + backward per micro-batch (default)
+    "naive": NaiveGradients,  # exact, one full gradient per problem (the reference code's way)
+}
+
+
+def get_backend(name: str, **kw) -> GradientBackend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown gradient backend '{name}' (choose from: {', '.join(BACKENDS)})")
+    return BACKENDS[name](**kw)
+
+
+__all__ = ["BACKENDS", "GradientBackend", "NaiveGradients", "OnePassGradients", "ProblemSignals", "get_backend"]

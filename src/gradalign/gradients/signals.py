@@ -32,10 +32,16 @@ def trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    """fp32, or fp64 for fp64 models (tests use those as an exact oracle)."""
+    t = t.detach()
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def flat_grad(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """Concatenate .grad of `params` (zeros where a parameter got no gradient), fp32."""
+    """Concatenate .grad of `params` (zeros where a parameter got no gradient), fp32 (fp64 for fp64 models)."""
     return torch.cat([
-        (p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().reshape(-1) for p in params
+        _as_float(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
     ])
 
 
@@ -86,7 +92,8 @@ class NaiveGradients(GradientBackend):
         params = trainable(model)
         saved = [p.grad for p in params]
         n, n_dir = batch.num_problems, directions.shape[0]
-        norms, dots = torch.zeros(n), torch.zeros(n, n_dir)
+        dtype = torch.float64 if params[0].dtype == torch.float64 else torch.float32
+        norms, dots = torch.zeros(n, dtype=dtype), torch.zeros(n, n_dir, dtype=dtype)
         ones = torch.ones(n)
         try:
             for i in range(n):
@@ -99,17 +106,9 @@ class NaiveGradients(GradientBackend):
                 g = flat_grad(params)
                 norms[i] = g.norm()
                 if n_dir:
-                    dots[i] = directions @ g
+                    dots[i] = directions.to(g.dtype) @ g
         finally:
             for p, g in zip(params, saved):
                 p.grad = g
         return ProblemSignals(norms=norms, dots=dots)
 
-
-BACKENDS = {"naive": NaiveGradients}
-
-
-def get_backend(name: str, **kw) -> GradientBackend:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown gradient backend '{name}' (choose from: {', '.join(BACKENDS)})")
-    return BACKENDS[name](**kw)

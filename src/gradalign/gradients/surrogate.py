@@ -44,7 +44,8 @@ def completion_logps(model, rollouts: Rollouts, rows: torch.Tensor) -> torch.Ten
     position_ids = (attention.cumsum(1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids).logits
     c = c_ids.shape[1]
-    logits = logits[:, -c - 1:-1].float()  # the logits that predict each completion token
+    logits = logits[:, -c - 1:-1]  # the logits that predict each completion token
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     logps = logits.log_softmax(-1).gather(-1, c_ids.to(device).unsqueeze(-1)).squeeze(-1)
     return logps * c_mask.to(device)
 

@@ -1,0 +1,256 @@
+"""Exact per-problem gradient norms and alignments from one forward and one backward (METHODS.md §4).
+
+Sequences in a batch do not interact, so one backward of the *summed* surrogate gives every token's
+output-gradient δ_t exactly as the problem's own backward would. Every parameter's per-problem gradient is
+then a sum of per-token rank-one terms, G_i = Σ_{t∈i} a_t b_tᵀ:
+
+    Linear W        a = δ_t (output grad),            b = x_t (input)
+    Linear bias     a = δ_t,                          b = 1
+    Embedding E     a = onehot(token_t),              b = δ_t (grad of the embedding output)
+    norm weight w   a = δ_t ⊙ ∂y_t/∂w,                b = 1      (y is affine in w: ∂y/∂w = y(w=1) - y(w=0))
+
+A tied head and embedding simply contribute both kinds of terms to the same parameter. Per layer, the
+problems' G_i are formed with one batched matmul (the weight-gradient matmul of an ordinary backward, split
+by problem) and reduced at once to ‖G_i‖² and ⟨G_i, D⟩; a parameter too large to materialise per problem
+(a big vocabulary head) uses the Gram form ‖G_i‖² = Σ_{s,t} (a_s·a_t)(b_s·b_t) instead. The backward itself
+only asks autograd for the module outputs' gradients, so no weight gradient is ever formed.
+Memory: activations of one micro-batch of whole problems, plus one layer's G_i for a few problems at a time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .signals import GradientBackend, ProblemSignals, trainable
+from .surrogate import SurrogateBatch, weighted_surrogate
+
+MATERIALISE_BUDGET = 2**25  # floats of per-problem gradients formed at once (128 MiB in fp32)
+
+
+@dataclass
+class Factor:
+    """Per-token rank-one terms a_t b_tᵀ of one parameter (viewed as a matrix). `a` holds token ids when
+    `index` is True (a one-hot over the rows of the parameter: embeddings)."""
+
+    a: torch.Tensor  # [T, rows] or [T] ids
+    b: torch.Tensor  # [T, cols]
+    index: bool = False
+
+
+def _norm_like(module: nn.Module) -> bool:
+    params = list(module.parameters(recurse=False))
+    return bool(params) and "norm" in type(module).__name__.lower() and all(p.dim() == 1 for p in params)
+
+
+class ActivationCapture:
+    """Forward hooks keeping each supported module's input and output for one forward pass."""
+
+    def __init__(self, model: nn.Module):
+        self.calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        self.handles = []
+        covered: set[int] = set()
+        for module in model.modules():
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            if isinstance(module, (nn.Linear, nn.Embedding)) or _norm_like(module):
+                self.handles.append(module.register_forward_hook(self._keep))
+                covered.update(id(p) for p in own)
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+        if missing:
+            self.close()
+            raise NotImplementedError(f"one-pass scoring does not know the modules holding {missing[:3]} "
+                                      f"(supported: Linear, Embedding, *Norm); use gradient_backend: naive")
+
+    def _keep(self, module, inputs, output):
+        self.calls.append((module, inputs[0], output))
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def _exact(t: torch.Tensor) -> torch.Tensor:
+    """fp32 for low-precision models (bf16/fp16 activations), the model's own precision otherwise."""
+    t = t.detach()
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def factors_of(calls, grads) -> dict[int, list[Factor]]:
+    """Rank-one factors per parameter id, from each module call's input, output and output gradient."""
+    out: dict[int, list[Factor]] = defaultdict(list)
+    for (module, x, y), g in zip(calls, grads):
+        if g is None:
+            continue  # this output does not reach the loss
+        g = _exact(g)
+        if isinstance(module, nn.Linear):
+            a = g.reshape(-1, g.shape[-1])
+            if module.weight.requires_grad:
+                out[id(module.weight)].append(Factor(a, _exact(x).reshape(-1, x.shape[-1])))
+            if module.bias is not None and module.bias.requires_grad:
+                out[id(module.bias)].append(Factor(a, torch.ones(a.shape[0], 1, dtype=a.dtype)))
+        elif isinstance(module, nn.Embedding):
+            out[id(module.weight)].append(Factor(x.reshape(-1), g.reshape(-1, g.shape[-1]), index=True))
+        else:  # norm-like: the output is affine in each 1-D parameter
+            xd = x.detach()
+            for name, p in module.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                with torch.no_grad():
+                    dy_dp = (functional_call(module, {name: torch.ones_like(p)}, (xd,))
+                             - functional_call(module, {name: torch.zeros_like(p)}, (xd,)))
+                u = (g * _exact(dy_dp)).reshape(-1, p.shape[0])
+                out[id(p)].append(Factor(u, torch.ones(u.shape[0], 1, dtype=u.dtype)))
+    return out
+
+
+def _segments(token_problem: torch.Tensor, n: int) -> list[slice]:
+    """Token slices of each problem (tokens are laid out contiguously per problem)."""
+    counts = torch.bincount(token_problem, minlength=n).tolist()
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
+    return [slice(starts[i], starts[i + 1]) for i in range(n)]
+
+
+def _materialised(factors: list[Factor], shape: tuple[int, int], seg: list[slice]) -> torch.Tensor:
+    """G_i for the problems of `seg` (consecutive token slices), [len(seg), rows, cols]."""
+    rows, cols = shape
+    dtype = factors[0].b.dtype
+    lengths = {s.stop - s.start for s in seg}
+    start, stop = seg[0].start, seg[-1].stop
+    if len(lengths) == 1:  # equal token counts (the usual equal group sizes): one batched matmul
+        G = torch.zeros(len(seg), rows, cols, dtype=dtype)
+        T = lengths.pop()
+        for f in factors:
+            b = f.b[start:stop].reshape(len(seg), T, cols)
+            if f.index:
+                offsets = (torch.arange(len(seg)) * rows).repeat_interleave(T)
+                G.view(-1, cols).index_add_(0, f.a[start:stop] + offsets, b.reshape(-1, cols))
+            else:
+                G.baddbmm_(f.a[start:stop].reshape(len(seg), T, rows).transpose(1, 2), b)
+        return G
+    G = torch.zeros(len(seg), rows, cols, dtype=dtype)
+    for f in factors:
+        for i, s in enumerate(seg):
+            if f.index:
+                G[i].index_add_(0, f.a[s], f.b[s])
+            else:
+                G[i].addmm_(f.a[s].T, f.b[s])
+    return G
+
+
+def _gram_norm2(factors: list[Factor], s: slice) -> torch.Tensor:
+    total = torch.zeros((), dtype=torch.float64)
+    for f in factors:
+        for h in factors:
+            bb = f.b[s] @ h.b[s].T
+            if f.index and h.index:
+                aa = (f.a[s][:, None] == h.a[s][None, :]).to(bb.dtype)
+            elif f.index:
+                aa = h.a[s][:, f.a[s]].T
+            elif h.index:
+                aa = f.a[s][:, h.a[s]]
+            else:
+                aa = f.a[s] @ h.a[s].T
+            total += (aa * bb).sum(dtype=torch.float64)
+    return total
+
+
+def _gram_dots(factors: list[Factor], D: torch.Tensor, s: slice) -> torch.Tensor:
+    """⟨G_i, D_k⟩ = Σ_t a_tᵀ D_k b_t for each direction k; D is [K, rows, cols]."""
+    total = torch.zeros(D.shape[0], dtype=torch.float64)
+    for f in factors:
+        if f.index:
+            total += torch.einsum("ktc,tc->k", D[:, f.a[s]], f.b[s]).double()
+        else:
+            total += torch.einsum("tr,krc,tc->k", f.a[s], D, f.b[s]).double()
+    return total
+
+
+class OnePassGradients(GradientBackend):
+    """Exact `problem_signals` at about the cost of one forward+backward over the rollouts."""
+
+    def __init__(self, micro_batch: int = 256, budget: int = MATERIALISE_BUDGET, force_gram: bool = False):
+        super().__init__(micro_batch)
+        self.budget = budget
+        self.force_gram = force_gram  # tests exercise both reduction paths
+
+    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor) -> ProblemSignals:
+        n, k_dir = batch.num_problems, directions.shape[0]
+        norms2 = torch.zeros(n, dtype=torch.float64)
+        dots = torch.zeros(n, k_dir, dtype=torch.float64)
+        ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
+        params = trainable(model)
+        views = self._direction_views(params, directions)
+        for problems in self._micro_batches(batch):
+            rows = torch.cat([batch.rows_of(i) for i in problems])
+            self._accumulate(model, batch, rows, problems, params, views, norms2, dots)
+        return ProblemSignals(norms=norms2.clamp(min=0).sqrt().float(), dots=dots.float())
+
+    def _micro_batches(self, batch: SurrogateBatch) -> list[list[int]]:
+        """Whole problems per micro-batch (a problem's tokens must meet in one Gram); zero-advantage problems
+        are skipped: their gradient is exactly zero."""
+        live = [i for i in range(batch.num_problems) if batch.advantages[batch.rows_of(i)].abs().sum() > 0]
+        out, current, size = [], [], 0
+        for i in live:
+            k = int((batch.rollouts.group == i).sum())
+            if current and size + k > self.micro_batch:
+                out.append(current)
+                current, size = [], 0
+            current.append(i)
+            size += k
+        return out + ([current] if current else [])
+
+    @staticmethod
+    def _direction_views(params, directions: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Each parameter's slice of the flat directions, as [K, rows, cols]."""
+        views, offset = {}, 0
+        for p in params:
+            rows, cols = (p.shape[0], p[0].numel()) if p.dim() > 1 else (p.shape[0], 1)
+            views[id(p)] = directions[:, offset:offset + p.numel()].reshape(-1, rows, cols)
+            offset += p.numel()
+        return views
+
+    def _accumulate(self, model, batch, rows, problems, params, views, norms2, dots) -> None:
+        capture = ActivationCapture(model)
+        try:
+            ones = torch.ones(batch.num_problems)
+            loss = weighted_surrogate(model, batch, ones, rows)
+        finally:
+            capture.close()
+        outputs = [y for _, _, y in capture.calls]
+        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+        factors = factors_of(capture.calls, grads)
+        # Each token's problem: rows are laid out problem by problem, each row contributing seq_len tokens.
+        seq_len = batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1]
+        token_problem = batch.rollouts.group[rows].repeat_interleave(seq_len)
+        remap = torch.zeros(batch.num_problems, dtype=torch.long)
+        remap[torch.tensor(problems)] = torch.arange(len(problems))
+        seg = _segments(remap[token_problem], len(problems))
+        idx = torch.tensor(problems)
+        for p in params:
+            fs = factors[id(p)]
+            D = views[id(p)]
+            rows_, cols = D.shape[1], D.shape[2]
+            size = rows_ * cols
+            if not self.force_gram and size <= self.budget:
+                step = max(1, self.budget // size)
+                for start in range(0, len(problems), step):
+                    part = seg[start:start + step]
+                    G = _materialised(fs, (rows_, cols), part).reshape(len(part), -1)
+                    sel = idx[start:start + step]
+                    norms2[sel] += torch.einsum("ij,ij->i", G, G).double()
+                    if D.shape[0]:
+                        dots[sel] += (G @ D.reshape(D.shape[0], -1).to(G.dtype).T).double()
+            else:
+                for j, s in enumerate(seg):
+                    norms2[idx[j]] += _gram_norm2(fs, s)
+                    if D.shape[0]:
+                        dots[idx[j]] += _gram_dots(fs, D.to(fs[0].b.dtype), s)
