@@ -174,6 +174,70 @@ def _gram_dots(factors: list[Factor], D: torch.Tensor, s: slice) -> torch.Tensor
     return total
 
 
+def matrix_shape(p: torch.Tensor) -> tuple[int, int]:
+    """How a parameter is viewed as a matrix of rank-one terms: W (out, in); 1-D (n, 1); scalar (1, 1)."""
+    if p.dim() == 0:
+        return 1, 1
+    return (p.shape[0], p[0].numel()) if p.dim() > 1 else (p.shape[0], 1)
+
+
+@dataclass
+class MicroBatchFactors:
+    """Everything a reducer needs about one micro-batch of whole problems."""
+
+    problems: torch.Tensor  # [m] problem indices (into the SurrogateBatch)
+    segments: list[slice]  # token slice of each problem in the factors
+    factors: dict[int, list[Factor]]  # id(param) -> factors
+
+
+def micro_batches(batch: SurrogateBatch, micro_batch: int) -> list[list[int]]:
+    """Whole problems per micro-batch (a problem's tokens must meet in one reduction); problems whose
+    advantages are all zero are left out: their gradient is exactly zero."""
+    live = [i for i in range(batch.num_problems) if batch.advantages[batch.rows_of(i)].abs().sum() > 0]
+    out, current, size = [], [], 0
+    for i in live:
+        k = int((batch.rollouts.group == i).sum())
+        if current and size + k > micro_batch:
+            out.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += k
+    return out + ([current] if current else [])
+
+
+def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256):
+    """Per micro-batch: one forward, one backward to the module outputs, and each parameter's per-token factors.
+
+    Shared by the exact reduction (`OnePassGradients`) and the projected features (`gradients.projections`).
+    """
+    ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
+    seq_len = batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1]
+    ones = torch.ones(batch.num_problems)
+    for problems in micro_batches(batch, micro_batch):
+        rows = torch.cat([batch.rows_of(i) for i in problems])
+        capture = ActivationCapture(model)
+        try:
+            loss = weighted_surrogate(model, batch, ones, rows)
+        finally:
+            capture.close()
+        grads = torch.autograd.grad(loss, [y for _, _, y in capture.calls], allow_unused=True)
+        # Each token's problem: rows are laid out problem by problem, each contributing seq_len tokens.
+        token_problem = batch.rollouts.group[rows].repeat_interleave(seq_len)
+        remap = torch.zeros(batch.num_problems, dtype=torch.long)
+        remap[torch.tensor(problems)] = torch.arange(len(problems))
+        yield MicroBatchFactors(torch.tensor(problems), _segments(remap[token_problem], len(problems)),
+                                factors_of(capture.calls, grads))
+
+
+def per_problem_gradients(fs: list[Factor], shape: tuple[int, int], segments: list[slice], budget: int):
+    """Yield (slice of the micro-batch's problems, their G_i flattened [m, rows·cols]) within a memory budget."""
+    size = shape[0] * shape[1]
+    step = max(1, budget // size)
+    for start in range(0, len(segments), step):
+        part = segments[start:start + step]
+        yield slice(start, start + len(part)), _materialised(fs, shape, part).reshape(len(part), -1)
+
+
 class OnePassGradients(GradientBackend):
     """Exact `problem_signals` at about the cost of one forward+backward over the rollouts."""
 
@@ -186,71 +250,33 @@ class OnePassGradients(GradientBackend):
         n, k_dir = batch.num_problems, directions.shape[0]
         norms2 = torch.zeros(n, dtype=torch.float64)
         dots = torch.zeros(n, k_dir, dtype=torch.float64)
-        ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
         params = trainable(model)
         views = self._direction_views(params, directions)
-        for problems in self._micro_batches(batch):
-            rows = torch.cat([batch.rows_of(i) for i in problems])
-            self._accumulate(model, batch, rows, problems, params, views, norms2, dots)
+        for mb in iter_factors(model, batch, self.micro_batch):
+            for p in params:
+                self._reduce(mb, mb.factors[id(p)], views[id(p)], norms2, dots)
         return ProblemSignals(norms=norms2.clamp(min=0).sqrt().float(), dots=dots.float())
-
-    def _micro_batches(self, batch: SurrogateBatch) -> list[list[int]]:
-        """Whole problems per micro-batch (a problem's tokens must meet in one Gram); zero-advantage problems
-        are skipped: their gradient is exactly zero."""
-        live = [i for i in range(batch.num_problems) if batch.advantages[batch.rows_of(i)].abs().sum() > 0]
-        out, current, size = [], [], 0
-        for i in live:
-            k = int((batch.rollouts.group == i).sum())
-            if current and size + k > self.micro_batch:
-                out.append(current)
-                current, size = [], 0
-            current.append(i)
-            size += k
-        return out + ([current] if current else [])
 
     @staticmethod
     def _direction_views(params, directions: torch.Tensor) -> dict[int, torch.Tensor]:
         """Each parameter's slice of the flat directions, as [K, rows, cols]."""
         views, offset = {}, 0
         for p in params:
-            rows, cols = (p.shape[0], p[0].numel()) if p.dim() > 1 else (p.shape[0], 1)
-            views[id(p)] = directions[:, offset:offset + p.numel()].reshape(-1, rows, cols)
+            views[id(p)] = directions[:, offset:offset + p.numel()].reshape(-1, *matrix_shape(p))
             offset += p.numel()
         return views
 
-    def _accumulate(self, model, batch, rows, problems, params, views, norms2, dots) -> None:
-        capture = ActivationCapture(model)
-        try:
-            ones = torch.ones(batch.num_problems)
-            loss = weighted_surrogate(model, batch, ones, rows)
-        finally:
-            capture.close()
-        outputs = [y for _, _, y in capture.calls]
-        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
-        factors = factors_of(capture.calls, grads)
-        # Each token's problem: rows are laid out problem by problem, each row contributing seq_len tokens.
-        seq_len = batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1]
-        token_problem = batch.rollouts.group[rows].repeat_interleave(seq_len)
-        remap = torch.zeros(batch.num_problems, dtype=torch.long)
-        remap[torch.tensor(problems)] = torch.arange(len(problems))
-        seg = _segments(remap[token_problem], len(problems))
-        idx = torch.tensor(problems)
-        for p in params:
-            fs = factors[id(p)]
-            D = views[id(p)]
-            rows_, cols = D.shape[1], D.shape[2]
-            size = rows_ * cols
-            if not self.force_gram and size <= self.budget:
-                step = max(1, self.budget // size)
-                for start in range(0, len(problems), step):
-                    part = seg[start:start + step]
-                    G = _materialised(fs, (rows_, cols), part).reshape(len(part), -1)
-                    sel = idx[start:start + step]
-                    norms2[sel] += torch.einsum("ij,ij->i", G, G).double()
-                    if D.shape[0]:
-                        dots[sel] += (G @ D.reshape(D.shape[0], -1).to(G.dtype).T).double()
-            else:
-                for j, s in enumerate(seg):
-                    norms2[idx[j]] += _gram_norm2(fs, s)
-                    if D.shape[0]:
-                        dots[idx[j]] += _gram_dots(fs, D.to(fs[0].b.dtype), s)
+    def _reduce(self, mb: MicroBatchFactors, fs: list[Factor], D: torch.Tensor, norms2, dots) -> None:
+        """Add one parameter's ‖G_i‖² and ⟨G_i, D_k⟩ for the problems of a micro-batch."""
+        shape = (D.shape[1], D.shape[2])
+        if not self.force_gram and shape[0] * shape[1] <= self.budget:
+            for part, G in per_problem_gradients(fs, shape, mb.segments, self.budget):
+                sel = mb.problems[part]
+                norms2[sel] += torch.einsum("ij,ij->i", G, G).double()
+                if D.shape[0]:
+                    dots[sel] += (G @ D.reshape(D.shape[0], -1).to(G.dtype).T).double()
+        else:  # too large to form per problem: Gram form, problem by problem
+            for j, s in enumerate(mb.segments):
+                norms2[mb.problems[j]] += _gram_norm2(fs, s)
+                if D.shape[0]:
+                    dots[mb.problems[j]] += _gram_dots(fs, D.to(fs[0].b.dtype), s)
