@@ -1,4 +1,4 @@
-"""The `gradalign` command: demo, run, report, methods.
+"""The `gradalign` command: demo, run, report, methods, bench.
 
 `run` maps one-to-one onto `RunConfig`: every field is a `--flag`, a YAML file gives the base values.
 """
@@ -107,6 +107,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmarks (benchmarks/README.md); each reports ratios measured side by side in one process."""
+    from .bench import scoring
+    return scoring.run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradalign", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -129,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list the selection methods")
     methods.set_defaults(func=cmd_methods)
+
+    from .bench import add_scoring_arguments
+    bench = sub.add_parser("bench", help="benchmarks: cost of the gradient signals (see benchmarks/README.md)")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    scoring = bench_sub.add_parser("scoring", help="per-problem gradient signals vs one forward+backward")
+    add_scoring_arguments(scoring)
+    scoring.set_defaults(func=cmd_bench)
     return parser
 
 

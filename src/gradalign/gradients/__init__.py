@@ -1,11 +1,13 @@
 """Per-problem policy-gradient signals behind one interface (`GradientBackend`), by name."""
 
 from .onepass import OnePassGradients
+from .persample import FuncGradients
 from .signals import GradientBackend, NaiveGradients, ProblemSignals
 
 BACKENDS: dict[str, type[GradientBackend]] = {
     "onepass": OnePassGradients,  # exact, one forward + backward per micro-batch (default)
     "naive": NaiveGradients,  # exact, one full gradient per problem (the reference code's way)
+    "func": FuncGradients,  # exact, torch.func per-problem gradients vmapped over problems
 }
 
 
@@ -15,4 +17,5 @@ def get_backend(name: str, **kw) -> GradientBackend:
     return BACKENDS[name](**kw)
 
 
-__all__ = ["BACKENDS", "GradientBackend", "NaiveGradients", "OnePassGradients", "ProblemSignals", "get_backend"]
+__all__ = ["BACKENDS", "FuncGradients", "GradientBackend", "NaiveGradients", "OnePassGradients", "ProblemSignals",
+           "get_backend"]

@@ -30,6 +30,24 @@ from .signals import GradientBackend, ProblemSignals, trainable
 from .surrogate import SurrogateBatch, weighted_surrogate
 
 MATERIALISE_BUDGET = 2**25  # floats of per-problem gradients formed at once (128 MiB in fp32)
+BLOCK = 4096  # reductions sum fp32 blocks of this many terms, then the blocks in fp64 (fp32 alone drifts ~1e-4)
+
+
+def blocked_inner(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x [m, L], y [k, L] -> x @ y.T in fp64 accuracy at about fp32 speed."""
+    pad = (-x.shape[1]) % BLOCK
+    if pad:
+        x, y = torch.nn.functional.pad(x, (0, pad)), torch.nn.functional.pad(y, (0, pad))
+    xb = x.reshape(x.shape[0], -1, BLOCK).transpose(0, 1)  # [blocks, m, BLOCK]
+    yb = y.reshape(y.shape[0], -1, BLOCK).transpose(0, 1)
+    return torch.bmm(xb, yb.transpose(1, 2)).double().sum(0)
+
+
+def blocked_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise ‖x_i‖² of x [m, L] in fp64 accuracy."""
+    pad = (-x.shape[1]) % BLOCK
+    xb = torch.nn.functional.pad(x, (0, pad)).reshape(x.shape[0], -1, BLOCK) if pad else x.reshape(x.shape[0], -1, BLOCK)
+    return torch.einsum("ibj,ibj->ib", xb, xb).double().sum(1)
 
 
 @dataclass
@@ -272,9 +290,9 @@ class OnePassGradients(GradientBackend):
         if not self.force_gram and shape[0] * shape[1] <= self.budget:
             for part, G in per_problem_gradients(fs, shape, mb.segments, self.budget):
                 sel = mb.problems[part]
-                norms2[sel] += torch.einsum("ij,ij->i", G, G).double()
+                norms2[sel] += blocked_sq_norms(G)
                 if D.shape[0]:
-                    dots[sel] += (G @ D.reshape(D.shape[0], -1).to(G.dtype).T).double()
+                    dots[sel] += blocked_inner(G, D.reshape(D.shape[0], -1).to(G.dtype))
         else:  # too large to form per problem: Gram form, problem by problem
             for j, s in enumerate(mb.segments):
                 norms2[mb.problems[j]] += _gram_norm2(fs, s)

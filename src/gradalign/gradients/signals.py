@@ -92,8 +92,7 @@ class NaiveGradients(GradientBackend):
         params = trainable(model)
         saved = [p.grad for p in params]
         n, n_dir = batch.num_problems, directions.shape[0]
-        dtype = torch.float64 if params[0].dtype == torch.float64 else torch.float32
-        norms, dots = torch.zeros(n, dtype=dtype), torch.zeros(n, n_dir, dtype=dtype)
+        norms, dots = torch.zeros(n, dtype=torch.float64), torch.zeros(n, n_dir, dtype=torch.float64)
         ones = torch.ones(n)
         try:
             for i in range(n):
@@ -103,12 +102,12 @@ class NaiveGradients(GradientBackend):
                 if batch.advantages[rows].abs().sum() == 0:
                     continue  # zero-variance group: g(x) = 0 exactly, no need for a backward
                 weighted_surrogate(model, batch, ones, rows).backward()
-                g = flat_grad(params)
+                g = flat_grad(params).double()  # fp32 sums over ~10^6 terms drift by ~1e-4: sum in fp64
                 norms[i] = g.norm()
                 if n_dir:
-                    dots[i] = directions.to(g.dtype) @ g
+                    dots[i] = directions.double() @ g
         finally:
             for p, g in zip(params, saved):
                 p.grad = g
-        return ProblemSignals(norms=norms, dots=dots)
+        return ProblemSignals(norms=norms.float(), dots=dots.float())
 

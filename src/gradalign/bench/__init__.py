@@ -1,0 +1,42 @@
+"""Benchmarks run by `gradalign bench ...` (and by the scripts in `benchmarks/`).
+
+Argument definitions live here, free of heavy imports, so that building the CLI parser stays fast; the
+benchmarks themselves (which import torch and transformers) are imported only when one runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _csv(kind=str):
+    def parse(text: str) -> list:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        return [kind(t) for t in items]
+    return parse
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `gradalign bench scoring` / `python benchmarks/scoring.py`."""
+    parser.add_argument("--models", type=_csv(), default=["tiny", "10m"],
+                        help="comma-separated model sizes to build from a seed: tiny, 10m (default: tiny,10m)")
+    parser.add_argument("--chunks", type=_csv(int), default=[64, 256, 1024],
+                        help="comma-separated numbers of problems scored at once (default: 64,256,1024)")
+    parser.add_argument("--k", type=int, default=8, help="completions per problem (default: 8)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default: 3)")
+    parser.add_argument("--backends", type=_csv(), default=["naive", "func", "onepass"],
+                        help="comma-separated per-problem backends to time next to the floor: naive, func, onepass "
+                             "(default: naive,func,onepass)")
+    parser.add_argument("--max-naive-chunk", type=int, default=256,
+                        help="skip the (slow) naive backend on chunks larger than this (default: 256)")
+    parser.add_argument("--out", default="benchmarks/results/scoring.json", help="JSON results file")
+    parser.add_argument("--micro-batch", type=int, default=256,
+                        help="completions per forward/backward, the same for every method (default: 256)")
+    parser.add_argument("--memory", choices=["auto", "all", "cheap", "none"], default="auto",
+                        help="peak-memory measurement: all methods, only floor and onepass ('cheap'), none, or "
+                             "'auto' (all while it costs < 2x the timing, else cheap) (default: auto)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available) (default: auto)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the models and fabricated rollouts")

@@ -1,0 +1,58 @@
+"""`gradalign bench scoring` end to end on the tiny model: rows, ratios, memory and correct numbers."""
+
+import json
+import time
+
+import torch
+
+from gradalign.bench.scoring import NaiveReference, fabricate_rollouts, onepass_class, signal_errors
+from gradalign.cli import main
+from gradalign.gradients.signals import GradientBackend, NaiveGradients, unit
+from gradalign.gradients.surrogate import SurrogateBatch
+from gradalign.policy.tiny import build_tiny_model, build_tokenizer
+
+
+def test_scoring_bench_smoke(tmp_path, capsys):
+    out = tmp_path / "results" / "scoring.json"
+    backends = ["naive", "func"] + (["onepass"] if onepass_class()[0] is not None else [])
+    start = time.perf_counter()
+    assert main(["bench", "scoring", "--models", "tiny", "--chunks", "8", "--k", "2", "--repeats", "1",
+                 "--backends", ",".join(backends), "--out", str(out)]) == 0
+    assert time.perf_counter() - start < 20
+    result = json.loads(out.read_text())
+    assert result["machine"]["threads"] == 1 and result["machine"]["torch"] == torch.__version__
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["floor"] + backends
+    for method, row in rows.items():
+        assert row["status"] == "ok", row
+        assert row["model"] == "tiny" and row["chunk"] == 8 and row["completions"] == 16
+        assert row["seconds"] > 0 and row["x_floor"] > 0
+        if result["memory"]["method"] != "unavailable":
+            assert row["peak_mb"] is not None and row["peak_mb"] >= 0
+        if method != "floor":
+            assert row["max_rel_err"] < 1e-4, row
+    assert rows["floor"]["x_floor"] == 1.0 and rows["naive"]["max_rel_err"] == 0.0
+    table = capsys.readouterr().out
+    assert "x floor" in table and "max rel err" in table and "func" in table
+
+
+def test_naive_skipped_on_big_chunks(tmp_path):
+    out = tmp_path / "s.json"
+    assert main(["bench", "scoring", "--models", "tiny", "--chunks", "4", "--k", "2", "--repeats", "1",
+                 "--backends", "naive", "--max-naive-chunk", "2", "--memory", "none", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["naive"]["status"].startswith("skipped") and rows["naive"]["seconds"] is None
+    assert rows["floor"]["peak_mb"] is None
+
+
+def test_reference_is_naive_with_exact_sums():
+    """The benchmark's reference is NaiveGradients' loop; only its fp32 reductions are made float64."""
+    tok = build_tokenizer()
+    model = build_tiny_model(tok, hidden=32, layers=2, heads=2, intermediate=64)
+    rollouts = fabricate_rollouts(tok, 6, 3, seed=1)
+    batch = SurrogateBatch(rollouts, rollouts.advantages())
+    d = unit(GradientBackend().pooled_gradient(model, batch)).unsqueeze(0)
+    errors = signal_errors(NaiveGradients().problem_signals(model, batch, d),
+                           NaiveReference().problem_signals(model, batch, d))
+    assert errors["max_rel_err"] < 1e-5
+    assert rollouts.zero_variance().sum() < 6  # most fabricated groups carry signal
