@@ -5,7 +5,7 @@ tied and untied heads, both reduction paths (materialised G_i and Gram) and any 
 import numpy as np
 import pytest
 import torch
-from test_gradients import GROUP_SIZES, ZERO_VARIANCE, Reference, make_model, make_rollouts, n_params
+from test_gradients import ZERO_VARIANCE, Reference, make_model, make_rollouts, n_params
 from torch import nn
 
 from gradalign.gradients import OnePassGradients, get_backend

@@ -6,7 +6,7 @@ scoring is timed) it measures, side by side in one process and interleaved withi
   floor    one micro-batched forward+backward of the summed surrogate (`GradientBackend.combined_gradient`
            with weights 1): what a training step on these completions costs, the lower bound for exact signals;
   naive    `NaiveGradients`' loop, one backward per problem (the reference; skipped on big chunks), with its
-           norm and dots reduced in float64 (`NaiveReference`: fp32 sums of 10^6 terms drift by ~1e-4);
+           norm and dots reduced in float64 (fp32 sums of 10^6 terms drift by ~1e-4);
   func     `FuncGradients.problem_signals` (torch.func vmap of per-problem gradients);
   onepass  `OnePassGradients.problem_signals`, when `gradalign.gradients.onepass` provides it.
 
@@ -42,8 +42,8 @@ import torch
 
 from ..fileio import write_json
 from ..gradients.persample import FuncGradients
-from ..gradients.signals import GradientBackend, NaiveGradients, ProblemSignals, flat_grad, trainable, unit
-from ..gradients.surrogate import SurrogateBatch, weighted_surrogate
+from ..gradients.signals import GradientBackend, NaiveGradients, ProblemSignals, unit
+from ..gradients.surrogate import SurrogateBatch
 from ..policy.rollouts import Rollouts, pad
 from ..policy.tiny import ALPHABET, SPECIAL, build_tiny_model, build_tokenizer
 from . import add_scoring_arguments
@@ -57,7 +57,6 @@ METHODS = ("floor", "naive", "func", "onepass")
 PROMPT_CHARS = (5, 7)  # + BOS: prompts of 6-8 tokens (~7)
 COMPLETION_TOKENS = (3, 6)  # including the final EOS
 ZERO_VARIANCE_FRACTION = 0.1  # a few all-equal groups, as real rollouts have; most carry signal
-REDUCE_BLOCK = 2**20  # values per float64 block in NaiveReference's reductions
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -117,48 +116,11 @@ def onepass_class():
         return None, f"not available ({type(e).__name__}: {e})"
 
 
-class NaiveReference(NaiveGradients):
-    """`NaiveGradients`' algorithm (one backward and one full fp32 gradient per problem), reduced in float64.
-
-    `signals.NaiveGradients` takes ‖g‖ and ⟨g, d⟩ in fp32; on CPU with one thread those sums of ~10^6 terms
-    drift by ~1e-4 (relative, biased low), which would swamp the errors this benchmark checks. The loop and
-    hence the timing are the same; only the two reductions are done in float64.
-    """
-
-    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor) -> ProblemSignals:
-        params = trainable(model)
-        saved = [p.grad for p in params]
-        n, n_dir = batch.num_problems, directions.shape[0]
-        norms, dots = torch.zeros(n), torch.zeros(n, n_dir)
-        ones = torch.ones(n)
-        try:
-            for i in range(n):
-                for p in params:
-                    p.grad = None
-                rows = batch.rows_of(i)
-                if batch.advantages[rows].abs().sum() == 0:
-                    continue
-                weighted_surrogate(model, batch, ones, rows).backward()
-                g = flat_grad(params)
-                sq, dot = torch.zeros((), dtype=torch.float64), torch.zeros(n_dir, dtype=torch.float64)
-                for start in range(0, g.numel(), REDUCE_BLOCK):  # float64 in blocks: no full-size copy
-                    block = g[start:start + REDUCE_BLOCK].double()
-                    sq += block.pow(2).sum().cpu()
-                    if n_dir:
-                        dot += (directions[:, start:start + REDUCE_BLOCK].double() @ block).cpu()
-                norms[i] = sq.sqrt()
-                dots[i] = dot
-        finally:
-            for p, g in zip(params, saved):
-                p.grad = g
-        return ProblemSignals(norms=norms, dots=dots)
-
-
 def make_backend(method: str, micro_batch: int):
     if method == "floor":
         return GradientBackend(micro_batch=micro_batch)
     if method == "naive":
-        return NaiveReference(micro_batch=micro_batch)
+        return NaiveGradients(micro_batch=micro_batch)
     if method == "func":
         return FuncGradients(micro_batch=micro_batch)
     if method == "onepass":

@@ -23,7 +23,7 @@ from ..config import RunConfig
 from ..data.problem import Problem
 from .loop import chunk_order, round_seed
 from .round import RoundSelector
-from .trl_bridge import completion_text, plan_blocks
+from .trl_bridge import plan_blocks
 
 log = logging.getLogger(__name__)
 

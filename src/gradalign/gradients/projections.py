@@ -1,0 +1,509 @@
+"""Projected per-problem gradient features φ(x) = R g(x) ∈ R^d from the one-pass hooks (METHODS.md §3-4).
+
+Every projector turns the per-token factors of `onepass.iter_factors` (a parameter's per-problem gradient is
+G_i = Σ_{t∈i} a_t b_tᵀ) into features [n_problems, d] whose inner products are unbiased estimates of the
+gradients' inner products: E_R ⟨R g(x), R g(y)⟩ = ⟨g(x), g(y)⟩ (every R below has E[RᵀR] = I).
+
+  factored  LoGra-style two-sided projection per parameter matrix: block_p = P_out G_p P_inᵀ
+            = Σ_t (P_out a_t)(P_in b_t)ᵀ, i.e. R_p = P_out ⊗ P_in on the row-major vec(G_p). G_i is never
+            formed; an index factor (embedding rows) makes P_out a_t a column gather of P_out. P_out, P_in are
+            Gaussian with variance 1/d_out, 1/d_in (identity where a side is not reduced, e.g. biases and norms
+            have a single column). The total d is split across parameters (see `allocate`): proportional to
+            their size by default, or to a measured gradient-energy share; each block d_out × d_in is as
+            balanced as the matrix allows.
+  dense     a dense Rademacher (±1/√d) or Gaussian (N(0, 1/d)) d × P matrix over the whole flat gradient,
+            never held whole: parameter p's block is generated in fixed column blocks, each from a seed
+            derived from (seed, parameter name, block index), and applied to the materialised G_i.
+  sparse    CROPI: a fixed random subset of each parameter's coordinates (fraction f, default 10%, exactly
+            k_p = max(1, round(f·n_p)) coordinates drawn without replacement and scaled by √(n_p / k_p), so
+            the selection is unbiased), then a Gaussian N(0, 1/d) JL map to d generated like `dense`.
+
+Determinism: every random matrix comes from a torch CPU generator seeded with sha256(seed, kind, parameter
+*name*, role, block) — never Python's salted `hash`, never `id(param)` — so the same seed and the same
+architecture give bit-identical matrices in any process, any round, for train and validation alike.
+
+`project_flat(model, vectors)` applies the same R to flat gradients (the layout of `signals.flat_grad`: the
+trainable parameters in `model.named_parameters()` order, each row-major). It is a separate code path from
+`features` (no factors involved): project the validation gradient g_V with it, or use it to check features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import onepass
+from .onepass import Factor, MicroBatchFactors, iter_factors, matrix_shape
+from .surrogate import SurrogateBatch
+
+DENSE_BLOCK = 2**22  # random entries generated at once for dense / sparse maps (16 MiB in fp32)
+FORMAT = 1  # bump when the construction of any projection changes
+
+
+def derive_seed(seed: int, *parts) -> int:
+    """A 63-bit generator seed from (seed, parts): stable across processes, platforms and Python hash salts."""
+    blob = json.dumps([int(seed), *[str(p) for p in parts]]).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & (2**63 - 1)
+
+
+def _generator(seed: int, *parts) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(derive_seed(seed, *parts))
+
+
+def gaussian(shape: tuple[int, ...], scale: float, seed: int, *parts) -> torch.Tensor:
+    """N(0, scale²) entries, fp32, CPU: a pure function of (shape, scale, seed, parts)."""
+    return torch.randn(shape, generator=_generator(seed, *parts), dtype=torch.float32).mul_(scale)
+
+
+def rademacher(shape: tuple[int, ...], scale: float, seed: int, *parts) -> torch.Tensor:
+    """±scale entries with probability 1/2 each, fp32, CPU."""
+    bits = torch.randint(0, 2, shape, generator=_generator(seed, *parts), dtype=torch.float32)
+    return bits.mul_(2 * scale).sub_(scale)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One trainable parameter in the flat layout: its name, matrix view, flat offset and size."""
+
+    name: str
+    rows: int
+    cols: int
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.cols
+
+
+def named_trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of the trainable parameters, in `model.parameters()` (= `flat_grad`) order."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def layout(model) -> list[Block]:
+    blocks, offset = [], 0
+    for name, p in named_trainable(model):
+        rows, cols = matrix_shape(p)
+        blocks.append(Block(name, rows, cols, offset))
+        offset += rows * cols
+    return blocks
+
+
+def architecture_hash(model) -> str:
+    """Hash of the trainable parameters' names and shapes: what a projection depends on besides its seed."""
+    text = json.dumps([[b.name, b.rows, b.cols] for b in layout(model)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _feature_dtype(model) -> torch.dtype:
+    p = next(model.parameters())
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+def _segment_sums(A: torch.Tensor, B: torch.Tensor, segments: list[slice]) -> torch.Tensor:
+    """Σ_{t∈s} A_tᵀ ⊗ B_t for each token slice s: [len(segments), A.shape[1], B.shape[1]]."""
+    lengths = {s.stop - s.start for s in segments}
+    start, stop, m = segments[0].start, segments[-1].stop, len(segments)
+    if len(lengths) == 1:  # equal token counts: one batched matmul
+        T = lengths.pop()
+        return torch.bmm(A[start:stop].reshape(m, T, -1).transpose(1, 2), B[start:stop].reshape(m, T, -1))
+    return torch.stack([A[s].T @ B[s] for s in segments])
+
+
+class Projector:
+    """Base: `features` maps a batch's per-problem gradients to [n_problems, dim] via the one-pass hooks."""
+
+    kind = "base"
+
+    def __init__(self, dim: int, seed: int = 0):
+        if int(dim) < 1:
+            raise ValueError(f"projection dimension must be >= 1 (got {dim})")
+        self.dim, self.seed = int(dim), int(seed)
+        self._arch: str | None = None
+        self._blocks: list[Block] | None = None
+
+    # -- binding to an architecture ----------------------------------------------------------------------
+
+    def bind(self, model) -> list[Block]:
+        """The parameter layout of `model`; matrices are (re)built when the architecture changes."""
+        blocks = layout(model)
+        key = json.dumps([[b.name, b.rows, b.cols] for b in blocks])
+        if key != self._arch:
+            self._arch, self._blocks = key, blocks
+            self._build(blocks)
+        return self._blocks
+
+    def _build(self, blocks: list[Block]) -> None:
+        """Per-architecture set-up (allocation, index sets); random matrices may be made lazily."""
+
+    # -- public API ----------------------------------------------------------------------------------------
+
+    def features(self, model, batch: SurrogateBatch, micro_batch: int = 256) -> torch.Tensor:
+        """φ(x_i) for every problem of `batch`, [n_problems, dim] (zero rows for zero-variance problems)."""
+        blocks = self.bind(model)
+        named = named_trainable(model)
+        device = next(model.parameters()).device
+        out = torch.zeros(batch.num_problems, self.dim, dtype=_feature_dtype(model), device=device)
+        for mb in iter_factors(model, batch, micro_batch):
+            for block, (_, p) in zip(blocks, named):
+                fs = mb.factors.get(id(p))
+                if fs:
+                    self._accumulate(block, fs, mb, out)
+        return out
+
+    def project_flat(self, model, vectors: torch.Tensor) -> torch.Tensor:
+        """R v for flat gradients v ([P] or [n, P], `signals.flat_grad` layout): [dim] or [n, dim]."""
+        blocks = self.bind(model)
+        single = vectors.dim() == 1
+        v = vectors.unsqueeze(0) if single else vectors
+        total = blocks[-1].offset + blocks[-1].numel if blocks else 0
+        if v.shape[1] != total:
+            raise ValueError(f"project_flat: vectors have {v.shape[1]} coordinates, the model has {total}")
+        dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
+        v = v.to(dtype)
+        out = torch.zeros(v.shape[0], self.dim, dtype=dtype, device=v.device)
+        for block in blocks:
+            self._project_block(block, v[:, block.offset:block.offset + block.numel], out)
+        return out[0] if single else out
+
+    def metadata(self) -> dict:
+        meta = {"kind": self.kind, "dim": self.dim, "seed": self.seed, "format": FORMAT}
+        if self._arch is not None:
+            meta["architecture"] = hashlib.sha256(self._arch.encode()).hexdigest()[:16]
+        return meta
+
+    # -- per kind ------------------------------------------------------------------------------------------
+
+    def _accumulate(self, block: Block, fs: list[Factor], mb: MicroBatchFactors, out: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _project_block(self, block: Block, G: torch.Tensor, out: torch.Tensor) -> None:
+        """Add R_p vec(G_p) for flat per-parameter gradients G [n, numel]."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------- factored
+
+
+def allocate(weights: list[float], caps: list[int], total: int) -> list[int]:
+    """Integers d_p with Σ d_p = min(total, Σ caps), 1 <= d_p <= caps[p], d_p ∝ weights[p] otherwise.
+
+    Water-filling (parameters that would exceed their cap get exactly the cap, the rest is re-shared), then
+    largest remainders. Deterministic: ties go to the earlier parameter.
+    """
+    n = len(weights)
+    if total < n:
+        raise ValueError(f"projection dimension {total} is smaller than the number of parameter tensors ({n}); "
+                         f"the factored projection needs at least one feature per tensor")
+    caps = [int(c) for c in caps]
+    total = min(total, sum(caps))
+    w = np.maximum(np.asarray(weights, dtype=np.float64), 0.0)
+    if w.sum() <= 0:
+        w = np.ones(n)
+    w = np.where(w > 0, w, w[w > 0].min() * 1e-6 if (w > 0).any() else 1.0)
+    fixed = np.zeros(n, dtype=bool)
+    share = np.zeros(n)
+    for _ in range(n + 1):  # water-filling: at most n parameters get capped
+        free = total - sum(caps[i] for i in range(n) if fixed[i])
+        live = ~fixed
+        share[live] = w[live] / w[live].sum() * free
+        share[fixed] = np.asarray(caps)[fixed]
+        over = live & (share > np.asarray(caps))
+        if not over.any():
+            break
+        fixed |= over
+    share = np.clip(share, 1.0, np.asarray(caps, dtype=np.float64))
+    d = np.floor(share).astype(np.int64)
+    # Largest remainders (and repairs of the clip to >= 1) until the total is exact.
+    order = np.argsort(-(share - d), kind="stable")
+    i = 0
+    while d.sum() < total:
+        j = order[i % n]
+        if d[j] < caps[j]:
+            d[j] += 1
+        i += 1
+    order = np.argsort(-d, kind="stable")
+    i = 0
+    while d.sum() > total:
+        j = order[i % n]
+        if d[j] > 1:
+            d[j] -= 1
+        i += 1
+    return d.tolist()
+
+
+def factor_shape(budget: int, rows: int, cols: int, shape: str = "balanced") -> tuple[int, int]:
+    """(d_out, d_in) with d_out <= rows, d_in <= cols and the largest product <= budget.
+
+    Among the largest products: `balanced` prefers d_out ≈ d_in (the variance of a two-sided Gaussian sketch
+    of a low-rank matrix grows like 1/d_out + 1/d_in), `aspect` prefers d_out / d_in ≈ rows / cols.
+    """
+    budget = min(budget, rows * cols)
+    d_out = np.arange(max(1, -(-budget // cols)), min(rows, budget) + 1)
+    d_in = np.minimum(cols, budget // d_out)
+    prod = d_out * d_in
+    best = prod == prod.max()
+    target = 0.0 if shape == "balanced" else math.log(rows / cols)
+    skew = np.abs(np.log(d_out / d_in) - target)
+    j = int(np.flatnonzero(best)[np.argmin(skew[best])])
+    return int(d_out[j]), int(d_in[j])
+
+
+class FactoredProjector(Projector):
+    """Two-sided per-parameter projection from the per-token factors; never forms G_i.
+
+    allocation: "size" (d_p ∝ numel, default), "sqrt-size" (∝ √numel), or "energy" with `shares` (a dict
+    parameter name -> weight, e.g. from `gradient_energy` on the validation batch; d_p ∝ weight). The shares
+    are part of the projection: save them (they are in `metadata()`) and reuse them for every round.
+    shape: "balanced" (d_out ≈ d_in, default) or "aspect" (d_out / d_in ≈ rows / cols).
+    """
+
+    kind = "factored"
+
+    def __init__(self, dim: int, seed: int = 0, allocation: str = "size", shares: dict[str, float] | None = None,
+                 shape: str = "balanced"):
+        super().__init__(dim, seed)
+        if allocation not in ("size", "sqrt-size", "energy"):
+            raise ValueError(f"unknown allocation '{allocation}' (choose from: size, sqrt-size, energy)")
+        if allocation == "energy" and not shares:
+            raise ValueError("allocation 'energy' needs shares: {parameter name: weight} (see gradient_energy)")
+        if shape not in ("balanced", "aspect"):
+            raise ValueError(f"unknown shape '{shape}' (choose from: balanced, aspect)")
+        self.allocation, self.shape = allocation, shape
+        self.shares = {k: float(v) for k, v in shares.items()} if shares else None
+        self.plan: list[tuple[int, int, int]] = []  # per block: (feature offset, d_out, d_in)
+        self._mats: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+
+    def _weights(self, blocks: list[Block]) -> list[float]:
+        if self.allocation == "size":
+            return [b.numel for b in blocks]
+        if self.allocation == "sqrt-size":
+            return [math.sqrt(b.numel) for b in blocks]
+        missing = [b.name for b in blocks if b.name not in self.shares]
+        if missing:
+            raise ValueError(f"energy shares are missing parameters {missing[:3]} (the model's architecture differs "
+                             f"from the one the shares were measured on)")
+        return [self.shares[b.name] for b in blocks]
+
+    def _build(self, blocks: list[Block]) -> None:
+        budgets = allocate(self._weights(blocks), [b.numel for b in blocks], self.dim)
+        shapes = [factor_shape(d, b.rows, b.cols, self.shape) for d, b in zip(budgets, blocks)]
+        # Hand what the factorisations left over to the parameters that can take it (greedily, largest first).
+        left = min(self.dim, sum(b.numel for b in blocks)) - sum(o * i for o, i in shapes)
+        for j in sorted(range(len(blocks)), key=lambda j: -budgets[j]):
+            if left <= 0:
+                break
+            b, (o, i) = blocks[j], shapes[j]
+            new = factor_shape(o * i + left, b.rows, b.cols, self.shape)
+            if new[0] * new[1] > o * i:
+                left -= new[0] * new[1] - o * i
+                shapes[j] = new
+        offset, self.plan = 0, []
+        for o, i in shapes:
+            self.plan.append((offset, o, i))
+            offset += o * i
+        self._plan_by_name = {b.name: plan for b, plan in zip(blocks, self.plan)}
+        self.padding = self.dim - offset  # trailing zero columns (only if the model has fewer than dim coordinates)
+        self._mats = {}
+
+    def matrices(self, block: Block, d_out: int, d_in: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(P_out [d_out, rows], P_in [d_in, cols]) in fp32; None for a side kept whole (identity)."""
+        if block.name not in self._mats:
+            p_out = None if d_out == block.rows else gaussian((d_out, block.rows), d_out**-0.5, self.seed,
+                                                              self.kind, block.name, "out")
+            p_in = None if d_in == block.cols else gaussian((d_in, block.cols), d_in**-0.5, self.seed,
+                                                            self.kind, block.name, "in")
+            self._mats[block.name] = (p_out, p_in)
+        return self._mats[block.name]
+
+    def _plan_of(self, block: Block) -> tuple[int, int, int]:
+        return self._plan_by_name[block.name]
+
+    def _accumulate(self, block, fs, mb, out):
+        offset, d_out, d_in = self._plan_of(block)
+        p_out, p_in = self.matrices(block, d_out, d_in)
+        dtype, device = fs[0].b.dtype, fs[0].b.device
+        pt_out = None if p_out is None else p_out.T.to(device=device, dtype=dtype)
+        pt_in = None if p_in is None else p_in.T.to(device=device, dtype=dtype)
+        total = None
+        for f in fs:
+            if f.index:  # one-hot rows: P_out a_t is column a_t of P_out
+                A = (torch.nn.functional.one_hot(f.a, block.rows).to(dtype) if pt_out is None else pt_out[f.a])
+            else:
+                A = f.a if pt_out is None else f.a @ pt_out
+            B = f.b if pt_in is None else f.b @ pt_in
+            part = _segment_sums(A, B, mb.segments)
+            total = part if total is None else total + part
+        out[mb.problems.to(out.device), offset:offset + d_out * d_in] += total.reshape(len(mb.segments), -1)
+
+    def _project_block(self, block, G, out):
+        offset, d_out, d_in = self._plan_of(block)
+        p_out, p_in = self.matrices(block, d_out, d_in)
+        M = G.reshape(-1, block.rows, block.cols)
+        if p_out is not None:
+            M = p_out.to(G) @ M
+        if p_in is not None:
+            M = M @ p_in.to(G).T
+        out[:, offset:offset + d_out * d_in] += M.reshape(G.shape[0], -1)
+
+    def metadata(self) -> dict:
+        meta = {**super().metadata(), "allocation": self.allocation, "shape": self.shape}
+        if self.shares:
+            meta["shares"] = self.shares
+        if self._blocks is not None:
+            meta["blocks"] = [[b.name, o, i] for b, (_, o, i) in zip(self._blocks, self.plan)]
+        return meta
+
+
+# ---------------------------------------------------------------------------------------------- dense / sparse
+
+
+class _BlockJL(Projector):
+    """Shared machinery: a d × (coordinates of parameter p) Gaussian / Rademacher map, generated in fixed
+    column blocks from (seed, kind, name, block index) and applied to materialised per-problem gradients."""
+
+    distribution = "gaussian"
+
+    def __init__(self, dim: int, seed: int = 0, budget: int = onepass.MATERIALISE_BUDGET):
+        super().__init__(dim, seed)
+        self.budget = budget  # floats of per-problem gradients materialised at once
+        self.width = max(1, DENSE_BLOCK // self.dim)  # columns per generated block
+
+    def _columns(self, block: Block) -> int:
+        """How many coordinates of parameter p the map reads."""
+        return block.numel
+
+    def _select(self, block: Block, G: torch.Tensor) -> torch.Tensor:
+        """The coordinates the map reads, [n, _columns(block)]."""
+        return G
+
+    def jl_block(self, block: Block, j: int) -> torch.Tensor:
+        """Columns [j·width, (j+1)·width) of parameter p's d × columns map, fp32 CPU."""
+        n = min(self.width, self._columns(block) - j * self.width)
+        make = rademacher if self.distribution == "rademacher" else gaussian
+        return make((self.dim, n), self.dim**-0.5, self.seed, self.kind, self.distribution, block.name, j)
+
+    def _apply(self, block: Block, X: torch.Tensor, rows, out: torch.Tensor) -> None:
+        """out[rows] += X @ R_pᵀ block by block (X: [m, columns])."""
+        acc = torch.zeros(X.shape[0], self.dim, dtype=X.dtype, device=X.device)
+        for j in range(-(-self._columns(block) // self.width)):
+            cols = slice(j * self.width, (j + 1) * self.width)
+            acc += X[:, cols] @ self.jl_block(block, j).to(device=X.device, dtype=X.dtype).T
+        out[rows] += acc
+
+    def _accumulate(self, block, fs, mb, out):
+        for part, G in onepass.per_problem_gradients(fs, (block.rows, block.cols), mb.segments, self.budget):
+            self._apply(block, self._select(block, G), mb.problems[part].to(out.device), out)
+
+    def _project_block(self, block, G, out):
+        self._apply(block, self._select(block, G), slice(None), out)
+
+    def cost(self, model, n_problems: int) -> dict:
+        """Random entries generated per features call and multiply-add GFLOP, for budgeting."""
+        cols = sum(self._columns(b) for b in self.bind(model))
+        return {"random_entries": self.dim * cols, "gflop": 2.0 * n_problems * self.dim * cols / 1e9}
+
+
+class DenseProjector(_BlockJL):
+    """Dense Rademacher (±1/√d) or Gaussian (N(0, 1/d)) projection of the whole flat gradient."""
+
+    kind = "dense"
+
+    def __init__(self, dim: int, seed: int = 0, distribution: str = "rademacher",
+                 budget: int = onepass.MATERIALISE_BUDGET):
+        super().__init__(dim, seed, budget)
+        if distribution not in ("rademacher", "gaussian"):
+            raise ValueError(f"unknown distribution '{distribution}' (choose from: rademacher, gaussian)")
+        self.distribution = distribution
+
+    def metadata(self) -> dict:
+        return {**super().metadata(), "distribution": self.distribution, "block_width": self.width}
+
+
+class SparseProjector(_BlockJL):
+    """CROPI: a fixed random subset of coordinates (fraction of every parameter), then a Gaussian JL map."""
+
+    kind = "sparse"
+
+    def __init__(self, dim: int, seed: int = 0, fraction: float = 0.1, budget: int = onepass.MATERIALISE_BUDGET):
+        super().__init__(dim, seed, budget)
+        if not 0 < fraction <= 1:
+            raise ValueError(f"sparse projection: fraction must be in (0, 1] (got {fraction})")
+        self.fraction = float(fraction)
+        self._index: dict[str, tuple[torch.Tensor, float]] = {}
+
+    def _build(self, blocks):
+        self._index = {}
+
+    def subset(self, block: Block) -> tuple[torch.Tensor, float]:
+        """(sorted coordinates kept of parameter p, the scale √(n_p / k_p) that makes the selection unbiased)."""
+        if block.name not in self._index:
+            k = max(1, min(block.numel, round(self.fraction * block.numel)))
+            perm = torch.randperm(block.numel, generator=_generator(self.seed, self.kind, "subset", block.name))
+            self._index[block.name] = (perm[:k].sort().values, math.sqrt(block.numel / k))
+        return self._index[block.name]
+
+    def _columns(self, block):
+        return self.subset(block)[0].numel()
+
+    def _select(self, block, G):
+        idx, scale = self.subset(block)
+        return G[:, idx.to(G.device)] * scale
+
+    def metadata(self) -> dict:
+        return {**super().metadata(), "fraction": self.fraction, "distribution": "gaussian", "block_width": self.width}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+PROJECTORS: dict[str, type[Projector]] = {
+    "factored": FactoredProjector,
+    "dense": DenseProjector,
+    "sparse": SparseProjector,
+}
+
+
+def get_projector(kind: str, dim: int, seed: int = 0, **kw) -> Projector:
+    if kind not in PROJECTORS:
+        raise ValueError(f"unknown projection '{kind}' (choose from: {', '.join(PROJECTORS)})")
+    return PROJECTORS[kind](dim, seed, **kw)
+
+
+def gradient_energy(model, batch: SurrogateBatch, micro_batch: int = 256, pooled: torch.Tensor | None = None,
+                    power: float = 0.5) -> dict[str, float]:
+    """Per-parameter allocation weights from exact gradients of `batch` (e.g. the validation batch).
+
+    e_p = mean over the batch's live problems of ‖G_{i,p}‖² (the parameter's share of per-problem gradient
+    energy). With `pooled` (a flat direction such as g_V), e_p is multiplied by ‖(g_V)_p‖², so that the weight
+    tracks the variance of the projected inner products ⟨φ_p(x), φ_p(V)⟩ ~ ‖g_p‖²‖v_p‖². Returns e_p ** power
+    by name (power 0.5 ⇒ d_p ∝ RMS norm, the allocation that minimises Σ_p var_p / d_p).
+    """
+    from .onepass import OnePassGradients
+    named = named_trainable(model)
+    energy = {n: 0.0 for n, _ in named}
+    live = 0
+    backend = OnePassGradients(micro_batch=micro_batch)
+    for mb in iter_factors(model, batch, micro_batch):
+        live += len(mb.segments)
+        for name, p in named:
+            fs = mb.factors.get(id(p))
+            if not fs:
+                continue
+            n2 = torch.zeros(batch.num_problems, dtype=torch.float64)
+            backend._reduce(mb, fs, torch.zeros(0, *matrix_shape(p), dtype=fs[0].b.dtype), n2, None)
+            energy[name] += float(n2.sum())
+    out = {}
+    offset = 0
+    for name, p in named:
+        e = energy[name] / max(live, 1)
+        if pooled is not None:
+            e *= float(pooled[offset:offset + p.numel()].double().pow(2).sum())
+        offset += p.numel()
+        out[name] = e ** power
+    return out
