@@ -239,12 +239,14 @@ def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256):
         finally:
             capture.close()
         grads = torch.autograd.grad(loss, [y for _, _, y in capture.calls], allow_unused=True)
+        factors = factors_of(capture.calls, grads)
+        del capture, loss, grads  # the module outputs are not needed past this point: keep memory to one batch
         # Each token's problem: rows are laid out problem by problem, each contributing seq_len tokens.
         token_problem = batch.rollouts.group[rows].repeat_interleave(seq_len)
         remap = torch.zeros(batch.num_problems, dtype=torch.long)
         remap[torch.tensor(problems)] = torch.arange(len(problems))
-        yield MicroBatchFactors(torch.tensor(problems), _segments(remap[token_problem], len(problems)),
-                                factors_of(capture.calls, grads))
+        yield MicroBatchFactors(torch.tensor(problems), _segments(remap[token_problem], len(problems)), factors)
+        del factors
 
 
 def per_problem_gradients(fs: list[Factor], shape: tuple[int, int], segments: list[slice], budget: int):
@@ -273,6 +275,7 @@ class OnePassGradients(GradientBackend):
         for mb in iter_factors(model, batch, self.micro_batch):
             for p in params:
                 self._reduce(mb, mb.factors[id(p)], views[id(p)], norms2, dots)
+            del mb  # free this micro-batch's factors before the next forward
         return ProblemSignals(norms=norms2.clamp(min=0).sqrt().float(), dots=dots.float())
 
     @staticmethod
