@@ -182,3 +182,12 @@ def test_unloadable_model(tmp_path, files, capsys):
     (tmp_path / "empty-model").mkdir()
     assert run(tmp_path, files, "--model", str(tmp_path / "empty-model")) == 2
     assert "empty-model" in one_line_error(capsys)
+
+
+def test_round_with_nothing_eligible_is_a_clean_error_and_keeps_finished_rounds(tmp_path, files, capsys):
+    # Every pool answer unreachable: all candidate groups are zero-variance (all rewards 0), so gradalign's
+    # default (exclude zero-variance) has nothing to choose from.
+    rows = [json.loads(x) for x in files["pool"].read_text().splitlines()]
+    files["pool"].write_text("".join(json.dumps({**r, "answer": "zz", "metadata": {}}) + "\n" for r in rows))
+    assert run(tmp_path, files) == 2
+    assert "no candidate was eligible" in one_line_error(capsys)

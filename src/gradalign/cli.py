@@ -142,17 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     scoring = bench_sub.add_parser("scoring", help="per-problem gradient signals vs one forward+backward")
     add_scoring_arguments(scoring)
     scoring.set_defaults(func=cmd_bench)
+    from .bench.fidelity import add_fidelity_parser  # light: torch is imported only when it runs
+    add_fidelity_parser(bench_sub)  # `gradalign bench fidelity`: projected vs exact scores
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from .curriculum.round import NoDirectionError
+    from .curriculum.round import EmptySelectionError, NoDirectionError
     from .data.problem import DataError
     try:
         return args.func(args)
-    except (DataError, NoDirectionError, ValueError) as e:
+    except (DataError, NoDirectionError, EmptySelectionError, ValueError) as e:
         # Bad input or config: one line, no traceback; whatever was already written stays valid.
         print(f"gradalign: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -27,8 +27,11 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=8, help="completions per problem (default: 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default: 3)")
     parser.add_argument("--backends", type=_csv(), default=["naive", "func", "onepass"],
-                        help="comma-separated per-problem backends to time next to the floor: naive, func, onepass "
+                        help="comma-separated per-problem backends to time next to the floor: naive, func, onepass, "
+                             "and projected features proj-factored, proj-khatri-rao, proj-sparse, proj-dense "
                              "(default: naive,func,onepass)")
+    parser.add_argument("--proj-dim", type=int, default=8192,
+                        help="feature dimension of the proj-* rows (default: 8192)")
     parser.add_argument("--max-naive-chunk", type=int, default=256,
                         help="skip the (slow) naive backend on chunks larger than this (default: 256)")
     parser.add_argument("--out", default="benchmarks/results/scoring.json", help="JSON results file")

@@ -54,6 +54,7 @@ MODEL_CONFIGS: dict[str, dict] = {
     "10m": dict(hidden=384, layers=6, heads=6, intermediate=1152),
 }
 METHODS = ("floor", "naive", "func", "onepass")
+PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-dense")  # projected features at --proj-dim
 PROMPT_CHARS = (5, 7)  # + BOS: prompts of 6-8 tokens (~7)
 COMPLETION_TOKENS = (3, 6)  # including the final EOS
 ZERO_VARIANCE_FRACTION = 0.1  # a few all-equal groups, as real rollouts have; most carry signal
@@ -116,7 +117,15 @@ def onepass_class():
         return None, f"not available ({type(e).__name__}: {e})"
 
 
-def make_backend(method: str, micro_batch: int):
+def make_backend(method: str, micro_batch: int, proj_dim: int = 8192):
+    if method.startswith("proj-"):  # projected features, timed like the exact signals
+        from ..gradients.projections import get_projector
+        from .fidelity import VARIANTS
+        kind, kw = VARIANTS.get(method[len("proj-"):], (None, {}))
+        if kind is None or kw.get("allocation") == "energy":
+            raise ValueError(f"unknown projection row '{method}' (choose from: proj-factored, proj-khatri-rao, "
+                             f"proj-sparse, proj-dense; energy allocation costs the same as its size-split twin)")
+        return get_projector(kind, proj_dim, seed=0, **kw)
     if method == "floor":
         return GradientBackend(micro_batch=micro_batch)
     if method == "naive":
@@ -131,14 +140,17 @@ def make_backend(method: str, micro_batch: int):
             return cls(micro_batch=micro_batch)
         except TypeError:
             return cls()
-    raise ValueError(f"unknown scoring backend '{method}' (choose from: naive, func, onepass)")
+    raise ValueError(f"unknown scoring backend '{method}' (choose from: {', '.join((*METHODS[1:], *PROJECTION_ROWS))})")
 
 
-def runner(method: str, backend, model, batch: SurrogateBatch, direction: torch.Tensor) -> Callable:
-    """The call that is timed: floor -> flat gradient; the others -> ProblemSignals."""
+def runner(method: str, backend, model, batch: SurrogateBatch, direction: torch.Tensor,
+           micro_batch: int = 256) -> Callable:
+    """The call that is timed: floor -> flat gradient; proj-* -> features [n, d]; the others -> ProblemSignals."""
     if method == "floor":
         ones = torch.ones(batch.num_problems)
         return lambda: backend.combined_gradient(model, batch, ones)
+    if method.startswith("proj-"):
+        return lambda: backend.features(model, batch, micro_batch)
     return lambda: backend.problem_signals(model, batch, direction)
 
 
@@ -270,6 +282,7 @@ class Settings:
     micro_batch: int = 256
     memory: str = "auto"  # auto | all | cheap | none
     seed: int = 0
+    proj_dim: int = 8192  # dimension of the proj-* rows
 
 
 def bench_config(model_name: str, model, tokenizer, n: int, s: Settings, device: torch.device,
@@ -297,12 +310,12 @@ def bench_config(model_name: str, model, tokenizer, n: int, s: Settings, device:
             row["status"] = f"skipped (chunk > --max-naive-chunk {s.max_naive_chunk})"
             continue
         try:
-            backend = make_backend(method, s.micro_batch)
+            backend = make_backend(method, s.micro_batch, s.proj_dim)
         except ImportError as e:
             row["status"] = str(e)
             continue
-        active[method] = (runner(method, backend, model, batch, direction),
-                          runner(method, backend, model, warm_batch, direction))
+        active[method] = (runner(method, backend, model, batch, direction, s.micro_batch),
+                          runner(method, backend, model, warm_batch, direction, s.micro_batch))
 
     timing_cost = 0.0
     for method, (_, warm) in list(active.items()):  # warm-up: lazy initialisation stays out of the timings
@@ -330,7 +343,7 @@ def bench_config(model_name: str, model, tokenizer, n: int, s: Settings, device:
                 continue
             timing_cost += seconds
             rows[method]["times"].append(seconds)
-            if method != "floor" and method not in outputs:
+            if isinstance(out, ProblemSignals) and method not in outputs:  # exact signals are checked vs naive
                 outputs[method] = out
 
     floor = statistics.median(rows["floor"]["times"])
@@ -401,9 +414,10 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
         torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    unknown = [b for b in settings.backends if b not in METHODS]
+    unknown = [b for b in settings.backends if b not in (*METHODS, *PROJECTION_ROWS)]
     if unknown:
-        raise ValueError(f"unknown scoring backend(s) {', '.join(unknown)} (choose from: naive, func, onepass)")
+        raise ValueError(f"unknown scoring backend(s) {', '.join(unknown)} "
+                         f"(choose from: {', '.join((*METHODS[1:], *PROJECTION_ROWS))})")
     missing = [m for m in models if m not in MODEL_CONFIGS]
     if missing:
         raise ValueError(f"unknown benchmark model(s) {', '.join(missing)} (choose from: {', '.join(MODEL_CONFIGS)})")
@@ -460,7 +474,7 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
 def run_from_args(args: argparse.Namespace) -> int:
     settings = Settings(k=args.k, repeats=args.repeats, backends=tuple(args.backends),
                         max_naive_chunk=args.max_naive_chunk, micro_batch=args.micro_batch, memory=args.memory,
-                        seed=args.seed)
+                        seed=args.seed, proj_dim=args.proj_dim)
     run_scoring(args.models, args.chunks, settings, out=args.out, device=args.device, threads=args.threads)
     return 0
 

@@ -28,7 +28,7 @@ from ..evaluation import evaluate
 from ..policy.load import load_policy, resolve_device, save_policy
 from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
-from .round import RoundSelection, RoundSelector
+from .round import EmptySelectionError, RoundSelection, RoundSelector
 from .trl_bridge import grpo_args, plan_blocks, train_round
 
 log = logging.getLogger(__name__)
@@ -161,11 +161,9 @@ class Curriculum:
         else:  # plain GRPO on the whole pool
             chunk_index, chunk, selection, chosen = None, self.sets.pool, None, list(self.sets.pool)
         if not chosen:
-            raise RuntimeError(f"round {r}: no problem was eligible for selection (all candidates zero-variance?); "
-                               f"try zero_variance: score-zero or a larger chunk_size")
-        fileio.write_jsonl(self.out / "selected" / f"round-{r:03d}.jsonl",
-                           [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "source": p.source,
-                             "metadata": p.metadata} for p in chosen])
+            raise EmptySelectionError(f"round {r}: no candidate was eligible for selection (all {len(chunk)} "
+                                      f"zero-variance?); try zero_variance: score-zero or a larger chunk_size")
+        save_problems(self.out / "selected" / f"round-{r:03d}.jsonl", chosen)
         t = time.perf_counter()
         blocks = plan_blocks(len(chosen), cfg.problems_per_step, cfg.steps_per_round // cfg.num_iterations,
                              np.random.default_rng(seed))

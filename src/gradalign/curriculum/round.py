@@ -30,6 +30,10 @@ class NoDirectionError(RuntimeError):
     """Every validation group is zero-variance: the validation gradient is zero and defines no direction."""
 
 
+class EmptySelectionError(RuntimeError):
+    """No candidate of a round was eligible: there is nothing to train on."""
+
+
 @dataclass
 class RoundSelection:
     """What one round chose, and why (everything `rounds.jsonl` records about the selection)."""

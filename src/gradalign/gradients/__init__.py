@@ -2,6 +2,7 @@
 
 from .onepass import OnePassGradients
 from .persample import FuncGradients
+from .projections import DenseProjector, FactoredProjector, Projector, SparseProjector, get_projector
 from .signals import GradientBackend, NaiveGradients, ProblemSignals
 
 BACKENDS: dict[str, type[GradientBackend]] = {
@@ -17,5 +18,5 @@ def get_backend(name: str, **kw) -> GradientBackend:
     return BACKENDS[name](**kw)
 
 
-__all__ = ["BACKENDS", "FuncGradients", "GradientBackend", "NaiveGradients", "OnePassGradients", "ProblemSignals",
-           "get_backend"]
+__all__ = ["BACKENDS", "DenseProjector", "FactoredProjector", "FuncGradients", "GradientBackend", "NaiveGradients",
+           "OnePassGradients", "ProblemSignals", "Projector", "SparseProjector", "get_backend", "get_projector"]

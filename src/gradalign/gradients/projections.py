@@ -8,9 +8,13 @@ gradients' inner products: E_R ⟨R g(x), R g(y)⟩ = ⟨g(x), g(y)⟩ (every R 
             = Σ_t (P_out a_t)(P_in b_t)ᵀ, i.e. R_p = P_out ⊗ P_in on the row-major vec(G_p). G_i is never
             formed; an index factor (embedding rows) makes P_out a_t a column gather of P_out. P_out, P_in are
             Gaussian with variance 1/d_out, 1/d_in (identity where a side is not reduced, e.g. biases and norms
-            have a single column). The total d is split across parameters (see `allocate`): proportional to
-            their size by default, or to a measured gradient-energy share; each block d_out × d_in is as
-            balanced as the matrix allows.
+            have a single column). The total d is split across parameter tensors (see `allocate`, each gets
+            >= 1): proportional to their size by default, or to a measured gradient-energy share
+            (`gradient_energy` on the validation batch); each block d_out × d_in is as balanced as the matrix
+            allows. Option `sketch="khatri-rao"`: d_p rank-one rows u_k ⊗ v_k instead of one Kronecker product
+            (feature k = Σ_t (u_kᵀ a_t)(v_kᵀ b_t) / √d_p, still from the factors): same unbiasedness, but an
+            error close to a dense map's, where the Kronecker form's error on low-rank per-problem gradients
+            only shrinks like 1/d_out + 1/d_in (see benchmarks/results/fidelity.json).
   dense     a dense Rademacher (±1/√d) or Gaussian (N(0, 1/d)) d × P matrix over the whole flat gradient,
             never held whole: parameter p's block is generated in fixed column blocks, each from a seed
             derived from (seed, parameter name, block index), and applied to the materialised G_i.
@@ -145,6 +149,12 @@ class Projector:
 
     def features(self, model, batch: SurrogateBatch, micro_batch: int = 256) -> torch.Tensor:
         """φ(x_i) for every problem of `batch`, [n_problems, dim] (zero rows for zero-variance problems)."""
+        return self.features_and_flat(model, batch, None, micro_batch)[0]
+
+    def features_and_flat(self, model, batch: SurrogateBatch, vectors: torch.Tensor | None,
+                          micro_batch: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`features(batch)` and `project_flat(vectors)` together (e.g. candidates and g_V); dense and sparse maps
+        generate each random block once for both instead of twice."""
         blocks = self.bind(model)
         named = named_trainable(model)
         device = next(model.parameters()).device
@@ -154,7 +164,7 @@ class Projector:
                 fs = mb.factors.get(id(p))
                 if fs:
                     self._accumulate(block, fs, mb, out)
-        return out
+        return out, (None if vectors is None else self.project_flat(model, vectors))
 
     def project_flat(self, model, vectors: torch.Tensor) -> torch.Tensor:
         """R v for flat gradients v ([P] or [n, P], `signals.flat_grad` layout): [dim] or [n, dim]."""
@@ -172,7 +182,7 @@ class Projector:
         return out[0] if single else out
 
     def metadata(self) -> dict:
-        meta = {"kind": self.kind, "dim": self.dim, "seed": self.seed, "format": FORMAT}
+        meta = {"kind": self.kind, "dim": self.dim, "seed": self.seed, "projection_format": FORMAT}
         if self._arch is not None:
             meta["architecture"] = hashlib.sha256(self._arch.encode()).hexdigest()[:16]
         return meta
@@ -255,18 +265,29 @@ def factor_shape(budget: int, rows: int, cols: int, shape: str = "balanced") -> 
 
 
 class FactoredProjector(Projector):
-    """Two-sided per-parameter projection from the per-token factors; never forms G_i.
+    """Per-parameter projection from the per-token factors a_t, b_t; never forms G_i.
 
-    allocation: "size" (d_p ∝ numel, default), "sqrt-size" (∝ √numel), or "energy" with `shares` (a dict
-    parameter name -> weight, e.g. from `gradient_energy` on the validation batch; d_p ∝ weight). The shares
-    are part of the projection: save them (they are in `metadata()`) and reuse them for every round.
-    shape: "balanced" (d_out ≈ d_in, default) or "aspect" (d_out / d_in ≈ rows / cols).
+    sketch: "kronecker" (LoGra, default): block_p = P_out G_p P_inᵀ, R_p = P_out ⊗ P_in with P_out
+            [d_out, rows] ~ N(0, 1/d_out), P_in [d_in, cols] ~ N(0, 1/d_in), identity on a side kept whole;
+            d_out × d_in = d_p as balanced as the matrix allows (`shape`). Per token it costs
+            rows·d_out + cols·d_in, plus d_p per token for the per-problem sums.
+            "khatri-rao": d_p rank-one rows, feature k = u_kᵀ G_p v_k / √d_p = Σ_t (u_kᵀa_t)(v_kᵀb_t) / √d_p
+            with u_k, v_k standard Gaussian (a side of size 1 uses 1): R_p's rows are u_k ⊗ v_k. Unbiased
+            like the Kronecker form but with a variance within a small constant of a dense Gaussian map, where
+            the Kronecker form's error on low-rank per-problem gradients shrinks only like 1/d_out + 1/d_in.
+            Per token it costs (rows + cols)·d_p.
+    allocation: how the total d is split across parameter tensors (each gets >= 1, at most its size):
+            "size" (d_p ∝ numel, default), "sqrt-size" (∝ √numel), or "energy" with `shares` (a dict
+            parameter name -> weight, e.g. `gradient_energy` of the validation batch). Energy shares are part of
+            the projection: they are in `metadata()`; measure them once and reuse them for every round.
+    shape (kronecker): "balanced" (d_out ≈ d_in, default) or "aspect" (d_out / d_in ≈ rows / cols).
     """
 
     kind = "factored"
+    CHUNK = 2**24  # floats of per-token projected factors held at once
 
     def __init__(self, dim: int, seed: int = 0, allocation: str = "size", shares: dict[str, float] | None = None,
-                 shape: str = "balanced"):
+                 shape: str = "balanced", sketch: str = "kronecker"):
         super().__init__(dim, seed)
         if allocation not in ("size", "sqrt-size", "energy"):
             raise ValueError(f"unknown allocation '{allocation}' (choose from: size, sqrt-size, energy)")
@@ -274,9 +295,12 @@ class FactoredProjector(Projector):
             raise ValueError("allocation 'energy' needs shares: {parameter name: weight} (see gradient_energy)")
         if shape not in ("balanced", "aspect"):
             raise ValueError(f"unknown shape '{shape}' (choose from: balanced, aspect)")
-        self.allocation, self.shape = allocation, shape
+        if sketch not in ("kronecker", "khatri-rao"):
+            raise ValueError(f"unknown sketch '{sketch}' (choose from: kronecker, khatri-rao)")
+        self.allocation, self.shape, self.sketch = allocation, shape, sketch
         self.shares = {k: float(v) for k, v in shares.items()} if shares else None
-        self.plan: list[tuple[int, int, int]] = []  # per block: (feature offset, d_out, d_in)
+        # per block: (feature offset, d_out, d_in); khatri-rao: (offset, d_p, d_p)
+        self.plan: list[tuple[int, int, int]] = []
         self._mats: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
 
     def _weights(self, blocks: list[Block]) -> list[float]:
@@ -292,59 +316,102 @@ class FactoredProjector(Projector):
 
     def _build(self, blocks: list[Block]) -> None:
         budgets = allocate(self._weights(blocks), [b.numel for b in blocks], self.dim)
-        shapes = [factor_shape(d, b.rows, b.cols, self.shape) for d, b in zip(budgets, blocks)]
-        # Hand what the factorisations left over to the parameters that can take it (greedily, largest first).
-        left = min(self.dim, sum(b.numel for b in blocks)) - sum(o * i for o, i in shapes)
-        for j in sorted(range(len(blocks)), key=lambda j: -budgets[j]):
-            if left <= 0:
-                break
-            b, (o, i) = blocks[j], shapes[j]
-            new = factor_shape(o * i + left, b.rows, b.cols, self.shape)
-            if new[0] * new[1] > o * i:
-                left -= new[0] * new[1] - o * i
-                shapes[j] = new
+        if self.sketch == "khatri-rao":
+            shapes = [(d, d) for d in budgets]
+            sizes = budgets
+        else:
+            shapes = [factor_shape(d, b.rows, b.cols, self.shape) for d, b in zip(budgets, blocks)]
+            # What the factorisations left over goes to the parameters that can take it (largest budgets first).
+            left = sum(budgets) - sum(o * i for o, i in shapes)
+            for j in sorted(range(len(blocks)), key=lambda j: -budgets[j]):
+                if left <= 0:
+                    break
+                b, (o, i) = blocks[j], shapes[j]
+                new = factor_shape(o * i + left, b.rows, b.cols, self.shape)
+                if new[0] * new[1] > o * i:
+                    left -= new[0] * new[1] - o * i
+                    shapes[j] = new
+            sizes = [o * i for o, i in shapes]
         offset, self.plan = 0, []
-        for o, i in shapes:
+        for (o, i), size in zip(shapes, sizes):
             self.plan.append((offset, o, i))
-            offset += o * i
+            offset += size
+        self.padding = self.dim - offset  # trailing zero columns (only when d exceeds what the factors can fill)
         self._plan_by_name = {b.name: plan for b, plan in zip(blocks, self.plan)}
-        self.padding = self.dim - offset  # trailing zero columns (only if the model has fewer than dim coordinates)
         self._mats = {}
-
-    def matrices(self, block: Block, d_out: int, d_in: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(P_out [d_out, rows], P_in [d_in, cols]) in fp32; None for a side kept whole (identity)."""
-        if block.name not in self._mats:
-            p_out = None if d_out == block.rows else gaussian((d_out, block.rows), d_out**-0.5, self.seed,
-                                                              self.kind, block.name, "out")
-            p_in = None if d_in == block.cols else gaussian((d_in, block.cols), d_in**-0.5, self.seed,
-                                                            self.kind, block.name, "in")
-            self._mats[block.name] = (p_out, p_in)
-        return self._mats[block.name]
 
     def _plan_of(self, block: Block) -> tuple[int, int, int]:
         return self._plan_by_name[block.name]
 
+    def _size(self, block: Block) -> int:
+        _, o, i = self._plan_of(block)
+        return o if self.sketch == "khatri-rao" else o * i
+
+    def matrices(self, block: Block) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """fp32 CPU side matrices of parameter p; None for a side that is the identity.
+
+        kronecker: (P_out [d_out, rows], P_in [d_in, cols]). khatri-rao: (U [d_p, rows] ~ N(0, 1/d_p),
+        V [d_p, cols] ~ N(0, 1)); a side of size 1 is all ones (returned as a [d_p, 1] tensor).
+        """
+        if block.name not in self._mats:
+            _, o, i = self._plan_of(block)
+            name = block.name
+            if self.sketch == "khatri-rao":
+                u = (torch.full((o, 1), o**-0.5) if block.rows == 1 else
+                     gaussian((o, block.rows), o**-0.5, self.seed, self.kind, self.sketch, name, "out"))
+                v = (torch.ones(o, 1) if block.cols == 1 else
+                     gaussian((o, block.cols), 1.0, self.seed, self.kind, self.sketch, name, "in"))
+                self._mats[name] = (u, v)
+            else:
+                p_out = (None if o == block.rows else
+                         gaussian((o, block.rows), o**-0.5, self.seed, self.kind, name, "out"))
+                p_in = (None if i == block.cols else
+                        gaussian((i, block.cols), i**-0.5, self.seed, self.kind, name, "in"))
+                self._mats[name] = (p_out, p_in)
+        return self._mats[block.name]
+
+    @staticmethod
+    def _left(f: Factor, pt: torch.Tensor | None, rows: int, dtype) -> torch.Tensor:
+        """P a_t for every token, [T, d] (pt = Pᵀ [rows, d], None for the identity)."""
+        if f.index:  # one-hot rows: P a_t is column a_t of P
+            return torch.nn.functional.one_hot(f.a, rows).to(dtype) if pt is None else pt[f.a]
+        return f.a if pt is None else f.a @ pt
+
     def _accumulate(self, block, fs, mb, out):
         offset, d_out, d_in = self._plan_of(block)
-        p_out, p_in = self.matrices(block, d_out, d_in)
+        p_out, p_in = self.matrices(block)
         dtype, device = fs[0].b.dtype, fs[0].b.device
+        rows = mb.problems.to(out.device)
+        if self.sketch == "khatri-rao":  # Σ_t (U a_t) ⊙ (V b_t), in column chunks to bound memory
+            T = mb.segments[-1].stop
+            step = max(1, self.CHUNK // max(T, 1))
+            for c0 in range(0, d_out, step):
+                ut = p_out[c0:c0 + step].T.to(device=device, dtype=dtype)
+                vt = p_in[c0:c0 + step].T.to(device=device, dtype=dtype)
+                total = None
+                for f in fs:
+                    prod = self._left(f, ut, block.rows, dtype) * (f.b @ vt)
+                    part = _segment_sums(prod, torch.ones(T, 1, dtype=dtype, device=device), mb.segments)[..., 0]
+                    total = part if total is None else total + part
+                out[rows, offset + c0:offset + c0 + ut.shape[1]] += total
+            return
         pt_out = None if p_out is None else p_out.T.to(device=device, dtype=dtype)
         pt_in = None if p_in is None else p_in.T.to(device=device, dtype=dtype)
         total = None
         for f in fs:
-            if f.index:  # one-hot rows: P_out a_t is column a_t of P_out
-                A = (torch.nn.functional.one_hot(f.a, block.rows).to(dtype) if pt_out is None else pt_out[f.a])
-            else:
-                A = f.a if pt_out is None else f.a @ pt_out
+            A = self._left(f, pt_out, block.rows, dtype)
             B = f.b if pt_in is None else f.b @ pt_in
             part = _segment_sums(A, B, mb.segments)
             total = part if total is None else total + part
-        out[mb.problems.to(out.device), offset:offset + d_out * d_in] += total.reshape(len(mb.segments), -1)
+        out[rows, offset:offset + d_out * d_in] += total.reshape(len(mb.segments), -1)
 
     def _project_block(self, block, G, out):
         offset, d_out, d_in = self._plan_of(block)
-        p_out, p_in = self.matrices(block, d_out, d_in)
+        p_out, p_in = self.matrices(block)
         M = G.reshape(-1, block.rows, block.cols)
+        if self.sketch == "khatri-rao":  # feature k = u_kᵀ G v_k
+            out[:, offset:offset + d_out] += torch.einsum("nrk,kr->nk", M @ p_in.to(G).T, p_out.to(G))
+            return
         if p_out is not None:
             M = p_out.to(G) @ M
         if p_in is not None:
@@ -352,11 +419,14 @@ class FactoredProjector(Projector):
         out[:, offset:offset + d_out * d_in] += M.reshape(G.shape[0], -1)
 
     def metadata(self) -> dict:
-        meta = {**super().metadata(), "allocation": self.allocation, "shape": self.shape}
+        meta = {**super().metadata(), "sketch": self.sketch, "allocation": self.allocation}
+        if self.sketch == "kronecker":
+            meta["shape"] = self.shape
         if self.shares:
             meta["shares"] = self.shares
         if self._blocks is not None:
-            meta["blocks"] = [[b.name, o, i] for b, (_, o, i) in zip(self._blocks, self.plan)]
+            meta["blocks"] = [[b.name, *((o,) if self.sketch == "khatri-rao" else (o, i))]
+                              for b, (_, o, i) in zip(self._blocks, self.plan)]
         return meta
 
 
@@ -373,6 +443,7 @@ class _BlockJL(Projector):
         super().__init__(dim, seed)
         self.budget = budget  # floats of per-problem gradients materialised at once
         self.width = max(1, DENSE_BLOCK // self.dim)  # columns per generated block
+        self._pending: dict | None = None  # flat vectors projected alongside `features` (features_and_flat)
 
     def _columns(self, block: Block) -> int:
         """How many coordinates of parameter p the map reads."""
@@ -398,7 +469,35 @@ class _BlockJL(Projector):
 
     def _accumulate(self, block, fs, mb, out):
         for part, G in onepass.per_problem_gradients(fs, (block.rows, block.cols), mb.segments, self.budget):
-            self._apply(block, self._select(block, G), mb.problems[part].to(out.device), out)
+            X = self._select(block, G)
+            extra = self._pending.pop(block.name, None) if self._pending else None
+            if extra is not None:  # the flat vectors' slice of this parameter rides along with the same blocks
+                flat, flat_out = extra
+                both = torch.zeros(X.shape[0] + flat.shape[0], self.dim, dtype=X.dtype, device=X.device)
+                self._apply(block, torch.cat([X, self._select(block, flat.to(X))]), slice(None), both)
+                out[mb.problems[part].to(out.device)] += both[:X.shape[0]]
+                flat_out += both[X.shape[0]:].to(flat_out)
+            else:
+                self._apply(block, X, mb.problems[part].to(out.device), out)
+
+    def features_and_flat(self, model, batch, vectors, micro_batch=256):
+        if vectors is None:
+            return super().features_and_flat(model, batch, None, micro_batch)
+        blocks = self.bind(model)
+        single = vectors.dim() == 1
+        v = vectors.unsqueeze(0) if single else vectors
+        dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
+        flat_out = torch.zeros(v.shape[0], self.dim, dtype=dtype, device=v.device)
+        self._pending = {b.name: (v[:, b.offset:b.offset + b.numel], flat_out) for b in blocks}
+        try:
+            out, _ = super().features_and_flat(model, batch, None, micro_batch)
+            for block in blocks:  # parameters no problem's factors reached
+                if block.name in self._pending:
+                    flat, _ = self._pending.pop(block.name)
+                    self._project_block(block, flat.to(dtype), flat_out)
+        finally:
+            self._pending = None
+        return out, (flat_out[0] if single else flat_out)
 
     def _project_block(self, block, G, out):
         self._apply(block, self._select(block, G), slice(None), out)
@@ -481,7 +580,7 @@ def gradient_energy(model, batch: SurrogateBatch, micro_batch: int = 256, pooled
 
     e_p = mean over the batch's live problems of ‖G_{i,p}‖² (the parameter's share of per-problem gradient
     energy). With `pooled` (a flat direction such as g_V), e_p is multiplied by ‖(g_V)_p‖², so that the weight
-    tracks the variance of the projected inner products ⟨φ_p(x), φ_p(V)⟩ ~ ‖g_p‖²‖v_p‖². Returns e_p ** power
+    tracks the variance of the projected inner products ⟨φ_p(x), φ_p(V)⟩ ~ ‖g_p‖²‖v_p‖². Returns e_p^power
     by name (power 0.5 ⇒ d_p ∝ RMS norm, the allocation that minimises Σ_p var_p / d_p).
     """
     from .onepass import OnePassGradients
