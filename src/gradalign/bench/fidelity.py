@@ -45,6 +45,8 @@ from typing import Callable
 
 import numpy as np
 
+from . import _csv
+
 DIMS = [512, 2048, 8192, 32768]
 KINDS = ["factored", "factored-energy", "khatri-rao-energy", "sparse", "dense"]
 SETTINGS = ["round", "random"]
@@ -330,15 +332,6 @@ def run_fidelity(settings: list[str] = SETTINGS, dims: list[int] = DIMS, kinds: 
 
 
 # ---------------------------------------------------------------------------------------------- command line
-
-
-def _csv(kind=str):
-    def parse(text: str) -> list:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError("expected a comma-separated list")
-        return [kind(t) for t in items]
-    return parse
 
 
 def add_fidelity_arguments(parser: argparse.ArgumentParser) -> None:
