@@ -14,7 +14,7 @@ gradients' inner products: E_R ⟨R g(x), R g(y)⟩ = ⟨g(x), g(y)⟩ (every R 
             allows. Option `sketch="khatri-rao"`: d_p rank-one rows u_k ⊗ v_k instead of one Kronecker product
             (feature k = Σ_t (u_kᵀ a_t)(v_kᵀ b_t) / √d_p, still from the factors): same unbiasedness, but an
             error close to a dense map's, where the Kronecker form's error on low-rank per-problem gradients
-            only shrinks like 1/d_out + 1/d_in (see benchmarks/results/fidelity.json).
+            only shrinks like 1/d_out + 1/d_in (see the fidelity figures in benchmarks/README.md).
   dense     a dense Rademacher (±1/√d) or Gaussian (N(0, 1/d)) d × P matrix over the whole flat gradient,
             never held whole: parameter p's block is generated in fixed column blocks, each from a seed
             derived from (seed, parameter name, block index), and applied to the materialised G_i.
