@@ -141,7 +141,9 @@ def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: P
     step = max(1, sampling.prompts_per_batch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for start in tqdm(range(0, len(problems), step), desc=desc, leave=False, disable=len(problems) <= step):
+        # Progress bars only for multi-batch jobs, and (disable=None) only on a terminal, never in log files.
+        for start in tqdm(range(0, len(problems), step), desc=desc, leave=False,
+                          disable=True if len(problems) <= step else None):
             batch = problems[start:start + step]
             ids = tokenize_prompts(tokenizer, [p.prompt for p in batch])
             ids = [s for s in ids for _ in range(k)]
