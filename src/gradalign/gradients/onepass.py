@@ -211,10 +211,10 @@ class MicroBatchFactors:
 def micro_batches(batch: SurrogateBatch, micro_batch: int) -> list[list[int]]:
     """Whole problems per micro-batch (a problem's tokens must meet in one reduction); problems whose
     advantages are all zero are left out: their gradient is exactly zero."""
-    live = [i for i in range(batch.num_problems) if batch.advantages[batch.rows_of(i)].abs().sum() > 0]
+    sizes = torch.bincount(batch.rollouts.group, minlength=batch.num_problems).tolist()
     out, current, size = [], [], 0
-    for i in live:
-        k = int((batch.rollouts.group == i).sum())
+    for i in batch.live_problems():
+        k = sizes[i]
         if current and size + k > micro_batch:
             out.append(current)
             current, size = [], 0
@@ -231,8 +231,9 @@ def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256):
     ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
     seq_len = batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1]
     ones = torch.ones(batch.num_problems)
+    rows_by_problem = batch.rows_by_problem()
     for problems in micro_batches(batch, micro_batch):
-        rows = torch.cat([batch.rows_of(i) for i in problems])
+        rows = torch.cat([rows_by_problem[i] for i in problems])
         capture = ActivationCapture(model)
         try:
             loss = weighted_surrogate(model, batch, ones, rows)

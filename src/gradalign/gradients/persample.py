@@ -107,15 +107,11 @@ class FuncGradients(GradientBackend):
             raise ValueError(f"directions have {directions.shape[1]} columns, the model has {offset} trainable values")
 
         r = batch.rollouts
-        group = r.group
         n_tok = batch.tokens_per_problem().clamp(min=1)
-        signal = torch.zeros(n, dtype=torch.float64).index_add_(0, group, batch.advantages.abs().double())
-        live = (signal > 0).nonzero().squeeze(1).tolist()  # zero-variance problems keep g = 0
+        live = batch.live_problems()  # zero-variance problems keep g = 0
         if not live:
             return ProblemSignals(norms=norms, dots=dots)
-        rows_of = [[] for _ in range(n)]
-        for row, g in enumerate(group.tolist()):
-            rows_of[g].append(row)
+        rows_of = [rows.tolist() for rows in batch.rows_by_problem()]
         k_max = max(len(rows_of[i]) for i in live)
 
         params = {name: p.detach() for name, p in named}

@@ -94,14 +94,12 @@ class NaiveGradients(GradientBackend):
         n, n_dir = batch.num_problems, directions.shape[0]
         norms, dots = torch.zeros(n, dtype=torch.float64), torch.zeros(n, n_dir, dtype=torch.float64)
         ones = torch.ones(n)
+        rows_by_problem = batch.rows_by_problem()
         try:
-            for i in range(n):
+            for i in batch.live_problems():  # zero-variance groups have g(x) = 0 exactly: no backward
                 for p in params:
                     p.grad = None
-                rows = batch.rows_of(i)
-                if batch.advantages[rows].abs().sum() == 0:
-                    continue  # zero-variance group: g(x) = 0 exactly, no need for a backward
-                weighted_surrogate(model, batch, ones, rows).backward()
+                weighted_surrogate(model, batch, ones, rows_by_problem[i]).backward()
                 g = flat_grad(params).double()  # fp32 sums over ~10^6 terms drift by ~1e-4: sum in fp64
                 norms[i] = g.norm()
                 if n_dir:

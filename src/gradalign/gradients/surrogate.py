@@ -32,6 +32,18 @@ class SurrogateBatch:
     def rows_of(self, problem: int) -> torch.Tensor:
         return (self.rollouts.group == problem).nonzero().squeeze(1)
 
+    def rows_by_problem(self) -> list[torch.Tensor]:
+        """Row indices of every problem's completions (ascending), in one pass instead of one scan per problem."""
+        group = self.rollouts.group
+        counts = torch.bincount(group, minlength=self.num_problems).tolist()
+        return list(torch.argsort(group, stable=True).split(counts))
+
+    def live_problems(self) -> list[int]:
+        """Problems whose advantages are not all zero; the others have g(x) = 0 exactly and need no backward."""
+        signal = torch.zeros(self.num_problems, dtype=torch.float64).index_add_(
+            0, self.rollouts.group, self.advantages.abs().double())
+        return (signal > 0).nonzero().squeeze(1).tolist()
+
 
 def completion_logps(model, rollouts: Rollouts, rows: torch.Tensor) -> torch.Tensor:
     """log π_θ of every completion token of the given rows, [len(rows), C] (zero where masked)."""
