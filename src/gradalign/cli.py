@@ -151,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     from .curriculum.round import EmptySelectionError, NoDirectionError
-    from .data.problem import DataError
+    from .data.problem import DataError, one_line
     try:
         return args.func(args)
     except (DataError, NoDirectionError, EmptySelectionError, ValueError) as e:
         # Bad input or config: one line, no traceback; whatever was already written stays valid.
-        print(f"gradalign: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"gradalign: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gradalign: interrupted; rerun the same command to resume from the last finished round",

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from gradalign.data.problem import DataError, Problem, Prompt
+from gradalign.data.problem import DataError, Problem, Prompt, one_line
 from gradalign.fileio import atomic_path
 
 # Columns of the rows handed to TRL (`problems_to_rows`). Metadata travels as a JSON string so that
@@ -35,11 +35,6 @@ METADATA_COLUMN = "metadata_json"
 
 _ANSWER_KEYS = ("answer", "solution", "ground_truth")  # TRL-style aliases, first present wins
 _SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-def _one_line(text: str) -> str:
-    """Error messages must stay on one line, even when they quote a library's message."""
-    return " ".join(str(text).split())
 
 
 # ----------------------------------------------------------------------------------------------- load
@@ -83,13 +78,13 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{name}: line {lineno}: malformed JSON ({_one_line(e.msg)})") from None
+                    raise DataError(f"{name}: line {lineno}: malformed JSON ({one_line(e.msg)})") from None
                 yield f"line {lineno}", row
     elif path.suffix == ".json":
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise DataError(f"{name}: malformed JSON ({_one_line(e.msg)} at line {e.lineno})") from None
+            raise DataError(f"{name}: malformed JSON ({one_line(e.msg)} at line {e.lineno})") from None
         if not isinstance(rows, list):
             raise DataError(f"{name}: expected a JSON list of objects (got {type(rows).__name__})")
         for i, row in enumerate(rows):
@@ -100,7 +95,7 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises several types for corrupt/foreign files
-            raise DataError(f"{name}: unreadable parquet file ({_one_line(e)})") from None
+            raise DataError(f"{name}: unreadable parquet file ({one_line(e)})") from None
         for i, row in enumerate(rows):
             yield f"row {i} (0-based)", row
 

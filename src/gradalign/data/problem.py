@@ -36,3 +36,8 @@ class Problem:
 
 class DataError(ValueError):
     """Bad input data; the message is one line naming the file, row and field."""
+
+
+def one_line(text) -> str:
+    """Error messages must stay on one line, even when they quote a library's multi-line message."""
+    return " ".join(str(text).split())

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..data.problem import one_line
 from .tiny import build_tokenizer
 from .warmstart import warm_started_tiny
 
@@ -34,7 +35,7 @@ def load_policy(spec: str, device: str = "auto"):
             tokenizer = AutoTokenizer.from_pretrained(spec)
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
         except (OSError, ValueError) as e:
-            reason = " ".join(str(e).split())[:300]
+            reason = one_line(e)[:300]
             raise ValueError(f"model '{spec}': cannot load it as a causal LM + tokenizer ({reason})") from None
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:

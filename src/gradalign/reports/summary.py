@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..data.problem import one_line
 from ..fileio import write_text
 
 PREFERRED_ORDER = ("gradalign",)  # shown first (table rows, legend); the rest by directory name
@@ -52,10 +53,6 @@ class RunView:
 
 
 # ── reading ──────────────────────────────────────────────────────────────────────────────────────────────────
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"{path}: missing (not a finished or started run directory?)")
@@ -65,9 +62,9 @@ def _read_config(path: Path) -> dict:
         problem = getattr(e, "problem", None) or "parse error"
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{path}: not valid YAML{where} ({_one_line(problem)})") from None
+        raise ValueError(f"{path}: not valid YAML{where} ({one_line(problem)})") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot be read ({_one_line(e)})") from None
+        raise ValueError(f"{path}: cannot be read ({one_line(e)})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -83,7 +80,7 @@ def _read_initial(path: Path) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot be read ({_one_line(e)})") from None
+        raise ValueError(f"{path}: cannot be read ({one_line(e)})") from None
     if not isinstance(data, dict) or not _is_number(data.get("accuracy")):
         raise ValueError(f"{path}: expected an object with a numeric 'accuracy'")
     return data
@@ -95,7 +92,7 @@ def _read_rounds(path: Path) -> list[dict]:
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot be read ({_one_line(e)})") from None
+        raise ValueError(f"{path}: cannot be read ({one_line(e)})") from None
     rounds = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
