@@ -38,18 +38,5 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file we wrote ourselves (user files go through `gradalign.data.io`)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def append_jsonl(path: str | os.PathLike, row: dict) -> None:
-    """Append one row by rewriting the file atomically (our logs are small; a torn last line is impossible)."""
-    write_jsonl(path, read_jsonl(path) + [row])
-
-
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
