@@ -7,6 +7,36 @@ benchmarks themselves (which import torch and transformers) are imported only wh
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+from typing import Callable
+
+
+def machine_info(device=None) -> dict:
+    """What the figures were measured on (recorded in every benchmark's JSON)."""
+    import torch
+    import transformers
+    info = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "platform": platform.platform(),
+            "python": platform.python_version(), "processor": platform.processor() or platform.machine()}
+    if device is not None:
+        info["device"] = str(device)
+        if device.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def publish(result: dict, table: str, footer: str, out: str | None, echo: Callable[[str], None] | None) -> dict:
+    """Print a benchmark's table and footer, and write its JSON (atomically) to `out` if given."""
+    from ..fileio import write_json
+    if echo:
+        echo("\n" + table)
+        echo("\n" + footer)
+    if out:
+        write_json(out, result)
+        if echo:
+            echo(f"wrote {out}")
+    return result
 
 
 def _csv(kind=str):

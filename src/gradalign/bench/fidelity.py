@@ -36,8 +36,6 @@ rows whose estimated CPU time exceeds `--max-seconds` are reported as skipped in
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import _csv
+from . import _csv, machine_info, publish
 
 DIMS = [512, 2048, 8192, 32768]
 KINDS = ["factored", "factored-energy", "khatri-rao-energy", "sparse", "dense"]
@@ -265,14 +263,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine_info() -> dict:
-    import torch
-    import transformers
-    return {"cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python": platform.python_version(), "processor": platform.processor() or platform.machine()}
-
-
 def run_fidelity(settings: list[str] = SETTINGS, dims: list[int] = DIMS, kinds: list[str] = KINDS, seed: int = 0,
                  out: str | None = "benchmarks/results/fidelity.json", max_seconds: float = 45.0,
                  random_model: str = "10m", n_problems: int = 128, k: int = 4, micro_batch: int = 256,
@@ -280,7 +270,6 @@ def run_fidelity(settings: list[str] = SETTINGS, dims: list[int] = DIMS, kinds: 
     """Run the benchmark; write the JSON to `out` (atomically, if given) and return it."""
     import torch
 
-    from ..fileio import write_json
     unknown = [s for s in settings if s not in SETTINGS] + [v for v in kinds if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown fidelity setting/kind {unknown[0]!r} (settings: {', '.join(SETTINGS)}; "
@@ -320,15 +309,8 @@ def run_fidelity(settings: list[str] = SETTINGS, dims: list[int] = DIMS, kinds: 
         "rows": rows,
         "wall_seconds": round(wall, 1),
     }
-    if echo:
-        echo("\n" + format_table(rows))
-        echo(f"\ntarget at d = {TARGET['dim']}: Spearman >= {TARGET['spearman']}, top-10% overlap >= "
-             f"{TARGET['top10']}; wall time {wall:.0f} s")
-    if out:
-        write_json(out, result)
-        if echo:
-            echo(f"wrote {out}")
-    return result
+    return publish(result, format_table(rows), f"target at d = {TARGET['dim']}: Spearman >= {TARGET['spearman']}, "
+                   f"top-10% overlap >= {TARGET['top10']}; wall time {wall:.0f} s", out, echo)
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -8,7 +8,7 @@ scoring is timed) it measures, side by side in one process and interleaved withi
   naive    `NaiveGradients`' loop, one backward per problem (the reference; skipped on big chunks), with its
            norm and dots reduced in float64 (fp32 sums of 10^6 terms drift by ~1e-4);
   func     `FuncGradients.problem_signals` (torch.func vmap of per-problem gradients);
-  onepass  `OnePassGradients.problem_signals`, when `gradalign.gradients.onepass` provides it.
+  onepass  `OnePassGradients.problem_signals` (the exact one-pass scorer).
 
 Each per-problem method scores against one direction (the unit pooled gradient of the chunk, like g_V) and
 its norms and dots are checked against naive's: a speed number for wrong signals would be useless.
@@ -30,7 +30,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -40,13 +39,13 @@ from typing import Callable
 
 import torch
 
-from ..fileio import write_json
+from ..gradients.onepass import OnePassGradients
 from ..gradients.persample import FuncGradients
 from ..gradients.signals import GradientBackend, NaiveGradients, ProblemSignals, unit
 from ..gradients.surrogate import SurrogateBatch
 from ..policy.rollouts import Rollouts, pad
 from ..policy.tiny import ALPHABET, SPECIAL, build_tiny_model, build_tokenizer
-from . import add_scoring_arguments
+from . import add_scoring_arguments, machine_info, publish
 
 # Model sizes built from a seed with the character tokenizer. "tiny" is the project's default policy.
 MODEL_CONFIGS: dict[str, dict] = {
@@ -106,17 +105,6 @@ def fabricate_rollouts(tokenizer, n: int, k: int, seed: int) -> Rollouts:
                     temperature=1.0)
 
 
-def onepass_class():
-    """`OnePassGradients` if `gradalign.gradients.onepass` provides it, else the reason it does not."""
-    try:
-        from ..gradients.onepass import OnePassGradients
-        return OnePassGradients, None
-    except ImportError as e:
-        return None, f"not available ({e})"
-    except Exception as e:  # a module under construction that fails on import must not sink the benchmark
-        return None, f"not available ({type(e).__name__}: {e})"
-
-
 def make_backend(method: str, micro_batch: int, proj_dim: int = 8192):
     if method.startswith("proj-"):  # projected features, timed like the exact signals
         from ..gradients.projections import get_projector
@@ -133,13 +121,7 @@ def make_backend(method: str, micro_batch: int, proj_dim: int = 8192):
     if method == "func":
         return FuncGradients(micro_batch=micro_batch)
     if method == "onepass":
-        cls, why = onepass_class()
-        if cls is None:
-            raise ImportError(why)
-        try:
-            return cls(micro_batch=micro_batch)
-        except TypeError:
-            return cls()
+        return OnePassGradients(micro_batch=micro_batch)
     raise ValueError(f"unknown scoring backend '{method}' (choose from: {', '.join((*METHODS[1:], *PROJECTION_ROWS))})")
 
 
@@ -309,11 +291,7 @@ def bench_config(model_name: str, model, tokenizer, n: int, s: Settings, device:
         if method == "naive" and n > s.max_naive_chunk:
             row["status"] = f"skipped (chunk > --max-naive-chunk {s.max_naive_chunk})"
             continue
-        try:
-            backend = make_backend(method, s.micro_batch, s.proj_dim)
-        except ImportError as e:
-            row["status"] = str(e)
-            continue
+        backend = make_backend(method, s.micro_batch, s.proj_dim)
         active[method] = (runner(method, backend, model, batch, direction, s.micro_batch),
                           runner(method, backend, model, warm_batch, direction, s.micro_batch))
 
@@ -397,16 +375,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine_info(device: torch.device) -> dict:
-    import transformers
-    info = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "threads": torch.get_num_threads(), "device": str(device), "platform": platform.platform(),
-            "python": platform.python_version(), "processor": platform.processor() or platform.machine()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: str | None = None,
                 device: str = "auto", threads: int | None = 1, echo: Callable[[str], None] | None = print) -> dict:
     """Run the benchmark; write the JSON to `out` (if given) and return it."""
@@ -461,14 +429,8 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
                         "NaiveGradients' loop with float64 reductions",
         "rows": rows,
     }
-    if echo:
-        echo("\n" + format_table(rows))
-        echo(f"\nmemory: {result['memory']['note'] if mode != 'none' else 'not measured'}")
-    if out:
-        write_json(out, result)
-        if echo:
-            echo(f"wrote {out}")
-    return result
+    return publish(result, format_table(rows),
+                   f"memory: {result['memory']['note'] if mode != 'none' else 'not measured'}", out, echo)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
