@@ -89,6 +89,9 @@ class FuncGradients(GradientBackend):
         return max(1, min(by_memory, by_rows))
 
     def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor) -> ProblemSignals:
+        if not batch.on_policy or batch.aggregation != "token-mean" or batch.temperature != 1.0:
+            raise NotImplementedError("the func backend computes the on-policy token-mean surrogate only; use "
+                                      "gradient_backend: onepass (or naive) for off-policy, KL or sequence-mean batches")
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         n, n_dir = batch.num_problems, directions.shape[0]
         norms, dots = torch.zeros(n), torch.zeros(n, n_dir)
