@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from gradalign.config import RunConfig
-from gradalign.curriculum import loop
+from gradalign.curriculum import trl_bridge
 from gradalign.curriculum.loop import Curriculum
 from gradalign.policy.warmstart import WarmStartConfig, sampled_accuracy, warm_started_tiny
 from gradalign.data.tasks import generate_mix
@@ -25,7 +25,7 @@ def tiny_cfg(tmp_path, name="run", **kw) -> RunConfig:
 
 def recording_train_round(calls: list):
     """Wrap the loop's TRL call so the test sees every problem id TRL's reward function was asked to score."""
-    real = loop.train_round
+    real = trl_bridge.train_round
 
     def wrapper(model, tokenizer, problems, schedule, reward, args, optimizer, scheduler, seen=None):
         seen = []
@@ -44,7 +44,7 @@ def test_warm_start_lands_where_grpo_groups_disagree():
 
 def test_trl_trains_on_exactly_the_selected_problems(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(loop, "train_round", recording_train_round(calls))
+    monkeypatch.setattr(trl_bridge, "train_round", recording_train_round(calls))
     result = Curriculum(tiny_cfg(tmp_path)).run()
     assert len(calls) == len(result.rounds) == 2
     for call, record in zip(calls, result.rounds):
@@ -78,7 +78,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, monk
     cfg_kw = dict(rounds=3)
     reference = Curriculum(tiny_cfg(tmp_path, "whole", **cfg_kw)).run()
 
-    real = loop.train_round
+    real = trl_bridge.train_round
     state = {"calls": 0}
 
     def dies_in_round_1(*args, **kwargs):
@@ -87,14 +87,14 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, monk
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_round", dies_in_round_1)
+    monkeypatch.setattr(trl_bridge, "train_round", dies_in_round_1)
     with pytest.raises(KeyboardInterrupt):
         Curriculum(tiny_cfg(tmp_path, "resumed", **cfg_kw)).run()
     out = tmp_path / "resumed"
     assert [json.loads(x)["round"] for x in (out / "rounds.jsonl").read_text().splitlines()] == [0]
 
     rounds_run = []
-    monkeypatch.setattr(loop, "train_round", real)
+    monkeypatch.setattr(trl_bridge, "train_round", real)
     original = Curriculum.run_round
     monkeypatch.setattr(Curriculum, "run_round",
                         lambda self, r, *a: rounds_run.append(r) or original(self, r, *a))

@@ -1,4 +1,4 @@
-"""The `gradalign` command: demo, run, report, methods, bench.
+"""The `gradalign` command: demo, run, select, report, methods, bench.
 
 `run` maps one-to-one onto `RunConfig`: every field is a `--flag`, a YAML file gives the base values.
 """
@@ -93,6 +93,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    """One-shot selection: score the whole pool once, write the top n and a per-problem scores table."""
+    from .curriculum.oneshot import beside, select_once, write_selection
+    cfg = RunConfig.from_sources(args.config, overrides(args))
+    out = Path(args.out)
+    scores = Path(args.scores) if args.scores else beside(out, ".scores.csv")
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise ValueError(f"{out}: --out must end in .jsonl or .parquet")
+    result = select_once(cfg, args.n)
+    summary = write_selection(result, out, scores, cfg)
+    chosen = [row for row in result.table if row["selected"]]
+    mean_p = sum(row["pass_rate"] for row in chosen) / max(len(chosen), 1)
+    print(f"{cfg.method}: selected {len(chosen)} of {len(result.table)} problems in {result.seconds:.0f} s "
+          f"(mean pass rate {mean_p:.2f}; {summary['composition']})")
+    print(f"subset {out}; scores {scores}; train on it with: gradalign run --pool {out} --method full ...")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .reports import report
     print(report(args.directory))
@@ -129,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(demo, skip=("method",))
     demo.set_defaults(func=cmd_demo)
 
+    sel = sub.add_parser("select", help="one-shot selection: score a pool once, write the top n and the scores")
+    sel.add_argument("--config", help="YAML file of RunConfig fields; flags override it")
+    sel.add_argument("--n", type=int, required=True, help="problems to keep")
+    sel.add_argument("--out", required=True, help="selected subset (.jsonl or .parquet)")
+    sel.add_argument("--scores", help="per-problem scores CSV (default: OUT with .scores.csv; a .summary.json "
+                     "with the config, timings and composition is written beside OUT)")
+    add_config_flags(sel, skip=("output_dir", "rounds", "steps_per_round", "chunk_size", "selection_ratio",
+                                "eval_samples"))
+    sel.set_defaults(func=cmd_select)
+
     rep = sub.add_parser("report", help="(re)write the table, plot and summary.md of a run or demo directory")
     rep.add_argument("directory")
     rep.set_defaults(func=cmd_report)
@@ -142,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     scoring = bench_sub.add_parser("scoring", help="per-problem gradient signals vs one forward+backward")
     add_scoring_arguments(scoring)
     scoring.set_defaults(func=cmd_bench)
-    from .bench.fidelity import add_fidelity_parser  # light: torch is imported only when it runs
+    from .bench.fidelity import add_fidelity_parser
     add_fidelity_parser(bench_sub)  # `gradalign bench fidelity`: projected vs exact scores
     return parser
 

@@ -58,6 +58,16 @@ class RunConfig:
     gradient_backend: str = _f("onepass", "Per-problem gradient signals: onepass (exact, one forward+backward) "
                                "or naive (exact, one full gradient per problem; the reference).")
     micro_batch: int = _f(256, "Completions per forward/backward when computing gradient signals.")
+    projection: str = _f("khatri-rao-energy", "Projected features (LearnAlign): khatri-rao-energy (recommended by "
+                         "`gradalign bench fidelity`), khatri-rao, factored, factored-energy, sparse or dense.")
+    projection_dim: int = _f(8192, "Dimension d of the projected features.")
+    # ── LearnAlign (METHODS.md §2) ───────────────────────────────────────────────────────────────────────
+    warmup_problems: int = _f(64, "LearnAlign: random pool problems the warm-up GRPO trains on (paper: 300 of 7.5k).")
+    warmup_steps: int = _f(8, "LearnAlign: GRPO steps of the warm-up. It trains a copy of the policy; the copy "
+                           "scores, and the policy itself trains only on the selection.")
+    kl_beta: float = _f(0.04, "LearnAlign: KL coefficient in the scoring gradient, against the policy the warm-up "
+                        "started from (paper 0.04).")
+    learnalign_temperature: float = _f(1.0, "LearnAlign: sampling temperature of the scoring rollouts (paper 1.0).")
     # ── training (TRL GRPOTrainer) ───────────────────────────────────────────────────────────────────────
     rounds: int = _f(8, "R: selection rounds.")
     steps_per_round: int = _f(8, "T: GRPO steps on each round's selection.")
@@ -81,7 +91,8 @@ class RunConfig:
     def validate(self) -> None:
         """Cheap checks that catch a bad config before anything is computed."""
         positive = ["chunk_size", "selection_ratio", "rollouts_per_problem", "validation_rollouts", "rounds",
-                    "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens", "num_iterations"]
+                    "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens", "num_iterations",
+                    "projection_dim", "warmup_problems", "warmup_steps"]
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"config: '{name}' must be >= 1 (got {getattr(self, name)})")
@@ -92,6 +103,11 @@ class RunConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config: '{name}' must be one of {', '.join(allowed)} (got '{getattr(self, name)}')")
+        from .gradients.projections import VARIANTS
+        if self.projection not in VARIANTS:
+            raise ValueError(f"config: 'projection' must be one of {', '.join(VARIANTS)} (got '{self.projection}')")
+        if self.kl_beta < 0 or self.learnalign_temperature <= 0:
+            raise ValueError("config: 'kl_beta' must be >= 0 and 'learnalign_temperature' > 0")
         if self.steps_per_round % self.num_iterations:
             raise ValueError("config: 'steps_per_round' must be a multiple of 'num_iterations'")
 

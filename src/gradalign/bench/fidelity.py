@@ -43,22 +43,12 @@ from typing import Callable
 
 import numpy as np
 
+from ..gradients.projections import VARIANTS
 from . import _csv, machine_info, publish
 
 DIMS = [512, 2048, 8192, 32768]
 KINDS = ["factored", "factored-energy", "khatri-rao-energy", "sparse", "dense"]
 SETTINGS = ["round", "random"]
-# name -> (projector kind, keyword arguments); "energy" marks variants that need the measured shares
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "factored": ("factored", {}),
-    "factored-sqrt": ("factored", {"allocation": "sqrt-size"}),
-    "factored-energy": ("factored", {"allocation": "energy"}),
-    "khatri-rao": ("factored", {"sketch": "khatri-rao"}),
-    "khatri-rao-energy": ("factored", {"sketch": "khatri-rao", "allocation": "energy"}),
-    "sparse": ("sparse", {"fraction": 0.1}),
-    "dense": ("dense", {"distribution": "rademacher"}),
-    "dense-gaussian": ("dense", {"distribution": "gaussian"}),
-}
 TARGET = {"dim": 8192, "spearman": 0.95, "top10": 0.90}  # the targets
 CPU_GFLOPS = 50.0  # single-thread fp32 matmul throughput assumed by the cost estimate (measured ~50-80)
 RNG_PER_SECOND = 150e6  # torch CPU random numbers per second (measured ~180M/s)
@@ -203,16 +193,12 @@ def estimate(projector, case: Case) -> dict:
 
 
 def make_projector(variant: str, dim: int, seed: int, case: Case, micro_batch: int):
-    from ..gradients.projections import get_projector, gradient_energy
-    kind, kw = VARIANTS[variant]
-    kw = dict(kw)
-    if kw.get("allocation") == "energy":
-        if case.shares is None:
-            t = time.perf_counter()
-            case.shares = gradient_energy(case.model, case.validation, micro_batch=micro_batch, power=1.0)
-            case.info["energy_seconds"] = round(time.perf_counter() - t, 3)
-        kw["shares"] = case.shares
-    return get_projector(kind, dim, seed, **kw)
+    from ..gradients.projections import gradient_energy, named_projector, needs_energy
+    if needs_energy(variant) and case.shares is None:
+        t = time.perf_counter()
+        case.shares = gradient_energy(case.model, case.validation, micro_batch=micro_batch, power=1.0)
+        case.info["energy_seconds"] = round(time.perf_counter() - t, 3)
+    return named_projector(variant, dim, seed, shares=case.shares)
 
 
 def run_row(case: Case, variant: str, dim: int, seed: int, max_seconds: float, micro_batch: int) -> dict:

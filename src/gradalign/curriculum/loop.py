@@ -29,7 +29,7 @@ from ..policy.load import load_policy, resolve_device, save_policy
 from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
 from .round import EmptySelectionError, RoundSelection, RoundSelector
-from .trl_bridge import grpo_args, plan_blocks, train_round
+from .trl_bridge import grpo_steps, new_optimizer
 
 log = logging.getLogger(__name__)
 INITIAL_EVAL = 2**31 - 1  # the "round" whose seed the evaluation before training uses
@@ -72,6 +72,12 @@ def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
                         f"lower chunk_size")
 
 
+def make_reward(cfg: RunConfig) -> ProblemReward:
+    """The one reward of a run: training, selection and evaluation all score with it."""
+    kw = {"timeout_seconds": cfg.verifier_timeout} if cfg.verifier == "math" else {}
+    return ProblemReward(get_verifier(cfg.verifier, **kw), seed=cfg.seed)
+
+
 @dataclass
 class RunResult:
     output_dir: Path
@@ -99,13 +105,10 @@ class Curriculum:
         self.sets = sets or load_problem_sets(cfg)
         check_inputs(cfg, self.sets)
         self.method = get_method(cfg.method)
-        self.reward = ProblemReward(get_verifier(cfg.verifier, **self._verifier_kw()), seed=cfg.seed)
-        self.selector = RoundSelector(cfg, self.sets.validation, self.reward)
+        self.reward = make_reward(cfg)
+        self.selector = RoundSelector(cfg, self.sets.validation, self.reward, pool=self.sets.pool)
         self.chunks = chunk_order(len(self.sets.pool), cfg.chunk_size, cfg.seed)
         self.device = resolve_device(cfg.device)
-
-    def _verifier_kw(self) -> dict:
-        return {"timeout_seconds": self.cfg.verifier_timeout} if self.cfg.verifier == "math" else {}
 
     # ── run directory ────────────────────────────────────────────────────────────────────────────────────
     def checkpoint_dir(self, r: int) -> Path:
@@ -165,12 +168,8 @@ class Curriculum:
                                       f"zero-variance?); try zero_variance: score-zero or a larger chunk_size")
         save_problems(self.out / "selected" / f"round-{r:03d}.jsonl", chosen)
         t = time.perf_counter()
-        blocks = plan_blocks(len(chosen), cfg.problems_per_step, cfg.steps_per_round // cfg.num_iterations,
-                             np.random.default_rng(seed))
-        args = grpo_args(cfg, seed=seed % 2**31, max_steps=cfg.steps_per_round,
-                         output_dir=tempfile.mkdtemp(prefix="gradalign-trl-"), use_cpu=self.device.type == "cpu")
-        train_log = train_round(model, tokenizer, chosen, blocks, self.reward, args, optimizer, scheduler)
-        shutil.rmtree(args.output_dir, ignore_errors=True)
+        train_log = grpo_steps(model, tokenizer, chosen, cfg.steps_per_round, cfg, self.reward, optimizer, scheduler,
+                               seed)
         t_train = time.perf_counter() - t
         t = time.perf_counter()
         test = self.evaluate(model, tokenizer, seed)
@@ -206,6 +205,8 @@ class Curriculum:
                                "pass_rate": sel.validation_pass_rate},
                 "fallback": sel.fallback,
             })
+            if sel.warmup is not None:
+                record["warmup"] = sel.warmup
             record["timings"].update(sel.timings)
         return record
 
@@ -234,9 +235,7 @@ class Curriculum:
         return model, tokenizer
 
     def optimizer(self, model, n_done: int):
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.cfg.learning_rate,
-                                      weight_decay=self.cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        optimizer, scheduler = new_optimizer(model, self.cfg)
         if n_done:
             path = self.checkpoint_dir(n_done - 1) / "optimizer.pt"
             optimizer.load_state_dict(torch.load(path, weights_only=True))

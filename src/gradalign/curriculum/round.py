@@ -16,12 +16,15 @@ import torch
 from ..config import RunConfig
 from ..data.problem import Problem
 from ..gradients import GradientBackend, get_backend
-from ..gradients.signals import unit
-from ..gradients.surrogate import SurrogateBatch
+from ..gradients.projections import gradient_energy, named_projector, needs_energy
+from ..gradients.signals import EPS, unit
+from ..gradients.surrogate import SurrogateBatch, completion_logps
+from ..policy.load import clone_policy
 from ..policy.rollouts import Rollouts, SamplingConfig, sample_rollouts
 from ..rewards import ProblemReward
 from ..selection import Candidates, Method, SelectionOptions, get_method, select
 from ..selection.base import Scored
+from .trl_bridge import grpo_steps, new_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,26 @@ class RoundSelection:
     validation_zero_variance: int = 0
     validation_pass_rate: float = float("nan")
     fallback: str | None = None  # set when the configured no-direction fallback was used
+    ranking: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # all eligible, best first
+    warmup: dict | None = None  # LearnAlign: the warm-up's problems, steps and mean training reward
+
+
+def reference_logps(model, rollouts: Rollouts, micro_batch: int) -> torch.Tensor:
+    """log π_ref of every completion token under `model` (no gradient), [N, C]."""
+    rows = torch.arange(rollouts.group.numel())
+    with torch.no_grad():
+        return torch.cat([completion_logps(model, rollouts, r).float().cpu() for r in rows.split(micro_batch)])
+
+
+def sub_batch(batch: SurrogateBatch, problems) -> SurrogateBatch:
+    """The same surrogate restricted to some problems (their advantages and per-token terms)."""
+    problems = list(problems)
+    sub = batch.rollouts.select_problems(problems)
+    wanted = set(problems)  # the rows `select_problems` keeps, in the same order
+    keep = torch.tensor([i for i, g in enumerate(batch.rollouts.group.tolist()) if g in wanted], dtype=torch.long)
+    pick = lambda t: None if t is None else t[keep]
+    return SurrogateBatch(sub, batch.advantages[keep], batch.aggregation, pick(batch.behaviour_logps),
+                          pick(batch.reference_logps), batch.kl_beta, batch.temperature)
 
 
 def _seconds_since(start: float) -> float:
@@ -53,18 +76,24 @@ def _seconds_since(start: float) -> float:
 
 class RoundSelector:
     def __init__(self, cfg: RunConfig, validation: list[Problem], reward: ProblemReward,
-                 backend: GradientBackend | None = None):
+                 backend: GradientBackend | None = None, pool: list[Problem] | None = None):
         self.cfg = cfg
         self.method: Method = get_method(cfg.method)
         self.validation = validation
+        self.pool = pool  # LearnAlign's warm-up draws its random subset from here (default: the chunk)
         self.reward = reward
         self.backend = backend or get_backend(cfg.gradient_backend, micro_batch=cfg.micro_batch)
         self.options = SelectionOptions(zero_variance=cfg.zero_variance, passrate_band=tuple(cfg.passrate_band))
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+        # LearnAlign estimates p(x) under the warmed-up policy itself: temperature 1.0 (paper), no nucleus cut.
+        self.feature_sampling = SamplingConfig(temperature=cfg.learnalign_temperature, top_p=1.0,
+                                               max_new_tokens=cfg.max_new_tokens)
         self.last_direction: torch.Tensor | None = None
+        self.last_warmup: dict | None = None
 
-    def rollouts(self, model, tokenizer, problems: list[Problem], k: int, seed: int, desc: str) -> Rollouts:
-        return sample_rollouts(model, tokenizer, problems, k, self.reward, self.sampling, seed, desc=desc)
+    def rollouts(self, model, tokenizer, problems: list[Problem], k: int, seed: int, desc: str,
+                 sampling: SamplingConfig | None = None) -> Rollouts:
+        return sample_rollouts(model, tokenizer, problems, k, self.reward, sampling or self.sampling, seed, desc=desc)
 
     def batch(self, rollouts: Rollouts) -> SurrogateBatch:
         return SurrogateBatch(rollouts, rollouts.advantages(self.cfg.advantage_scale))
@@ -81,27 +110,90 @@ class RoundSelector:
             g = self.backend.mean_unit_gradient(model, batch)
         return unit(g), rollouts
 
-    def select(self, model, tokenizer, chunk: list[Problem], seed: int) -> RoundSelection:
-        """Score `chunk` with the current `model` and pick up to `cfg.keep` problems."""
+    def select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None = None) -> RoundSelection:
+        """Score `chunk` with the current `model` and pick up to `keep` (default `cfg.keep`) problems."""
+        keep = self.cfg.keep if keep is None else keep
         rng = np.random.default_rng(seed)
+        needs = self.method.needs
+        timings: dict[str, float] = {}
+        scorer, reference = model, None
+        if "warmup" in needs:  # LearnAlign: score with θ_s, a briefly GRPO-trained copy of the current policy
+            t = time.perf_counter()
+            scorer, reference = self.warm_up(model, tokenizer, chunk, seed), model
+            timings["warmup"] = _seconds_since(t)
         t = time.perf_counter()
-        rollouts = self.rollouts(model, tokenizer, chunk, self.cfg.rollouts_per_problem, seed, "candidates")
-        timings = {"rollouts": _seconds_since(t)}
+        sampling = self.feature_sampling if "features" in needs else self.sampling
+        rollouts = self.rollouts(scorer, tokenizer, chunk, self.cfg.rollouts_per_problem, seed, "candidates", sampling)
+        timings["rollouts"] = _seconds_since(t)
         cand = Candidates(ids=[p.id for p in chunk], pass_rate=rollouts.pass_rates(),
                           zero_variance=rollouts.zero_variance())
-        result = RoundSelection(np.zeros(0, dtype=int), cand, np.zeros(len(chunk)), timings)
+        result = RoundSelection(np.zeros(0, dtype=int), cand, np.zeros(len(chunk)), timings,
+                                warmup=self.last_warmup if "warmup" in needs else None)
         method = self.method
-        if "gradients" in method.needs:
+        if "gradients" in needs:
             method = self._gradient_signals(model, tokenizer, rollouts, cand, seed, result)
+        if "features" in needs:
+            self._features(scorer, reference, rollouts, cand, seed, result)
         t = time.perf_counter()
         scored: Scored = method.score(cand, self.options)
         result.scores = scored.scores
-        result.selected = select(scored, self.cfg.keep, rng)
+        result.ranking = select(scored, len(chunk), rng)  # every eligible candidate, best first
+        result.selected = result.ranking[:keep]
         timings["selection"] = _seconds_since(t)
-        if len(result.selected) < self.cfg.keep:
-            log.warning("round selected %d of %d wanted (%d candidates eligible)", len(result.selected),
-                        self.cfg.keep, int(scored.eligible.sum()))
+        if len(result.selected) < keep:
+            log.warning("selected %d of %d wanted (%d candidates eligible)", len(result.selected), keep,
+                        int(scored.eligible.sum()))
         return result
+
+    # ── LearnAlign: warm-up and projected features ───────────────────────────────────────────────────────
+    def warm_up(self, model, tokenizer, chunk: list[Problem], seed: int):
+        """θ_s: `warmup_steps` GRPO steps on a seeded random subset of the pool, trained on a copy of `model`
+        with its own fresh optimiser (the policy itself is untouched)."""
+        source = self.pool or chunk
+        rng = np.random.default_rng([seed, 1])
+        subset = [source[i] for i in rng.choice(len(source), min(self.cfg.warmup_problems, len(source)),
+                                                replace=False)]
+        scorer = clone_policy(model)
+        optimizer, scheduler = new_optimizer(scorer, self.cfg)
+        steps = self.cfg.warmup_steps - self.cfg.warmup_steps % self.cfg.num_iterations or self.cfg.num_iterations
+        train_log = grpo_steps(scorer, tokenizer, subset, steps, self.cfg, self.reward, optimizer, scheduler, seed)
+        self.last_warmup = {"problems": len(subset), "steps": steps,
+                            "reward": float(np.mean([row["reward"] for row in train_log if "reward" in row] or [0]))}
+        del optimizer, scheduler
+        scorer.eval()
+        return scorer
+
+    def _features(self, scorer, reference, rollouts: Rollouts, cand: Candidates, seed: int,
+                  result: RoundSelection) -> None:
+        """Unit projected GRPO gradients ĝ(x) at the scoring policy, for the non-zero-variance candidates.
+
+        Group-normalised advantages, GRPO's sequence-mean aggregation and, after a warm-up, the KL term against the
+        policy the warm-up started from (at that policy itself it would vanish). Zero-variance rows stay 0: their
+        V is 0, so they score 0 and add nothing to the pool direction.
+        """
+        t = time.perf_counter()
+        cfg = self.cfg
+        live = np.flatnonzero(~cand.zero_variance)
+        features = np.zeros((len(cand), cfg.projection_dim), dtype=np.float32)
+        if len(live):
+            sub = rollouts.select_problems(live)
+            kl = reference is not None and cfg.kl_beta > 0
+            batch = SurrogateBatch(sub, sub.advantages("group"), aggregation="sequence-mean",
+                                   reference_logps=reference_logps(reference, sub, cfg.micro_batch) if kl else None,
+                                   kl_beta=cfg.kl_beta if kl else 0.0)
+            projector = self.projector(scorer, batch)
+            phi = projector.features(scorer, batch, cfg.micro_batch).float()
+            features[live] = (phi / (phi.norm(dim=1, keepdim=True) + EPS)).cpu().numpy()
+        cand.features = features
+        result.timings["scoring"] = _seconds_since(t)
+
+    def projector(self, model, batch: SurrogateBatch):
+        """The configured projection; energy splits are measured on (up to 64 problems of) the batch itself."""
+        shares = None
+        if needs_energy(self.cfg.projection):
+            sample = batch if batch.num_problems <= 64 else sub_batch(batch, range(64))
+            shares = gradient_energy(model, sample, self.cfg.micro_batch, power=1.0)
+        return named_projector(self.cfg.projection, self.cfg.projection_dim, self.cfg.seed, shares=shares)
 
     def _gradient_signals(self, model, tokenizer, rollouts: Rollouts, cand: Candidates, seed: int,
                           result: RoundSelection) -> Method:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from typing import Sequence
 
@@ -148,3 +149,23 @@ def train_round(model, tokenizer, problems: Sequence[Problem], schedule: list[li
     trainer.remove_callback(PrinterCallback)  # our records keep TRL's logs; do not print a dict per step
     trainer.train()
     return [row for row in trainer.state.log_history if "loss" in row or "reward" in row]
+
+
+def new_optimizer(model, cfg: RunConfig):
+    """AdamW over the trainable parameters at the config's (constant) learning rate, and its scheduler."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def grpo_steps(model, tokenizer, problems: Sequence[Problem], steps: int, cfg: RunConfig, reward: ProblemReward,
+               optimizer, scheduler, seed: int) -> list[dict]:
+    """`steps` GRPO steps of B problems drawn in seeded passes over `problems` (TRL, our schedule)."""
+    blocks = plan_blocks(len(problems), cfg.problems_per_step, steps // cfg.num_iterations,
+                         np.random.default_rng(seed))
+    use_cpu = next(model.parameters()).device.type == "cpu"
+    args = grpo_args(cfg, seed=seed % 2**31, max_steps=steps, use_cpu=use_cpu)
+    try:
+        return train_round(model, tokenizer, problems, blocks, reward, args, optimizer, scheduler)
+    finally:
+        shutil.rmtree(args.output_dir, ignore_errors=True)

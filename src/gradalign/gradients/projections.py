@@ -574,6 +574,36 @@ def get_projector(kind: str, dim: int, seed: int = 0, **kw) -> Projector:
     return PROJECTORS[kind](dim, seed, **kw)
 
 
+# Named projections (config `projection`, `gradalign bench fidelity --kinds`): name -> (kind, keyword arguments).
+# "energy" variants need measured shares (`gradient_energy`); khatri-rao-energy is what the fidelity benchmark
+# recommends (Spearman .98-.99, top-10% overlap 1.0 at d = 8192; benchmarks/README.md).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "factored": ("factored", {}),
+    "factored-sqrt": ("factored", {"allocation": "sqrt-size"}),
+    "factored-energy": ("factored", {"allocation": "energy"}),
+    "khatri-rao": ("factored", {"sketch": "khatri-rao"}),
+    "khatri-rao-energy": ("factored", {"sketch": "khatri-rao", "allocation": "energy"}),
+    "sparse": ("sparse", {"fraction": 0.1}),
+    "dense": ("dense", {"distribution": "rademacher"}),
+    "dense-gaussian": ("dense", {"distribution": "gaussian"}),
+}
+
+
+def needs_energy(variant: str) -> bool:
+    return VARIANTS[variant][1].get("allocation") == "energy"
+
+
+def named_projector(variant: str, dim: int, seed: int = 0, shares: dict[str, float] | None = None) -> Projector:
+    """The projection called `variant` (see VARIANTS); energy variants take `shares` from `gradient_energy`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown projection '{variant}' (choose from: {', '.join(VARIANTS)})")
+    kind, kw = VARIANTS[variant]
+    kw = dict(kw)
+    if needs_energy(variant):
+        kw["shares"] = shares
+    return get_projector(kind, dim, seed, **kw)
+
+
 def gradient_energy(model, batch: SurrogateBatch, micro_batch: int = 256, pooled: torch.Tensor | None = None,
                     power: float = 0.5) -> dict[str, float]:
     """Per-parameter allocation weights from exact gradients of `batch` (e.g. the validation batch).

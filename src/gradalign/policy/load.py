@@ -49,3 +49,17 @@ def save_policy(model, directory: str | Path, tiny: bool) -> None:
     model.save_pretrained(directory, safe_serialization=True)
     if tiny:
         Path(directory, "gradalign_tiny").write_text("tokenizer: built-in character-level (gradalign.policy.tiny)\n")
+
+
+def clone_policy(model):
+    """An independent copy of a causal LM (same class, config and weights, same device and dtype).
+
+    Not `copy.deepcopy`: once TRL has trained a model, accelerate has stored a bound `forward` on the instance,
+    and a deep copy's forward would still run the original's modules.
+    """
+    p = next(model.parameters())
+    clone = type(model)(model.config).to(device=p.device, dtype=p.dtype)
+    clone.load_state_dict(model.state_dict())
+    clone.generation_config = type(model.generation_config).from_dict(model.generation_config.to_dict())
+    clone.train(model.training)
+    return clone

@@ -111,7 +111,8 @@ def _read_rounds(path: Path) -> list[dict]:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite number, or NaN: the accuracy of a run without a test set."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isfinite(v) or math.isnan(v))
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

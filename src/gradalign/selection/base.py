@@ -19,6 +19,7 @@ class Candidates:
     cos_val: np.ndarray | None = None  # ⟨g, ĝ_V⟩ / (‖g‖ + ε)
     dot_val: np.ndarray | None = None  # ⟨g, ĝ_V⟩
     cos_self: np.ndarray | None = None  # cosine to the pooled gradient of the chunk itself
+    features: np.ndarray | None = None  # [n, d] unit projected gradients ĝ(x) (zero rows: zero-variance)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -47,7 +48,8 @@ class Method:
 
     name: str
     score: Callable[[Candidates, SelectionOptions], Scored]
-    needs: frozenset[str] = field(default_factory=frozenset)  # subset of {"gradients", "validation", "self"}
+    # subset of {"gradients", "validation", "self", "features", "warmup"}: what the selector must compute
+    needs: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
     needs_rollouts: bool = True  # False only for "full", which trains on the whole pool unscored
 

@@ -1,0 +1,98 @@
+"""One-shot selection (LearnAlign's mode, METHODS.md §2; any registry method works): score a whole pool once with
+one policy, keep the top n, and write the subset plus a per-problem scores table.
+
+The curriculum's round is the same computation on one chunk (`RoundSelector.select`); staged LearnAlign is the
+curriculum with the chunk set to the whole pool.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import fileio
+from ..config import RunConfig
+from ..data.io import save_problems
+from ..data.problem import Problem
+from ..data.regimes import Scenario
+from ..policy.load import load_policy
+from ..selection import get_method
+from .loop import check_inputs, load_problem_sets, make_reward, round_seed
+from .round import RoundSelection, RoundSelector
+
+log = logging.getLogger(__name__)
+COLUMNS = ["id", "pass_rate", "learnability", "score", "rank", "selected", "source"]
+
+
+@dataclass
+class OneShotResult:
+    selected: list[Problem]
+    table: list[dict]  # one row per pool problem, in pool order (COLUMNS)
+    selection: RoundSelection
+    seconds: float
+
+
+def scores_table(pool: list[Problem], sel: RoundSelection) -> list[dict]:
+    """id, p, V = p(1-p), score, rank (1 = best; empty for ineligible candidates), selected, source."""
+    rank = np.zeros(len(pool), dtype=int)
+    rank[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
+    chosen = np.zeros(len(pool), dtype=bool)
+    chosen[sel.selected] = True
+    p = sel.candidates.pass_rate
+    return [{"id": prob.id, "pass_rate": float(p[i]), "learnability": float(p[i] * (1 - p[i])),
+             "score": float(sel.scores[i]), "rank": int(rank[i]) or "", "selected": bool(chosen[i]),
+             "source": prob.source} for i, prob in enumerate(pool)]
+
+
+def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShotResult:
+    """Score every problem of the pool with `cfg.model` (after a warm-up for LearnAlign) and keep the top `n`."""
+    sets = sets or load_problem_sets(cfg)
+    if not get_method(cfg.method).needs_rollouts:
+        raise ValueError(f"method '{cfg.method}' trains on the whole pool; there is nothing to select")
+    if not 1 <= n <= len(sets.pool):
+        raise ValueError(f"--n must be between 1 and the pool size ({len(sets.pool)}), got {n}")
+    check_inputs(dataclasses.replace(cfg, chunk_size=len(sets.pool)), sets)
+    start = time.perf_counter()
+    model, tokenizer = load_policy(cfg.model, cfg.device)
+    selector = RoundSelector(cfg, sets.validation, make_reward(cfg), pool=sets.pool)
+    sel = selector.select(model, tokenizer, sets.pool, round_seed(cfg.seed, 0), keep=n)
+    selected = [sets.pool[i] for i in sel.selected]
+    return OneShotResult(selected, scores_table(sets.pool, sel), sel, time.perf_counter() - start)
+
+
+def write_selection(result: OneShotResult, out: str | Path, scores: str | Path, cfg: RunConfig) -> dict:
+    """The selected subset (.jsonl / .parquet), the scores CSV and a JSON summary beside it; all atomic."""
+    save_problems(out, result.selected)
+    with fileio.atomic_path(scores) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(result.table)
+    summary = {"method": cfg.method, "pool": len(result.table), "selected": len(result.selected),
+               "composition": composition(result.selected), "timings": result.selection.timings,
+               "warmup": result.selection.warmup, "seconds": round(result.seconds, 2),
+               "selected_file": str(out), "scores_file": str(scores), "config": cfg.to_dict()}
+    fileio.write_json(beside(out, ".summary.json"), summary)
+    return summary
+
+
+def beside(out: str | Path, suffix: str) -> Path:
+    """selected.parquet -> selected<suffix> (the scores table and summary live next to the subset)."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(out.suffix) + suffix)
+
+
+def composition(problems: list[Problem]) -> dict:
+    """What a selection is made of: counts by source and, where the pool marks it, the corrupted share."""
+    by_source: dict[str, int] = {}
+    for p in problems:
+        by_source[p.source] = by_source.get(p.source, 0) + 1
+    out: dict = {"by_source": dict(sorted(by_source.items()))}
+    if any("corrupted" in p.metadata for p in problems):
+        out["corrupted_share"] = float(np.mean([p.corrupted for p in problems]))
+    return out
