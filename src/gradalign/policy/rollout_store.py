@@ -1,0 +1,264 @@
+"""A resumable on-disk store of offline rollouts (CROPI: sampled once from the behaviour policy β, reused at
+every stage). Verbs as in `gradients.store.FeatureStore`: create / open / open_or_create / append / load.
+
+One store is a directory the caller chooses (e.g. `run/rollouts/train/`):
+
+    meta.json                 what defines the rollouts: model (name), model_hash, k, temperature, top_p,
+                              max_new_tokens, seed, verifier; `logps` (which log-probs are stored) and
+                              `shards` (shard names, in order)
+    shard-00000.safetensors   group, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                              sample_logps, rewards (one `Rollouts`, as sampled)
+    shard-00000.json          problem_ids, completions (decoded texts)
+
+Crash safety: `append` writes both shard files atomically first and only then rewrites `meta.json`
+(atomically) to list the shard. A kill in between leaves an unlisted shard that no one reads; the next
+`append` takes the same name and overwrites it. Rewards are computed at collection time with the verifier
+named in the metadata, so every stage scores the same rewards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..data.problem import Problem
+from ..fileio import atomic_path, read_json, write_json
+from ..gradients.store import _jsonable, _short, model_hash
+from ..rewards import ProblemReward
+from .rollouts import Rollouts, SamplingConfig, sample_rollouts
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+REQUIRED = ("model", "model_hash", "k", "temperature", "top_p", "max_new_tokens", "seed", "verifier")
+RESERVED = ("logps", "shards", "store_format")  # maintained by the store itself
+LOGPS = "sampling: log-probs of the tempered, top-p-truncated distribution the tokens were drawn from"
+TENSORS = ("group", "prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "sample_logps", "rewards")
+
+
+def _padded(t: torch.Tensor, mask: torch.Tensor, width: int, value: float, side: str) -> torch.Tensor:
+    """`t` [N, w] widened to [N, width] on the left or right, every position outside `mask` set to `value`."""
+    t = t.masked_fill(mask == 0, value)
+    extra = width - t.shape[1]
+    fill = torch.full((t.shape[0], extra), value, dtype=t.dtype)
+    return torch.cat([fill, t] if side == "left" else [t, fill], 1)
+
+
+def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
+    """One `Rollouts` from several (e.g. shards), re-padded to the widest prompt / completion.
+
+    Prompts are left-padded and completions right-padded; every position outside the masks holds `pad_id`
+    (ids) or 0 (log-probs), so pass the id the parts were padded with (the tokenizer's) to keep them exact.
+    Group indices are offset so they point at the concatenated problem list.
+    """
+    if not parts:
+        raise ValueError("no rollouts to concatenate")
+    temps = {p.temperature for p in parts}
+    if len(temps) > 1:
+        raise ValueError(f"cannot concatenate rollouts sampled at different temperatures: {sorted(temps)}")
+    seen: set[str] = set()
+    for pid in (pid for p in parts for pid in p.problem_ids):
+        if pid in seen:
+            raise ValueError(f"problem '{pid}' appears in more than one rollout set")
+        seen.add(pid)
+    p_width = max(p.prompt_ids.shape[1] for p in parts)
+    c_width = max(p.completion_ids.shape[1] for p in parts)
+    offsets = [0]
+    for p in parts[:-1]:
+        offsets.append(offsets[-1] + p.num_problems)
+    return Rollouts(
+        problem_ids=[pid for p in parts for pid in p.problem_ids],
+        group=torch.cat([p.group + off for p, off in zip(parts, offsets)]),
+        prompt_ids=torch.cat([_padded(p.prompt_ids, p.prompt_mask, p_width, pad_id, "left") for p in parts]),
+        prompt_mask=torch.cat([_padded(p.prompt_mask, p.prompt_mask, p_width, 0, "left") for p in parts]),
+        completion_ids=torch.cat([_padded(p.completion_ids, p.completion_mask, c_width, pad_id, "right")
+                                  for p in parts]),
+        completion_mask=torch.cat([_padded(p.completion_mask, p.completion_mask, c_width, 0, "right")
+                                   for p in parts]),
+        sample_logps=torch.cat([_padded(p.sample_logps, p.completion_mask, c_width, 0.0, "right") for p in parts]),
+        rewards=torch.cat([p.rewards for p in parts]),
+        completions=[text for p in parts for text in p.completions],
+        temperature=parts[0].temperature,
+    )
+
+
+def rollout_meta(model_name: str, model, k: int, sampling: SamplingConfig, seed: int, verifier: str) -> dict:
+    """The metadata that defines a store's rollouts (what `open` checks on resume)."""
+    return {"model": model_name, "model_hash": model_hash(model), "k": int(k),
+            "temperature": float(sampling.temperature), "top_p": float(sampling.top_p),
+            "max_new_tokens": int(sampling.max_new_tokens), "seed": int(seed), "verifier": verifier}
+
+
+class RolloutStore:
+    """Shards of rollouts with their problem ids; see the module docstring."""
+
+    def __init__(self, path: Path, meta: dict, shard_ids: list[list[str]]):
+        self.path, self.meta = Path(path), meta
+        self._shard_ids = shard_ids  # problem ids of each listed shard, in order
+
+    # -- verbs ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path, meta: dict) -> "RolloutStore":
+        """A new, empty store in directory `path` (which must not already hold one)."""
+        path = Path(path)
+        missing = [k for k in REQUIRED if k not in meta]
+        if missing:
+            raise ValueError(f"{path / META}: metadata needs {', '.join(missing)}")
+        reserved = [k for k in RESERVED if k in meta]
+        if reserved:
+            raise ValueError(f"{path / META}: '{reserved[0]}' is maintained by the store; leave it out")
+        if int(meta["k"]) < 1:
+            raise ValueError(f"{path / META}: k must be >= 1, got {meta['k']}")
+        if (path / META).exists():
+            raise ValueError(f"{path / META}: a rollout store already exists here (open it, or use another directory)")
+        full = {**_jsonable(meta), "logps": LOGPS, "store_format": 1, "shards": []}
+        write_json(path / META, full)
+        return cls(path, full, [])
+
+    @classmethod
+    def open(cls, path, expect: dict | None = None) -> "RolloutStore":
+        """An existing store; ValueError (one line, naming the file and key) if its metadata differs from `expect`."""
+        path = Path(path)
+        meta_file = path / META
+        if not meta_file.exists():
+            raise ValueError(f"{meta_file}: no rollout store here")
+        meta = read_json(meta_file)
+        for key, want in _jsonable(expect or {}).items():
+            if key not in meta:
+                raise ValueError(f"{meta_file}: metadata has no '{key}' (expected {want!r})")
+            if meta[key] != want:
+                raise ValueError(f"{meta_file}: metadata '{key}' is {_short(meta[key])}, expected {_short(want)}")
+        if meta.get("logps") != LOGPS:
+            raise ValueError(f"{meta_file}: metadata 'logps' is {_short(meta.get('logps'))}, expected {LOGPS!r}")
+        shard_ids = [cls._read_texts(path, name)["problem_ids"] for name in meta["shards"]]
+        return cls(path, meta, shard_ids)
+
+    @classmethod
+    def open_or_create(cls, path, meta: dict) -> "RolloutStore":
+        """Resume: open the store at `path` expecting `meta`, or create it."""
+        if (Path(path) / META).exists():
+            return cls.open(path, expect=meta)
+        return cls.create(path, meta)
+
+    def append(self, rollouts: Rollouts) -> None:
+        """Add one shard; its files are on disk before the metadata lists it."""
+        if rollouts.temperature != self.meta["temperature"]:
+            raise ValueError(f"{self.path / META}: rollouts sampled at temperature {rollouts.temperature}, "
+                             f"store holds temperature {self.meta['temperature']}")
+        seen = self.done_ids()
+        dup = next((i for i in rollouts.problem_ids if i in seen), None)
+        if dup is None and len(set(rollouts.problem_ids)) != rollouts.num_problems:
+            dup = next(i for i in rollouts.problem_ids if rollouts.problem_ids.count(i) > 1)
+        if dup is not None:
+            raise ValueError(f"{self.path / META}: problem '{dup}' already has rollouts in this store")
+        name = f"shard-{len(self._shard_ids):05d}"
+        with atomic_path(self.path / f"{name}.safetensors") as tmp:
+            save_file({key: getattr(rollouts, key).contiguous() for key in TENSORS}, str(tmp))
+        write_json(self.path / f"{name}.json",
+                   {"problem_ids": list(rollouts.problem_ids), "completions": list(rollouts.completions)})
+        # Only now list it: a kill before this line leaves shard files that no one reads.
+        meta = {**self.meta, "shards": self.meta["shards"] + [name]}
+        write_json(self.path / META, meta)
+        self.meta = meta
+        self._shard_ids.append(list(rollouts.problem_ids))
+
+    def done_ids(self) -> set[str]:
+        """Problems whose rollouts are stored (in listed shards)."""
+        return {pid for ids in self._shard_ids for pid in ids}
+
+    def load(self, ids: list[str] | None = None, pad_id: int = 0) -> Rollouts:
+        """All rollouts in store order, or those of `ids` in that order; padding (under mask 0) is `pad_id`."""
+        if not self._shard_ids:
+            raise ValueError(f"{self.path / META}: the rollout store is empty")
+        if ids is None:
+            return concat_rollouts([self._read_shard(n) for n in self.meta["shards"]], pad_id)
+        where = {pid: s for s, shard in enumerate(self._shard_ids) for pid in shard}
+        unknown = next((i for i in ids if i not in where), None)
+        if unknown is not None:
+            raise ValueError(f"{self.path}: rollout store has no problem '{unknown}'")
+        needed = sorted({where[i] for i in ids})  # read only the shards that hold the requested problems
+        merged = concat_rollouts([self._read_shard(self.meta["shards"][s]) for s in needed], pad_id)
+        row = {pid: r for r, pid in enumerate(merged.problem_ids)}
+        return merged.select_problems([row[i] for i in ids])
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids in self._shard_ids)
+
+    # -- shards --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_texts(path: Path, name: str) -> dict:
+        file = path / f"{name}.json"
+        if not file.exists():
+            raise ValueError(f"{path / META}: lists shard '{name}' but {file.name} is missing")
+        return read_json(file)
+
+    def _read_shard(self, name: str) -> Rollouts:
+        texts = self._read_texts(self.path, name)
+        file = self.path / f"{name}.safetensors"
+        if not file.exists():
+            raise ValueError(f"{self.path / META}: lists shard '{name}' but {file.name} is missing")
+        tensors = load_file(str(file))
+        missing = [key for key in TENSORS if key not in tensors]
+        if missing:
+            raise ValueError(f"{file}: shard has no tensor '{missing[0]}'")
+        rows, n = tensors["group"].shape[0], len(texts["problem_ids"])
+        if len(texts["completions"]) != rows or (rows and int(tensors["group"].max()) >= n):
+            raise ValueError(f"{file}: {rows} rows disagree with {len(texts['completions'])} completions / "
+                             f"{n} problems in {name}.json")
+        return Rollouts(problem_ids=texts["problem_ids"], completions=texts["completions"],
+                        temperature=float(self.meta["temperature"]), **{key: tensors[key] for key in TENSORS})
+
+    def __repr__(self) -> str:
+        return f"RolloutStore({str(self.path)!r}, {len(self)} problems in {len(self._shard_ids)} shards)"
+
+
+def shard_seed(seed: int, first_id: str) -> int:
+    """The sampling seed of a shard: a fixed function of the run seed and the shard's first problem id."""
+    digest = hashlib.blake2b(json.dumps([int(seed), first_id]).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**32
+
+
+def check_sampling(store: RolloutStore, model, sampling: SamplingConfig, seed: int) -> None:
+    """The model and sampling settings must be those the store was created for (else resuming mixes policies)."""
+    given = {"temperature": float(sampling.temperature), "top_p": float(sampling.top_p),
+             "max_new_tokens": int(sampling.max_new_tokens), "seed": int(seed), "model_hash": model_hash(model)}
+    for key, value in given.items():
+        if store.meta[key] != value:
+            raise ValueError(f"{store.path / META}: metadata '{key}' is {_short(store.meta[key])}, "
+                             f"but the collection uses {_short(value)}")
+
+
+def collect_rollouts(store: RolloutStore, model, tokenizer, problems: list[Problem], reward: ProblemReward,
+                     sampling: SamplingConfig, seed: int, shard_size: int = 256,
+                     desc: str = "offline rollouts") -> RolloutStore:
+    """Sample `store.meta["k"]` rewarded completions for every problem not yet in the store, one shard at a time.
+
+    Each shard's seed depends only on (seed, its first problem id), so a run killed and restarted on the same
+    problem list resamples the same shards and ends with the same rollouts as an uninterrupted one.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    check_sampling(store, model, sampling, seed)
+    done = store.done_ids()
+    todo = [p for p in problems if p.id not in done]
+    n_shards = -(-len(todo) // shard_size)
+    log.info("%s: %d of %d problems stored, %d to sample in %d shards", desc, len(problems) - len(todo),
+             len(problems), len(todo), n_shards)
+    for i, start in enumerate(range(0, len(todo), shard_size)):
+        batch = todo[start:start + shard_size]
+        rollouts = sample_rollouts(model, tokenizer, batch, int(store.meta["k"]), reward, sampling,
+                                   seed=shard_seed(seed, batch[0].id), desc=desc)
+        store.append(rollouts)
+        log.info("%s: shard %d/%d (%d problems, mean pass rate %.3f), %d problems stored", desc, i + 1,
+                 n_shards, len(batch), float(rollouts.pass_rates().mean()), len(store))
+    return store
+
+
+__all__ = ["RolloutStore", "collect_rollouts", "concat_rollouts", "rollout_meta", "shard_seed"]
