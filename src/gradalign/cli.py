@@ -1,4 +1,4 @@
-"""The `gradalign` command: demo, run, select, report, methods, bench.
+"""The `gradalign` command: demo, run, select, rollouts, report, methods, bench.
 
 `run` maps one-to-one onto `RunConfig`: every field is a `--flag`, a YAML file gives the base values.
 """
@@ -33,6 +33,16 @@ def setup_logging(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def parse_bool(text: str) -> bool:
+    """`--flag true|false` (also yes/no, 1/0)."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One `--flag` per RunConfig field; defaults are None so YAML values are only overridden when given."""
     helps = RunConfig.fields_help()
@@ -41,7 +51,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kind = {bool: str, int: int, float: float}.get(type(default), str)
+        kind = {bool: parse_bool, int: int, float: float}.get(type(default), str)
         kwargs = dict(dest=f.name, default=None, help=f"{helps[f.name]} (default: {default})")
         if isinstance(default, list):
             parser.add_argument(flag, nargs=len(default), type=float, metavar="X", **kwargs)
@@ -111,6 +121,29 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollouts(args: argparse.Namespace) -> int:
+    """CROPI's offline rollouts: sample k completions per problem once from the behaviour policy, into a store."""
+    from .curriculum.loop import make_reward
+    from .curriculum.offline import offline_sampling
+    from .data.io import load_problems
+    from .policy.load import load_policy
+    from .policy.rollout_store import RolloutStore, collect_rollouts, rollout_meta
+    cfg = RunConfig.from_sources(args.config, {**overrides(args), "rollouts_per_problem": args.k})
+    if not cfg.pool:
+        raise ValueError("gradalign rollouts needs --pool FILE (the pool, or a validation set with --k 32)")
+    problems = load_problems(cfg.pool)
+    model, tokenizer = load_policy(cfg.model, cfg.device)
+    sampling = offline_sampling(cfg)
+    store = RolloutStore.open_or_create(args.out, rollout_meta(cfg.model, model, args.k, sampling, cfg.seed,
+                                                               cfg.verifier))
+    start = time.perf_counter()
+    collect_rollouts(store, model, tokenizer, problems, make_reward(cfg), sampling, cfg.seed,
+                     shard_size=args.shard_size)
+    print(f"{len(store)} problems × {args.k} rollouts in {store.path} ({time.perf_counter() - start:.0f} s); "
+          f"use it with: gradalign run --method cropi --offline-rollouts DIR (pool) / --offline-validation DIR")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .reports import report
     print(report(args.directory))
@@ -156,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(sel, skip=("output_dir", "rounds", "steps_per_round", "chunk_size", "selection_ratio",
                                 "eval_samples"))
     sel.set_defaults(func=cmd_select)
+
+    ro = sub.add_parser("rollouts", help="CROPI: sample rollouts once from the behaviour policy into a resumable store")
+    ro.add_argument("--config", help="YAML file of RunConfig fields; flags override it")
+    ro.add_argument("--k", type=int, default=8, help="completions per problem (CROPI: 8 for the pool, 32 for "
+                    "validation)")
+    ro.add_argument("--out", required=True, help="store directory (rerun the same command to resume)")
+    ro.add_argument("--shard-size", type=int, default=256, help="problems per shard (the unit of resume)")
+    add_config_flags(ro, skip=("output_dir", "rollouts_per_problem"))
+    ro.set_defaults(func=cmd_rollouts)
 
     rep = sub.add_parser("report", help="(re)write the table, plot and summary.md of a run or demo directory")
     rep.add_argument("directory")

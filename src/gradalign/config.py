@@ -58,8 +58,9 @@ class RunConfig:
     gradient_backend: str = _f("onepass", "Per-problem gradient signals: onepass (exact, one forward+backward) "
                                "or naive (exact, one full gradient per problem; the reference).")
     micro_batch: int = _f(256, "Completions per forward/backward when computing gradient signals.")
-    projection: str = _f("khatri-rao-energy", "Projected features (LearnAlign): khatri-rao-energy (recommended by "
-                         "`gradalign bench fidelity`), khatri-rao, factored, factored-energy, sparse or dense.")
+    projection: str = _f("auto", "Projected features (LearnAlign, CROPI): auto (LearnAlign khatri-rao-energy, "
+                         "recommended by `gradalign bench fidelity`; CROPI sparse, the paper's), khatri-rao-energy, "
+                         "khatri-rao, factored, factored-energy, sparse or dense.")
     projection_dim: int = _f(8192, "Dimension d of the projected features.")
     # ── LearnAlign (METHODS.md §2) ───────────────────────────────────────────────────────────────────────
     warmup_problems: int = _f(64, "LearnAlign: random pool problems the warm-up GRPO trains on (paper: 300 of 7.5k).")
@@ -68,6 +69,19 @@ class RunConfig:
     kl_beta: float = _f(0.04, "LearnAlign: KL coefficient in the scoring gradient, against the policy the warm-up "
                         "started from (paper 0.04).")
     learnalign_temperature: float = _f(1.0, "LearnAlign: sampling temperature of the scoring rollouts (paper 1.0).")
+    # ── CROPI (METHODS.md §3) ────────────────────────────────────────────────────────────────────────────
+    offline_rollouts: str | None = _f(None, "CROPI: the pool's offline rollout store (a directory made by "
+                                      "`gradalign rollouts`, or made at the run's start; default OUTPUT_DIR/offline/pool).")
+    offline_validation: str | None = _f(None, "CROPI: the validation set's offline rollout store (default "
+                                        "OUTPUT_DIR/offline/validation).")
+    offline_temperature: float = _f(0.5, "CROPI: temperature of the offline rollouts from the behaviour policy "
+                                    "(reference 0.5; top-p 1, so that π_θ/β is exactly 1 at θ = β).")
+    offline_validation_rollouts: int = _f(32, "CROPI: offline completions per validation problem (reference 32).")
+    validation_per_set: int = _f(100, "CROPI: validation problems per set (one set per source) whose mean projected "
+                                 "gradient is that set's direction.")
+    offpolicy_fidelity: bool = _f(False, "CROPI: every stage, also roll out the chunk and validation on-policy and "
+                                  "record how off-policy gradients and selections agree with on-policy ones.")
+    reset_optimizer: bool = _f(False, "A fresh AdamW state at every round / stage (default: carried across).")
     # ── training (TRL GRPOTrainer) ───────────────────────────────────────────────────────────────────────
     rounds: int = _f(8, "R: selection rounds.")
     steps_per_round: int = _f(8, "T: GRPO steps on each round's selection.")
@@ -92,7 +106,8 @@ class RunConfig:
         """Cheap checks that catch a bad config before anything is computed."""
         positive = ["chunk_size", "selection_ratio", "rollouts_per_problem", "validation_rollouts", "rounds",
                     "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens", "num_iterations",
-                    "projection_dim", "warmup_problems", "warmup_steps"]
+                    "projection_dim", "warmup_problems", "warmup_steps", "offline_validation_rollouts",
+                    "validation_per_set"]
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"config: '{name}' must be >= 1 (got {getattr(self, name)})")
@@ -104,10 +119,11 @@ class RunConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config: '{name}' must be one of {', '.join(allowed)} (got '{getattr(self, name)}')")
         from .gradients.projections import VARIANTS
-        if self.projection not in VARIANTS:
-            raise ValueError(f"config: 'projection' must be one of {', '.join(VARIANTS)} (got '{self.projection}')")
-        if self.kl_beta < 0 or self.learnalign_temperature <= 0:
-            raise ValueError("config: 'kl_beta' must be >= 0 and 'learnalign_temperature' > 0")
+        if self.projection != "auto" and self.projection not in VARIANTS:
+            raise ValueError(f"config: 'projection' must be auto or one of {', '.join(VARIANTS)} "
+                             f"(got '{self.projection}')")
+        if self.kl_beta < 0 or self.learnalign_temperature <= 0 or self.offline_temperature <= 0:
+            raise ValueError("config: 'kl_beta' must be >= 0, 'learnalign_temperature' and 'offline_temperature' > 0")
         if self.steps_per_round % self.num_iterations:
             raise ValueError("config: 'steps_per_round' must be a multiple of 'num_iterations'")
 

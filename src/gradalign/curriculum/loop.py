@@ -28,6 +28,7 @@ from ..evaluation import evaluate
 from ..policy.load import load_policy, resolve_device, save_policy
 from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
+from .offline import OfflineInfluence, open_stores
 from .round import EmptySelectionError, RoundSelection, RoundSelector
 from .trl_bridge import grpo_steps, new_optimizer
 
@@ -145,13 +146,33 @@ class Curriculum:
         model, tokenizer = self.load_state(len(done))
         optimizer, scheduler = self.optimizer(model, len(done))
         initial = self.initial_evaluation(model, tokenizer)
+        if "offline" in self.method.needs:
+            self.prepare_offline(model, tokenizer, behaviour=not done)
         if done:
             log.info("resuming %s after round %d of %d", self.out, len(done) - 1, self.cfg.rounds)
         for r in range(len(done), self.cfg.rounds):
+            if self.cfg.reset_optimizer:
+                optimizer, scheduler = new_optimizer(model, self.cfg)
             done.append(self.run_round(r, model, tokenizer, optimizer, scheduler))
             log.info("round %d/%d: test accuracy %.3f", r + 1, self.cfg.rounds, done[-1]["test"]["accuracy"])
         self.write_logs(done)
         return RunResult(self.out, initial, done)
+
+    def prepare_offline(self, model, tokenizer, behaviour: bool) -> None:
+        """CROPI: the offline rollout stores, sampled from `model` (= β, the policy before any training) when
+        `behaviour`; a resumed run only opens them."""
+        t = time.perf_counter()
+        pool, validation = open_stores(self.cfg, model, tokenizer, self.sets.pool, self.sets.validation, self.reward,
+                                       collect=behaviour)
+        self.selector.offline = OfflineInfluence(self.cfg, pool, validation, self.sets.validation,
+                                                 tokenizer.pad_token_id)
+        seconds = round(time.perf_counter() - t, 4)
+        info_path = self.out / "offline.json"
+        if behaviour or not info_path.exists():
+            fileio.write_json(info_path, {"rollouts_seconds": seconds, "pool_problems": len(pool),
+                                          "validation_problems": len(validation), "pool_store": str(pool.path),
+                                          "validation_store": str(validation.path),
+                                          "validation_sets": self.selector.offline.sets})
 
     def run_round(self, r: int, model, tokenizer, optimizer, scheduler) -> dict:
         cfg, seed = self.cfg, round_seed(self.cfg.seed, r)
@@ -205,8 +226,9 @@ class Curriculum:
                                "pass_rate": sel.validation_pass_rate},
                 "fallback": sel.fallback,
             })
-            if sel.warmup is not None:
-                record["warmup"] = sel.warmup
+            for key in ("warmup", "validation_sets", "offpolicy"):
+                if getattr(sel, key) is not None:
+                    record[key] = getattr(sel, key)
             record["timings"].update(sel.timings)
         return record
 

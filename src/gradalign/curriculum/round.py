@@ -6,6 +6,7 @@ It asks the method what it needs and computes only that; it never knows which me
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class RoundSelection:
     fallback: str | None = None  # set when the configured no-direction fallback was used
     ranking: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # all eligible, best first
     warmup: dict | None = None  # LearnAlign: the warm-up's problems, steps and mean training reward
+    validation_sets: list[str] | None = None  # CROPI: the validation sets that gave a direction
+    offpolicy: dict | None = None  # CROPI with offpolicy_fidelity: agreement with on-policy gradients
 
 
 def reference_logps(model, rollouts: Rollouts, micro_batch: int) -> torch.Tensor:
@@ -90,6 +93,7 @@ class RoundSelector:
                                                max_new_tokens=cfg.max_new_tokens)
         self.last_direction: torch.Tensor | None = None
         self.last_warmup: dict | None = None
+        self.offline = None  # CROPI: an `offline.OfflineInfluence`, set by the curriculum
 
     def rollouts(self, model, tokenizer, problems: list[Problem], k: int, seed: int, desc: str,
                  sampling: SamplingConfig | None = None) -> Rollouts:
@@ -122,8 +126,12 @@ class RoundSelector:
             scorer, reference = self.warm_up(model, tokenizer, chunk, seed), model
             timings["warmup"] = _seconds_since(t)
         t = time.perf_counter()
-        sampling = self.feature_sampling if "features" in needs else self.sampling
-        rollouts = self.rollouts(scorer, tokenizer, chunk, self.cfg.rollouts_per_problem, seed, "candidates", sampling)
+        if "offline" in needs:  # CROPI: the behaviour policy's rollouts, sampled once, reused at every stage
+            rollouts = self.offline.load([p.id for p in chunk])
+        else:
+            sampling = self.feature_sampling if "features" in needs else self.sampling
+            rollouts = self.rollouts(scorer, tokenizer, chunk, self.cfg.rollouts_per_problem, seed, "candidates",
+                                     sampling)
         timings["rollouts"] = _seconds_since(t)
         cand = Candidates(ids=[p.id for p in chunk], pass_rate=rollouts.pass_rates(),
                           zero_variance=rollouts.zero_variance())
@@ -134,8 +142,11 @@ class RoundSelector:
             method = self._gradient_signals(model, tokenizer, rollouts, cand, seed, result)
         if "features" in needs:
             self._features(scorer, reference, rollouts, cand, seed, result)
+        phi = self._offline_signals(model, rollouts, cand, result) if "offline" in needs else None
+        if phi is None and "offline" in needs:  # no validation set gives a direction: the configured fallback
+            method = get_method("random")
         t = time.perf_counter()
-        scored: Scored = method.score(cand, self.options)
+        scored: Scored = method.score(cand, dataclasses.replace(self.options, keep=keep))
         result.scores = scored.scores
         result.ranking = select(scored, len(chunk), rng)  # every eligible candidate, best first
         result.selected = result.ranking[:keep]
@@ -143,7 +154,25 @@ class RoundSelector:
         if len(result.selected) < keep:
             log.warning("selected %d of %d wanted (%d candidates eligible)", len(result.selected), keep,
                         int(scored.eligible.sum()))
+        if phi is not None and self.cfg.offpolicy_fidelity:
+            t = time.perf_counter()
+            result.offpolicy = self.offline.fidelity(model, tokenizer, chunk, self.validation, self.reward, phi,
+                                                     result.selected, keep, seed)
+            timings["offpolicy_check"] = _seconds_since(t)
         return result
+
+    # ── CROPI: off-policy signals from the offline rollouts ─────────────────────────────────────────────────
+    def _offline_signals(self, model, rollouts: Rollouts, cand: Candidates, result: RoundSelection):
+        """cos(φ(x), φ_v) per validation set at the current policy; None when no set gives a direction."""
+        t = time.perf_counter()
+        directions = self.offline.directions(model)
+        if directions is None:
+            _, result.fallback = self._no_direction(len(self.validation))  # raises unless a fallback is configured
+            return None
+        result.validation_sets = directions.names
+        phi = self.offline.signals(model, rollouts, cand, directions)
+        result.timings["scoring"] = _seconds_since(t)
+        return phi
 
     # ── LearnAlign: warm-up and projected features ───────────────────────────────────────────────────────
     def warm_up(self, model, tokenizer, chunk: list[Problem], seed: int):

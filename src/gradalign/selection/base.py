@@ -20,6 +20,7 @@ class Candidates:
     dot_val: np.ndarray | None = None  # ⟨g, ĝ_V⟩
     cos_self: np.ndarray | None = None  # cosine to the pooled gradient of the chunk itself
     features: np.ndarray | None = None  # [n, d] unit projected gradients ĝ(x) (zero rows: zero-variance)
+    cos_sets: np.ndarray | None = None  # [n, V] cosine of the projected gradient to each validation set's direction
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -31,6 +32,7 @@ class SelectionOptions:
 
     zero_variance: str = "exclude"  # "exclude" (default) or "score-zero" (reference GradAlign code)
     passrate_band: tuple[float, float] = (0.2, 0.8)
+    keep: int | None = None  # how many the selector will keep (rank fusion counts each list's top `keep`)
 
 
 @dataclass
@@ -48,7 +50,7 @@ class Method:
 
     name: str
     score: Callable[[Candidates, SelectionOptions], Scored]
-    # subset of {"gradients", "validation", "self", "features", "warmup"}: what the selector must compute
+    # subset of {"gradients", "validation", "self", "features", "warmup", "offline"}: what the selector computes
     needs: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
     needs_rollouts: bool = True  # False only for "full", which trains on the whole pool unscored

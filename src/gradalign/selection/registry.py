@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import baselines, gradalign, learnalign
+from . import baselines, cropi, gradalign, learnalign
 from .base import Method
 
-REGISTRY: dict[str, Method] = {m.name: m for m in gradalign.METHODS + learnalign.METHODS + baselines.METHODS}
+REGISTRY: dict[str, Method] = {m.name: m for m in gradalign.METHODS + learnalign.METHODS + cropi.METHODS + baselines.METHODS}
 
 
 def get_method(name: str) -> Method:
