@@ -139,3 +139,21 @@ def test_cli_rollouts_then_run(tmp_path, capsys):
                  "--steps-per-round", "1", "--problems-per-step", "4", "--num-generations", "4", "--eval-samples",
                  "0", "--projection-dim", "256", "--output-dir", str(tmp_path / "run")]) == 0
     assert not (tmp_path / "run" / "offline" / "pool").exists()  # the given stores were used
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cropi", "learnalign"])
+def test_trl_drop_in_refuses_methods_it_cannot_run(tmp_path, method):
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from gradalign import GradAlignGRPOTrainer
+    model, tokenizer = warm_started_tiny()
+    pool = Dataset.from_list([{"prompt": "1+1=", "answer": "2"}] * 8)
+    with pytest.raises(ValueError, match=f"cannot run method '{method}'"):
+        GradAlignGRPOTrainer(model=model, processing_class=tokenizer,
+                             reward_funcs=lambda completions, **k: [0.0] * len(completions),
+                             train_dataset=pool, validation_dataset=pool,
+                             args=GRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8,
+                                             num_generations=8, report_to=[], use_cpu=True, bf16=False),
+                             selection=RunConfig(method=method))

@@ -127,6 +127,10 @@ class RunConfig:
         if self.steps_per_round % self.num_iterations:
             raise ValueError("config: 'steps_per_round' must be a multiple of 'num_iterations'")
 
+    def projection_for(self, method_default: str) -> str:
+        """The projection to use: the configured one, or the method's own default when it is 'auto'."""
+        return method_default if self.projection == "auto" else self.projection
+
     @property
     def keep(self) -> int:
         """Problems selected per round: floor(M / q)."""

@@ -34,10 +34,6 @@ def offline_sampling(cfg: RunConfig) -> SamplingConfig:
     return SamplingConfig(temperature=cfg.offline_temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
 
 
-def projection_name(cfg: RunConfig) -> str:
-    return "sparse" if cfg.projection == "auto" else cfg.projection
-
-
 def store_paths(cfg: RunConfig) -> tuple[Path, Path]:
     out = Path(cfg.output_dir) / "offline"
     return (Path(cfg.offline_rollouts or out / "pool"), Path(cfg.offline_validation or out / "validation"))
@@ -120,7 +116,7 @@ class OfflineInfluence:
         """One projection for train, validation and every stage: seeded by (seed, parameter names); an energy
         split is measured once, on the validation rollouts, and kept in the run directory."""
         if self._projector is None:
-            name, shares = projection_name(self.cfg), None
+            name, shares = self.cfg.projection_for("sparse"), None
             if needs_energy(name):
                 path = Path(self.cfg.output_dir) / "offline" / "projection.json"
                 if path.exists():

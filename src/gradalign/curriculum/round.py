@@ -218,11 +218,11 @@ class RoundSelector:
 
     def projector(self, model, batch: SurrogateBatch):
         """The configured projection; energy splits are measured on (up to 64 problems of) the batch itself."""
-        shares = None
-        if needs_energy(self.cfg.projection):
+        name, shares = self.cfg.projection_for("khatri-rao-energy"), None
+        if needs_energy(name):
             sample = batch if batch.num_problems <= 64 else sub_batch(batch, range(64))
             shares = gradient_energy(model, sample, self.cfg.micro_batch, power=1.0)
-        return named_projector(self.cfg.projection, self.cfg.projection_dim, self.cfg.seed, shares=shares)
+        return named_projector(name, self.cfg.projection_dim, self.cfg.seed, shares=shares)
 
     def _gradient_signals(self, model, tokenizer, rollouts: Rollouts, cand: Candidates, seed: int,
                           result: RoundSelection) -> Method:

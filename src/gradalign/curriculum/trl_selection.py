@@ -21,6 +21,7 @@ from trl import GRPOTrainer
 
 from ..config import RunConfig
 from ..data.problem import Problem
+from ..selection import get_method
 from .loop import chunk_order, round_seed
 from .round import RoundSelector
 from .trl_bridge import plan_blocks
@@ -99,6 +100,10 @@ class GradAlignGRPOTrainer(GRPOTrainer):
         base = selection or RunConfig()
         self.selection = RunConfig(**{**base.to_dict(), "temperature": self.args.temperature,
                                       "top_p": self.args.top_p, "max_new_tokens": self.args.max_completion_length})
+        unsupported = {"warmup", "offline"} & get_method(self.selection.method).needs
+        if unsupported:  # a warm-up would nest a second GRPO trainer; offline stores belong to `gradalign run`
+            raise ValueError(f"GradAlignGRPOTrainer cannot run method '{self.selection.method}' (it needs "
+                             f"{', '.join(sorted(unsupported))}); use `gradalign run` or `gradalign select`")
         self.pool = dataset_problems(self.train_dataset, "train")
         validation = dataset_problems(validation_dataset, "validation") if validation_dataset is not None else []
         reward = DatasetReward(self.reward_funcs, self.reward_weights.tolist(),

@@ -192,7 +192,8 @@ def method_rows(runs: list[RunView]) -> list[dict]:
             "fallbacks": [(int(r.get("round", i)), str(r["fallback"])) for i, r in enumerate(run.rounds)
                           if r.get("fallback")],
             "time_rollouts": _timing_total(run.rounds, ("rollouts", "validation_rollouts")),
-            "time_scoring": _timing_total(run.rounds, ("scoring", "selection")),
+            # selection cost beyond rollouts: gradient signals, ranking and LearnAlign's warm-up GRPO steps
+            "time_scoring": _timing_total(run.rounds, ("scoring", "selection", "warmup")),
             "time_training": _timing_total(run.rounds, ("training",)),
             "time_evaluation": _timing_total(run.rounds, ("evaluation",)),
             "time_total": _timing_total(run.rounds, ("total",)),
