@@ -174,3 +174,23 @@ def test_missing_files(tmp_path: Path):
     empty.mkdir()
     with pytest.raises(ValueError, match=r"empty: no run directories \(rounds.jsonl\) found"):
         find_runs(empty)
+
+
+def test_summary_shows_selected_composition_and_offpolicy_fidelity(tmp_path: Path):
+    d = tmp_path / "demo"
+    make_run(d / "random", "random", [0.33, 0.36], [None, None], scenario="imbalance")
+    cropi = make_run(d / "cropi", "cropi", [0.35, 0.40], [None, None], scenario="imbalance")
+    rows = [json.loads(line) for line in (cropi / "rounds.jsonl").read_text().splitlines()]
+    rows[0]["selected_by_source"] = {"sub": 6, "add": 2}
+    rows[1]["selected_by_source"] = {"sub": 7, "add": 1}  # mean shares: sub (6/8 + 7/8) / 2, add (2/8 + 1/8) / 2
+    rows[0]["offpolicy"] = {"problems": 12, "cosine_mean": 0.81, "cosine_median": 0.9,
+                            "share_cosine_above_0.6": 0.75, "selection_overlap": 0.25}
+    rows[1]["offpolicy"] = {"problems": 0, "cosine_mean": None, "cosine_median": None,
+                            "share_cosine_above_0.6": None, "selection_overlap": None}
+    (cropi / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report(d)
+    text = (d / "summary.md").read_text()
+    assert "| cropi | 0.19 | 0.81 |" in text
+    assert "| random | 1.00 | 0.00 |" in text
+    assert "| cropi | 0 | 12 | 0.81 | 0.90 | 0.75 | 0.25 |" in text
+    assert "| cropi | 1 | 0 | — | — | — | — |" in text

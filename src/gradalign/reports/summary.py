@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ..data.problem import one_line
@@ -371,6 +372,42 @@ HOW_TO_READ_CLEAN = (
 )
 
 
+def composition_table(runs: list[RunView]) -> str | None:
+    """Mean share of each source among the selected problems, per method (e.g. the target task's share)."""
+    shares: list[tuple[str, dict[str, float]]] = []
+    for run in runs:
+        per_round = [r["selected_by_source"] for r in run.rounds
+                     if isinstance(r.get("selected_by_source"), dict) and r.get("selected_count")]
+        if not per_round:
+            continue
+        sources = sorted({s for counts in per_round for s in counts})
+        shares.append((run.method, {s: float(np.mean([counts.get(s, 0) / max(sum(counts.values()), 1)
+                                                       for counts in per_round])) for s in sources}))
+    sources = sorted({s for _, sh in shares for s in sh})
+    if len(sources) < 2:
+        return None
+    lines = ["| method | " + " | ".join(sources) + " |", "|---|" + "---:|" * len(sources)]
+    lines += [f"| {m} | " + " | ".join(_share(sh.get(s, 0.0)) for s in sources) + " |" for m, sh in shares]
+    return "\n".join(lines)
+
+
+def offpolicy_table(runs: list[RunView]) -> str | None:
+    """CROPI with offpolicy_fidelity: per stage, off- vs on-policy gradient cosines and selection overlap."""
+    lines = []
+    for run in runs:
+        for r in run.rounds:
+            f = r.get("offpolicy")
+            if isinstance(f, dict):
+                cells = [f.get(k) for k in ("cosine_mean", "cosine_median", "share_cosine_above_0.6",
+                                              "selection_overlap")]
+                lines.append(f"| {run.method} | {r.get('round')} | {f.get('problems')} | "
+                             + " | ".join(_share(c) if _is_number(c) else DASH for c in cells) + " |")
+    if not lines:
+        return None
+    return "\n".join(["| method | stage | problems | cosine mean | median | share > 0.6 | top-N overlap |",
+                      "|---|---:|---:|---:|---:|---:|---:|", *lines])
+
+
 def summary_markdown(directory: str | os.PathLike, runs: list[RunView], plot_path: str | os.PathLike | None = None,
                      notes: list[str] | None = None) -> str:
     directory = Path(directory)
@@ -388,6 +425,16 @@ def summary_markdown(directory: str | os.PathLike, runs: list[RunView], plot_pat
     by_source = _by_source_table(rows)
     if by_source:
         parts += ["## Test accuracy by source", "", by_source, ""]
+    composition = composition_table(runs)
+    if composition:
+        parts += ["## What was selected (share by source, mean over rounds)", "", composition, ""]
+    offpolicy = offpolicy_table(runs)
+    if offpolicy:
+        parts += ["## Off-policy fidelity (CROPI)", "",
+                  "Per stage: the cosine between each problem's off-policy gradient (stored rollouts of the behaviour "
+                  "policy) and its on-policy gradient (fresh rollouts of the current policy), both projected, over "
+                  "the problems whose groups disagree in both; and the overlap of the two top-N selections.", "",
+                  offpolicy, ""]
     applicable = any(r["corrupted_shares"] for r in rows)
     parts += ["## How to read this", "", HOW_TO_READ if applicable else HOW_TO_READ_CLEAN, ""]
     all_notes = list(notes or [])
