@@ -1,18 +1,28 @@
 """The paper's data regimes, built from the embedded task families (seeded, deterministic).
 
-Each builder returns a `Scenario`: a pool to select from, a small trusted validation set and a test set.
-Validation and test problems are always clean; pool, validation and test never share a prompt.
+Each builder returns a `Scenario`: a pool to select from, a small trusted validation set, a test set and
+optional extra test sets (imbalance: the other tasks, to catch forgetting). Validation and test problems
+are always clean; no two sets share a prompt. `write_scenario` saves a scenario in the standard problem
+format, with a `scenario.json` of its arguments and realised shares, so any method can reuse it.
 """
 
 from __future__ import annotations
 
+import inspect
 import random
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
+from ..fileio import write_json
+from .io import save_problems
 from .problem import Problem
 from .tasks import generate, generate_mix
 
 DEFAULT_FAMILIES = {"add": 1.0, "sub": 1.0}
+UTILITY_LABELS = ("useful", "trivial", "unsolvable")
+FORMATS = ("jsonl", "parquet")
 
 
 @dataclass
@@ -21,12 +31,21 @@ class Scenario:
     pool: list[Problem]
     validation: list[Problem]
     test: list[Problem]
+    extra_tests: dict[str, list[Problem]] = field(default_factory=dict)  # name -> held-out test set
+    params: dict[str, Any] = field(default_factory=dict)  # the builder's arguments, for scenario.json
+
+
+def _check_share(name: str, value: float, scenario: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{scenario}: {name} must be in [0, 1] (got {value})")
 
 
 def _held_out(families: dict[str, float], validation_size: int, test_size: int, seed: int, taken: set[str]):
+    """Validation and test sets avoiding the prompts in `taken`, which is extended with theirs."""
     validation = generate_mix(families, validation_size, seed + 1, "val", exclude=taken)
     taken |= {p.prompt for p in validation}
     test = generate_mix(families, test_size, seed + 2, "test", exclude=taken)
+    taken |= {p.prompt for p in test}
     return validation, test
 
 
@@ -39,9 +58,11 @@ def unreliable_rewards(pool_size: int = 2000, validation_size: int = 64, test_si
     corrupted problem's pass rate sits near 0.5 whatever the policy does -- exactly what pass-rate heuristics
     like. corruption="wrong-answer": the verifier checks against a fixed wrong answer.
     """
+    params = dict(locals())  # first statement: exactly the arguments, recorded in scenario.json
     if corruption not in ("coin", "wrong-answer"):
         raise ValueError(f"unknown corruption '{corruption}' (choose from: coin, wrong-answer)")
-    families = families or DEFAULT_FAMILIES
+    _check_share("corrupt_fraction", corrupt_fraction, "unreliable-rewards")
+    families = params["families"] = families or DEFAULT_FAMILIES
     pool = generate_mix(families, pool_size, seed, "pool")
     rng = random.Random(f"corrupt:{seed}")
     for p in rng.sample(pool, int(round(corrupt_fraction * len(pool)))):
@@ -50,35 +71,124 @@ def unreliable_rewards(pool_size: int = 2000, validation_size: int = 64, test_si
         if corruption == "wrong-answer":
             p.metadata["wrong_answer"] = str(int(p.answer) + rng.choice([-10, -2, -1, 1, 2, 10]))
     validation, test = _held_out(families, validation_size, test_size, seed, {p.prompt for p in pool})
-    return Scenario("unreliable-rewards", pool, validation, test)
+    return Scenario("unreliable-rewards", pool, validation, test, params=params)
 
 
 def imbalance(pool_size: int = 2000, validation_size: int = 64, test_size: int = 256, target: str = "sub",
-              target_share: float = 0.1, others: tuple[str, ...] = ("add", "sum3"), seed: int = 0) -> Scenario:
-    """The target task is a small share of the pool; validation and test are the target task only."""
+              target_share: float = 0.1, others: tuple[str, ...] = ("add", "sum3"),
+              other_test_size: int | None = None, seed: int = 0) -> Scenario:
+    """The target task is a small share of the pool; validation and test are the target task only.
+
+    `extra_tests["other-tasks"]` (`other_test_size` problems, default `test_size`) holds out the other
+    families: a method that only chases the target may forget them, and this set shows it.
+    """
+    params = dict(locals())
+    _check_share("target_share", target_share, "imbalance")
+    if not others or target in others:
+        raise ValueError(f"imbalance: others must name families other than the target '{target}' (got {list(others)})")
     families = {target: target_share, **{f: (1 - target_share) / len(others) for f in others}}
     pool = generate_mix(families, pool_size, seed, "pool")
-    validation, test = _held_out({target: 1.0}, validation_size, test_size, seed, {p.prompt for p in pool})
-    return Scenario("imbalance", pool, validation, test)
+    taken = {p.prompt for p in pool}
+    validation, test = _held_out({target: 1.0}, validation_size, test_size, seed, taken)
+    other_size = test_size if other_test_size is None else other_test_size
+    other_tests = generate_mix({f: 1.0 for f in others}, other_size, seed + 3, "test-other", exclude=taken)
+    return Scenario("imbalance", pool, validation, test, extra_tests={"other-tasks": other_tests}, params=params)
 
 
 def low_utility(pool_size: int = 2000, validation_size: int = 64, test_size: int = 256, useful_share: float = 0.2,
-                useful: tuple[str, ...] = ("add", "sub"), seed: int = 0) -> Scenario:
-    """Most of the pool is trivial (`a+0=`) or unsolvable (3-digit products); a minority is useful."""
+                trivial_share: float = 0.5, useful: tuple[str, ...] = ("add", "sub"), seed: int = 0) -> Scenario:
+    """Most of the pool is trivial (`a+0=`, `a*1=`, ...) or unsolvable (3-digit products); a minority is useful.
+
+    `useful_share` of the pool comes from the `useful` families; of the rest, `trivial_share` is trivial and
+    the remainder unsolvable. Each pool problem's role is in ``metadata["utility"]`` (for reports only: the
+    selection methods never read it). Validation and test are the useful families only.
+    """
+    params = dict(locals())
+    _check_share("useful_share", useful_share, "low-utility")
+    _check_share("trivial_share", trivial_share, "low-utility")
     n_useful = int(round(useful_share * pool_size))
-    pool = generate_mix({f: 1.0 for f in useful}, n_useful, seed, "pool")
-    n_trivial = min(10, (pool_size - n_useful) // 2)  # the trivial family has only ~10 distinct prompts
-    trivial = generate("trivial", n_trivial, seed, "pool-trivial", split=None)
-    pool += trivial + generate("hard", pool_size - len(pool) - len(trivial), seed, "pool-hard")
+    n_trivial = int(round(trivial_share * (pool_size - n_useful)))
+    parts = {"useful": generate_mix({f: 1.0 for f in useful}, n_useful, seed, "pool")}
+    taken = {p.prompt for p in parts["useful"]}  # `24-24=` is both trivial and a subtraction: keep one
+    parts["trivial"] = generate("trivial", n_trivial, seed, "pool-trivial", exclude=taken, split=None)
+    if len(parts["trivial"]) < n_trivial:
+        raise ValueError(f"low-utility: the pool needs {n_trivial} trivial problems but the trivial family has only "
+                         f"{len(parts['trivial'])} distinct prompts left; lower pool_size or trivial_share")
+    taken |= {p.prompt for p in parts["trivial"]}
+    parts["unsolvable"] = generate("hard", pool_size - n_useful - n_trivial, seed, "pool-hard", exclude=taken)
+    pool = []
+    for label, problems in parts.items():
+        for p in problems:
+            p.metadata["utility"] = label
+        pool += problems
     random.Random(seed).shuffle(pool)
     validation, test = _held_out({f: 1.0 for f in useful}, validation_size, test_size, seed, {p.prompt for p in pool})
-    return Scenario("low-utility", pool, validation, test)
+    return Scenario("low-utility", pool, validation, test, params=params)
 
 
-SCENARIOS = {"unreliable-rewards": unreliable_rewards, "imbalance": imbalance, "low-utility": low_utility}
+SCENARIOS: dict[str, Callable[..., Scenario]] = {
+    "unreliable-rewards": unreliable_rewards, "imbalance": imbalance, "low-utility": low_utility,
+}
 
 
 def build_scenario(name: str, **kw) -> Scenario:
+    """The named built-in scenario; a keyword the builder does not take is an error, not silently ignored."""
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario '{name}' (choose from: {', '.join(SCENARIOS)})")
-    return SCENARIOS[name](**kw)
+    builder = SCENARIOS[name]
+    accepted = inspect.signature(builder).parameters
+    unknown = next((k for k in kw if k not in accepted), None)
+    if unknown is not None:
+        raise ValueError(f"scenario '{name}' has no parameter '{unknown}' (choose from: {', '.join(accepted)})")
+    return builder(**kw)
+
+
+# ----------------------------------------------------------------------------------------------- write
+
+
+def problem_sets(scenario: Scenario) -> dict[str, list[Problem]]:
+    """Every set of a scenario by its file stem: pool, validation, test, test-<name> for each extra test."""
+    sets = {"pool": scenario.pool, "validation": scenario.validation, "test": scenario.test}
+    sets.update({f"test-{name}": problems for name, problems in scenario.extra_tests.items()})
+    return sets
+
+
+def realised_shares(problems: list[Problem]) -> dict[str, Any]:
+    """What a set really contains: corrupted share, share per source, share per utility label (if labelled)."""
+    n = max(len(problems), 1)
+
+    def shares(values) -> dict[str, float]:
+        return {k: c / n for k, c in sorted(Counter(values).items())}
+
+    out: dict[str, Any] = {"corrupted": sum(p.corrupted for p in problems) / n,
+                           "source": shares(p.source for p in problems)}
+    if any("utility" in p.metadata for p in problems):
+        out["utility"] = shares(p.metadata.get("utility", "unlabelled") for p in problems)
+    return out
+
+
+def write_scenario(scenario: Scenario, directory: str | Path, fmt: str = "jsonl",
+                   style: str = "trl") -> dict[str, Path]:
+    """Write each non-empty set to `<directory>/<stem>.<fmt>` (see `problem_sets`) and a `scenario.json` with the
+    name, builder arguments, sizes and realised shares; returns {stem or "scenario": path}.
+
+    Empty sets are not written (a problem file with no problems would not load back); their size reads 0.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format '{fmt}' (choose from: {', '.join(FORMATS)})")
+    directory = Path(directory)
+    sets = problem_sets(scenario)
+    paths: dict[str, Path] = {}
+    for stem, problems in sets.items():
+        if problems:
+            paths[stem] = directory / f"{stem}.{fmt}"
+            save_problems(paths[stem], problems, style=style)
+    paths["scenario"] = directory / "scenario.json"
+    write_json(paths["scenario"], {
+        "name": scenario.name,
+        "params": scenario.params,
+        "files": {stem: path.name for stem, path in paths.items() if stem != "scenario"},
+        "sizes": {stem: len(problems) for stem, problems in sets.items()},
+        "shares": {stem: realised_shares(problems) for stem, problems in sets.items()},
+    })
+    return paths

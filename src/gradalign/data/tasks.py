@@ -30,9 +30,20 @@ def _sum3(rng: random.Random) -> tuple[str, str]:
     return f"{a}+{b}+{c}=", str(a + b + c)
 
 
+# Identities and annihilators with one operand of up to 2 digits: the answer is the operand or 0, trivial for
+# any model that knows them, with ~1000 distinct prompts (enough for low-utility pools of a few thousand).
+# NOTE: the tiny policy's add/sub warm start does NOT solve them yet (mean@4 0-6%, a-a 43%, measured): the
+# low-utility regime needs them in the warm-start mix before "trivial" means "always solved" for it.
+_TRIVIAL_FORMS: tuple[tuple[str, bool], ...] = (  # (template, answer is the operand; else 0)
+    ("{a}+0=", True), ("0+{a}=", True), ("{a}-0=", True), ("{a}*1=", True), ("1*{a}=", True),
+    ("{a}/1=", True), ("{a}+0+0=", True), ("{a}-{a}=", False), ("{a}*0=", False), ("0*{a}=", False),
+)
+
+
 def _trivial(rng: random.Random) -> tuple[str, str]:
-    a = rng.randint(0, 9)
-    return f"{a}+0=", str(a)
+    template, is_operand = rng.choice(_TRIVIAL_FORMS)
+    a = rng.randint(0, 99)
+    return template.format(a=a), str(a if is_operand else 0)
 
 
 def _hard(rng: random.Random) -> tuple[str, str]:
