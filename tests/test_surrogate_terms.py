@@ -143,3 +143,13 @@ def test_bad_batches_are_refused(setup):
         SurrogateBatch(rollouts, rollouts.advantages(), aggregation="sum")
     with pytest.raises(ValueError, match="reference_logps"):
         SurrogateBatch(rollouts, rollouts.advantages(), kl_beta=0.1)
+
+
+def test_subset_keeps_each_problems_gradient(setup):
+    model, rollouts, prompts, comps, rewards, behaviour, reference = setup
+    batch = SurrogateBatch(rollouts, rollouts.advantages("group"), aggregation="sequence-mean",
+                           behaviour_logps=behaviour, reference_logps=reference, kl_beta=0.2, temperature=0.8)
+    picked = [4, 0, 2]  # out of order on purpose: `subset` follows `select_problems`' row order
+    whole = OnePassGradients().problem_signals(model, batch, torch.zeros(0, 0)).norms
+    part = OnePassGradients().problem_signals(model, batch.subset(picked), torch.zeros(0, 0)).norms
+    torch.testing.assert_close(part, whole[picked], rtol=1e-6, atol=1e-8)

@@ -74,8 +74,7 @@ def projected(model, projector, batch: SurrogateBatch, live: np.ndarray, micro_b
     out = torch.zeros(batch.num_problems, projector.dim)
     idx = np.flatnonzero(live)
     if len(idx):
-        from .round import sub_batch
-        out[torch.as_tensor(idx)] = projector.features(model, sub_batch(batch, idx), micro_batch).float().cpu()
+        out[torch.as_tensor(idx)] = projector.features(model, batch.subset(idx), micro_batch).float().cpu()
     return out
 
 

@@ -62,17 +62,6 @@ def reference_logps(model, rollouts: Rollouts, micro_batch: int) -> torch.Tensor
         return torch.cat([completion_logps(model, rollouts, r).float().cpu() for r in rows.split(micro_batch)])
 
 
-def sub_batch(batch: SurrogateBatch, problems) -> SurrogateBatch:
-    """The same surrogate restricted to some problems (their advantages and per-token terms)."""
-    problems = list(problems)
-    sub = batch.rollouts.select_problems(problems)
-    wanted = set(problems)  # the rows `select_problems` keeps, in the same order
-    keep = torch.tensor([i for i, g in enumerate(batch.rollouts.group.tolist()) if g in wanted], dtype=torch.long)
-    pick = lambda t: None if t is None else t[keep]
-    return SurrogateBatch(sub, batch.advantages[keep], batch.aggregation, pick(batch.behaviour_logps),
-                          pick(batch.reference_logps), batch.kl_beta, batch.temperature)
-
-
 def _seconds_since(start: float) -> float:
     return round(time.perf_counter() - start, 4)
 
@@ -141,7 +130,7 @@ class RoundSelector:
         if "gradients" in needs:
             method = self._gradient_signals(model, tokenizer, rollouts, cand, seed, result)
         if "features" in needs:
-            self._features(scorer, reference, rollouts, cand, seed, result)
+            self._features(scorer, reference, rollouts, cand, result)
         phi = self._offline_signals(model, rollouts, cand, result) if "offline" in needs else None
         if phi is None and "offline" in needs:  # no validation set gives a direction: the configured fallback
             method = get_method("random")
@@ -184,7 +173,8 @@ class RoundSelector:
                                                 replace=False)]
         scorer = clone_policy(model)
         optimizer, scheduler = new_optimizer(scorer, self.cfg)
-        steps = self.cfg.warmup_steps - self.cfg.warmup_steps % self.cfg.num_iterations or self.cfg.num_iterations
+        mu = self.cfg.num_iterations  # TRL reuses each generation batch mu times: whole multiples of mu
+        steps = max(mu, self.cfg.warmup_steps - self.cfg.warmup_steps % mu)
         train_log = grpo_steps(scorer, tokenizer, subset, steps, self.cfg, self.reward, optimizer, scheduler, seed)
         self.last_warmup = {"problems": len(subset), "steps": steps,
                             "reward": float(np.mean([row["reward"] for row in train_log if "reward" in row] or [0]))}
@@ -192,8 +182,7 @@ class RoundSelector:
         scorer.eval()
         return scorer
 
-    def _features(self, scorer, reference, rollouts: Rollouts, cand: Candidates, seed: int,
-                  result: RoundSelection) -> None:
+    def _features(self, scorer, reference, rollouts: Rollouts, cand: Candidates, result: RoundSelection) -> None:
         """Unit projected GRPO gradients ĝ(x) at the scoring policy, for the non-zero-variance candidates.
 
         Group-normalised advantages, GRPO's sequence-mean aggregation and, after a warm-up, the KL term against the
@@ -220,7 +209,7 @@ class RoundSelector:
         """The configured projection; energy splits are measured on (up to 64 problems of) the batch itself."""
         name, shares = self.cfg.projection_for("khatri-rao-energy"), None
         if needs_energy(name):
-            sample = batch if batch.num_problems <= 64 else sub_batch(batch, range(64))
+            sample = batch if batch.num_problems <= 64 else batch.subset(range(64))
             shares = gradient_energy(model, sample, self.cfg.micro_batch, power=1.0)
         return named_projector(name, self.cfg.projection_dim, self.cfg.seed, shares=shares)
 

@@ -64,6 +64,15 @@ class SurrogateBatch:
         k = torch.bincount(r.group, minlength=r.num_problems).float()[group]
         return 1.0 / (k * r.completion_mask[rows].sum(1).float().clamp(min=1))
 
+    def subset(self, problems) -> "SurrogateBatch":
+        """The same surrogate restricted to some problems (their rollouts, advantages and per-token terms)."""
+        problems = list(problems)
+        wanted = set(problems)  # the rows `select_problems` keeps, in the same order
+        keep = torch.tensor([i for i, g in enumerate(self.rollouts.group.tolist()) if g in wanted], dtype=torch.long)
+        pick = lambda t: None if t is None else t[keep]  # noqa: E731
+        return SurrogateBatch(self.rollouts.select_problems(problems), self.advantages[keep], self.aggregation,
+                              pick(self.behaviour_logps), pick(self.reference_logps), self.kl_beta, self.temperature)
+
     def rows_of(self, problem: int) -> torch.Tensor:
         return (self.rollouts.group == problem).nonzero().squeeze(1)
 
