@@ -368,3 +368,21 @@ def test_bad_arguments():
     model = make_model(tie=True, seed=0)
     with pytest.raises(ValueError, match="coordinates"):
         DenseProjector(8).project_flat(model, torch.zeros(5))
+
+
+@pytest.mark.parametrize("case", ["dense-rademacher", "sparse"])
+@pytest.mark.parametrize("budget", [2**27, 1])  # everything in one gather, or a flush after every micro-batch
+def test_gathered_features_and_flat_equal_explicit_R(setup, case, budget, monkeypatch):
+    """Dense / sparse maps gather coordinates across micro-batches before projecting; flat vectors ride along."""
+    from gradalign.gradients import projections
+    monkeypatch.setattr(projections, "GATHER_BUDGET", budget)
+    model, batch, G = setup
+    kind, kw = CASES[case]
+    projector = get_projector(kind, 64, seed=3, **kw)
+    R = explicit_R(projector, model)
+    vectors = torch.randn(2, G.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    feats, flat = projector.features_and_flat(model, batch, vectors, micro_batch=1)
+    assert (feats - G @ R.T).norm() <= REL * (G @ R.T).norm()
+    assert (flat - vectors @ R.T).norm() <= 1e-12 * (vectors @ R.T).norm()
+    _, single = projector.features_and_flat(model, batch, vectors[0], micro_batch=1)
+    assert single.shape == (64,) and torch.allclose(single, flat[0], rtol=0, atol=1e-12)

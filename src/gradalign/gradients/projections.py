@@ -46,6 +46,7 @@ from .onepass import Factor, MicroBatchFactors, iter_factors, matrix_shape
 from .surrogate import SurrogateBatch
 
 DENSE_BLOCK = 2**22  # random entries generated at once for dense / sparse maps (16 MiB in fp32)
+GATHER_BUDGET = 2**27  # per-problem coordinates gathered before a dense / sparse map is applied (512 MiB fp32)
 FORMAT = 1  # bump when the construction of any projection changes
 
 
@@ -443,7 +444,6 @@ class _BlockJL(Projector):
         super().__init__(dim, seed)
         self.budget = budget  # floats of per-problem gradients materialised at once
         self.width = max(1, DENSE_BLOCK // self.dim)  # columns per generated block
-        self._pending: dict | None = None  # flat vectors projected alongside `features` (features_and_flat)
 
     def _columns(self, block: Block) -> int:
         """How many coordinates of parameter p the map reads."""
@@ -467,37 +467,53 @@ class _BlockJL(Projector):
             acc += X[:, cols] @ self.jl_block(block, j).to(device=X.device, dtype=X.dtype).T
         out[rows] += acc
 
-    def _accumulate(self, block, fs, mb, out):
-        for part, G in onepass.per_problem_gradients(fs, (block.rows, block.cols), mb.segments, self.budget):
-            X = self._select(block, G)
-            extra = self._pending.pop(block.name, None) if self._pending else None
-            if extra is not None:  # the flat vectors' slice of this parameter rides along with the same blocks
-                flat, flat_out = extra
-                both = torch.zeros(X.shape[0] + flat.shape[0], self.dim, dtype=X.dtype, device=X.device)
-                self._apply(block, torch.cat([X, self._select(block, flat.to(X))]), slice(None), both)
-                out[mb.problems[part].to(out.device)] += both[:X.shape[0]]
-                flat_out += both[X.shape[0]:].to(flat_out)
-            else:
-                self._apply(block, X, mb.problems[part].to(out.device), out)
-
     def features_and_flat(self, model, batch, vectors, micro_batch=256):
-        if vectors is None:
-            return super().features_and_flat(model, batch, None, micro_batch)
+        """Per-problem coordinates are gathered across micro-batches (up to `GATHER_BUDGET` floats) and projected
+        together, so each random block is generated once per gather instead of once per micro-batch; flat vectors
+        ride along with the first gather."""
         blocks = self.bind(model)
-        single = vectors.dim() == 1
-        v = vectors.unsqueeze(0) if single else vectors
-        dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
-        flat_out = torch.zeros(v.shape[0], self.dim, dtype=dtype, device=v.device)
-        self._pending = {b.name: (v[:, b.offset:b.offset + b.numel], flat_out) for b in blocks}
-        try:
-            out, _ = super().features_and_flat(model, batch, None, micro_batch)
-            for block in blocks:  # parameters no problem's factors reached
-                if block.name in self._pending:
-                    flat, _ = self._pending.pop(block.name)
-                    self._project_block(block, flat.to(dtype), flat_out)
-        finally:
-            self._pending = None
-        return out, (flat_out[0] if single else flat_out)
+        named = named_trainable(model)
+        device = next(model.parameters()).device
+        dtype = _feature_dtype(model)
+        out = torch.zeros(batch.num_problems, self.dim, dtype=dtype, device=device)
+        gathered: dict[str, list[tuple[torch.Tensor, object, torch.Tensor]]] = {b.name: [] for b in blocks}
+        flat_out = None
+        if vectors is not None:
+            v = vectors.unsqueeze(0) if vectors.dim() == 1 else vectors
+            flat_out = torch.zeros(v.shape[0], self.dim, dtype=dtype, device=v.device)
+            for b in blocks:
+                gathered[b.name].append((flat_out, slice(None), self._select(b, v[:, b.offset:b.offset + b.numel])))
+        held = 0
+        for mb in iter_factors(model, batch, micro_batch):
+            for block, (_, p) in zip(blocks, named):
+                fs = mb.factors.get(id(p))
+                for part, G in (onepass.per_problem_gradients(fs, (block.rows, block.cols), mb.segments, self.budget)
+                                if fs else ()):
+                    X = self._select(block, G)
+                    gathered[block.name].append((out, mb.problems[part].to(out.device), X))
+                    held += X.numel()
+            if held > GATHER_BUDGET:
+                self._project_gathered(blocks, gathered)
+                held = 0
+        self._project_gathered(blocks, gathered)
+        if flat_out is not None and vectors.dim() == 1:
+            flat_out = flat_out[0]
+        return out, flat_out
+
+    def _project_gathered(self, blocks: list[Block], gathered: dict) -> None:
+        """target[rows] += X R_pᵀ for everything gathered, one pass over each parameter's random blocks."""
+        for block in blocks:
+            items = gathered[block.name]
+            if not items:
+                continue
+            X = torch.cat([x.to(items[0][0].dtype) for _, _, x in items])
+            acc = torch.zeros(X.shape[0], self.dim, dtype=X.dtype, device=X.device)
+            self._apply(block, X, slice(None), acc)
+            start = 0
+            for target, rows, x in items:
+                target[rows] += acc[start:start + x.shape[0]].to(device=target.device, dtype=target.dtype)
+                start += x.shape[0]
+            items.clear()
 
     def _project_block(self, block, G, out):
         self._apply(block, self._select(block, G), slice(None), out)
