@@ -15,13 +15,12 @@ A full store grows (a larger file is written beside it and renamed over it) unle
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from ..fileio import atomic_path, read_json, write_json
+from ..fileio import atomic_path, check_new_meta, jsonable, read_meta, write_json
 
 FEATURES, META = "features.npy", "meta.json"
 DTYPE = "float32"
@@ -41,11 +40,6 @@ def model_hash(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _jsonable(value):
-    """The value as it reads back from JSON (tuples become lists, numpy scalars become Python numbers)."""
-    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
 class FeatureStore:
     """Rows of projected features with their problem ids; see the module docstring."""
 
@@ -59,23 +53,16 @@ class FeatureStore:
     def create(cls, path, meta: dict, capacity: int, grow: bool = True) -> "FeatureStore":
         """A new, empty store in directory `path` (which must not already hold one)."""
         path = Path(path)
-        missing = [k for k in REQUIRED if k not in meta]
-        if missing:
-            raise ValueError(f"{path / META}: metadata needs {', '.join(missing)}")
-        reserved = [k for k in RESERVED if k in meta]
-        if reserved:
-            raise ValueError(f"{path / META}: '{reserved[0]}' is maintained by the store; leave it out")
+        check_new_meta(path / META, meta, REQUIRED, RESERVED, "feature store")
         if int(meta["dim"]) < 1 or int(capacity) < 0:
             raise ValueError(f"{path / META}: dim must be >= 1 and capacity >= 0")
-        if (path / META).exists():
-            raise ValueError(f"{path / META}: a feature store already exists here (open it, or use another directory)")
         path.mkdir(parents=True, exist_ok=True)
         dim = int(meta["dim"])
         with atomic_path(path / FEATURES) as tmp:
             arr = open_memmap(tmp, mode="w+", dtype=DTYPE, shape=(max(int(capacity), 1), dim))
             arr.flush()
             del arr
-        full = {**_jsonable(meta), "dtype": DTYPE, "store_format": 1, "count": 0, "ids": []}
+        full = {**jsonable(meta), "dtype": DTYPE, "store_format": 1, "count": 0, "ids": []}
         write_json(path / META, full)
         return cls(path, full, grow)
 
@@ -84,14 +71,7 @@ class FeatureStore:
         """An existing store; ValueError (one line, naming the file and key) if its metadata differs from `expect`."""
         path = Path(path)
         meta_file = path / META
-        if not meta_file.exists():
-            raise ValueError(f"{meta_file}: no feature store here")
-        meta = read_json(meta_file)
-        for key, want in _jsonable(expect or {}).items():
-            if key not in meta:
-                raise ValueError(f"{meta_file}: metadata has no '{key}' (expected {want!r})")
-            if meta[key] != want:
-                raise ValueError(f"{meta_file}: metadata '{key}' is {_short(meta[key])}, expected {_short(want)}")
+        meta = read_meta(meta_file, expect, "feature store")
         if meta.get("dtype") != DTYPE:
             raise ValueError(f"{meta_file}: metadata 'dtype' is {meta.get('dtype')!r}, expected '{DTYPE}'")
         store = cls(path, meta, grow)
@@ -170,11 +150,6 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, {self.count}/{self.capacity} rows, dim {self.dim})"
-
-
-def _short(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 __all__ = ["FeatureStore", "model_hash"]

@@ -27,8 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.problem import Problem
-from ..fileio import atomic_path, read_json, write_json
-from ..gradients.store import _jsonable, _short, model_hash
+from ..fileio import atomic_path, check_new_meta, jsonable, read_json, read_meta, short, write_json
+from ..gradients.store import model_hash
 from ..rewards import ProblemReward
 from .rollouts import Rollouts, SamplingConfig, sample_rollouts
 
@@ -107,17 +107,10 @@ class RolloutStore:
     def create(cls, path, meta: dict) -> "RolloutStore":
         """A new, empty store in directory `path` (which must not already hold one)."""
         path = Path(path)
-        missing = [k for k in REQUIRED if k not in meta]
-        if missing:
-            raise ValueError(f"{path / META}: metadata needs {', '.join(missing)}")
-        reserved = [k for k in RESERVED if k in meta]
-        if reserved:
-            raise ValueError(f"{path / META}: '{reserved[0]}' is maintained by the store; leave it out")
+        check_new_meta(path / META, meta, REQUIRED, RESERVED, "rollout store")
         if int(meta["k"]) < 1:
             raise ValueError(f"{path / META}: k must be >= 1, got {meta['k']}")
-        if (path / META).exists():
-            raise ValueError(f"{path / META}: a rollout store already exists here (open it, or use another directory)")
-        full = {**_jsonable(meta), "logps": LOGPS, "store_format": 1, "shards": []}
+        full = {**jsonable(meta), "logps": LOGPS, "store_format": 1, "shards": []}
         write_json(path / META, full)
         return cls(path, full, [])
 
@@ -126,16 +119,9 @@ class RolloutStore:
         """An existing store; ValueError (one line, naming the file and key) if its metadata differs from `expect`."""
         path = Path(path)
         meta_file = path / META
-        if not meta_file.exists():
-            raise ValueError(f"{meta_file}: no rollout store here")
-        meta = read_json(meta_file)
-        for key, want in _jsonable(expect or {}).items():
-            if key not in meta:
-                raise ValueError(f"{meta_file}: metadata has no '{key}' (expected {want!r})")
-            if meta[key] != want:
-                raise ValueError(f"{meta_file}: metadata '{key}' is {_short(meta[key])}, expected {_short(want)}")
+        meta = read_meta(meta_file, expect, "rollout store")
         if meta.get("logps") != LOGPS:
-            raise ValueError(f"{meta_file}: metadata 'logps' is {_short(meta.get('logps'))}, expected {LOGPS!r}")
+            raise ValueError(f"{meta_file}: metadata 'logps' is {short(meta.get('logps'))}, expected {LOGPS!r}")
         shard_ids = [cls._read_texts(path, name)["problem_ids"] for name in meta["shards"]]
         return cls(path, meta, shard_ids)
 
@@ -231,8 +217,8 @@ def check_sampling(store: RolloutStore, model, sampling: SamplingConfig, seed: i
              "max_new_tokens": int(sampling.max_new_tokens), "seed": int(seed), "model_hash": model_hash(model)}
     for key, value in given.items():
         if store.meta[key] != value:
-            raise ValueError(f"{store.path / META}: metadata '{key}' is {_short(store.meta[key])}, "
-                             f"but the collection uses {_short(value)}")
+            raise ValueError(f"{store.path / META}: metadata '{key}' is {short(store.meta[key])}, "
+                             f"but the collection uses {short(value)}")
 
 
 def collect_rollouts(store: RolloutStore, model, tokenizer, problems: list[Problem], reward: ProblemReward,
