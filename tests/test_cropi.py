@@ -14,7 +14,7 @@ from gradalign.config import RunConfig
 from gradalign.curriculum import loop
 from gradalign.curriculum.loop import Curriculum
 from gradalign.curriculum.offline import on_policy_batch, popi_batch
-from gradalign.data.io import save_problems
+from gradalign.data.io import load_problems, save_problems
 from gradalign.data.regimes import imbalance
 from gradalign.gradients import get_projector
 from gradalign.gradients.surrogate import completion_logps
@@ -157,3 +157,20 @@ def test_trl_drop_in_refuses_methods_it_cannot_run(tmp_path, method):
                              args=GRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8,
                                              num_generations=8, report_to=[], use_cpu=True, bf16=False),
                              selection=RunConfig(method=method))
+
+
+@pytest.mark.slow
+def test_one_cropi_stage_as_a_one_shot_selection(tmp_path):
+    sc = imbalance(pool_size=48, validation_size=8, test_size=8, seed=4)
+    pool, val = tmp_path / "pool.jsonl", tmp_path / "val.jsonl"
+    save_problems(pool, sc.pool)
+    save_problems(val, sc.validation)
+    out = tmp_path / "sel.jsonl"
+    assert main(["select", "--method", "cropi", "--pool", str(pool), "--validation", str(val), "--n", "6",
+                 "--out", str(out), "--rollouts-per-problem", "4", "--offline-validation-rollouts", "8",
+                 "--projection-dim", "256"]) == 0
+    store = RolloutStore.open(tmp_path / "sel.work" / "offline" / "pool")  # the stores live beside the output
+    rollouts = store.load()
+    zero = {pid for pid, z in zip(rollouts.problem_ids, rollouts.zero_variance()) if z}
+    chosen = [p.id for p in load_problems(out)]
+    assert 1 <= len(chosen) <= 6 and not set(chosen) & zero

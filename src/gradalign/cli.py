@@ -106,8 +106,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_select(args: argparse.Namespace) -> int:
     """One-shot selection: score the whole pool once, write the top n and a per-problem scores table."""
     from .curriculum.oneshot import beside, select_once, write_selection
-    cfg = RunConfig.from_sources(args.config, overrides(args))
     out = Path(args.out)
+    # work files (CROPI's offline stores) live beside the output, e.g. selected.work/offline/
+    cfg = RunConfig.from_sources(args.config, {**overrides(args), "output_dir": str(beside(out, ".work"))})
     scores = Path(args.scores) if args.scores else beside(out, ".scores.csv")
     if out.suffix not in (".jsonl", ".parquet"):
         raise ValueError(f"{out}: --out must end in .jsonl or .parquet")

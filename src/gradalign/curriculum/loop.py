@@ -28,7 +28,7 @@ from ..evaluation import evaluate
 from ..policy.load import load_policy, resolve_device, save_policy
 from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
-from .offline import OfflineInfluence, open_stores
+from .offline import offline_influence
 from .round import EmptySelectionError, RoundSelection, RoundSelector
 from .trl_bridge import grpo_steps, new_optimizer
 
@@ -162,17 +162,17 @@ class Curriculum:
         """CROPI: the offline rollout stores, sampled from `model` (= β, the policy before any training) when
         `behaviour`; a resumed run only opens them."""
         t = time.perf_counter()
-        pool, validation = open_stores(self.cfg, model, tokenizer, self.sets.pool, self.sets.validation, self.reward,
-                                       collect=behaviour)
-        self.selector.offline = OfflineInfluence(self.cfg, pool, validation, self.sets.validation,
-                                                 tokenizer.pad_token_id)
+        offline = offline_influence(self.cfg, model, tokenizer, self.sets.pool, self.sets.validation, self.reward,
+                                    collect=behaviour)
+        self.selector.offline = offline
         seconds = round(time.perf_counter() - t, 4)
         info_path = self.out / "offline.json"
         if behaviour or not info_path.exists():
-            fileio.write_json(info_path, {"rollouts_seconds": seconds, "pool_problems": len(pool),
-                                          "validation_problems": len(validation), "pool_store": str(pool.path),
-                                          "validation_store": str(validation.path),
-                                          "validation_sets": self.selector.offline.sets})
+            fileio.write_json(info_path, {"rollouts_seconds": seconds, "pool_problems": len(offline.pool),
+                                          "validation_problems": len(offline.validation_store),
+                                          "pool_store": str(offline.pool.path),
+                                          "validation_store": str(offline.validation_store.path),
+                                          "validation_sets": offline.sets})
 
     def run_round(self, r: int, model, tokenizer, optimizer, scheduler) -> dict:
         cfg, seed = self.cfg, round_seed(self.cfg.seed, r)

@@ -59,6 +59,13 @@ def open_stores(cfg: RunConfig, model, tokenizer, pool: list[Problem], validatio
     return stores[0], stores[1]
 
 
+def offline_influence(cfg: RunConfig, model, tokenizer, pool: list[Problem], validation: list[Problem], reward,
+                      collect: bool) -> "OfflineInfluence":
+    """CROPI's state for a run or a one-shot selection: the two stores (sampled from `model` when `collect`)."""
+    pool_store, validation_store = open_stores(cfg, model, tokenizer, pool, validation, reward, collect)
+    return OfflineInfluence(cfg, pool_store, validation_store, validation, tokenizer.pad_token_id)
+
+
 def popi_batch(rollouts: Rollouts) -> SurrogateBatch:
     return SurrogateBatch(rollouts, rollouts.advantages("group", eps=1e-4), aggregation="sequence-mean",
                           behaviour_logps=rollouts.sample_logps, temperature=rollouts.temperature)

@@ -24,6 +24,7 @@ from ..data.regimes import Scenario
 from ..policy.load import load_policy
 from ..selection import get_method
 from .loop import check_inputs, load_problem_sets, make_reward, round_seed
+from .offline import offline_influence
 from .round import RoundSelection, RoundSelector
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,11 @@ def scores_table(pool: list[Problem], sel: RoundSelection) -> list[dict]:
 
 
 def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShotResult:
-    """Score every problem of the pool with `cfg.model` (after a warm-up for LearnAlign) and keep the top `n`."""
+    """Score every problem of the pool with `cfg.model` (after a warm-up for LearnAlign) and keep the top `n`.
+
+    CROPI's offline stores go to `cfg.offline_rollouts` / `cfg.offline_validation`, by default under
+    `cfg.output_dir` (the command line puts that beside the output file).
+    """
     sets = sets or load_problem_sets(cfg)
     if not get_method(cfg.method).needs_rollouts:
         raise ValueError(f"method '{cfg.method}' trains on the whole pool; there is nothing to select")
@@ -60,7 +65,10 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
     check_inputs(dataclasses.replace(cfg, chunk_size=len(sets.pool)), sets)
     start = time.perf_counter()
     model, tokenizer = load_policy(cfg.model, cfg.device)
-    selector = RoundSelector(cfg, sets.validation, make_reward(cfg), pool=sets.pool)
+    reward = make_reward(cfg)
+    selector = RoundSelector(cfg, sets.validation, reward, pool=sets.pool)
+    if "offline" in get_method(cfg.method).needs:  # one CROPI stage: stores sampled from this model (= β)
+        selector.offline = offline_influence(cfg, model, tokenizer, sets.pool, sets.validation, reward, collect=True)
     sel = selector.select(model, tokenizer, sets.pool, round_seed(cfg.seed, 0), keep=n)
     selected = [sets.pool[i] for i in sel.selected]
     return OneShotResult(selected, scores_table(sets.pool, sel), sel, time.perf_counter() - start)
