@@ -202,15 +202,15 @@ class Curriculum:
 
     def round_record(self, r: int, chunk_index, chunk: list[Problem], sel: RoundSelection | None,
                      chosen: list[Problem], train_log: list[dict], test: dict) -> dict:
-        sources: dict[str, int] = {}
-        for p in chosen:
-            sources[p.source] = sources.get(p.source, 0) + 1
+        sources = _counts(p.source for p in chosen)
         corrupted = [p.corrupted for p in chosen]
         record = {
             "round": r, "step": (r + 1) * self.cfg.steps_per_round, "method": self.cfg.method, "chunk": chunk_index,
             "candidates": len(chunk), "selected_count": len(chosen), "selected_ids": [p.id for p in chosen],
             "selected_by_source": sources,
             "selected_corrupted_share": float(np.mean(corrupted)) if any(p.corrupted for p in self.sets.pool) else None,
+            "selected_by_utility": _counts(p.metadata.get("utility") for p in chosen) if any(
+                "utility" in p.metadata for p in self.sets.pool) else None,
             "train": {k: float(np.mean([float(row[k]) for row in train_log if k in row]))
                       for k in ("loss", "reward", "reward_std", "frac_reward_zero_std") if train_log},
             "train_log": train_log, "test": test, "timings": {},
@@ -292,6 +292,13 @@ class Curriculum:
             steps_before = rec["step"]
             metrics.append({"round": rec["round"], "step": rec["step"], "test_accuracy": rec["test"]["accuracy"]})
         fileio.write_jsonl(self.out / "metrics.jsonl", metrics)
+
+
+def _counts(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return out
 
 
 def _is_number(v) -> bool:
