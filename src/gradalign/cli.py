@@ -214,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_scoring_arguments(scoring)
     scoring.set_defaults(func=cmd_bench)
     from .bench.fidelity import add_fidelity_parser
+    from .bench.regimes import add_regimes_parser
     add_fidelity_parser(bench_sub)  # `gradalign bench fidelity`: projected vs exact scores
+    add_regimes_parser(bench_sub)  # `gradalign bench regimes`: methods × data regimes × seeds
     return parser
 
 

@@ -110,6 +110,7 @@ class Curriculum:
         self.selector = RoundSelector(cfg, self.sets.validation, self.reward, pool=self.sets.pool)
         self.chunks = chunk_order(len(self.sets.pool), cfg.chunk_size, cfg.seed)
         self.device = resolve_device(cfg.device)
+        self.offline_seconds = 0.0
 
     # ── run directory ────────────────────────────────────────────────────────────────────────────────────
     def checkpoint_dir(self, r: int) -> Path:
@@ -166,6 +167,7 @@ class Curriculum:
                                     collect=behaviour)
         self.selector.offline = offline
         seconds = round(time.perf_counter() - t, 4)
+        self.offline_seconds = seconds if behaviour else 0.0  # reported in round 0's timings
         info_path = self.out / "offline.json"
         if behaviour or not info_path.exists():
             fileio.write_json(info_path, {"rollouts_seconds": seconds, "pool_problems": len(offline.pool),
@@ -197,6 +199,9 @@ class Curriculum:
         record = self.round_record(r, chunk_index, chunk, selection, chosen, train_log, test)
         record["timings"].update(training=round(t_train, 4), evaluation=round(time.perf_counter() - t, 4),
                                  total=round(time.perf_counter() - start, 4))
+        if r == 0 and self.offline_seconds:  # CROPI's one-time offline rollouts belong to the run's cost
+            record["timings"]["offline_rollouts"] = self.offline_seconds
+            record["timings"]["total"] = round(record["timings"]["total"] + self.offline_seconds, 4)
         self.save_checkpoint(r, model, optimizer, record)
         return record
 

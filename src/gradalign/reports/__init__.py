@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .benchmark import bench_report
 from .plots import plot_runs
 from .summary import RunView, find_runs, format_table, load_run, markdown_table, method_rows, write_summary
 
 __all__ = ["RunView", "load_run", "find_runs", "method_rows", "format_table", "markdown_table", "write_summary",
-           "plot_runs", "report"]
+           "plot_runs", "report", "bench_report"]
 
 
 def report(directory: str | os.PathLike, notes: list[str] | None = None) -> str:

@@ -156,6 +156,21 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+# How a round's timings add up into the reported wall-time split (one place for every report).
+TIME_GROUPS: dict[str, tuple[str, ...]] = {
+    "rollouts": ("rollouts", "validation_rollouts", "offline_rollouts"),  # CROPI's offline stores: in round 0
+    "scoring": ("scoring", "selection", "warmup"),  # selection cost beyond rollouts, LearnAlign's warm-up included
+    "training": ("training",),
+    "evaluation": ("evaluation",),
+    "total": ("total",),
+}
+
+
+def time_split(rounds: list[dict]) -> dict[str, float | None]:
+    """Wall time summed over rounds per group of TIME_GROUPS (None where no round timed it)."""
+    return {name: _timing_total(list(rounds), keys) for name, keys in TIME_GROUPS.items()}
+
+
 def _timing_total(rounds: list[dict], keys: tuple[str, ...]) -> float | None:
     """Sum of the given timing keys over rounds; None when no round recorded any of them."""
     values = [float(r["timings"][k]) for r in rounds for k in keys
@@ -192,12 +207,7 @@ def method_rows(runs: list[RunView]) -> list[dict]:
                                     if _is_number(r.get("selected_count"))]),
             "fallbacks": [(int(r.get("round", i)), str(r["fallback"])) for i, r in enumerate(run.rounds)
                           if r.get("fallback")],
-            "time_rollouts": _timing_total(run.rounds, ("rollouts", "validation_rollouts")),
-            # selection cost beyond rollouts: gradient signals, ranking and LearnAlign's warm-up GRPO steps
-            "time_scoring": _timing_total(run.rounds, ("scoring", "selection", "warmup")),
-            "time_training": _timing_total(run.rounds, ("training",)),
-            "time_evaluation": _timing_total(run.rounds, ("evaluation",)),
-            "time_total": _timing_total(run.rounds, ("total",)),
+            **{f"time_{name}": value for name, value in time_split(run.rounds).items()},
             "by_source_before": dict(run.initial.get("by_source") or {}),
             "by_source_after": dict(last_test.get("by_source") or {}),
         })

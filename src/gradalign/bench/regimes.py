@@ -1,0 +1,123 @@
+"""`gradalign bench regimes`: methods × the paper's three data regimes × seeds, at equal GRPO steps.
+
+Every (regime, method, seed) cell is an ordinary curriculum run directory, OUT/<regime>/<method>/seed-<s>/, so a
+killed benchmark resumes cell by cell (and inside a cell, round by round) and a finished cell is never recomputed.
+The seed drives the scenario (pool, validation and test problems), sampling and training alike; all methods of a
+(regime, seed) pair see the very same problems, written once to OUT/<regime>/data/seed-<s>/ for inspection.
+`gradalign report OUT` rebuilds report.md / report.html from the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from . import _csv
+
+log = logging.getLogger(__name__)
+
+REGIMES = ["unreliable-rewards", "imbalance", "low-utility"]
+# Sized for 2 CPU cores: "quick" finishes in under 15 minutes with its methods, "full" is the real benchmark.
+PRESETS: dict[str, dict] = {
+    "quick": dict(pool_size=512, validation_size=32, test_size=128, chunk_size=128, selection_ratio=8,
+                  rollouts_per_problem=8, validation_rollouts=8, rounds=4, steps_per_round=4, problems_per_step=8,
+                  num_generations=8, eval_samples=2, warmup_problems=32, warmup_steps=2, projection_dim=2048,
+                  offline_validation_rollouts=16),
+    "full": dict(pool_size=2000, validation_size=64, test_size=256, chunk_size=256, selection_ratio=8,
+                 rollouts_per_problem=8, validation_rollouts=8, rounds=8, steps_per_round=8, problems_per_step=16,
+                 num_generations=8, eval_samples=4),
+}
+QUICK_METHODS = ["gradalign", "learnalign", "cropi", "random", "accgreedy", "full"]
+
+
+@dataclasses.dataclass
+class BenchPlan:
+    out: Path
+    regimes: list[str]
+    methods: list[str]
+    seeds: list[int]
+    preset: str
+    overrides: dict
+
+    def cell(self, regime: str, method: str, seed: int) -> Path:
+        return self.out / regime / method / f"seed-{seed}"
+
+    def config(self, regime: str, method: str, seed: int):
+        from ..config import RunConfig
+        return RunConfig(**{**PRESETS[self.preset], **self.overrides, "scenario": regime, "method": method,
+                            "seed": seed, "output_dir": str(self.cell(regime, method, seed))})
+
+
+def finished(cell: Path, rounds: int) -> bool:
+    """A cell whose run directory records every round (checked without loading a model)."""
+    path = cell / "rounds.jsonl"
+    return path.exists() and sum(1 for line in path.read_text().splitlines() if line.strip()) >= rounds
+
+
+def plan_from_args(args: argparse.Namespace) -> BenchPlan:
+    from ..config import RunConfig
+    from ..selection import REGISTRY
+    methods = args.methods or (QUICK_METHODS if args.preset == "quick" else list(REGISTRY))
+    unknown = [m for m in methods if m not in REGISTRY] + [r for r in args.regimes if r not in REGIMES]
+    if unknown:
+        raise ValueError(f"bench regimes: unknown method or regime '{unknown[0]}' (methods: {', '.join(REGISTRY)}; "
+                         f"regimes: {', '.join(REGIMES)})")
+    overrides: dict = {}
+    if args.config:
+        import yaml
+        RunConfig.from_sources(args.config)  # unknown keys and bad values: one-line errors naming the file
+        overrides = {k: v for k, v in (yaml.safe_load(Path(args.config).read_text()) or {}).items()
+                     if k not in ("scenario", "method", "seed", "output_dir")}  # the benchmark sets these per cell
+    return BenchPlan(Path(args.out), list(args.regimes), list(methods), list(range(args.seeds)), args.preset, overrides)
+
+
+def run_bench(plan: BenchPlan, echo=print) -> Path:
+    """Run every pending cell, then write the report; returns the report's path."""
+    from .. import fileio
+    from ..curriculum.loop import Curriculum, load_problem_sets
+    from ..data.regimes import write_scenario
+    from ..policy.warmstart import warm_started_tiny
+    fileio.write_json(plan.out / "bench.json", {"preset": plan.preset, "regimes": plan.regimes,
+                                                "methods": plan.methods, "seeds": plan.seeds,
+                                                "config": {**PRESETS[plan.preset], **plan.overrides}})
+    if plan.config(plan.regimes[0], plan.methods[0], 0).model == "tiny":
+        warm_started_tiny()  # trained once and cached, outside every cell's timings
+    cells = [(r, m, s) for r in plan.regimes for s in plan.seeds for m in plan.methods]
+    start = time.perf_counter()
+    for i, (regime, method, seed) in enumerate(cells, 1):
+        cfg = plan.config(regime, method, seed)
+        cell = plan.cell(regime, method, seed)
+        if finished(cell, cfg.rounds):
+            continue
+        sets = load_problem_sets(cfg)  # every method of this (regime, seed) gets the same problems
+        data = plan.out / regime / "data" / f"seed-{seed}"
+        if not (data / "scenario.json").exists():
+            write_scenario(sets, data)
+        fileio.write_json(plan.out / regime / "regime.json",
+                          {"regime": regime, "target_sources": sorted({p.source for p in sets.validation})})
+        t = time.perf_counter()
+        result = Curriculum(cfg, sets).run()
+        echo(f"[{i}/{len(cells)}] {regime} / {method} / seed {seed}: test accuracy "
+             f"{result.initial['accuracy']:.3f} -> {result.final_accuracy:.3f} ({time.perf_counter() - t:.0f} s; "
+             f"{time.perf_counter() - start:.0f} s so far)")
+    from ..reports.benchmark import bench_report
+    return bench_report(plan.out)
+
+
+def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("regimes", help="every method on the paper's three data regimes, several seeds")
+    parser.add_argument("--regimes", type=_csv(), default=list(REGIMES),
+                        help=f"comma-separated regimes (default: {','.join(REGIMES)})")
+    parser.add_argument("--methods", type=_csv(), default=None,
+                        help=f"comma-separated methods (default: quick preset {','.join(QUICK_METHODS)}; "
+                             f"full preset every method of the registry)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per (regime, method) (default: 3)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="quick",
+                        help="quick: under 15 minutes on 2 CPU cores; full: the demo's sizes (default: quick)")
+    parser.add_argument("--config", help="YAML of RunConfig fields overriding the preset (sizes, model, ...)")
+    parser.add_argument("--out", default="runs/bench-regimes", help="benchmark directory (rerun to resume)")
+    parser.set_defaults(func=lambda args: print(run_bench(plan_from_args(args))) or 0)
+    return parser
