@@ -147,6 +147,11 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .reports import report
+    if (Path(args.directory) / "bench.json").exists():  # a `gradalign bench regimes` directory
+        from .reports.benchmark import bench_report, format_bench_table, load_bench
+        path = bench_report(args.directory)
+        print(format_bench_table(load_bench(args.directory)) + f"\n\nreport: {path} (and report.html)")
+        return 0
     print(report(args.directory))
     return 0
 

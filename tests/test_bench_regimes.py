@@ -1,0 +1,78 @@
+"""`gradalign bench regimes`: cells are run directories, a finished cell is never recomputed, an unfinished one
+resumes, every (regime, seed) writes its problem files once, and the report is built at the end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from gradalign.bench import regimes
+from gradalign.cli import main
+from gradalign.curriculum import loop
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(pool_size=48, validation_size=8, test_size=16, chunk_size=16, selection_ratio=4, rollouts_per_problem=4,
+            validation_rollouts=4, rounds=2, steps_per_round=1, problems_per_step=4, num_generations=4,
+            eval_samples=0)
+
+
+def bench(tmp_path, *extra) -> int:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    return main(["bench", "regimes", "--regimes", "imbalance", "--methods", "random,full", "--seeds", "2",
+                 "--config", str(config), "--out", str(tmp_path / "b"), *extra])
+
+
+def test_cells_files_report_and_resume(tmp_path, monkeypatch, capsys):
+    # Kill the benchmark in the last cell's second round: everything before it is finished.
+    original = loop.Curriculum.run_round
+    calls = []
+
+    def dies(self, r, *a):
+        calls.append((self.cfg.method, self.cfg.seed, r))
+        if (self.cfg.method, self.cfg.seed, r) == ("full", 1, 1):
+            raise KeyboardInterrupt
+        return original(self, r, *a)
+    monkeypatch.setattr(loop.Curriculum, "run_round", dies)
+    assert bench(tmp_path) == 130
+    out = tmp_path / "b"
+    assert json.loads((out / "bench.json").read_text())["seeds"] == [0, 1]
+    assert json.loads((out / "imbalance" / "regime.json").read_text())["target_sources"] == ["sub"]
+    for seed in (0, 1):
+        data = out / "imbalance" / "data" / f"seed-{seed}"
+        assert {"pool.jsonl", "validation.jsonl", "test.jsonl", "scenario.json"} <= {p.name for p in data.iterdir()}
+    # Resume: only the unfinished cell runs, and only its missing round.
+    calls.clear()
+    monkeypatch.setattr(loop.Curriculum, "run_round", lambda self, r, *a: calls.append(
+        (self.cfg.method, self.cfg.seed, r)) or original(self, r, *a))
+    assert bench(tmp_path) == 0
+    assert calls == [("full", 1, 1)]
+    for method in ("random", "full"):
+        for seed in (0, 1):
+            rounds = (out / "imbalance" / method / f"seed-{seed}" / "rounds.jsonl").read_text().splitlines()
+            assert len(rounds) == 2
+    report = (out / "report.md").read_text()
+    assert "imbalance" in report and (out / "report.html").exists()
+    # `gradalign report` rebuilds the benchmark report from the files.
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.md").exists()
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    assert main(["bench", "regimes", "--methods", "nope", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown method or regime 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("not_a_field: 1\n")
+    assert main(["bench", "regimes", "--config", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert "unknown config key 'not_a_field'" in capsys.readouterr().err
+
+
+def test_presets_are_valid_configs():
+    for preset in regimes.PRESETS:
+        plan = regimes.BenchPlan(out=__import__("pathlib").Path("x"), regimes=regimes.REGIMES,
+                                 methods=["random"], seeds=[0], preset=preset, overrides={})
+        cfg = plan.config("imbalance", "random", 0)
+        assert cfg.scenario == "imbalance" and cfg.output_dir.endswith("imbalance/random/seed-0")
