@@ -52,8 +52,12 @@ def test_cells_files_report_and_resume(tmp_path, monkeypatch, capsys):
     assert calls == [("full", 1, 1)]
     for method in ("random", "full"):
         for seed in (0, 1):
-            rounds = (out / "imbalance" / method / f"seed-{seed}" / "rounds.jsonl").read_text().splitlines()
+            cell = out / "imbalance" / method / f"seed-{seed}"
+            rounds = [json.loads(line) for line in (cell / "rounds.jsonl").read_text().splitlines()]
             assert len(rounds) == 2
+            # imbalance's forgetting test (the other tasks) is evaluated every round and kept with the run
+            assert 0 <= rounds[-1]["test"]["extra"]["other-tasks"]["accuracy"] <= 1
+            assert (cell / "problems" / "test-other-tasks.jsonl").exists()
     report = (out / "report.md").read_text()
     assert "imbalance" in report and (out / "report.html").exists()
     # `gradalign report` rebuilds the benchmark report from the files.

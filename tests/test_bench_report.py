@@ -230,3 +230,17 @@ def test_malformed_settings_one_line_error(bench: Path, name: str, content: str,
 def test_missing_bench_json(tmp_path: Path):
     with pytest.raises(ValueError, match=r"bench.json: missing"):
         load_bench(tmp_path)
+
+
+def test_extra_test_sets_get_a_forgetting_column(bench: Path):
+    for method, finals in (("random", [0.5, 0.6, 0.7]), ("full", [0.2, 0.3, 0.4])):
+        for s, acc in enumerate(finals):
+            path = bench / "imbalance" / method / f"seed-{s}" / "rounds.jsonl"
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            rows[-1]["test"]["extra"] = {"other-tasks": {"accuracy": acc, "by_source": {}, "n": 16}}
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = bench_report(bench).read_text()
+    assert "| other-tasks test (forgetting) |" in md
+    assert "| random | 0.370 ± 0.010 (3) | — | 0.600 ± 0.100 (3) |" in md
+    assert "| full | 0.410 ± 0.010 (3) | +0.040 | 0.300 ± 0.100 (3) |" in md
+    assert "| gradalign | 0.460 ± 0.014 (2) | +0.090 | — |" in md  # no extra test recorded

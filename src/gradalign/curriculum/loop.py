@@ -25,7 +25,7 @@ from ..data.io import load_problems, save_problems
 from ..data.problem import DataError, Problem
 from ..data.regimes import Scenario, build_scenario
 from ..evaluation import evaluate
-from ..policy.load import load_policy, resolve_device, save_policy
+from ..policy.load import load_policy, save_policy
 from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
 from .offline import offline_influence
@@ -109,7 +109,6 @@ class Curriculum:
         self.reward = make_reward(cfg)
         self.selector = RoundSelector(cfg, self.sets.validation, self.reward, pool=self.sets.pool)
         self.chunks = chunk_order(len(self.sets.pool), cfg.chunk_size, cfg.seed)
-        self.device = resolve_device(cfg.device)
         self.offline_seconds = 0.0
 
     # ── run directory ────────────────────────────────────────────────────────────────────────────────────
@@ -134,8 +133,9 @@ class Curriculum:
                 raise ValueError(f"{saved}: this run directory holds rounds made with a different config; "
                                  f"use a new output_dir (or the same config to resume)")
         self.cfg.save(saved)
-        for name, problems in (("pool", self.sets.pool), ("validation", self.sets.validation),
-                               ("test", self.sets.test)):
+        extra = [(f"test-{name}", problems) for name, problems in self.sets.extra_tests.items()]
+        for name, problems in [("pool", self.sets.pool), ("validation", self.sets.validation),
+                               ("test", self.sets.test), *extra]:
             path = self.out / "problems" / f"{name}.jsonl"
             if problems and not path.exists():
                 save_problems(path, problems)
@@ -238,8 +238,15 @@ class Curriculum:
         return record
 
     def evaluate(self, model, tokenizer, seed: int) -> dict:
-        return evaluate(model, tokenizer, self.sets.test, self.reward, self.cfg.max_new_tokens,
-                        samples=self.cfg.eval_samples, sampling=self.selector.sampling, seed=seed)
+        """Test accuracy; a scenario's extra test sets (e.g. imbalance's other tasks, for forgetting) under "extra"."""
+        def on(problems):
+            return evaluate(model, tokenizer, problems, self.reward, self.cfg.max_new_tokens,
+                            samples=self.cfg.eval_samples, sampling=self.selector.sampling, seed=seed)
+        result = on(self.sets.test)
+        extra = self.sets.extra_tests
+        if extra:
+            result["extra"] = {name: on(problems) for name, problems in extra.items()}
+        return result
 
     def initial_evaluation(self, model, tokenizer) -> dict:
         path = self.out / "initial.json"

@@ -245,6 +245,13 @@ def final_stats(runs: Sequence[RunView]) -> Stats:
     return seed_stats(run.curve()[1][-1] for run in runs)
 
 
+def extra_test_stats(runs: Sequence[RunView]) -> dict[str, Stats]:
+    """Final accuracy on each extra test set (e.g. imbalance's other tasks: forgetting), over seeds."""
+    names = sorted({name for run in runs if run.rounds for name in (run.rounds[-1]["test"].get("extra") or {})})
+    return {name: seed_stats((run.rounds[-1]["test"].get("extra") or {}).get(name, {}).get("accuracy")
+                             for run in runs if run.rounds) for name in names}
+
+
 def _steps_reached(runs: Sequence[RunView], threshold: float | None) -> tuple[float | None, int, int]:
     """(mean steps over the seeds that reached `threshold`, how many reached it, how many seeds)."""
     if threshold is None or math.isnan(threshold):
@@ -276,7 +283,7 @@ def regime_rows(regime: RegimeView, methods: Sequence[str]) -> list[dict]:
         runs = regime.finished(m)
         running = len(regime.running(m))
         rows.append({
-            "method": m, "final": finals[m],
+            "method": m, "final": finals[m], "extra": extra_test_stats(runs),
             "delta": (finals[m][0] - thresholds["random"]
                       if thresholds["random"] is not None and finals[m][2] else None),
             "thresholds": thresholds,
@@ -371,13 +378,16 @@ def _shown_shares(rows: Sequence[dict]) -> list[str]:
 def table_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """(header, cell rows) of a regime's table, shared by Markdown and HTML."""
     shares = _shown_shares(rows)
+    extras = sorted({name for r in rows for name in r.get("extra", {})})
     header = (["method", "final accuracy ± std (seeds)", "Δ vs random"]
+              + [f"{name} test (forgetting)" for name in extras]
               + [_threshold_header(rows, ref) for ref in REFERENCES]
               + [f"{k} share" for k in shares] + [f"{k} s" for k in TIMES] + ["pending"])
     body = []
     for r in rows:
         delta = DASH if r["delta"] is None or r["method"] == "random" else f"{r['delta']:+.3f}"
         body.append([r["method"], _final_text(r["final"]), delta]
+                    + [_final_text(r.get("extra", {}).get(name, (math.nan, 0.0, 0))) for name in extras]
                     + [_steps_text(r["steps_to"][ref]) for ref in REFERENCES]
                     + [_share(r["shares"][k]) for k in shares] + [_secs(r["times"][k]) for k in TIMES]
                     + [_pending_text(r)])
