@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 import re
@@ -26,10 +25,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..data.problem import one_line
 from ..fileio import atomic_path, write_text
 from .plots import _EXTRA_COLOURS, MARKERS, METHOD_COLOURS
-from .summary import DASH, RunView, _is_number, _secs, _share, load_run, time_split
+from .summary import DASH, RunView, _is_number, _secs, _share, load_run, read_json_object, time_split
 
 Stats = tuple[float, float, int]  # (mean, std, n) over seeds
 Curve = tuple[Sequence[float], Sequence[float]]  # (x, y) of one seed
@@ -165,18 +163,6 @@ class BenchView:
                     None)
 
 
-def _read_json_object(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot be read ({one_line(e)})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object ({what}), got {type(data).__name__}")
-    return data
-
-
 def _names(path: Path, data: dict, key: str) -> list[str]:
     value = data.get(key)
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
@@ -187,7 +173,7 @@ def _names(path: Path, data: dict, key: str) -> list[str]:
 def _read_bench_json(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"{path}: missing (not a benchmark directory?)")
-    data = _read_json_object(path, "the benchmark's settings")
+    data = read_json_object(path, "the benchmark's settings")
     seeds = data.get("seeds")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):
@@ -202,7 +188,7 @@ def _read_regime_json(path: Path, name: str) -> tuple[str, list[str]]:
     """(kind, target sources); a regime not started yet has no regime.json: its name, no targets."""
     if not path.is_file():
         return name, []
-    data = _read_json_object(path, "the regime's settings")
+    data = read_json_object(path, "the regime's settings")
     kind, targets = data.get("regime", name), data.get("target_sources", [])
     if not isinstance(kind, str) or not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise ValueError(f"{path}: expected 'regime' (a name) and 'target_sources' (a list of source names)")

@@ -73,16 +73,24 @@ def _read_config(path: Path) -> dict:
     return data
 
 
-def _read_initial(path: Path) -> dict:
-    if not path.is_file():
-        raise ValueError(f"{path}: missing (the evaluation before training was not written)")
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from `path`; one-line ValueError naming the file when it is not one."""
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot be read ({one_line(e)})") from None
-    if not isinstance(data, dict) or not _is_number(data.get("accuracy")):
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object ({what}), got {type(data).__name__}")
+    return data
+
+
+def _read_initial(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing (the evaluation before training was not written)")
+    data = read_json_object(path, "the evaluation before training")
+    if not _is_number(data.get("accuracy")):
         raise ValueError(f"{path}: expected an object with a numeric 'accuracy'")
     return data
 
