@@ -122,3 +122,22 @@ def test_unsupported_modules_are_named():
         OnePassGradients().problem_signals(model, batch, torch.zeros(0, 0))
 
 
+
+
+def test_padding_token_used_as_a_real_token_gets_no_embedding_gradient():
+    """Chat models often pad with a real token (SmolLM2: <|im_end|>). nn.Embedding(padding_idx) gives that row no
+    gradient wherever it occurs, and one-pass must agree with autograd there too."""
+    model = make_model(tie=False, seed=8)
+    assert model.model.embed_tokens.padding_idx == 0
+    rollouts, *_ = make_rollouts(seed=6)
+    ids = rollouts.completion_ids.clone()
+    ids[rollouts.completion_mask.bool() & (torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.3)] = 0
+    ids[:, 0] = 0  # at least one real pad-id token per completion
+    rollouts.completion_ids = ids
+    batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
+    dirs = torch.randn(2, n_params(model), generator=torch.Generator().manual_seed(3))
+    naive = NaiveGradients().problem_signals(model, batch, dirs)
+    for backend in (OnePassGradients(), OnePassGradients(force_gram=True)):
+        sig = backend.problem_signals(model, batch, dirs)
+        torch.testing.assert_close(sig.norms, naive.norms, rtol=REL, atol=1e-7)
+        torch.testing.assert_close(sig.dots, naive.dots, rtol=REL, atol=REL * float(naive.norms.max()) * 20)

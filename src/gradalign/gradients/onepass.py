@@ -114,6 +114,8 @@ def factors_of(calls, grads) -> dict[int, list[Factor]]:
             if module.bias is not None and module.bias.requires_grad:
                 out[id(module.bias)].append(Factor(a, torch.ones(a.shape[0], 1, dtype=a.dtype)))
         elif isinstance(module, nn.Embedding):
+            if module.padding_idx is not None:  # autograd gives the padding row no gradient, wherever it occurs
+                g = g * (x != module.padding_idx).unsqueeze(-1).to(g.dtype)
             out[id(module.weight)].append(Factor(x.reshape(-1), g.reshape(-1, g.shape[-1]), index=True))
         else:  # norm-like: the output is affine in each 1-D parameter
             xd = x.detach()
