@@ -20,12 +20,10 @@ from ..gradients import GradientBackend, get_backend
 from ..gradients.projections import gradient_energy, named_projector, needs_energy
 from ..gradients.signals import EPS, unit
 from ..gradients.surrogate import SurrogateBatch, completion_logps
-from ..policy.load import clone_policy
 from ..policy.rollouts import Rollouts, SamplingConfig, sample_rollouts
 from ..rewards import ProblemReward
 from ..selection import Candidates, Method, SelectionOptions, get_method, select
 from ..selection.base import Scored
-from .trl_bridge import grpo_steps, new_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +169,9 @@ class RoundSelector:
         rng = np.random.default_rng([seed, 1])
         subset = [source[i] for i in rng.choice(len(source), min(self.cfg.warmup_problems, len(source)),
                                                 replace=False)]
+        # Imported here: TRL and the model classes are heavy, and only LearnAlign's warm-up needs them.
+        from ..policy.load import clone_policy
+        from .trl_bridge import grpo_steps, new_optimizer
         scorer = clone_policy(model)
         optimizer, scheduler = new_optimizer(scorer, self.cfg)
         mu = self.cfg.num_iterations  # TRL reuses each generation batch mu times: whole multiples of mu
