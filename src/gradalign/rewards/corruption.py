@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-from gradalign.rewards.verifiers import Verifier
+from gradalign.rewards.verifiers import Verifier, check_lengths
 
 CORRUPTION_KINDS = ("coin", "wrong-answer")
 
@@ -37,8 +37,7 @@ class ProblemReward:
         answers: list[str],
         metadatas: list[Mapping[str, Any] | None],
     ) -> list[float]:
-        if not len(completions) == len(answers) == len(metadatas):
-            raise ValueError(f"lengths differ: {len(completions)} completions, {len(answers)} answers, {len(metadatas)} metadatas")
+        check_lengths(completions, answers, metadatas)
         rewards: list[float | None] = [None] * len(completions)
         # Everything the verifier must check goes through one `verifier.batch` call (one round trip to
         # the math-verify worker instead of one per completion).
@@ -64,7 +63,9 @@ class ProblemReward:
             else:
                 raise ValueError(f"unknown corruption {kind!r} (choose from: {', '.join(CORRUPTION_KINDS)})")
         if to_verify:
-            verified = self.verifier.batch([completions[i] for i in to_verify], targets)
+            # per-problem metadata goes along: task-aware verifiers (countdown, `task`) read their puzzle from it
+            verified = self.verifier.batch([completions[i] for i in to_verify], targets,
+                                           [metadatas[i] for i in to_verify])
             for i, reward in zip(to_verify, verified):
                 rewards[i] = reward
         return rewards  # type: ignore[return-value]  (every slot is filled above)

@@ -9,11 +9,12 @@ import logging
 import multiprocessing as mp
 import threading
 import weakref
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 logger = logging.getLogger(__name__)
 
 Scorer = Callable[[str, str], float]
+Metadata = Mapping[str, Any] | None
 
 
 @runtime_checkable
@@ -21,17 +22,28 @@ class Verifier(Protocol):
     """Anything with a `name` that scores (completion, answer) pairs.
 
     Subclass it to inherit the default `batch` (a loop); override `batch` when scoring many pairs at
-    once is cheaper (as `MathVerify` does, to pay one process round trip per batch).
+    once is cheaper (as `MathVerify` does, to pay one process round trip per batch). `batch` also takes
+    each problem's metadata: verifiers that need more than the answer (countdown's numbers and target,
+    `TaskVerifier`'s choice of verifier) read it; the others ignore it.
     """
 
     name: str
 
     def __call__(self, completion: str, answer: str) -> float: ...
 
-    def batch(self, completions: list[str], answers: list[str]) -> list[float]:
-        if len(completions) != len(answers):
-            raise ValueError(f"{len(completions)} completions but {len(answers)} answers")
+    def batch(self, completions: list[str], answers: list[str], metadatas: list[Metadata] | None = None) -> list[float]:
+        check_lengths(completions, answers, metadatas)
         return [self(c, a) for c, a in zip(completions, answers)]
+
+
+def check_lengths(completions: list[str], answers: list[str], metadatas: list[Metadata] | None = None) -> list[Metadata]:
+    """The metadatas, one per completion (all None when not given); raise ValueError if the lengths differ."""
+    if metadatas is None:
+        metadatas = [None] * len(completions)
+    if not len(completions) == len(answers) == len(metadatas):
+        raise ValueError(f"lengths differ: {len(completions)} completions, {len(answers)} answers, "
+                         f"{len(metadatas)} metadatas")
+    return metadatas
 
 
 # --------------------------------------------------------------------------------------- exact match
@@ -171,9 +183,8 @@ class MathVerify(Verifier):
     def __call__(self, completion: str, answer: str) -> float:
         return self.batch([completion], [answer])[0]
 
-    def batch(self, completions: list[str], answers: list[str]) -> list[float]:
-        if len(completions) != len(answers):
-            raise ValueError(f"{len(completions)} completions but {len(answers)} answers")
+    def batch(self, completions: list[str], answers: list[str], metadatas: list[Metadata] | None = None) -> list[float]:
+        check_lengths(completions, answers, metadatas)  # metadata is not needed: the answer says it all
         pending = list(zip(completions, answers))
         rewards: list[float] = []
         with self._lock:
@@ -221,13 +232,63 @@ class MathVerify(Verifier):
         self.__init__(state["timeout_seconds"], startup_timeout=state["startup_timeout"], _scorer=state["_scorer"])
 
 
+# ------------------------------------------------------------------------------------- per-task choice
+
+TASK_VERIFIERS = ("exact", "countdown", "math")
+
+
+def _countdown(**kwargs) -> Verifier:
+    from gradalign.rewards.expression import CountdownVerifier  # late: expression imports this module
+
+    return CountdownVerifier(**kwargs)
+
+
+class TaskVerifier(Verifier):
+    """Scores each problem with the verifier its ``metadata["verifier"]`` names ("exact" when absent):
+    one verifier name for a scenario that mixes answer-only arithmetic with countdown puzzles.
+
+    Each kind gets one `batch` call per batch (one math-verify round trip, not one per completion). Without
+    metadata every problem is scored by exact match, so callers must pass it.
+    """
+
+    name = "task"
+
+    def __init__(self, timeout_seconds: float = 5.0):
+        self.verifiers: dict[str, Verifier] = {
+            "exact": ExactMatch(), "countdown": _countdown(), "math": MathVerify(timeout_seconds)}
+
+    def __call__(self, completion: str, answer: str, metadata: Metadata = None) -> float:
+        return self.batch([completion], [answer], [metadata])[0]
+
+    def batch(self, completions: list[str], answers: list[str], metadatas: list[Metadata] | None = None) -> list[float]:
+        metadatas = check_lengths(completions, answers, metadatas)
+        groups: dict[str, list[int]] = {}
+        for i, metadata in enumerate(metadatas):
+            kind = (metadata or {}).get("verifier", "exact")
+            if kind not in self.verifiers:
+                raise ValueError(f"unknown metadata verifier {kind!r} (choose from: {', '.join(TASK_VERIFIERS)})")
+            groups.setdefault(kind, []).append(i)
+        rewards = [0.0] * len(completions)
+        for kind, indices in groups.items():
+            scores = self.verifiers[kind].batch([completions[i] for i in indices], [answers[i] for i in indices],
+                                                [metadatas[i] for i in indices])
+            for i, score in zip(indices, scores):
+                rewards[i] = score
+        return rewards
+
+    def close(self) -> None:
+        """Stop the math-verify child process, if one was started."""
+        self.verifiers["math"].close()
+
+
 # ------------------------------------------------------------------------------------------ registry
 
-_VERIFIERS = {"exact": ExactMatch, "math": MathVerify}
+_VERIFIERS: dict[str, Callable[..., Verifier]] = {
+    "exact": ExactMatch, "math": MathVerify, "countdown": _countdown, "task": TaskVerifier}
 
 
 def get_verifier(name: str, **kwargs) -> Verifier:
-    """Build a verifier by name ("exact" or "math"); kwargs go to its constructor."""
+    """Build a verifier by name ("exact", "math", "countdown" or "task"); kwargs go to its constructor."""
     if name not in _VERIFIERS:
         raise ValueError(f"unknown verifier {name!r} (choose from: {', '.join(_VERIFIERS)})")
     return _VERIFIERS[name](**kwargs)
