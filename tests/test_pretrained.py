@@ -103,3 +103,23 @@ def test_missing_wheel_is_one_line_telling_how_to_install(monkeypatch):
 def test_gguf_path_points_into_the_installed_wheel():
     path = pretrained.gguf_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50e6
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_trl_trains_it(smollm2, tmp_path):
+    """The GGUF arrives dequantised but marked quantized; TRL's Trainer must accept it and run a GRPO step."""
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    from gradalign.config import RunConfig
+    from gradalign.curriculum.loop import make_reward
+    from gradalign.curriculum.trl_bridge import grpo_steps, new_optimizer
+    from gradalign.data.problem import Problem
+    model, tokenizer = smollm2
+    validate_quantization_for_training(model)  # raises for a model still marked quantized
+    cfg = RunConfig(problems_per_step=2, num_generations=2, max_new_tokens=4, learning_rate=1e-3)
+    problems = [Problem(id=f"p{a}", prompt=[{"role": "user", "content": f"{a}+1="}], answer=str(a + 1))
+                for a in range(2)]
+    optimizer, scheduler = new_optimizer(model, cfg)
+    log = grpo_steps(model, tokenizer, problems, 1, cfg, make_reward(cfg), optimizer, scheduler, seed=0)
+    assert len(log) == 1 and "loss" in log[0] and 0 <= log[0]["reward"] <= 1  # TRL ran one real GRPO step

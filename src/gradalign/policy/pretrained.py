@@ -48,11 +48,26 @@ def load_smollm2(device: torch.device | str = "cpu"):
     device = torch.device(device)
     path = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=pretrained_dtype(device))
+    model = trainable(AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                           dtype=pretrained_dtype(device)))
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # the GGUF sets <|im_end|>; kept as a guard for TRL, which needs one
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
+
+
+def trainable(model):
+    """The same weights as an ordinary model. GGUF weights arrive dequantised (plain tensors), but transformers still
+    marks the model as quantized, and the Trainer then refuses to train it ("purely quantized models")."""
+    if not getattr(model, "is_quantized", False):
+        return model
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config).to(next(model.parameters()).dtype)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    return plain
 
 
 # Names `load_policy` accepts besides 'tiny', local directories and hub ids.
