@@ -64,6 +64,9 @@ def test_trl_trains_on_exactly_the_selected_problems(tmp_path, monkeypatch):
                  "checkpoints/round-001/model.safetensors", "checkpoints/round-001/optimizer.pt"):
         assert (out / name).exists(), name
     assert not (out / "checkpoints/round-000/model.safetensors").exists()  # only the latest weights are kept
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    per_step = [m["step"] for m in metrics if "test_accuracy" not in m]
+    assert per_step == [1, 2, 3, 4]  # GRPO steps count on across rounds (TRL's own step restarts each round)
 
 
 def test_optimizer_state_carries_across_rounds(tmp_path):

@@ -299,8 +299,9 @@ class Curriculum:
         steps_before = 0
         for rec in records:
             for i, row in enumerate(rec.get("train_log", [])):
-                metrics.append({"round": rec["round"], "step": steps_before + i + 1,
-                                **{k: float(v) for k, v in row.items() if _is_number(v)}})
+                # our step after TRL's row: TRL's own "step" restarts with every round's trainer
+                metrics.append({"round": rec["round"], **{k: float(v) for k, v in row.items() if _is_number(v)},
+                                "step": steps_before + i + 1})
             steps_before = rec["step"]
             metrics.append({"round": rec["round"], "step": rec["step"], "test_accuracy": rec["test"]["accuracy"]})
         fileio.write_jsonl(self.out / "metrics.jsonl", metrics)
