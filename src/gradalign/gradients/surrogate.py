@@ -67,8 +67,7 @@ class SurrogateBatch:
     def subset(self, problems) -> "SurrogateBatch":
         """The same surrogate restricted to some problems (their rollouts, advantages and per-token terms)."""
         problems = list(problems)
-        wanted = set(problems)  # the rows `select_problems` keeps, in the same order
-        keep = torch.tensor([i for i, g in enumerate(self.rollouts.group.tolist()) if g in wanted], dtype=torch.long)
+        keep = self.rollouts.rows_of_problems(problems)
         pick = lambda t: None if t is None else t[keep]  # noqa: E731
         return SurrogateBatch(self.rollouts.select_problems(problems), self.advantages[keep], self.aggregation,
                               pick(self.behaviour_logps), pick(self.reference_logps), self.kl_beta, self.temperature)

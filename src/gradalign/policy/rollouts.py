@@ -79,11 +79,16 @@ class Rollouts:
             adv = adv / (std[self.group] + eps)
         return adv.float()
 
+    def rows_of_problems(self, problems) -> torch.Tensor:
+        """Completion rows of the given problems, in row order: what `select_problems` keeps."""
+        wanted = {int(p) for p in problems}
+        return torch.tensor([i for i, g in enumerate(self.group.tolist()) if g in wanted], dtype=torch.long)
+
     def select_problems(self, rows: list[int] | np.ndarray) -> "Rollouts":
         """The rollouts of a subset of problems (in the given order)."""
         rows = [int(r) for r in rows]
         remap = {old: new for new, old in enumerate(rows)}
-        keep = torch.tensor([i for i, g in enumerate(self.group.tolist()) if g in remap], dtype=torch.long)
+        keep = self.rows_of_problems(rows)
         return Rollouts(
             problem_ids=[self.problem_ids[r] for r in rows],
             group=torch.tensor([remap[g] for g in self.group[keep].tolist()], dtype=torch.long),
