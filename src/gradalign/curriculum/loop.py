@@ -207,14 +207,14 @@ class Curriculum:
 
     def round_record(self, r: int, chunk_index, chunk: list[Problem], sel: RoundSelection | None,
                      chosen: list[Problem], train_log: list[dict], test: dict) -> dict:
-        sources = _counts(p.source for p in chosen)
+        sources = count_values(p.source for p in chosen)
         corrupted = [p.corrupted for p in chosen]
         record = {
             "round": r, "step": (r + 1) * self.cfg.steps_per_round, "method": self.cfg.method, "chunk": chunk_index,
             "candidates": len(chunk), "selected_count": len(chosen), "selected_ids": [p.id for p in chosen],
             "selected_by_source": sources,
             "selected_corrupted_share": float(np.mean(corrupted)) if any(p.corrupted for p in self.sets.pool) else None,
-            "selected_by_utility": _counts(p.metadata.get("utility") for p in chosen) if any(
+            "selected_by_utility": count_values(p.metadata.get("utility") for p in chosen) if any(
                 "utility" in p.metadata for p in self.sets.pool) else None,
             "train": {k: float(np.mean([float(row[k]) for row in train_log if k in row]))
                       for k in ("loss", "reward", "reward_std", "frac_reward_zero_std") if train_log},
@@ -307,7 +307,8 @@ class Curriculum:
         fileio.write_jsonl(self.out / "metrics.jsonl", metrics)
 
 
-def _counts(values) -> dict[str, int]:
+def count_values(values) -> dict[str, int]:
+    """How often each value occurs (as text), e.g. the sources of a selection."""
     out: dict[str, int] = {}
     for v in values:
         out[str(v)] = out.get(str(v), 0) + 1

@@ -23,7 +23,7 @@ from ..data.problem import Problem
 from ..data.regimes import Scenario
 from ..policy.load import load_policy
 from ..selection import get_method
-from .loop import check_inputs, load_problem_sets, make_reward, round_seed
+from .loop import check_inputs, count_values, load_problem_sets, make_reward, round_seed
 from .offline import offline_influence
 from .round import RoundSelection, RoundSelector
 
@@ -97,10 +97,7 @@ def beside(out: str | Path, suffix: str) -> Path:
 
 def composition(problems: list[Problem]) -> dict:
     """What a selection is made of: counts by source and, where the pool marks it, the corrupted share."""
-    by_source: dict[str, int] = {}
-    for p in problems:
-        by_source[p.source] = by_source.get(p.source, 0) + 1
-    out: dict = {"by_source": dict(sorted(by_source.items()))}
+    out: dict = {"by_source": dict(sorted(count_values(p.source for p in problems).items()))}
     if any("corrupted" in p.metadata for p in problems):
         out["corrupted_share"] = float(np.mean([p.corrupted for p in problems]))
     return out
