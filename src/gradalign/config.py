@@ -153,21 +153,24 @@ class RunConfig:
     @classmethod
     def from_sources(cls, yaml_path: str | None = None, overrides: dict | None = None) -> "RunConfig":
         """Defaults < YAML file < command-line overrides. Unknown keys are an error naming the key and file."""
-        values: dict[str, Any] = {}
-        if yaml_path:
-            path = Path(yaml_path)
-            if not path.exists():
-                raise ValueError(f"{yaml_path}: config file not found")
-            try:
-                loaded = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ValueError(f"{yaml_path}: malformed YAML ({str(e).splitlines()[0]})") from None
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{yaml_path}: expected a mapping of config keys")
-            known = {f.name for f in dataclasses.fields(cls)}
-            for key in loaded:
-                if key not in known:
-                    raise ValueError(f"{yaml_path}: unknown config key '{key}'")
-            values.update(loaded)
+        values = cls.yaml_values(yaml_path) if yaml_path else {}
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls(**values)
+
+    @classmethod
+    def yaml_values(cls, yaml_path: str) -> dict[str, Any]:
+        """Just the keys a YAML file sets (each a known field); one-line errors naming the file."""
+        path = Path(yaml_path)
+        if not path.exists():
+            raise ValueError(f"{yaml_path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{yaml_path}: malformed YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{yaml_path}: expected a mapping of config keys")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in loaded:
+            if key not in known:
+                raise ValueError(f"{yaml_path}: unknown config key '{key}'")
+        return dict(loaded)

@@ -67,10 +67,9 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
                          f"regimes: {', '.join(REGIMES)})")
     overrides: dict = {}
     if args.config:
-        import yaml
-        RunConfig.from_sources(args.config)  # unknown keys and bad values: one-line errors naming the file
-        overrides = {k: v for k, v in (yaml.safe_load(Path(args.config).read_text()) or {}).items()
+        overrides = {k: v for k, v in RunConfig.yaml_values(args.config).items()
                      if k not in ("scenario", "method", "seed", "output_dir")}  # the benchmark sets these per cell
+        RunConfig(**overrides)  # bad values: a one-line error before any cell runs
     return BenchPlan(Path(args.out), list(args.regimes), list(methods), list(range(args.seeds)), args.preset, overrides)
 
 
@@ -86,18 +85,21 @@ def run_bench(plan: BenchPlan, echo=print) -> Path:
     if plan.config(plan.regimes[0], plan.methods[0], 0).model == "tiny":
         warm_started_tiny()  # trained once and cached, outside every cell's timings
     cells = [(r, m, s) for r in plan.regimes for s in plan.seeds for m in plan.methods]
+    scenarios: dict[tuple[str, int], object] = {}  # built once per (regime, seed): every method gets these problems
     start = time.perf_counter()
     for i, (regime, method, seed) in enumerate(cells, 1):
         cfg = plan.config(regime, method, seed)
         cell = plan.cell(regime, method, seed)
         if finished(cell, cfg.rounds):
             continue
-        sets = load_problem_sets(cfg)  # every method of this (regime, seed) gets the same problems
-        data = plan.out / regime / "data" / f"seed-{seed}"
-        if not (data / "scenario.json").exists():
-            write_scenario(sets, data)
-        fileio.write_json(plan.out / regime / "regime.json",
-                          {"regime": regime, "target_sources": sorted({p.source for p in sets.validation})})
+        if (regime, seed) not in scenarios:
+            scenarios[regime, seed] = load_problem_sets(cfg)
+            data = plan.out / regime / "data" / f"seed-{seed}"
+            if not (data / "scenario.json").exists():
+                write_scenario(scenarios[regime, seed], data)
+            fileio.write_json(plan.out / regime / "regime.json", {
+                "regime": regime, "target_sources": sorted({p.source for p in scenarios[regime, seed].validation})})
+        sets = scenarios[regime, seed]
         t = time.perf_counter()
         result = Curriculum(cfg, sets).run()
         echo(f"[{i}/{len(cells)}] {regime} / {method} / seed {seed}: test accuracy "
