@@ -125,21 +125,17 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_rollouts(args: argparse.Namespace) -> int:
     """CROPI's offline rollouts: sample k completions per problem once from the behaviour policy, into a store."""
     from .curriculum.loop import make_reward
-    from .curriculum.offline import offline_sampling
+    from .curriculum.offline import collect_store
     from .data.io import load_problems
     from .policy.load import load_policy
-    from .policy.rollout_store import RolloutStore, collect_rollouts, rollout_meta
     cfg = RunConfig.from_sources(args.config, {**overrides(args), "rollouts_per_problem": args.k})
     if not cfg.pool:
         raise ValueError("gradalign rollouts needs --pool FILE (the pool, or a validation set with --k 32)")
     problems = load_problems(cfg.pool)
     model, tokenizer = load_policy(cfg.model, cfg.device)
-    sampling = offline_sampling(cfg)
-    store = RolloutStore.open_or_create(args.out, rollout_meta(cfg.model, model, args.k, sampling, cfg.seed,
-                                                               cfg.verifier))
     start = time.perf_counter()
-    collect_rollouts(store, model, tokenizer, problems, make_reward(cfg), sampling, cfg.seed,
-                     shard_size=args.shard_size)
+    store = collect_store(cfg, Path(args.out), model, tokenizer, problems, args.k, make_reward(cfg),
+                          shard_size=args.shard_size)
     print(f"{len(store)} problems × {args.k} rollouts in {store.path} ({time.perf_counter() - start:.0f} s); "
           f"use it with: gradalign run --method cropi --offline-rollouts DIR (pool) / --offline-validation DIR")
     return 0

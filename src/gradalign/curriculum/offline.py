@@ -39,19 +39,30 @@ def store_paths(cfg: RunConfig) -> tuple[Path, Path]:
     return (Path(cfg.offline_rollouts or out / "pool"), Path(cfg.offline_validation or out / "validation"))
 
 
+def store_meta(cfg: RunConfig, model, k: int) -> dict:
+    """What defines an offline store made from `model` with this config (checked when it is reopened; `model`
+    None leaves out the weights' hash)."""
+    return rollout_meta(cfg.model, model, k, offline_sampling(cfg), cfg.seed, cfg.verifier)
+
+
+def collect_store(cfg: RunConfig, path: Path, model, tokenizer, problems: list[Problem], k: int, reward,
+                  shard_size: int = 256) -> RolloutStore:
+    """Open (or create) the store at `path` and sample, from `model` (= β), every problem it still lacks."""
+    store = RolloutStore.open_or_create(path, store_meta(cfg, model, k))
+    return collect_rollouts(store, model, tokenizer, problems, reward, offline_sampling(cfg), cfg.seed,
+                            shard_size=shard_size, desc=f"offline rollouts ({Path(path).name})")
+
+
 def open_stores(cfg: RunConfig, model, tokenizer, pool: list[Problem], validation: list[Problem], reward,
                 collect: bool) -> tuple[RolloutStore, RolloutStore]:
     """The pool's and the validation set's stores; `collect` samples what is missing from `model` (= β)."""
     stores = []
     for path, problems, k in zip(store_paths(cfg), (pool, validation),
                                  (cfg.rollouts_per_problem, cfg.offline_validation_rollouts)):
-        meta = rollout_meta(cfg.model, model, k, offline_sampling(cfg), cfg.seed, cfg.verifier)
         if collect:
-            store = RolloutStore.open_or_create(path, meta)
-            collect_rollouts(store, model, tokenizer, problems, reward, offline_sampling(cfg), cfg.seed,
-                             desc=f"offline rollouts ({path.name})")
-        else:  # resuming after stage 0: the policy is no longer β, so its hash is not checked
-            store = RolloutStore.open(path, expect={key: v for key, v in meta.items() if key != "model_hash"})
+            store = collect_store(cfg, path, model, tokenizer, problems, k, reward)
+        else:  # resuming after stage 0: the policy is no longer β, so its hash is neither computed nor checked
+            store = RolloutStore.open(path, expect=store_meta(cfg, None, k))
             missing = next((p.id for p in problems if p.id not in store.done_ids()), None)
             if missing is not None:
                 raise DataError(f"{path}: the offline rollout store has no rollouts for problem '{missing}'")

@@ -88,10 +88,12 @@ def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
 
 
 def rollout_meta(model_name: str, model, k: int, sampling: SamplingConfig, seed: int, verifier: str) -> dict:
-    """The metadata that defines a store's rollouts (what `open` checks on resume)."""
-    return {"model": model_name, "model_hash": model_hash(model), "k": int(k),
+    """The metadata that defines a store's rollouts (what `open` checks on resume). With `model` None the weights'
+    hash is left out: for reopening a store after the policy has moved on from the behaviour policy."""
+    meta = {"model": model_name, "model_hash": model_hash(model) if model is not None else None, "k": int(k),
             "temperature": float(sampling.temperature), "top_p": float(sampling.top_p),
             "max_new_tokens": int(sampling.max_new_tokens), "seed": int(seed), "verifier": verifier}
+    return meta if model is not None else {key: v for key, v in meta.items() if key != "model_hash"}
 
 
 class RolloutStore:
