@@ -101,7 +101,7 @@ def imbalance(pool_size: int = 2000, validation_size: int = 64, test_size: int =
 
 def low_utility(pool_size: int = 2000, validation_size: int = 64, test_size: int = 256, useful_share: float = 0.2,
                 trivial_share: float = 0.5, useful: tuple[str, ...] = ("add", "sub"), seed: int = 0) -> Scenario:
-    """Most of the pool is trivial (`a+0=`, `a*1=`, ...) or unsolvable (3-digit products); a minority is useful.
+    """Most of the pool is trivial (`a*0=`, `a-a=`: answer 0) or unsolvable (3-digit products); a minority is useful.
 
     `useful_share` of the pool comes from the `useful` families; of the rest, `trivial_share` is trivial and
     the remainder unsolvable. Each pool problem's role is in ``metadata["utility"]`` (for reports only: the

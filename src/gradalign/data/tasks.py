@@ -30,20 +30,14 @@ def _sum3(rng: random.Random) -> tuple[str, str]:
     return f"{a}+{b}+{c}=", str(a + b + c)
 
 
-# Identities and annihilators with one operand of up to 2 digits: the answer is the operand or 0, trivial for
-# any model that knows them, with ~1000 distinct prompts (enough for low-utility pools of a few thousand).
-# NOTE: the tiny policy's add/sub warm start does NOT solve them yet (mean@4 0-6%, a-a 43%, measured): the
-# low-utility regime needs them in the warm-start mix before "trivial" means "always solved" for it.
-_TRIVIAL_FORMS: tuple[tuple[str, bool], ...] = (  # (template, answer is the operand; else 0)
-    ("{a}+0=", True), ("0+{a}=", True), ("{a}-0=", True), ("{a}*1=", True), ("1*{a}=", True),
-    ("{a}/1=", True), ("{a}+0+0=", True), ("{a}-{a}=", False), ("{a}*0=", False), ("0*{a}=", False),
-)
+# Annihilators with one operand of up to 3 digits: the answer is always 0, so a policy that has seen the forms
+# solves them every time (the tiny warm start does: see policy/warmstart.py). Identities such as `a+0=` were
+# tried and dropped: copying a 2-digit operand at temperature 0.7 is not reliable for the tiny policy (54-75%).
+_TRIVIAL_FORMS = ("{a}*0=", "0*{a}=", "{a}-{a}=")
 
 
 def _trivial(rng: random.Random) -> tuple[str, str]:
-    template, is_operand = rng.choice(_TRIVIAL_FORMS)
-    a = rng.randint(0, 99)
-    return template.format(a=a), str(a if is_operand else 0)
+    return rng.choice(_TRIVIAL_FORMS).format(a=rng.randint(0, 999)), "0"
 
 
 def _hard(rng: random.Random) -> tuple[str, str]:
@@ -56,7 +50,7 @@ FAMILIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "sub": _sub,  # 2-digit subtraction
     "mul": _mul,  # 1-digit by 2-digit multiplication
     "sum3": _sum3,  # three operands
-    "trivial": _trivial,  # solved by any warm-started policy (low utility)
+    "trivial": _trivial,  # answer 0: solved by the warm-started policy (low utility)
     "hard": _hard,  # 3-digit by 3-digit products: unsolvable for the tiny policy (low utility)
 }
 
