@@ -1,5 +1,5 @@
 """Suite-wide settings: one torch thread (tiny models run ~50x slower when 2 threads fight on a shared 2-core
-machine), offline Hugging Face, and a private warm-start cache per test session unless one is given."""
+machine) and offline Hugging Face. The warm start is cached where runs cache it (`$GRADALIGN_CACHE`)."""
 
 import os
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .config import RunConfig
+from .distributed import is_main_process, launched_world_size
 
 log = logging.getLogger("gradalign")
 DEMO_METHODS = ["gradalign", "random", "accgreedy"]
@@ -70,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_sources(args.config, overrides(args))
     start = time.perf_counter()
     result = Curriculum(cfg).run()
+    if not is_main_process():  # one report per run, from rank 0
+        return 0
     print(report(result.output_dir))
     print(f"\n{cfg.method}: test accuracy {result.initial['accuracy']:.3f} -> {result.final_accuracy:.3f} "
           f"in {time.perf_counter() - start:.0f} s; run directory {result.output_dir}")
@@ -113,6 +116,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     if out.suffix not in (".jsonl", ".parquet"):
         raise ValueError(f"{out}: --out must end in .jsonl or .parquet")
     result = select_once(cfg, args.n)
+    if not is_main_process():  # rank 0 writes the selection every rank agreed on
+        return 0
     summary = write_selection(result, out, scores, cfg)
     chosen = [row for row in result.table if row["selected"]]
     mean_p = sum(row["pass_rate"] for row in chosen) / max(len(chosen), 1)
@@ -184,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sel = sub.add_parser("select", help="one-shot selection: score a pool once, write the top n and the scores")
     sel.add_argument("--config", help="YAML file of RunConfig fields; flags override it")
-    sel.add_argument("--n", type=int, required=True, help="problems to keep")
+    sel.add_argument("--n", "--num-problems", dest="n", type=int, required=True,
+                     help="problems to keep (under torchrun write --num-problems: torchrun reads --n as its own)")
     sel.add_argument("--out", required=True, help="selected subset (.jsonl or .parquet)")
     sel.add_argument("--scores", help="per-problem scores CSV (default: OUT with .scores.csv; a .summary.json "
                      "with the config, timings and composition is written beside OUT)")
@@ -216,14 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.set_defaults(func=cmd_bench)
     from .bench.fidelity import add_fidelity_parser
     from .bench.regimes import add_regimes_parser
+    from .bench.scaling import add_scaling_parser
     add_fidelity_parser(bench_sub)  # `gradalign bench fidelity`: projected vs exact scores
     add_regimes_parser(bench_sub)  # `gradalign bench regimes`: methods × data regimes × seeds
+    add_scaling_parser(bench_sub)  # `gradalign bench scaling`: one round with 1 and N processes
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if launched_world_size() > 1 and args.func not in (cmd_run, cmd_select):
+        print("gradalign: error: only 'run' and 'select' run on several processes; launch this command as one "
+              "process", file=sys.stderr)
+        return 2
     from .curriculum.round import EmptySelectionError, NoDirectionError
     from .data.problem import DataError, one_line
     try:

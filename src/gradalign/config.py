@@ -47,6 +47,8 @@ class RunConfig:
     chunk_size: int = _f(256, "M: candidates scored per round (reference 5120).")
     selection_ratio: int = _f(8, "q: keep the top floor(M/q) of each chunk (reference 20).")
     rollouts_per_problem: int = _f(8, "k_r: completions per candidate at selection time.")
+    rollout_batch: int = _f(64, "Problems per generate call; also the unit of rollout seeding and of sharding "
+                            "across processes (each process owns whole blocks; results do not depend on their number).")
     validation_rollouts: int = _f(8, "k_v: completions per validation problem.")
     temperature: float = _f(0.7, "Sampling temperature (selection rollouts and GRPO generation).")
     top_p: float = _f(0.95, "Nucleus sampling (selection rollouts and GRPO generation).")
@@ -107,8 +109,8 @@ class RunConfig:
 
     def validate(self) -> None:
         """Cheap checks that catch a bad config before anything is computed."""
-        positive = ["chunk_size", "selection_ratio", "rollouts_per_problem", "validation_rollouts", "rounds",
-                    "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens", "num_iterations",
+        positive = ["chunk_size", "selection_ratio", "rollouts_per_problem", "rollout_batch", "validation_rollouts",
+                    "rounds", "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens", "num_iterations",
                     "projection_dim", "warmup_problems", "warmup_steps", "offline_validation_rollouts",
                     "validation_per_set"]
         for name in positive:

@@ -24,8 +24,9 @@ from ..config import RunConfig
 from ..data.io import load_problems, save_problems
 from ..data.problem import DataError, Problem
 from ..data.regimes import Scenario, build_scenario
+from ..distributed import block_count, launched_world_size, process_group
 from ..evaluation import evaluate
-from ..policy.load import load_policy, save_policy
+from ..policy.load import load_policy, resolve_device, save_policy
 from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
 from .offline import offline_influence
@@ -73,6 +74,27 @@ def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
                         f"lower chunk_size")
 
 
+def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
+    """What several processes cannot share out, refused before anything is computed."""
+    if world == 1:
+        return
+    method = get_method(cfg.method)
+    unshared = sorted(method.needs & {"warmup", "features", "offline"})
+    if unshared:
+        raise ValueError(f"method '{cfg.method}' does not run on several processes yet (its {', '.join(unshared)} "
+                         f"step is not sharded): launch it as one process")
+    if (cfg.problems_per_step * cfg.num_generations) % world:
+        raise ValueError(f"config: problems_per_step × num_generations = {cfg.problems_per_step * cfg.num_generations}"
+                         f" completions per GRPO step cannot be split evenly over {world} processes")
+    lists = {"chunk_size": cfg.chunk_size if method.needs_rollouts else None,
+             "the validation set": len(sets.validation) if "validation" in method.needs else None}
+    for name, n in lists.items():
+        if n is not None and block_count(n, cfg.rollout_batch) < world:
+            raise ValueError(f"{name} ({n} problems) in blocks of rollout_batch {cfg.rollout_batch} gives "
+                             f"{block_count(n, cfg.rollout_batch)} blocks for {world} processes; lower rollout_batch "
+                             f"to at most {max(1, n // world)}")
+
+
 def make_reward(cfg: RunConfig) -> ProblemReward:
     """The one reward of a run: training, selection and evaluation all score with it."""
     kw = {"timeout_seconds": cfg.verifier_timeout} if cfg.verifier in ("math", "task") else {}
@@ -105,9 +127,11 @@ class Curriculum:
         self.out = Path(cfg.output_dir)
         self.sets = sets or load_problem_sets(cfg)
         check_inputs(cfg, self.sets)
+        check_sharding(cfg, self.sets, launched_world_size())
+        self.group = process_group(resolve_device(cfg.device))
         self.method = get_method(cfg.method)
         self.reward = make_reward(cfg)
-        self.selector = RoundSelector(cfg, self.sets.validation, self.reward, pool=self.sets.pool)
+        self.selector = RoundSelector(cfg, self.sets.validation, self.reward, pool=self.sets.pool, group=self.group)
         self.chunks = chunk_order(len(self.sets.pool), cfg.chunk_size, cfg.seed)
         self.offline_seconds = 0.0
 
@@ -125,13 +149,19 @@ class Curriculum:
         return records
 
     def prepare_run_dir(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Check the run directory against the config (every rank), then write the inputs (rank 0 only)."""
         saved = self.out / "config.yaml"
         if saved.exists():
             previous = RunConfig.from_sources(str(saved))
             if previous.to_dict() != self.cfg.to_dict() and self.finished_rounds():
                 raise ValueError(f"{saved}: this run directory holds rounds made with a different config; "
                                  f"use a new output_dir (or the same config to resume)")
+        if self.group.is_main:
+            self.write_inputs(saved)
+        self.group.barrier()
+
+    def write_inputs(self, saved: Path) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
         self.cfg.save(saved)
         extra = [(f"test-{name}", problems) for name, problems in self.sets.extra_tests.items()]
         for name, problems in [("pool", self.sets.pool), ("validation", self.sets.validation),
@@ -143,7 +173,7 @@ class Curriculum:
     # ── the loop ─────────────────────────────────────────────────────────────────────────────────────────
     def run(self) -> RunResult:
         self.prepare_run_dir()
-        done = self.finished_rounds()
+        done = self.group.broadcast(self.finished_rounds())  # every rank resumes after the same round
         model, tokenizer = self.load_state(len(done))
         optimizer, scheduler = self.optimizer(model, len(done))
         initial = self.initial_evaluation(model, tokenizer)
@@ -156,7 +186,8 @@ class Curriculum:
                 optimizer, scheduler = new_optimizer(model, self.cfg)
             done.append(self.run_round(r, model, tokenizer, optimizer, scheduler))
             log.info("round %d/%d: test accuracy %.3f", r + 1, self.cfg.rounds, done[-1]["test"]["accuracy"])
-        self.write_logs(done)
+        if self.group.is_main:
+            self.write_logs(done)
         return RunResult(self.out, initial, done)
 
     def prepare_offline(self, model, tokenizer, behaviour: bool) -> None:
@@ -189,7 +220,8 @@ class Curriculum:
         if not chosen:
             raise EmptySelectionError(f"round {r}: no candidate was eligible for selection (all {len(chunk)} "
                                       f"zero-variance?); try zero_variance: score-zero or a larger chunk_size")
-        save_problems(self.out / "selected" / f"round-{r:03d}.jsonl", chosen)
+        if self.group.is_main:
+            save_problems(self.out / "selected" / f"round-{r:03d}.jsonl", chosen)
         t = time.perf_counter()
         train_log = grpo_steps(model, tokenizer, chosen, cfg.steps_per_round, cfg, self.reward, optimizer, scheduler,
                                seed)
@@ -202,7 +234,9 @@ class Curriculum:
         if r == 0 and self.offline_seconds:  # CROPI's one-time offline rollouts belong to the run's cost
             record["timings"]["offline_rollouts"] = self.offline_seconds
             record["timings"]["total"] = round(record["timings"]["total"] + self.offline_seconds, 4)
-        self.save_checkpoint(r, model, optimizer, record)
+        if self.group.is_main:
+            self.save_checkpoint(r, model, optimizer, record)
+        self.group.barrier()  # a resumed rank must find the checkpoint its rounds.jsonl promises
         return record
 
     def round_record(self, r: int, chunk_index, chunk: list[Problem], sel: RoundSelection | None,
@@ -211,6 +245,7 @@ class Curriculum:
         corrupted = [p.corrupted for p in chosen]
         record = {
             "round": r, "step": (r + 1) * self.cfg.steps_per_round, "method": self.cfg.method, "chunk": chunk_index,
+            "processes": self.group.world_size,
             "candidates": len(chunk), "selected_count": len(chosen), "selected_ids": [p.id for p in chosen],
             "selected_by_source": sources,
             "selected_corrupted_share": float(np.mean(corrupted)) if any(p.corrupted for p in self.sets.pool) else None,
@@ -241,7 +276,8 @@ class Curriculum:
         """Test accuracy; a scenario's extra test sets (e.g. imbalance's other tasks, for forgetting) under "extra"."""
         def on(problems):
             return evaluate(model, tokenizer, problems, self.reward, self.cfg.max_new_tokens,
-                            samples=self.cfg.eval_samples, sampling=self.selector.sampling, seed=seed)
+                            samples=self.cfg.eval_samples, sampling=self.selector.sampling, seed=seed,
+                            group=self.group)
         result = on(self.sets.test)
         extra = self.sets.extra_tests
         if extra:
@@ -250,15 +286,16 @@ class Curriculum:
 
     def initial_evaluation(self, model, tokenizer) -> dict:
         path = self.out / "initial.json"
-        if path.exists():
+        if self.group.broadcast(path.exists()):
             return fileio.read_json(path)
         result = self.evaluate(model, tokenizer, round_seed(self.cfg.seed, INITIAL_EVAL))
-        fileio.write_json(path, result)
+        if self.group.is_main:
+            fileio.write_json(path, result)
         return result
 
     # ── state: weights + optimiser, saved per round ──────────────────────────────────────────────────────
     def load_state(self, n_done: int):
-        model, tokenizer = load_policy(self.cfg.model, self.cfg.device)
+        model, tokenizer = load_policy(self.cfg.model, self.cfg.device, self.group)
         if n_done:
             state = load_file(str(self.checkpoint_dir(n_done - 1) / "model.safetensors"))
             missing, unexpected = model.load_state_dict(state, strict=False)

@@ -21,9 +21,10 @@ from ..config import RunConfig
 from ..data.io import save_problems
 from ..data.problem import Problem
 from ..data.regimes import Scenario
-from ..policy.load import load_policy
+from ..distributed import launched_world_size, process_group
+from ..policy.load import load_policy, resolve_device
 from ..selection import get_method
-from .loop import check_inputs, count_values, load_problem_sets, make_reward, round_seed
+from .loop import check_inputs, check_sharding, count_values, load_problem_sets, make_reward, round_seed
 from .offline import offline_influence
 from .round import RoundSelection, RoundSelector
 
@@ -62,11 +63,14 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
         raise ValueError(f"method '{cfg.method}' trains on the whole pool; there is nothing to select")
     if not 1 <= n <= len(sets.pool):
         raise ValueError(f"--n must be between 1 and the pool size ({len(sets.pool)}), got {n}")
-    check_inputs(dataclasses.replace(cfg, chunk_size=len(sets.pool)), sets)
+    whole_pool = dataclasses.replace(cfg, chunk_size=len(sets.pool))
+    check_inputs(whole_pool, sets)
+    check_sharding(whole_pool, sets, launched_world_size())
+    group = process_group(resolve_device(cfg.device))
     start = time.perf_counter()
-    model, tokenizer = load_policy(cfg.model, cfg.device)
+    model, tokenizer = load_policy(cfg.model, cfg.device, group)
     reward = make_reward(cfg)
-    selector = RoundSelector(cfg, sets.validation, reward, pool=sets.pool)
+    selector = RoundSelector(cfg, sets.validation, reward, pool=sets.pool, group=group)
     if "offline" in get_method(cfg.method).needs:  # one CROPI stage: stores sampled from this model (= β)
         selector.offline = offline_influence(cfg, model, tokenizer, sets.pool, sets.validation, reward, collect=True)
     sel = selector.select(model, tokenizer, sets.pool, round_seed(cfg.seed, 0), keep=n)

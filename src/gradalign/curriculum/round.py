@@ -16,6 +16,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.problem import Problem
+from ..distributed import SINGLE, ProcessGroup
 from ..gradients import GradientBackend, get_backend
 from ..gradients.projections import gradient_energy, named_projector, needs_energy
 from ..gradients.signals import EPS, unit
@@ -66,40 +67,52 @@ def _seconds_since(start: float) -> float:
 
 class RoundSelector:
     def __init__(self, cfg: RunConfig, validation: list[Problem], reward: ProblemReward,
-                 backend: GradientBackend | None = None, pool: list[Problem] | None = None):
+                 backend: GradientBackend | None = None, pool: list[Problem] | None = None,
+                 group: ProcessGroup = SINGLE):
         self.cfg = cfg
+        self.group = group  # several processes: each rolls out and scores its blocks of every problem list
         self.method: Method = get_method(cfg.method)
         self.validation = validation
         self.pool = pool  # LearnAlign's warm-up draws its random subset from here (default: the chunk)
         self.reward = reward
         self.backend = backend or get_backend(cfg.gradient_backend, micro_batch=cfg.micro_batch)
         self.options = SelectionOptions(zero_variance=cfg.zero_variance, passrate_band=tuple(cfg.passrate_band))
-        self.sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+        self.sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                                       prompts_per_batch=cfg.rollout_batch)
         # LearnAlign estimates p(x) under the warmed-up policy itself: temperature 1.0 (paper), no nucleus cut.
         self.feature_sampling = SamplingConfig(temperature=cfg.learnalign_temperature, top_p=1.0,
-                                               max_new_tokens=cfg.max_new_tokens)
+                                               max_new_tokens=cfg.max_new_tokens, prompts_per_batch=cfg.rollout_batch)
         self.last_direction: torch.Tensor | None = None
         self.last_warmup: dict | None = None
         self.offline = None  # CROPI: an `offline.OfflineInfluence`, set by the curriculum
 
     def rollouts(self, model, tokenizer, problems: list[Problem], k: int, seed: int, desc: str,
-                 sampling: SamplingConfig | None = None) -> Rollouts:
-        return sample_rollouts(model, tokenizer, problems, k, self.reward, sampling or self.sampling, seed, desc=desc)
+                 sampling: SamplingConfig | None = None, blocks: list[int] | None = None) -> Rollouts:
+        return sample_rollouts(model, tokenizer, problems, k, self.reward, sampling or self.sampling, seed, desc=desc,
+                               blocks=blocks)
 
     def batch(self, rollouts: Rollouts) -> SurrogateBatch:
         return SurrogateBatch(rollouts, rollouts.advantages(self.cfg.advantage_scale))
 
-    def validation_direction(self, model, tokenizer, seed: int) -> tuple[torch.Tensor | None, Rollouts]:
-        """ĝ_V from fresh validation rollouts of the current policy (None if every group is zero-variance)."""
-        rollouts = self.rollouts(model, tokenizer, self.validation, self.cfg.validation_rollouts, seed, "validation")
-        if rollouts.zero_variance().all():
-            return None, rollouts
+    def validation_direction(self, model, tokenizer, seed: int
+                             ) -> tuple[torch.Tensor | None, np.ndarray, np.ndarray]:
+        """ĝ_V from fresh validation rollouts of the current policy (None if every group is zero-variance), and
+        every validation problem's pass rate and zero-variance flag. Sharded: each rank rolls out its blocks; the
+        gradient is summed over ranks."""
+        n = len(self.validation)
+        blocks, owned = self.group.shard(n, self.cfg.rollout_batch)
+        rollouts = self.rollouts(model, tokenizer, self.validation, self.cfg.validation_rollouts, seed, "validation",
+                                 blocks=blocks)
+        pass_rates = self.group.gather(rollouts.pass_rates(), owned, n)
+        zero_variance = self.group.gather(rollouts.zero_variance(), owned, n)
+        if zero_variance.all():
+            return None, pass_rates, zero_variance
         batch = self.batch(rollouts)
         if self.cfg.validation_direction == "pooled":
-            g = self.backend.pooled_gradient(model, batch)
+            g = self.backend.pooled_gradient(model, batch, self.group)
         else:
-            g = self.backend.mean_unit_gradient(model, batch)
-        return unit(g), rollouts
+            g = self.backend.mean_unit_gradient(model, batch, self.group)
+        return unit(g), pass_rates, zero_variance
 
     def select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None = None) -> RoundSelection:
         """Score `chunk` with the current `model` and pick up to `keep` (default `cfg.keep`) problems."""
@@ -113,14 +126,15 @@ class RoundSelector:
             scorer, reference = self.warm_up(model, tokenizer, chunk, seed), model
             timings["warmup"] = _seconds_since(t)
         t = time.perf_counter()
+        blocks, owned = self.group.shard(len(chunk), self.cfg.rollout_batch)  # one process: every block
         if "offline" in needs:  # CROPI: the behaviour policy's rollouts, sampled once, reused at every stage
             rollouts = self.offline.load([p.id for p in chunk])
         else:
             sampling = self.feature_sampling if "features" in needs else self.sampling
             rollouts = self.rollouts(scorer, tokenizer, chunk, self.cfg.rollouts_per_problem, seed, "candidates",
-                                     sampling)
+                                     sampling, blocks=blocks)
         timings["rollouts"] = _seconds_since(t)
-        cand = Candidates(ids=[p.id for p in chunk], pass_rate=rollouts.pass_rates(),
+        cand = Candidates(ids=[chunk[i].id for i in owned], pass_rate=rollouts.pass_rates(),
                           zero_variance=rollouts.zero_variance())
         result = RoundSelection(np.zeros(0, dtype=int), cand, np.zeros(len(chunk)), timings,
                                 warmup=self.last_warmup if "warmup" in needs else None)
@@ -132,21 +146,32 @@ class RoundSelector:
         phi = self._offline_signals(model, rollouts, cand, result) if "offline" in needs else None
         if phi is None and "offline" in needs:  # no validation set gives a direction: the configured fallback
             method = get_method("random")
+        cand = result.candidates = self.gather_candidates(cand, owned, [p.id for p in chunk])
         t = time.perf_counter()
-        scored: Scored = method.score(cand, dataclasses.replace(self.options, keep=keep))
-        result.scores = scored.scores
-        result.ranking = select(scored, len(chunk), rng)  # every eligible candidate, best first
+        decision = None
+        if self.group.is_main:  # rank 0 decides; every rank trains on its decision
+            scored: Scored = method.score(cand, dataclasses.replace(self.options, keep=keep))
+            decision = scored.scores, select(scored, len(chunk), rng), int(scored.eligible.sum())
+        result.scores, result.ranking, eligible = self.group.broadcast(decision)  # ranking: all eligible, best first
         result.selected = result.ranking[:keep]
         timings["selection"] = _seconds_since(t)
         if len(result.selected) < keep:
-            log.warning("selected %d of %d wanted (%d candidates eligible)", len(result.selected), keep,
-                        int(scored.eligible.sum()))
+            log.warning("selected %d of %d wanted (%d candidates eligible)", len(result.selected), keep, eligible)
         if phi is not None and self.cfg.offpolicy_fidelity:
             t = time.perf_counter()
             result.offpolicy = self.offline.fidelity(model, tokenizer, chunk, self.validation, self.reward, phi,
                                                      result.selected, keep, seed)
             timings["offpolicy_check"] = _seconds_since(t)
         return result
+
+    def gather_candidates(self, local: Candidates, owned: np.ndarray, ids: list[str]) -> Candidates:
+        """The whole chunk's candidates from every rank's own rows (one process: the rows themselves)."""
+        if not self.group.sharded:
+            return local
+        fields = {f.name: self.group.gather(getattr(local, f.name), owned, len(ids))
+                  for f in dataclasses.fields(Candidates)
+                  if f.name != "ids" and getattr(local, f.name) is not None}
+        return Candidates(ids=ids, **fields)
 
     # ── CROPI: off-policy signals from the offline rollouts ─────────────────────────────────────────────────
     def _offline_signals(self, model, rollouts: Rollouts, cand: Candidates, result: RoundSelection):
@@ -220,9 +245,9 @@ class RoundSelector:
         t = time.perf_counter()
         directions = []
         if "validation" in self.method.needs:
-            direction, val = self.validation_direction(model, tokenizer, seed + 1)
-            result.validation_zero_variance = int(val.zero_variance().sum())
-            result.validation_pass_rate = float(val.pass_rates().mean())
+            direction, val_pass_rates, val_zero_variance = self.validation_direction(model, tokenizer, seed + 1)
+            result.validation_zero_variance = int(val_zero_variance.sum())
+            result.validation_pass_rate = float(val_pass_rates.mean())
             result.timings["validation_rollouts"] = _seconds_since(t)
             if direction is None:
                 direction, fallback = self._no_direction(len(self.validation))
@@ -235,7 +260,7 @@ class RoundSelector:
         t_score = time.perf_counter()
         batch = self.batch(rollouts)
         if "self" in self.method.needs:
-            directions.append(unit(self.backend.pooled_gradient(model, batch)))
+            directions.append(unit(self.backend.pooled_gradient(model, batch, self.group)))
         stacked = torch.stack(directions) if directions else torch.zeros(0, 0)
         signals = self.backend.problem_signals(model, batch, stacked)
         cand.norm = signals.norms.numpy()

@@ -24,6 +24,7 @@ from trl import GRPOConfig, GRPOTrainer
 from ..config import RunConfig
 from ..data.io import ANSWER_COLUMN, ID_COLUMN, METADATA_COLUMN, problems_to_rows
 from ..data.problem import Problem
+from ..distributed import world_size
 from ..rewards import ProblemReward
 
 log = logging.getLogger(__name__)
@@ -105,10 +106,14 @@ class ScheduledGRPOTrainer(GRPOTrainer):
 
 def grpo_args(cfg: RunConfig, seed: int, max_steps: int, output_dir: str | None = None, use_cpu: bool = True
               ) -> GRPOConfig:
-    """TRL arguments for one round: B problems × num_generations completions per step, our loss settings."""
+    """TRL arguments for one round: B problems × num_generations completions per step, our loss settings.
+
+    With several processes each takes an equal slice of every step's completions (data parallel), so a step
+    still trains on B problems whatever the number of processes.
+    """
     return GRPOConfig(
         output_dir=output_dir or tempfile.mkdtemp(prefix="gradalign-trl-"),
-        per_device_train_batch_size=cfg.problems_per_step * cfg.num_generations,
+        per_device_train_batch_size=cfg.problems_per_step * cfg.num_generations // world_size(),
         gradient_accumulation_steps=1,
         steps_per_generation=1,
         num_generations=cfg.num_generations,

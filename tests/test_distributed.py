@@ -1,0 +1,130 @@
+"""Several processes (torch.distributed, gloo on CPU): the same rollouts, scores and selection as one process.
+
+The two-process runs go through `torchrun`, exactly as users launch them.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from gradalign.data.regimes import unreliable_rewards
+from gradalign.data.io import save_problems
+from gradalign.distributed import ProcessGroup, block_items
+from gradalign.policy.rollouts import SamplingConfig, sample_rollouts
+from gradalign.policy.tiny import build_tiny_model, build_tokenizer
+from gradalign.rewards import ExactMatch, ProblemReward
+
+SIZES = ["--rollouts-per-problem", "4", "--validation-rollouts", "4", "--rollout-batch", "8",
+         "--problems-per-step", "4", "--num-generations", "4"]
+
+
+def test_ranks_own_round_robin_blocks_that_cover_the_list_once():
+    n, block = 37, 8  # 5 blocks, the last one partial
+    owned = [ProcessGroup(rank=r, world_size=3).shard(n, block) for r in range(3)]
+    assert [blocks for blocks, _ in owned] == [[0, 3], [1, 4], [2]]
+    assert sorted(np.concatenate([items for _, items in owned]).tolist()) == list(range(n))
+    assert block_items(n, block, [4]).tolist() == [32, 33, 34, 35, 36]
+
+
+def test_a_shard_of_blocks_samples_exactly_the_rows_of_the_whole_list():
+    """The basis of N-process = 1-process: block b's rollouts do not depend on which other blocks are sampled."""
+    tokenizer = build_tokenizer()
+    model = build_tiny_model(tokenizer, seed=0)
+    problems = unreliable_rewards(pool_size=20, validation_size=4, test_size=4, seed=1).pool
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=5, prompts_per_batch=6)
+    reward = ProblemReward(ExactMatch())
+    whole = sample_rollouts(model, tokenizer, problems, 3, reward, sampling, seed=7)
+    shard = sample_rollouts(model, tokenizer, problems, 3, reward, sampling, seed=7, blocks=[1, 3])
+    owned = block_items(len(problems), 6, [1, 3])
+    assert shard.problem_ids == [problems[i].id for i in owned]
+    rows = torch.cat([torch.nonzero(whole.group == i).flatten() for i in owned])
+    assert shard.completions == [whole.completions[i] for i in rows]
+    torch.testing.assert_close(shard.sample_logps[:, :whole.sample_logps.shape[1]].sum(1),
+                               whole.sample_logps[rows].sum(1))
+    assert np.array_equal(shard.pass_rates(), whole.pass_rates()[owned])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist-data")
+    sc = unreliable_rewards(pool_size=32, validation_size=16, test_size=16, seed=3)
+    paths = {name: tmp / f"{name}.jsonl" for name in ("pool", "validation", "test")}
+    for name, problems in (("pool", sc.pool), ("validation", sc.validation), ("test", sc.test)):
+        save_problems(paths[name], problems)
+    return paths
+
+
+def gradalign(processes: int, *args, timeout: int = 400) -> subprocess.CompletedProcess:
+    """`gradalign ARGS` as one process, or under `torchrun --nproc_per_node N` (gloo on CPU)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                "-m", "gradalign.cli"] if processes > 1 else [sys.executable, "-m", "gradalign.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def read_scores(path) -> dict[str, dict]:
+    with open(path) as f:
+        return {row["id"]: row for row in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_two_processes_score_and_select_exactly_as_one(tmp_path, files):
+    """One-shot GradAlign over the pool: per-problem scores to fp32 tolerance, the same selection in the same order."""
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"selected-{n}.jsonl"
+        gradalign(n, "select", "--method", "gradalign", "--pool", str(files["pool"]), "--validation",
+                  str(files["validation"]), "--num-problems", "8", "--out", str(out), *SIZES)
+        outs[n] = out
+    one, two = read_scores(outs[1].with_suffix(".scores.csv")), read_scores(outs[2].with_suffix(".scores.csv"))
+    assert one.keys() == two.keys() and len(one) == 32
+    for pid in one:
+        assert float(two[pid]["pass_rate"]) == float(one[pid]["pass_rate"])  # identical rollouts
+        np.testing.assert_allclose(float(two[pid]["score"]), float(one[pid]["score"]), rtol=1e-4, atol=1e-6)
+    assert outs[2].read_text() == outs[1].read_text()  # same problems, same order (best first)
+    assert sum(row["score"] not in ("0.0", "") for row in one.values()) > 8  # real scores, not all zero
+
+
+@pytest.mark.slow
+def test_two_process_curriculum_trains_data_parallel_on_the_shared_selection(tmp_path, files):
+    common = ["run", "--method", "gradalign", "--pool", str(files["pool"]), "--validation", str(files["validation"]),
+              "--test", str(files["test"]), "--chunk-size", "16", "--selection-ratio", "4", "--rounds", "2",
+              "--steps-per-round", "2", "--eval-samples", "2", *SIZES]
+    runs = {n: tmp_path / f"run-{n}" for n in (1, 2)}
+    for n, out in runs.items():
+        done = gradalign(n, *common, "--output-dir", str(out))
+    assert done.stdout.count("gradalign: test accuracy") == 1  # one report, from rank 0
+    records = {n: [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+               for n, out in runs.items()}
+    assert [r["processes"] for r in records[2]] == [2, 2]
+    initial = {n: json.loads((out / "initial.json").read_text()) for n, out in runs.items()}
+    assert initial[2] == initial[1]  # sharded evaluation: the same sampled test completions
+    first = {n: records[n][0] for n in runs}
+    assert first[2]["selected_ids"] == first[1]["selected_ids"]  # round 0: same policy, same selection
+    assert first[2]["validation"] == first[1]["validation"]
+    assert all(r["train"] and np.isfinite(r["train"]["loss"]) for r in records[2])  # TRL trained in both rounds
+    assert (runs[2] / "checkpoints" / "round-001" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_bench_scaling_times_one_and_two_processes_and_checks_they_agree(tmp_path):
+    from gradalign.bench.scaling import run_scaling
+    small = dict(pool_size=64, validation_size=16, test_size=16, chunk_size=32, rollout_batch=8,
+                 rollouts_per_problem=4, validation_rollouts=4, steps_per_round=1, problems_per_step=4,
+                 num_generations=4)
+    lines = []
+    result = run_scaling([1, 2], str(tmp_path / "scaling"), sizes=small, echo=lines.append)
+    assert [r["processes"] for r in result["results"]] == [1, 2]
+    assert result["same_selection"]
+    assert all(r["scored_per_second"] > 0 and r["timings"]["training"] > 0 for r in result["results"])
+    assert [row["chunk"] for row in result["division"]] == [16, 16]  # 4 blocks of 8, two per rank
+    assert [row["completions_per_step"] for row in result["division"]] == [8, 8]
+    assert "speed-up" in "\n".join(lines) and (tmp_path / "scaling" / "scaling.json").exists()
