@@ -2,6 +2,8 @@
 the naive per-problem loop, on fresh random inputs with padding, variable lengths, varied group sizes,
 tied and untied heads, both reduction paths (materialised G_i and Gram) and any micro-batch size."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,34 @@ def test_padding_token_used_as_a_real_token_gets_no_embedding_gradient():
         sig = backend.problem_signals(model, batch, dirs)
         torch.testing.assert_close(sig.norms, naive.norms, rtol=REL, atol=1e-7)
         torch.testing.assert_close(sig.dots, naive.dots, rtol=REL, atol=REL * float(naive.norms.max()) * 20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_exact_after_trl_training_leaves_the_model_in_train_mode_with_checkpointing(checkpointing):
+    """TRL's GRPOTrainer leaves the policy in train mode, with gradient checkpointing on by default; the next
+    round's one-pass signals must still equal the naive per-problem loop."""
+    from gradalign.config import RunConfig
+    from gradalign.curriculum.loop import make_reward
+    from gradalign.curriculum.round import RoundSelector
+    from gradalign.curriculum.trl_bridge import grpo_steps, new_optimizer
+    from gradalign.data.regimes import unreliable_rewards
+    from gradalign.policy.tiny import build_tiny_model, build_tokenizer
+
+    cfg = RunConfig(problems_per_step=4, num_generations=4, rollouts_per_problem=4,
+                    gradient_checkpointing=checkpointing)
+    tokenizer = build_tokenizer()
+    model = build_tiny_model(tokenizer, seed=2)
+    problems = unreliable_rewards(pool_size=16, validation_size=4, test_size=4, seed=2).pool
+    optimizer, scheduler = new_optimizer(model, cfg)
+    grpo_steps(model, tokenizer, problems[:8], 1, cfg, make_reward(cfg), optimizer, scheduler, seed=0)
+    assert model.training and model.model.gradient_checkpointing == checkpointing
+    selector = RoundSelector(cfg, [], make_reward(cfg))
+    batch = selector.batch(selector.rollouts(model, tokenizer, problems, 4, seed=1, desc="candidates",
+                                             sampling=dataclasses.replace(selector.sampling, temperature=1.5)))
+    direction = torch.randn(1, n_params(model), generator=torch.Generator().manual_seed(3))
+    fast = OnePassGradients().problem_signals(model, batch, direction)
+    slow = NaiveGradients().problem_signals(model, batch, direction)
+    assert (slow.norms > 0).sum() >= 4  # enough mixed-reward groups to compare
+    torch.testing.assert_close(fast.norms, slow.norms, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.dots, slow.dots, rtol=1e-4, atol=1e-5)

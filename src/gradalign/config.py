@@ -100,6 +100,8 @@ class RunConfig:
     scale_rewards: str = _f("group", "TRL: advantage scaling in training (group, batch, none).")
     epsilon: float = _f(0.2, "TRL: PPO clip range.")
     num_iterations: int = _f(1, "TRL: optimisation passes per generation batch (mu).")
+    gradient_checkpointing: bool = _f(True, "TRL: recompute activations in the GRPO backward (TRL's default; false "
+                                      "trades memory for ~30% less training compute). Scoring is exact either way.")
     # ── evaluation ───────────────────────────────────────────────────────────────────────────────────────
     eval_samples: int = _f(4, "Test metric: k > 0 is mean@k sampled at the training temperature; 0 is greedy pass@1.")
     device: str = _f("auto", "auto, cpu or cuda.")

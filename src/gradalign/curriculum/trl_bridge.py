@@ -127,6 +127,7 @@ def grpo_args(cfg: RunConfig, seed: int, max_steps: int, output_dir: str | None 
         scale_rewards=cfg.scale_rewards,
         epsilon=cfg.epsilon,
         num_iterations=cfg.num_iterations,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         max_steps=max_steps,
         lr_scheduler_type="constant",
         seed=seed,
