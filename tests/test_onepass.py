@@ -174,3 +174,23 @@ def test_exact_after_trl_training_leaves_the_model_in_train_mode_with_checkpoint
     assert (slow.norms > 0).sum() >= 4  # enough mixed-reward groups to compare
     torch.testing.assert_close(fast.norms, slow.norms, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast.dots, slow.dots, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_weights_score_like_fp32_with_fp32_reductions():
+    """A bf16 policy (what a GPU run loads) is scored through fp32 factors and reductions: its norms and
+    cosines agree with the fp32 model's exact ones to bf16's own precision, and with the naive loop on the
+    same bf16 weights."""
+    rollouts = make_rollouts(seed=5)[0]
+    batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
+    fp32, bf16 = make_model(tie=True), make_model(tie=True).to(torch.bfloat16)
+    pooled = OnePassGradients().pooled_gradient(fp32, batch)  # a direction the problems align with (cos ~0.5)
+    direction = (pooled / pooled.norm()).unsqueeze(0)
+    exact = OnePassGradients().problem_signals(fp32, batch, direction)
+    low = OnePassGradients().problem_signals(bf16, batch, direction)
+    naive_low = NaiveGradients().problem_signals(bf16, batch, direction)
+    assert low.norms.dtype == torch.float32
+    live = exact.norms > 0
+    assert exact.cosines()[live].abs().min() > 0.2
+    torch.testing.assert_close(low.norms[live], exact.norms[live], rtol=3e-2, atol=0)
+    torch.testing.assert_close(low.cosines()[live], exact.cosines()[live], rtol=0, atol=2e-2)
+    torch.testing.assert_close(low.norms, naive_low.norms, rtol=2e-2, atol=1e-6)
