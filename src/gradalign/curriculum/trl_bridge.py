@@ -104,6 +104,12 @@ class ScheduledGRPOTrainer(GRPOTrainer):
         return ScheduleSampler(self.schedule, self.num_generations, self.num_iterations * self.args.steps_per_generation)
 
 
+def bf16_autocast(use_cpu: bool) -> bool:
+    """Mixed precision for GRPO steps on GPUs that support bf16 (TRL's default there); never on CPU, where bf16
+    is slow. fp32 weights stay the master copy; a model loaded in bf16 simply trains in bf16."""
+    return not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def grpo_args(cfg: RunConfig, seed: int, max_steps: int, output_dir: str | None = None, use_cpu: bool = True
               ) -> GRPOConfig:
     """TRL arguments for one round: B problems × num_generations completions per step, our loss settings.
@@ -135,7 +141,7 @@ def grpo_args(cfg: RunConfig, seed: int, max_steps: int, output_dir: str | None 
         save_strategy="no",
         report_to=[],
         use_cpu=use_cpu,
-        bf16=False,
+        bf16=bf16_autocast(use_cpu),
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
