@@ -6,6 +6,7 @@ The two-process runs go through `torchrun`, exactly as users launch them.
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -128,3 +129,30 @@ def test_bench_scaling_times_one_and_two_processes_and_checks_they_agree(tmp_pat
     assert [row["chunk"] for row in result["division"]] == [16, 16]  # 4 blocks of 8, two per rank
     assert [row["completions_per_step"] for row in result["division"]] == [8, 8]
     assert "speed-up" in "\n".join(lines) and (tmp_path / "scaling" / "scaling.json").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(method="learnalign"), "method 'learnalign' does not run on several processes yet"),
+    (dict(method="cropi"), "method 'cropi' does not run on several processes yet"),
+    (dict(rollout_batch=32), "the validation set (16 problems) in blocks of rollout_batch 32 gives 1 blocks"),
+    (dict(rollout_batch=64), "chunk_size (64 problems) in blocks of rollout_batch 64 gives 1 blocks"),
+    (dict(problems_per_step=3, num_generations=3), "cannot be split evenly over 2 processes"),
+])
+def test_what_two_processes_cannot_share_is_refused_before_anything_runs(change, message):
+    from gradalign.config import RunConfig
+    from gradalign.curriculum.loop import check_sharding
+    sets = unreliable_rewards(pool_size=64, validation_size=16, test_size=8, seed=0)
+    cfg = RunConfig(**{"chunk_size": 64, "rollout_batch": 8, **change})
+    check_sharding(RunConfig(chunk_size=64, rollout_batch=8), sets, world=2)  # the base config shares out
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_sharding(cfg, sets, world=2)
+    check_sharding(cfg, sets, world=1)  # one process runs anything
+
+
+def test_commands_that_do_not_shard_refuse_a_launcher(monkeypatch, capsys):
+    from gradalign.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["methods"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gradalign: error: only 'run' and 'select' run on several processes; launch this command as one "
+                   "process"]
