@@ -156,3 +156,21 @@ def test_commands_that_do_not_shard_refuse_a_launcher(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["gradalign: error: only 'run' and 'select' run on several processes; launch this command as one "
                    "process"]
+
+
+@pytest.mark.slow
+def test_trl_trainer_under_torchrun_shares_its_scoring_and_selects_as_one_process(tmp_path):
+    """`GradAlignGRPOTrainer` in an existing TRL script: launched on 2 processes, each scores half of every
+    chunk, and round 0 (same weights) selects exactly what one process selects."""
+    script = os.path.join(os.path.dirname(__file__), "sharded_trainer.py")
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"history-{n}.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", script, str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[n] = json.loads(out.read_text())
+    assert runs[1]["processes_scoring"] == 1 and runs[2]["processes_scoring"] == 2
+    assert runs[2]["history"][0] == runs[1]["history"][0]
+    assert len(runs[2]["history"]) == 2

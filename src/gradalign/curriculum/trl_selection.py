@@ -11,6 +11,7 @@ round and has exact round boundaries.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -21,8 +22,10 @@ from trl import GRPOTrainer
 
 from ..config import RunConfig
 from ..data.problem import Problem
+from ..data.regimes import Scenario
+from ..distributed import process_group
 from ..selection import get_method
-from .loop import chunk_order, round_seed
+from .loop import check_sharding, chunk_order, round_seed
 from .round import RoundSelector
 from .trl_bridge import plan_blocks
 
@@ -108,8 +111,12 @@ class GradAlignGRPOTrainer(GRPOTrainer):
         validation = dataset_problems(validation_dataset, "validation") if validation_dataset is not None else []
         reward = DatasetReward(self.reward_funcs, self.reward_weights.tolist(),
                                {"train": self.train_dataset, "validation": validation_dataset})
-        self.selector = RoundSelector(self.selection, validation, reward)
         self.chunks = chunk_order(len(self.pool), min(self.selection.chunk_size, len(self.pool)), self.selection.seed)
+        # Under torchrun the trainer's processes share each round's scoring out, as `gradalign run` does.
+        chunked = dataclasses.replace(self.selection, chunk_size=len(self.chunks[0]))
+        check_sharding(chunked, Scenario("trainer", self.pool, validation, []), self.accelerator.num_processes)
+        group = process_group(self.accelerator.device)
+        self.selector = RoundSelector(self.selection, validation, reward, group=group)
         self.selection_history: list[dict] = []
 
     def _get_train_sampler(self, dataset=None) -> Sampler:
