@@ -16,7 +16,7 @@ import torch
 
 from gradalign.data.regimes import unreliable_rewards
 from gradalign.data.io import save_problems
-from gradalign.distributed import ProcessGroup, block_items
+from gradalign.distributed import ProcessGroup, block_items, torchrun_command
 from gradalign.policy.rollouts import SamplingConfig, sample_rollouts
 from gradalign.policy.tiny import build_tiny_model, build_tokenizer
 from gradalign.rewards import ExactMatch, ProblemReward
@@ -63,10 +63,13 @@ def files(tmp_path_factory):
 
 def gradalign(processes: int, *args, timeout: int = 400) -> subprocess.CompletedProcess:
     """`gradalign ARGS` as one process, or under `torchrun --nproc_per_node N` (gloo on CPU)."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                "-m", "gradalign.cli"] if processes > 1 else [sys.executable, "-m", "gradalign.cli"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    done = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    target = ["-m", "gradalign.cli", *args]
+    return launch(torchrun_command(processes, target) if processes > 1 else [sys.executable, *target], timeout)
+
+
+def launch(cmd: list[str], timeout: int = 400, **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}, **kw)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -166,10 +169,7 @@ def test_trl_trainer_under_torchrun_shares_its_scoring_and_selects_as_one_proces
     runs = {}
     for n in (1, 2):
         out = tmp_path / f"history-{n}.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", script, str(out)]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path,
-                              env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
-        assert done.returncode == 0, done.stderr[-3000:]
+        launch(torchrun_command(n, [script, str(out)]), cwd=tmp_path)
         runs[n] = json.loads(out.read_text())
     assert runs[1]["processes_scoring"] == 1 and runs[2]["processes_scoring"] == 2
     assert runs[2]["history"][0] == runs[1]["history"][0]

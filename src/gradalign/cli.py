@@ -50,7 +50,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
     for f in dataclasses.fields(RunConfig):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = RunConfig.flag(f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = {bool: parse_bool, int: int, float: float}.get(type(default), str)
         kwargs = dict(dest=f.name, default=None, help=f"{helps[f.name]} (default: {default})")

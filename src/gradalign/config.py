@@ -150,6 +150,11 @@ class RunConfig:
         from .fileio import write_text
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
+    @staticmethod
+    def flag(name: str) -> str:
+        """The command-line flag of a field: `rollout_batch` -> `--rollout-batch`."""
+        return "--" + name.replace("_", "-")
+
     @classmethod
     def fields_help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,6 +99,12 @@ SINGLE = ProcessGroup()
 def launched_world_size() -> int:
     """The number of processes the launcher started (1 without a launcher)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def torchrun_command(processes: int, target: list[str]) -> list[str]:
+    """The command that runs `target` (a script and its arguments, or `-m module ...`) on `processes` local
+    processes, as users launch it: torchrun, single node."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *target]
 
 
 def is_main_process() -> bool:

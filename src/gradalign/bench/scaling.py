@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -42,14 +41,15 @@ def division(sizes: dict, world: int) -> list[dict]:
 
 
 def flags(values: dict) -> list[str]:
-    return [arg for key, value in values.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+    from ..config import RunConfig
+    return [arg for key, value in values.items() for arg in (RunConfig.flag(key), str(value))]
 
 
 def run_setting(processes: int, sizes: dict, out: Path, threads: int, device: str) -> dict:
     """One round under torchrun with `processes` processes; its timings, selection and wall time."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-           "-m", "gradalign.cli", "run", "--method", "gradalign", "--device", device, "--output-dir", str(out),
-           *flags(sizes)]
+    from ..distributed import torchrun_command
+    cmd = torchrun_command(processes, ["-m", "gradalign.cli", "run", "--method", "gradalign", "--device", device,
+                                       "--output-dir", str(out), *flags(sizes)])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -107,7 +107,7 @@ def run_scaling(processes: list[int], out: str, threads: int = 1, device: str = 
               f"validation rollouts + scoring). {threads} torch thread(s) per process.")
     result = {"sizes": sizes, "threads": threads, "results": results, "same_selection": same,
               "division": division(sizes, widest), "machine": machine_info()}
-    (root / "scaling.md").parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "scaling.md").write_text(f"# gradalign bench scaling\n\n```\n{text}\n\n{footer}\n```\n")
     return publish(result, text, footer, str(root / "scaling.json"), echo)
 

@@ -24,7 +24,7 @@ from ..config import RunConfig
 from ..data.io import load_problems, save_problems
 from ..data.problem import DataError, Problem
 from ..data.regimes import Scenario, build_scenario
-from ..distributed import block_count, launched_world_size, process_group
+from ..distributed import ProcessGroup, block_count, launched_world_size, process_group
 from ..evaluation import evaluate
 from ..policy.load import load_policy, resolve_device, save_policy
 from ..rewards import ProblemReward, get_verifier
@@ -95,6 +95,12 @@ def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
                              f"to at most {max(1, n // world)}")
 
 
+def join_processes(cfg: RunConfig, sets: Scenario) -> ProcessGroup:
+    """This process's group for `cfg` (one process without a launcher), after checking the run can be shared."""
+    check_sharding(cfg, sets, launched_world_size())
+    return process_group(resolve_device(cfg.device))
+
+
 def make_reward(cfg: RunConfig) -> ProblemReward:
     """The one reward of a run: training, selection and evaluation all score with it."""
     kw = {"timeout_seconds": cfg.verifier_timeout} if cfg.verifier in ("math", "task") else {}
@@ -127,8 +133,7 @@ class Curriculum:
         self.out = Path(cfg.output_dir)
         self.sets = sets or load_problem_sets(cfg)
         check_inputs(cfg, self.sets)
-        check_sharding(cfg, self.sets, launched_world_size())
-        self.group = process_group(resolve_device(cfg.device))
+        self.group = join_processes(cfg, self.sets)
         self.method = get_method(cfg.method)
         self.reward = make_reward(cfg)
         self.selector = RoundSelector(cfg, self.sets.validation, self.reward, pool=self.sets.pool, group=self.group)

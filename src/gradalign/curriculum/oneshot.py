@@ -21,10 +21,9 @@ from ..config import RunConfig
 from ..data.io import save_problems
 from ..data.problem import Problem
 from ..data.regimes import Scenario
-from ..distributed import launched_world_size, process_group
-from ..policy.load import load_policy, resolve_device
+from ..policy.load import load_policy
 from ..selection import get_method
-from .loop import check_inputs, check_sharding, count_values, load_problem_sets, make_reward, round_seed
+from .loop import check_inputs, count_values, join_processes, load_problem_sets, make_reward, round_seed
 from .offline import offline_influence
 from .round import RoundSelection, RoundSelector
 
@@ -65,8 +64,7 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
         raise ValueError(f"--n must be between 1 and the pool size ({len(sets.pool)}), got {n}")
     whole_pool = dataclasses.replace(cfg, chunk_size=len(sets.pool))
     check_inputs(whole_pool, sets)
-    check_sharding(whole_pool, sets, launched_world_size())
-    group = process_group(resolve_device(cfg.device))
+    group = join_processes(whole_pool, sets)
     start = time.perf_counter()
     model, tokenizer = load_policy(cfg.model, cfg.device, group)
     reward = make_reward(cfg)
