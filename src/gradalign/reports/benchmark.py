@@ -171,9 +171,7 @@ def _names(path: Path, data: dict, key: str) -> list[str]:
 
 
 def _read_bench_json(path: Path) -> dict:
-    if not path.is_file():
-        raise ValueError(f"{path}: missing (not a benchmark directory?)")
-    data = read_json_object(path, "the benchmark's settings")
+    data = read_json_object(path, "the benchmark's settings", missing="not a benchmark directory?")
     seeds = data.get("seeds")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):

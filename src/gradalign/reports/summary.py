@@ -73,8 +73,11 @@ def _read_config(path: Path) -> dict:
     return data
 
 
-def read_json_object(path: Path, what: str) -> dict:
-    """A JSON object from `path`; one-line ValueError naming the file when it is not one."""
+def read_json_object(path: Path, what: str, missing: str | None = None) -> dict:
+    """A JSON object from `path`; one-line ValueError naming the file when it is not one (or, with `missing`,
+    when it does not exist: "PATH: missing (MISSING)")."""
+    if missing is not None and not path.is_file():
+        raise ValueError(f"{path}: missing ({missing})")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -87,9 +90,8 @@ def read_json_object(path: Path, what: str) -> dict:
 
 
 def _read_initial(path: Path) -> dict:
-    if not path.is_file():
-        raise ValueError(f"{path}: missing (the evaluation before training was not written)")
-    data = read_json_object(path, "the evaluation before training")
+    data = read_json_object(path, "the evaluation before training",
+                            missing="the evaluation before training was not written")
     if not _is_number(data.get("accuracy")):
         raise ValueError(f"{path}: expected an object with a numeric 'accuracy'")
     return data
