@@ -174,3 +174,30 @@ def test_trl_trainer_under_torchrun_shares_its_scoring_and_selects_as_one_proces
     assert runs[1]["processes_scoring"] == 1 and runs[2]["processes_scoring"] == 2
     assert runs[2]["history"][0] == runs[1]["history"][0]
     assert len(runs[2]["history"]) == 2
+
+
+def fsdp_round(tmp_path, processes: int, mode: str, precision: str) -> dict:
+    script = os.path.join(os.path.dirname(__file__), "fsdp_round.py")
+    out = tmp_path / f"round-{processes}-{mode}-{precision}.json"
+    launch(torchrun_command(processes, [script, str(out), mode, precision]), cwd=tmp_path)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision,reference,cos_tol", [
+    ("fp32", "plain", 1e-5),  # FSDP shards, fp32: the same numbers as one process holding the whole model
+    ("bf16", "fsdp", 1e-3),  # bf16 compute, fp32 reductions: as one FSDP process with the same precision policy
+])
+def test_a_round_on_an_fsdp_sharded_model_scores_and_selects_as_one_process(tmp_path, precision, reference, cos_tol):
+    """The scorer on a model FSDP2 has sharded over 2 processes (each decoder layer, then the root, as accelerate
+    wraps it): per-problem norms and cosines from the shards, the same selection as one process."""
+    one = fsdp_round(tmp_path, 1, reference, precision)
+    two = fsdp_round(tmp_path, 2, "fsdp", precision)
+    assert two["sharded_parameters"] == 50 and (one["sharded_parameters"] > 0) == (reference == "fsdp")
+    assert two["pass_rate"] == one["pass_rate"]  # identical rollouts, sampled in step on the shards
+    np.testing.assert_allclose(two["norm"], one["norm"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(two["cos_val"], one["cos_val"], atol=cos_tol)
+    assert two["selected"] == one["selected"]
+    assert np.count_nonzero(one["cos_val"]) > 10  # real scores
+    # and training's next backward on the shards is the one the whole model gives: scoring left FSDP ready
+    np.testing.assert_allclose(two["training_gradient"], one["training_gradient"], rtol=1e-3, atol=1e-6)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,14 @@ class ProcessGroup:
         dist.all_reduce(x)
         return x.to(t.device)
 
+    def max(self, n: int) -> int:
+        """The largest `n` over ranks."""
+        if not self.sharded:
+            return n
+        x = torch.tensor([n], dtype=torch.long, device=self.device)
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+        return int(x.item())
+
     def gather(self, values, index: np.ndarray, n_items: int) -> np.ndarray:
         """Every rank's `values` (rows for the items `index`) assembled into one array of `n_items` rows."""
         values = np.asarray(values)
@@ -94,6 +104,28 @@ class ProcessGroup:
 
 
 SINGLE = ProcessGroup()
+
+
+def fsdp_sharded(model) -> bool:
+    """True when the model's parameters are sharded across processes (FSDP2's `fully_shard`, as accelerate's
+    FSDP plugin applies it): every forward is then a collective, and parameters are DTensor shards."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def reshard(model) -> None:
+    """Put an FSDP model's shards back as its parameters. FSDP keeps the root's full copies after a forward without
+    gradient (`generate`); code that reads `model.parameters()` must see the shards. No collective."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def shard_group(group: ProcessGroup, model) -> ProcessGroup:
+    """The group `model`'s parameters are split over: `group` under FSDP, else none (SINGLE).
+
+    Under FSDP every forward gathers parameters from all ranks, so each rank makes as many passes as the busiest
+    (`shard_group(...).max(n)`), the extra ones on padding."""
+    return group if group.sharded and fsdp_sharded(model) else SINGLE
 
 
 def launched_world_size() -> int:

@@ -16,7 +16,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.problem import Problem
-from ..distributed import SINGLE, ProcessGroup
+from ..distributed import SINGLE, ProcessGroup, shard_group
 from ..gradients import GradientBackend, get_backend
 from ..gradients.projections import gradient_energy, named_projector, needs_energy
 from ..gradients.signals import EPS, unit
@@ -89,7 +89,7 @@ class RoundSelector:
     def rollouts(self, model, tokenizer, problems: list[Problem], k: int, seed: int, desc: str,
                  sampling: SamplingConfig | None = None, blocks: list[int] | None = None) -> Rollouts:
         return sample_rollouts(model, tokenizer, problems, k, self.reward, sampling or self.sampling, seed, desc=desc,
-                               blocks=blocks)
+                               blocks=blocks, shards=shard_group(self.group, model))
 
     def batch(self, rollouts: Rollouts) -> SurrogateBatch:
         return SurrogateBatch(rollouts, rollouts.advantages(self.cfg.advantage_scale))
@@ -112,7 +112,7 @@ class RoundSelector:
             g = self.backend.pooled_gradient(model, batch, self.group)
         else:
             g = self.backend.mean_unit_gradient(model, batch, self.group)
-        return unit(g), pass_rates, zero_variance
+        return unit(g, shard_group(self.group, model)), pass_rates, zero_variance
 
     def select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None = None) -> RoundSelection:
         """Score `chunk` with the current `model` and pick up to `keep` (default `cfg.keep`) problems."""
@@ -260,9 +260,10 @@ class RoundSelector:
         t_score = time.perf_counter()
         batch = self.batch(rollouts)
         if "self" in self.method.needs:
-            directions.append(unit(self.backend.pooled_gradient(model, batch, self.group)))
+            directions.append(unit(self.backend.pooled_gradient(model, batch, self.group),
+                                   shard_group(self.group, model)))
         stacked = torch.stack(directions) if directions else torch.zeros(0, 0)
-        signals = self.backend.problem_signals(model, batch, stacked)
+        signals = self.backend.problem_signals(model, batch, stacked, self.group)
         cand.norm = signals.norms.numpy()
         col = 0
         if "validation" in self.method.needs:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .signals import GradientBackend, ProblemSignals, trainable
+from ..distributed import SINGLE, ProcessGroup, reshard, shard_group
+from .signals import GradientBackend, ProblemSignals, full_parameter, parameter_views, trainable
 from .surrogate import SurrogateBatch, weighted_surrogate
 
 MATERIALISE_BUDGET = 2**25  # floats of per-problem gradients formed at once (128 MiB in fp32)
@@ -66,19 +67,25 @@ def _norm_like(module: nn.Module) -> bool:
 
 
 class ActivationCapture:
-    """Forward hooks keeping each supported module's input and output for one forward pass."""
+    """Forward hooks keeping each supported module's input and output for one forward pass.
+
+    Parameters are named as the model registers them (under FSDP, the sharded DTensors), not by the full copies
+    FSDP swaps in during a forward. A norm's ∂y/∂w is taken inside its forward, while the parameters still hold
+    their forward values.
+    """
 
     def __init__(self, model: nn.Module):
-        self.calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        self.calls: list[tuple[nn.Module, torch.Tensor | dict, torch.Tensor]] = []
+        self.params: dict[nn.Module, dict[str, nn.Parameter]] = {}
         self.handles = []
-        covered: set[int] = set()
+        self.probing = False
+        reshard(model)  # name the parameters by their shards, as the model registers them (FSDP)
         for module in model.modules():
-            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            if not own:
-                continue
-            if isinstance(module, (nn.Linear, nn.Embedding)) or _norm_like(module):
+            own = {n: p for n, p in module.named_parameters(recurse=False) if p.requires_grad}
+            if own and (isinstance(module, (nn.Linear, nn.Embedding)) or _norm_like(module)):
+                self.params[module] = own
                 self.handles.append(module.register_forward_hook(self._keep))
-                covered.update(id(p) for p in own)
+        covered = {id(p) for own in self.params.values() for p in own.values()}
         missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
         if missing:
             self.close()
@@ -86,12 +93,32 @@ class ActivationCapture:
                                       f"(supported: Linear, Embedding, *Norm); use gradient_backend: naive")
 
     def _keep(self, module, inputs, output):
-        self.calls.append((module, inputs[0], output))
+        if self.probing:  # the probe forwards of `_affine_derivatives` below
+            return
+        x = inputs[0]
+        if not isinstance(module, (nn.Linear, nn.Embedding)):
+            self.probing = True
+            try:
+                x = _affine_derivatives(module, x.detach(), self.params[module])
+            finally:
+                self.probing = False
+        self.calls.append((module, x, output))
 
     def close(self):
         for h in self.handles:
             h.remove()
         self.handles = []
+
+
+@torch.no_grad()
+def _affine_derivatives(module: nn.Module, x: torch.Tensor, params: dict[str, nn.Parameter]) -> dict:
+    """∂y/∂p of a norm-like module for each of its 1-D parameters p: y is affine in p, so y(p=1) - y(p=0)."""
+    out = {}
+    for name in params:
+        current = getattr(module, name)  # the forward's value (FSDP: the gathered copy)
+        out[name] = (functional_call(module, {name: torch.ones_like(current)}, (x,))
+                     - functional_call(module, {name: torch.zeros_like(current)}, (x,)))
+    return out
 
 
 def _exact(t: torch.Tensor) -> torch.Tensor:
@@ -100,33 +127,28 @@ def _exact(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def factors_of(calls, grads) -> dict[int, list[Factor]]:
+def factors_of(calls, grads, params: dict[nn.Module, dict[str, nn.Parameter]]) -> dict[int, list[Factor]]:
     """Rank-one factors per parameter id, from each module call's input, output and output gradient."""
     out: dict[int, list[Factor]] = defaultdict(list)
     for (module, x, y), g in zip(calls, grads):
         if g is None:
             continue  # this output does not reach the loss
         g = _exact(g)
+        own = params[module]
         if isinstance(module, nn.Linear):
             a = g.reshape(-1, g.shape[-1])
-            if module.weight.requires_grad:
-                out[id(module.weight)].append(Factor(a, _exact(x).reshape(-1, x.shape[-1])))
-            if module.bias is not None and module.bias.requires_grad:
-                out[id(module.bias)].append(Factor(a, torch.ones(a.shape[0], 1, dtype=a.dtype)))
+            if "weight" in own:
+                out[id(own["weight"])].append(Factor(a, _exact(x).reshape(-1, x.shape[-1])))
+            if "bias" in own:
+                out[id(own["bias"])].append(Factor(a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)))
         elif isinstance(module, nn.Embedding):
             if module.padding_idx is not None:  # autograd gives the padding row no gradient, wherever it occurs
                 g = g * (x != module.padding_idx).unsqueeze(-1).to(g.dtype)
-            out[id(module.weight)].append(Factor(x.reshape(-1), g.reshape(-1, g.shape[-1]), index=True))
-        else:  # norm-like: the output is affine in each 1-D parameter
-            xd = x.detach()
-            for name, p in module.named_parameters(recurse=False):
-                if not p.requires_grad:
-                    continue
-                with torch.no_grad():
-                    dy_dp = (functional_call(module, {name: torch.ones_like(p)}, (xd,))
-                             - functional_call(module, {name: torch.zeros_like(p)}, (xd,)))
-                u = (g * _exact(dy_dp)).reshape(-1, p.shape[0])
-                out[id(p)].append(Factor(u, torch.ones(u.shape[0], 1, dtype=u.dtype)))
+            out[id(own["weight"])].append(Factor(x.reshape(-1), g.reshape(-1, g.shape[-1]), index=True))
+        else:  # norm-like: x holds ∂y/∂p of each 1-D parameter (the output is affine in it)
+            for name, p in own.items():
+                u = (g * _exact(x[name])).reshape(-1, p.shape[0])
+                out[id(p)].append(Factor(u, torch.ones(u.shape[0], 1, dtype=u.dtype, device=u.device)))
     return out
 
 
@@ -142,21 +164,21 @@ def _segments(token_problem: torch.Tensor, n: int) -> list[slice]:
 def _materialised(factors: list[Factor], shape: tuple[int, int], seg: list[slice]) -> torch.Tensor:
     """G_i for the problems of `seg` (consecutive token slices), [len(seg), rows, cols]."""
     rows, cols = shape
-    dtype = factors[0].b.dtype
+    dtype, device = factors[0].b.dtype, factors[0].b.device
     lengths = {s.stop - s.start for s in seg}
     start, stop = seg[0].start, seg[-1].stop
     if len(lengths) == 1:  # equal token counts (the usual equal group sizes): one batched matmul
-        G = torch.zeros(len(seg), rows, cols, dtype=dtype)
+        G = torch.zeros(len(seg), rows, cols, dtype=dtype, device=device)
         T = lengths.pop()
         for f in factors:
             b = f.b[start:stop].reshape(len(seg), T, cols)
             if f.index:
-                offsets = (torch.arange(len(seg)) * rows).repeat_interleave(T)
+                offsets = (torch.arange(len(seg), device=device) * rows).repeat_interleave(T)
                 G.view(-1, cols).index_add_(0, f.a[start:stop] + offsets, b.reshape(-1, cols))
             else:
                 G.baddbmm_(f.a[start:stop].reshape(len(seg), T, rows).transpose(1, 2), b)
         return G
-    G = torch.zeros(len(seg), rows, cols, dtype=dtype)
+    G = torch.zeros(len(seg), rows, cols, dtype=dtype, device=device)
     for f in factors:
         for i, s in enumerate(seg):
             if f.index:
@@ -167,7 +189,7 @@ def _materialised(factors: list[Factor], shape: tuple[int, int], seg: list[slice
 
 
 def _gram_norm2(factors: list[Factor], s: slice) -> torch.Tensor:
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=factors[0].b.device)
     for f in factors:
         for h in factors:
             bb = f.b[s] @ h.b[s].T
@@ -185,7 +207,7 @@ def _gram_norm2(factors: list[Factor], s: slice) -> torch.Tensor:
 
 def _gram_dots(factors: list[Factor], D: torch.Tensor, s: slice) -> torch.Tensor:
     """⟨G_i, D_k⟩ = Σ_t a_tᵀ D_k b_t for each direction k; D is [K, rows, cols]."""
-    total = torch.zeros(D.shape[0], dtype=torch.float64)
+    total = torch.zeros(D.shape[0], dtype=torch.float64, device=D.device)
     for f in factors:
         if f.index:
             total += torch.einsum("ktc,tc->k", D[:, f.a[s]], f.b[s]).double()
@@ -225,30 +247,35 @@ def micro_batches(batch: SurrogateBatch, micro_batch: int) -> list[list[int]]:
     return out + ([current] if current else [])
 
 
-def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256):
+def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256, group: ProcessGroup = SINGLE):
     """Per micro-batch: one forward, one backward to the module outputs, and each parameter's per-token factors.
 
     Shared by the exact reduction (`OnePassGradients`) and the projected features (`gradients.projections`).
+    An FSDP-sharded model makes as many passes on every rank; a rank's extra passes run one row with zero weight
+    and yield an empty micro-batch (no problems), so its consumer can still join each parameter's gathers.
     """
     ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
     seq_len = batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1]
-    ones = torch.ones(batch.num_problems)
     rows_by_problem = batch.rows_by_problem()
-    for problems in micro_batches(batch, micro_batch):
-        rows = torch.cat([rows_by_problem[i] for i in problems])
+    parts = micro_batches(batch, micro_batch)
+    for i in range(shard_group(group, model).max(len(parts))):
+        problems = parts[i] if i < len(parts) else []
+        rows = torch.cat([rows_by_problem[j] for j in problems]) if problems else torch.zeros(1, dtype=torch.long)
+        weights = torch.full((batch.num_problems,), float(bool(problems)))
         capture = ActivationCapture(model)
         try:
-            loss = weighted_surrogate(model, batch, ones, rows)
+            loss = weighted_surrogate(model, batch, weights, rows)
         finally:
             capture.close()
         grads = torch.autograd.grad(loss, [y for _, _, y in capture.calls], allow_unused=True)
-        factors = factors_of(capture.calls, grads)
+        factors = factors_of(capture.calls, grads, capture.params) if problems else {}
         del capture, loss, grads  # the module outputs are not needed past this point: keep memory to one batch
         # Each token's problem: rows are laid out problem by problem, each contributing seq_len tokens.
         token_problem = batch.rollouts.group[rows].repeat_interleave(seq_len)
         remap = torch.zeros(batch.num_problems, dtype=torch.long)
-        remap[torch.tensor(problems)] = torch.arange(len(problems))
-        yield MicroBatchFactors(torch.tensor(problems), _segments(remap[token_problem], len(problems)), factors)
+        remap[torch.tensor(problems, dtype=torch.long)] = torch.arange(len(problems))
+        segments = _segments(remap[token_problem], len(problems)) if problems else []
+        yield MicroBatchFactors(torch.tensor(problems, dtype=torch.long), segments, defaultdict(list, factors))
         del factors
 
 
@@ -269,26 +296,19 @@ class OnePassGradients(GradientBackend):
         self.budget = budget
         self.force_gram = force_gram  # tests exercise both reduction paths
 
-    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor) -> ProblemSignals:
+    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor,
+                        group: ProcessGroup = SINGLE) -> ProblemSignals:
         n, k_dir = batch.num_problems, directions.shape[0]
         norms2 = torch.zeros(n, dtype=torch.float64)
         dots = torch.zeros(n, k_dir, dtype=torch.float64)
         params = trainable(model)
-        views = self._direction_views(params, directions)
-        for mb in iter_factors(model, batch, self.micro_batch):
-            for p in params:
-                self._reduce(mb, mb.factors[id(p)], views[id(p)], norms2, dots)
+        views = parameter_views(params, directions) if k_dir else [directions.new_zeros(0, 0)] * len(params)
+        for mb in iter_factors(model, batch, self.micro_batch, group):
+            for p, view in zip(params, views):
+                D = full_parameter(view, p) if k_dir else view  # FSDP: this parameter's directions, gathered
+                self._reduce(mb, mb.factors[id(p)], D.reshape(k_dir, *matrix_shape(p)), norms2, dots)
             del mb  # free this micro-batch's factors before the next forward
         return ProblemSignals(norms=norms2.clamp(min=0).sqrt().float(), dots=dots.float())
-
-    @staticmethod
-    def _direction_views(params, directions: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Each parameter's slice of the flat directions, as [K, rows, cols]."""
-        views, offset = {}, 0
-        for p in params:
-            views[id(p)] = directions[:, offset:offset + p.numel()].reshape(-1, *matrix_shape(p))
-            offset += p.numel()
-        return views
 
     def _reduce(self, mb: MicroBatchFactors, fs: list[Factor], D: torch.Tensor, norms2, dots) -> None:
         """Add one parameter's ‖G_i‖² and ⟨G_i, D_k⟩ for the problems of a micro-batch."""
@@ -296,11 +316,11 @@ class OnePassGradients(GradientBackend):
         if not self.force_gram and shape[0] * shape[1] <= self.budget:
             for part, G in per_problem_gradients(fs, shape, mb.segments, self.budget):
                 sel = mb.problems[part]
-                norms2[sel] += blocked_sq_norms(G)
+                norms2[sel] += blocked_sq_norms(G).cpu()
                 if D.shape[0]:
-                    dots[sel] += blocked_inner(G, D.reshape(D.shape[0], -1).to(G.dtype))
+                    dots[sel] += blocked_inner(G, D.reshape(D.shape[0], -1).to(G.device, G.dtype)).cpu()
         else:  # too large to form per problem: Gram form, problem by problem
             for j, s in enumerate(mb.segments):
-                norms2[mb.problems[j]] += _gram_norm2(fs, s)
+                norms2[mb.problems[j]] += _gram_norm2(fs, s).cpu()
                 if D.shape[0]:
-                    dots[mb.problems[j]] += _gram_dots(fs, D.to(fs[0].b.dtype), s)
+                    dots[mb.problems[j]] += _gram_dots(fs, D.to(fs[0].b.device, fs[0].b.dtype), s).cpu()

@@ -38,7 +38,8 @@ import contextlib
 import torch
 from torch.func import functional_call, grad, vmap
 
-from .signals import GradientBackend, ProblemSignals
+from ..distributed import SINGLE, ProcessGroup
+from .signals import GradientBackend, ProblemSignals, refuse_sharded
 from .surrogate import SurrogateBatch
 
 
@@ -88,7 +89,9 @@ class FuncGradients(GradientBackend):
         by_rows = self.micro_batch // max(1, k_max)
         return max(1, min(by_memory, by_rows))
 
-    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor) -> ProblemSignals:
+    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor,
+                        group: ProcessGroup = SINGLE) -> ProblemSignals:
+        refuse_sharded(model, "func")
         if not batch.on_policy or batch.aggregation != "token-mean" or batch.temperature != 1.0:
             raise NotImplementedError("the func backend computes the on-policy token-mean surrogate only; use "
                                       "gradient_backend: onepass (or naive) for off-policy, KL or sequence-mean batches")

@@ -5,6 +5,11 @@ A backend answers two questions about the problems of a `SurrogateBatch`:
   * `problem_signals(directions)`: ‖g(x_i)‖ and ⟨g(x_i), d⟩ for a few fixed directions d.
 Cosines follow from those two. `NaiveGradients` is the reference: one full gradient per problem, as the
 reference GradAlign code computes it. Faster backends must reproduce its numbers.
+
+A flat gradient or direction lists the trainable parameters in `model.parameters()` order. When FSDP shards the
+model (its parameters are DTensors), it holds only this rank's shard of each parameter: a model-sized vector
+is never formed on one rank, norms are summed over ranks, and a parameter's full direction is gathered only
+while that parameter is being scored.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 
-from ..distributed import SINGLE, ProcessGroup
+from ..distributed import SINGLE, ProcessGroup, reshard, shard_group
 from .surrogate import SurrogateBatch, weighted_surrogate
 
 EPS = 1e-5  # the reference code's ε in ĝ_V = g_V / (‖g_V‖ + ε) and s = ⟨g, ĝ_V⟩ / (‖g‖ + ε)
@@ -30,6 +36,8 @@ class ProblemSignals:
 
 
 def trainable(model) -> list[torch.nn.Parameter]:
+    """The parameters gradients are taken for, as the model registers them (FSDP: this rank's shards)."""
+    reshard(model)
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -39,15 +47,41 @@ def _as_float(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP-sharded tensor (a DTensor); any other tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def flat_grad(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """Concatenate .grad of `params` (zeros where a parameter got no gradient), fp32 (fp64 for fp64 models)."""
+    """Concatenate .grad of `params` (zeros where a parameter got no gradient), fp32 (fp64 for fp64 models);
+    this rank's shards only, for FSDP-sharded parameters."""
     return torch.cat([
-        _as_float(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
+        _as_float(local_part(p.grad) if p.grad is not None else torch.zeros_like(local_part(p))).reshape(-1)
+        for p in params
     ])
 
 
-def unit(v: torch.Tensor) -> torch.Tensor:
-    return v / (v.norm() + EPS)
+def parameter_views(params: list[torch.nn.Parameter], flat: torch.Tensor) -> list[torch.Tensor]:
+    """Each parameter's part of flat vectors [K, P] (P counts this rank's shards), shaped [K, *local shape]."""
+    views, offset = [], 0
+    for p in params:
+        local = local_part(p)
+        views.append(flat[:, offset:offset + local.numel()].reshape(-1, *local.shape))
+        offset += local.numel()
+    return views
+
+
+def full_parameter(view: torch.Tensor, p: torch.nn.Parameter) -> torch.Tensor:
+    """[K, *p.shape] from this rank's [K, *local shape] part: gathered from every rank when FSDP shards `p`."""
+    if not isinstance(p, DTensor):
+        return view
+    return torch.stack([DTensor.from_local(v.contiguous(), p.device_mesh, p.placements, shape=p.shape,
+                                           stride=p.stride()).full_tensor() for v in view])
+
+
+def unit(v: torch.Tensor, shards: ProcessGroup = SINGLE) -> torch.Tensor:
+    """v / (‖v‖ + ε); `shards` is the group a sharded model's flat vectors are split over (each holds a part)."""
+    return v / (shards.sum(v.double().pow(2).sum()).sqrt().to(v.dtype) + EPS)
 
 
 class GradientBackend:
@@ -56,15 +90,23 @@ class GradientBackend:
     def __init__(self, micro_batch: int = 256):
         self.micro_batch = micro_batch  # completions per forward/backward
 
-    def combined_gradient(self, model, batch: SurrogateBatch, weights: torch.Tensor) -> torch.Tensor:
+    def combined_gradient(self, model, batch: SurrogateBatch, weights: torch.Tensor,
+                          group: ProcessGroup = SINGLE) -> torch.Tensor:
+        """Σ_i w_i g(x_i) over the problems of every rank's batch, summed in fp32 (bf16 models included)."""
         params = trainable(model)
+        shards = shard_group(group, model)
         saved = [p.grad for p in params]
-        for p in params:
-            p.grad = None
+        parts = list(torch.arange(batch.rollouts.group.numel()).split(self.micro_batch))
+        total = None
         try:
-            for rows in torch.arange(batch.rollouts.group.numel()).split(self.micro_batch):
-                weighted_surrogate(model, batch, weights, rows).backward()
-            return flat_grad(params)
+            for i in range(shards.max(len(parts))):  # FSDP: every rank makes as many passes, padding with zero weight
+                for p in params:
+                    p.grad = None
+                rows, w = (parts[i], weights) if i < len(parts) else (parts[0][:1], torch.zeros_like(weights))
+                weighted_surrogate(model, batch, w, rows).backward()
+                g = flat_grad(params)  # FSDP: already reduced over ranks, as the mean of their gradients
+                total = g if total is None else total + g
+            return total * shards.world_size if shards.sharded else group.sum(total)
         finally:
             for p, g in zip(params, saved):
                 p.grad = g
@@ -76,25 +118,37 @@ class GradientBackend:
         """
         n_tok = batch.tokens_per_problem()
         total = group.sum(n_tok.sum().double()).clamp(min=1)
-        return group.sum(self.combined_gradient(model, batch, (n_tok / total).float()))
+        return self.combined_gradient(model, batch, (n_tok / total).float(), group)
 
     def mean_unit_gradient(self, model, batch: SurrogateBatch, group: ProcessGroup = SINGLE) -> torch.Tensor:
         """Mean of the unit per-problem gradients (zero-gradient problems left out): Σ_i g_i / (n ‖g_i‖)."""
-        norms = self.problem_signals(model, batch, torch.zeros(0, 0)).norms
+        norms = self.problem_signals(model, batch, torch.zeros(0, 0), group).norms
         live = norms > EPS
         n_live = group.sum(live.sum().double()).clamp(min=1)
         weights = torch.where(live, 1.0 / (norms.clamp(min=EPS) * n_live), torch.zeros_like(norms)).float()
-        return group.sum(self.combined_gradient(model, batch, weights))
+        return self.combined_gradient(model, batch, weights, group)
 
-    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor) -> ProblemSignals:
-        """‖g(x_i)‖ and ⟨g(x_i), d_k⟩ for each problem i and each row d_k of `directions` ([D, P], D may be 0)."""
+    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor,
+                        group: ProcessGroup = SINGLE) -> ProblemSignals:
+        """‖g(x_i)‖ and ⟨g(x_i), d_k⟩ for each problem i and each row d_k of `directions` ([D, P], D may be 0).
+
+        `group` matters only for an FSDP-sharded model, whose forward passes every rank must make together."""
         raise NotImplementedError
+
+
+def refuse_sharded(model, backend: str) -> None:
+    """Backends that read whole per-problem gradients cannot run on FSDP shards: say so in one line."""
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        raise NotImplementedError(f"gradient_backend '{backend}' needs whole parameters; an FSDP-sharded model "
+                                  f"is scored with gradient_backend: onepass")
 
 
 class NaiveGradients(GradientBackend):
     """The reference: a full fp32 gradient of every problem, one problem at a time."""
 
-    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor) -> ProblemSignals:
+    def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor,
+                        group: ProcessGroup = SINGLE) -> ProblemSignals:
+        refuse_sharded(model, "naive")
         params = trainable(model)
         saved = [p.grad for p in params]
         n, n_dir = batch.num_problems, directions.shape[0]

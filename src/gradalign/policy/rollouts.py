@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.problem import Problem
-from ..distributed import block_count
+from ..distributed import SINGLE, ProcessGroup, block_count
 from ..rewards import ProblemReward
 
 log = logging.getLogger(__name__)
@@ -135,13 +135,15 @@ def block_seed(seed: int, block: int) -> int:
 
 @torch.no_grad()
 def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: ProblemReward,
-                    sampling: SamplingConfig, seed: int, desc: str = "rollouts", blocks: list[int] | None = None
-                    ) -> Rollouts:
+                    sampling: SamplingConfig, seed: int, desc: str = "rollouts", blocks: list[int] | None = None,
+                    shards: ProcessGroup = SINGLE) -> Rollouts:
     """Sample `k` completions for every problem from `model` and reward them with `reward`.
 
     Problems go to `generate` in blocks of `sampling.prompts_per_batch`; block b is sampled with
     `block_seed(seed, b)`. `blocks` limits sampling to some blocks (one process's shard); the result then holds
     just their problems, in block order. Deterministic given `seed`, the model and the block size.
+    `shards`: the group an FSDP-sharded model is split over; every rank then makes as many `generate` calls, in
+    step (`synced_gpus`), a rank short of blocks sampling its first block again and dropping the result.
     Sampling-time log-probs are those of the tempered, top-p-truncated distribution the tokens were drawn from.
     """
     if k < 1:
@@ -158,11 +160,12 @@ def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: P
     prompt_rows, comp_rows, logp_rows, groups = [], [], [], []
     eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     start = 0
+    jobs = list(zip(blocks, batches))
+    jobs += [(None, batches[0])] * (shards.max(len(jobs)) - len(jobs))  # padding calls: no rows kept
     # Progress bars only for multi-batch jobs, and (disable=None) only on a terminal, never in log files.
-    for b, batch in tqdm(list(zip(blocks, batches)), desc=desc, leave=False,
-                         disable=True if len(blocks) <= 1 else None):
+    for b, batch in tqdm(jobs, desc=desc, leave=False, disable=True if len(jobs) <= 1 else None):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(block_seed(seed, b))
+            torch.manual_seed(block_seed(seed, b or 0))
             ids = tokenize_prompts(tokenizer, [p.prompt for p in batch])
             ids = [s for s in ids for _ in range(k)]
             p_ids, p_mask = pad(ids, pad_id, "left")
@@ -170,8 +173,10 @@ def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: P
                 input_ids=p_ids.to(device), attention_mask=p_mask.to(device), do_sample=True,
                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
                 max_new_tokens=sampling.max_new_tokens, output_scores=True, return_dict_in_generate=True,
-                pad_token_id=pad_id, eos_token_id=eos,
+                pad_token_id=pad_id, eos_token_id=eos, synced_gpus=shards.sharded,
             )
+            if b is None:
+                continue
             comp = out.sequences[:, p_ids.shape[1]:].cpu()
             logps = torch.stack(out.scores, 1).float().log_softmax(-1).cpu()
             tok_logp = logps.gather(-1, comp.unsqueeze(-1)).squeeze(-1)
