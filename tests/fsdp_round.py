@@ -3,6 +3,7 @@ processes. argv: OUT.json MODE PRECISION
   MODE       plain: every process holds the whole model; fsdp: FSDP2 shards it (each decoder layer, then the
              root, as accelerate's FSDP plugin wraps a transformer)
   PRECISION  fp32, or bf16: bf16 weights (FSDP: bf16 compute copies, fp32 gradient reductions)
+  [checkpointing]  turn on the model's gradient checkpointing (and train mode, where it applies) first
 Rank 0 writes the round's per-problem numbers and selection to OUT.json."""
 
 import json
@@ -39,9 +40,12 @@ def training_gradient(model, tokenizer, problems) -> list[float]:
     return [float(g.reshape(-1)[i]) for g in grads for i in range(3)]
 
 
-def main(out: str, mode: str, precision: str) -> None:
+def main(out: str, mode: str, precision: str, *options: str) -> None:
     torch.set_num_threads(1)
     model, tokenizer = warm_started_tiny()
+    if "checkpointing" in options:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     if mode == "fsdp":
         shard(model, precision)
     elif precision == "bf16":
@@ -63,4 +67,4 @@ def main(out: str, mode: str, precision: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])

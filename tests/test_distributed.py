@@ -176,23 +176,25 @@ def test_trl_trainer_under_torchrun_shares_its_scoring_and_selects_as_one_proces
     assert len(runs[2]["history"]) == 2
 
 
-def fsdp_round(tmp_path, processes: int, mode: str, precision: str) -> dict:
+def fsdp_round(tmp_path, processes: int, mode: str, precision: str, *options: str) -> dict:
     script = os.path.join(os.path.dirname(__file__), "fsdp_round.py")
     out = tmp_path / f"round-{processes}-{mode}-{precision}.json"
-    launch(torchrun_command(processes, [script, str(out), mode, precision]), cwd=tmp_path)
+    launch(torchrun_command(processes, [script, str(out), mode, precision, *options]), cwd=tmp_path)
     return json.loads(out.read_text())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision,reference,cos_tol", [
-    ("fp32", "plain", 1e-5),  # FSDP shards, fp32: the same numbers as one process holding the whole model
-    ("bf16", "fsdp", 1e-3),  # bf16 compute, fp32 reductions: as one FSDP process with the same precision policy
+@pytest.mark.parametrize("precision,reference,cos_tol,options", [
+    ("fp32", "plain", 1e-5, []),  # FSDP shards, fp32: the same numbers as one process holding the whole model
+    ("bf16", "fsdp", 1e-3, []),  # bf16 compute, fp32 reductions: as one FSDP process with the same precision policy
+    ("fp32", "plain", 1e-5, ["checkpointing"]),  # gradient checkpointing recomputes layers (their hooks fire twice)
 ])
-def test_a_round_on_an_fsdp_sharded_model_scores_and_selects_as_one_process(tmp_path, precision, reference, cos_tol):
+def test_a_round_on_an_fsdp_sharded_model_scores_and_selects_as_one_process(tmp_path, precision, reference, cos_tol,
+                                                                              options):
     """The scorer on a model FSDP2 has sharded over 2 processes (each decoder layer, then the root, as accelerate
     wraps it): per-problem norms and cosines from the shards, the same selection as one process."""
     one = fsdp_round(tmp_path, 1, reference, precision)
-    two = fsdp_round(tmp_path, 2, "fsdp", precision)
+    two = fsdp_round(tmp_path, 2, "fsdp", precision, *options)
     assert two["sharded_parameters"] == 50 and (one["sharded_parameters"] > 0) == (reference == "fsdp")
     assert two["pass_rate"] == one["pass_rate"]  # identical rollouts, sampled in step on the shards
     np.testing.assert_allclose(two["norm"], one["norm"], rtol=1e-4, atol=1e-5)
@@ -201,3 +203,13 @@ def test_a_round_on_an_fsdp_sharded_model_scores_and_selects_as_one_process(tmp_
     assert np.count_nonzero(one["cos_val"]) > 10  # real scores
     # and training's next backward on the shards is the one the whole model gives: scoring left FSDP ready
     np.testing.assert_allclose(two["training_gradient"], one["training_gradient"], rtol=1e-3, atol=1e-6)
+
+
+def test_run_under_an_accelerate_fsdp_launch_points_to_the_trl_trainer(monkeypatch):
+    """`gradalign run` keeps a whole policy per process; FSDP training goes through GradAlignGRPOTrainer."""
+    from gradalign.config import RunConfig
+    from gradalign.curriculum.loop import join_processes
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    sets = unreliable_rewards(pool_size=16, validation_size=8, test_size=4, seed=0)
+    with pytest.raises(ValueError, match="use GradAlignGRPOTrainer in a TRL script"):
+        join_processes(RunConfig(), sets)

@@ -133,6 +133,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def fsdp_requested() -> bool:
+    """True when `accelerate launch` was told to shard the model with FSDP (its config sets this variable)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
+
+
 def torchrun_command(processes: int, target: list[str]) -> list[str]:
     """The command that runs `target` (a script and its arguments, or `-m module ...`) on `processes` local
     processes, as users launch it: torchrun, single node."""

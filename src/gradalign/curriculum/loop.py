@@ -24,7 +24,7 @@ from ..config import RunConfig
 from ..data.io import load_problems, save_problems
 from ..data.problem import DataError, Problem
 from ..data.regimes import Scenario, build_scenario
-from ..distributed import ProcessGroup, block_count, launched_world_size, process_group
+from ..distributed import ProcessGroup, block_count, fsdp_requested, launched_world_size, process_group
 from ..evaluation import evaluate
 from ..policy.load import load_policy, resolve_device, save_policy
 from ..rewards import ProblemReward, get_verifier
@@ -97,6 +97,9 @@ def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
 
 def join_processes(cfg: RunConfig, sets: Scenario) -> ProcessGroup:
     """This process's group for `cfg` (one process without a launcher), after checking the run can be shared."""
+    if fsdp_requested():
+        raise ValueError("gradalign run and select keep a whole policy on every process (data parallel); to train "
+                         "a model FSDP shards, use GradAlignGRPOTrainer in a TRL script (README: FSDP)")
     check_sharding(cfg, sets, launched_world_size())
     return process_group(resolve_device(cfg.device))
 
