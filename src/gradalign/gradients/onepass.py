@@ -20,6 +20,7 @@ Memory: activations of one micro-batch of whole problems, plus one layer's G_i f
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,27 @@ class Factor:
     a: torch.Tensor  # [T, rows] or [T] ids
     b: torch.Tensor  # [T, cols]
     index: bool = False
+
+    def exact(self) -> "Factor":
+        """In fp32 (fp64 models keep fp64): reductions never run in bf16."""
+        return Factor(self.a if self.index else _exact(self.a), _exact(self.b), self.index)
+
+
+class FactorsByParameter(Mapping):
+    """Each parameter's factors (by parameter id), kept in the model's precision and handed out in fp32 one
+    parameter at a time: a bf16 model's activations are never all copied to fp32 at once."""
+
+    def __init__(self, native: dict[int, list[Factor]] | None = None):
+        self.native = native or {}
+
+    def __getitem__(self, key: int) -> list[Factor]:
+        return [f.exact() for f in self.native.get(key, [])]
+
+    def __iter__(self):
+        return iter(self.native)
+
+    def __len__(self) -> int:
+        return len(self.native)
 
 
 def _norm_like(module: nn.Module) -> bool:
@@ -130,15 +152,14 @@ def _exact(t: torch.Tensor) -> torch.Tensor:
 def factors_of(calls, grads, params: dict[nn.Module, dict[str, nn.Parameter]]) -> dict[int, list[Factor]]:
     """Rank-one factors per parameter id, from each module call's input, output and output gradient."""
     out: dict[int, list[Factor]] = defaultdict(list)
-    for (module, x, y), g in zip(calls, grads):
+    for (module, x, y), g in zip(calls, grads):  # the model's precision: `Factor.exact` converts when reduced
         if g is None:
             continue  # this output does not reach the loss
-        g = _exact(g)
         own = params[module]
         if isinstance(module, nn.Linear):
             a = g.reshape(-1, g.shape[-1])
             if "weight" in own:
-                out[id(own["weight"])].append(Factor(a, _exact(x).reshape(-1, x.shape[-1])))
+                out[id(own["weight"])].append(Factor(a, x.detach().reshape(-1, x.shape[-1])))
             if "bias" in own:
                 out[id(own["bias"])].append(Factor(a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)))
         elif isinstance(module, nn.Embedding):
@@ -147,7 +168,7 @@ def factors_of(calls, grads, params: dict[nn.Module, dict[str, nn.Parameter]]) -
             out[id(own["weight"])].append(Factor(x.reshape(-1), g.reshape(-1, g.shape[-1]), index=True))
         else:  # norm-like: x holds ∂y/∂p of each 1-D parameter (the output is affine in it)
             for name, p in own.items():
-                u = (g * _exact(x[name])).reshape(-1, p.shape[0])
+                u = (_exact(g) * _exact(x[name])).reshape(-1, p.shape[0])
                 out[id(p)].append(Factor(u, torch.ones(u.shape[0], 1, dtype=u.dtype, device=u.device)))
     return out
 
@@ -229,7 +250,7 @@ class MicroBatchFactors:
 
     problems: torch.Tensor  # [m] problem indices (into the SurrogateBatch)
     segments: list[slice]  # token slice of each problem in the factors
-    factors: dict[int, list[Factor]]  # id(param) -> factors
+    factors: FactorsByParameter  # id(param) -> factors (fp32 on access)
 
 
 def micro_batches(batch: SurrogateBatch, micro_batch: int) -> list[list[int]]:
@@ -275,7 +296,7 @@ def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256, group: Pr
         remap = torch.zeros(batch.num_problems, dtype=torch.long)
         remap[torch.tensor(problems, dtype=torch.long)] = torch.arange(len(problems))
         segments = _segments(remap[token_problem], len(problems)) if problems else []
-        yield MicroBatchFactors(torch.tensor(problems, dtype=torch.long), segments, defaultdict(list, factors))
+        yield MicroBatchFactors(torch.tensor(problems, dtype=torch.long), segments, FactorsByParameter(factors))
         del factors
 
 
