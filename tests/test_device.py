@@ -1,5 +1,8 @@
 """Device choice: 'auto' takes CUDA when there is one (each launched process its own GPU), asking for CUDA without
-one is a clear config error, and GRPO steps use bf16 autocast only on GPUs that support it."""
+one is a clear config error, and GRPO steps, rollouts and scoring use bf16 autocast only on GPUs that support it,
+over fp32 weights."""
+
+import contextlib
 
 import pytest
 import torch
@@ -37,3 +40,14 @@ def test_grpo_steps_use_bf16_autocast_only_on_gpus_that_support_it(monkeypatch):
     assert bf16_autocast(use_cpu=False) and not bf16_autocast(use_cpu=True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert not bf16_autocast(use_cpu=False)
+
+
+def test_our_forward_passes_autocast_to_bf16_only_on_such_gpus(monkeypatch):
+    from gradalign.policy.load import bf16_compute, mixed_precision
+    model = torch.nn.Linear(2, 2)
+    assert isinstance(mixed_precision(model), contextlib.nullcontext)  # CPU: fp32 as loaded
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert bf16_compute(torch.device("cuda", 1)) and not bf16_compute(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert not bf16_compute(torch.device("cuda"))

@@ -194,3 +194,22 @@ def test_bf16_weights_score_like_fp32_with_fp32_reductions():
     torch.testing.assert_close(low.norms[live], exact.norms[live], rtol=3e-2, atol=0)
     torch.testing.assert_close(low.cosines()[live], exact.cosines()[live], rtol=0, atol=2e-2)
     torch.testing.assert_close(low.norms, naive_low.norms, rtol=2e-2, atol=1e-6)
+
+
+def test_scores_under_bf16_autocast_agree_with_fp32():
+    """How a GPU run scores: fp32 weights, bf16 autocast (CPU autocast exercises the same path here). The factors
+    arrive in bf16 and are reduced in fp32: norms and cosines agree with fp32 to bf16's precision."""
+    rollouts = make_rollouts(seed=5)[0]
+    batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
+    model = make_model(tie=True)
+    pooled = OnePassGradients().pooled_gradient(model, batch)
+    direction = (pooled / pooled.norm()).unsqueeze(0)
+    exact = OnePassGradients().problem_signals(model, batch, direction)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = OnePassGradients().problem_signals(model, batch, direction)
+        pooled_auto = OnePassGradients().pooled_gradient(model, batch)
+    live = exact.norms > 0
+    assert live.sum() >= 3 and auto.norms.dtype == torch.float32
+    torch.testing.assert_close(auto.norms[live], exact.norms[live], rtol=3e-2, atol=0)
+    torch.testing.assert_close(auto.cosines()[live], exact.cosines()[live], rtol=0, atol=2e-2)
+    assert pooled_auto.dtype == torch.float32 and torch.nn.functional.cosine_similarity(pooled_auto, pooled, 0) > 0.999

