@@ -191,3 +191,13 @@ def test_round_with_nothing_eligible_is_a_clean_error_and_keeps_finished_rounds(
     files["pool"].write_text("".join(json.dumps({**r, "answer": "zz", "metadata": {}}) + "\n" for r in rows))
     assert run(tmp_path, files) == 2
     assert "no candidate was eligible" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", [["run"], ["select"], ["demo"], ["rollouts"], ["report"], ["methods"], ["bench"],
+                                     ["bench", "scoring"], ["bench", "fidelity"], ["bench", "regimes"],
+                                     ["bench", "scaling"]])
+def test_every_command_prints_its_help(command, capsys):
+    """argparse %-formats help texts: a stray '%' in a config field's help would turn --help into a traceback."""
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0 and "usage: gradalign" in capsys.readouterr().out

@@ -53,7 +53,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         flag = RunConfig.flag(f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = {bool: parse_bool, int: int, float: float}.get(type(default), str)
-        kwargs = dict(dest=f.name, default=None, help=f"{helps[f.name]} (default: {default})")
+        text = f"{helps[f.name]} (default: {default})".replace("%", "%%")  # argparse %-formats help strings
+        kwargs = dict(dest=f.name, default=None, help=text)
         if isinstance(default, list):
             parser.add_argument(flag, nargs=len(default), type=float, metavar="X", **kwargs)
         else:

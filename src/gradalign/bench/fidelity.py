@@ -336,7 +336,7 @@ def cmd_bench_fidelity(args: argparse.Namespace) -> int:
 
 def add_fidelity_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `fidelity` subcommand to `gradalign bench`'s subparsers."""
-    parser = subparsers.add_parser("fidelity", help="projected vs exact gradient scores: Spearman and top-10% overlap")
+    parser = subparsers.add_parser("fidelity", help="projected vs exact gradient scores: Spearman and top-10%% overlap")
     add_fidelity_arguments(parser)
     parser.set_defaults(func=cmd_bench_fidelity)
     return parser
