@@ -79,10 +79,9 @@ def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
     if world == 1:
         return
     method = get_method(cfg.method)
-    unshared = sorted(method.needs & {"warmup", "features", "offline"})
-    if unshared:
-        raise ValueError(f"method '{cfg.method}' does not run on several processes yet (its {', '.join(unshared)} "
-                         f"step is not sharded): launch it as one process")
+    if "offline" in method.needs:  # its rollout stores are written and read by one process
+        raise ValueError(f"method '{cfg.method}' does not run on several processes yet (its offline step is not "
+                         f"sharded): launch it as one process")
     if (cfg.problems_per_step * cfg.num_generations) % world:
         raise ValueError(f"config: problems_per_step × num_generations = {cfg.problems_per_step * cfg.num_generations}"
                          f" completions per GRPO step cannot be split evenly over {world} processes")

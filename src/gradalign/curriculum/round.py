@@ -29,6 +29,8 @@ from ..selection.base import Scored
 
 log = logging.getLogger(__name__)
 
+ENERGY_SAMPLE = 64  # problems the projection's energy split is measured on
+
 
 class NoDirectionError(RuntimeError):
     """Every validation group is zero-variance: the validation gradient is zero and defines no direction."""
@@ -148,7 +150,7 @@ class RoundSelector:
         if "gradients" in needs:
             method = self._gradient_signals(model, tokenizer, rollouts, cand, seed, result)
         if "features" in needs:
-            self._features(scorer, reference, rollouts, cand, result)
+            self._features(scorer, reference, rollouts, cand, result, owned, len(chunk))
         phi = self._offline_signals(model, rollouts, cand, result) if "offline" in needs else None
         if phi is None and "offline" in needs:  # no validation set gives a direction: the configured fallback
             method = get_method("random")
@@ -214,7 +216,8 @@ class RoundSelector:
         scorer.eval()
         return scorer
 
-    def _features(self, scorer, reference, rollouts: Rollouts, cand: Candidates, result: RoundSelection) -> None:
+    def _features(self, scorer, reference, rollouts: Rollouts, cand: Candidates, result: RoundSelection,
+                  owned: np.ndarray, n_chunk: int) -> None:
         """Unit projected GRPO gradients ĝ(x) at the scoring policy, for the non-zero-variance candidates.
 
         Group-normalised advantages, GRPO's sequence-mean aggregation and, after a warm-up, the KL term against the
@@ -225,24 +228,34 @@ class RoundSelector:
         cfg = self.cfg
         live = np.flatnonzero(~cand.zero_variance)
         features = np.zeros((len(cand), cfg.projection_dim), dtype=np.float32)
+        sub = rollouts.select_problems(live)
+        kl = reference is not None and cfg.kl_beta > 0 and len(live) > 0
+        batch = SurrogateBatch(sub, sub.advantages("group"), aggregation="sequence-mean",
+                               reference_logps=reference_logps(reference, sub, cfg.micro_batch) if kl else None,
+                               kl_beta=cfg.kl_beta if kl else 0.0)
+        # Every rank builds the projector, live problems or not: its energy split is summed over ranks.
+        projector = self.projector(scorer, batch, self._energy_sample(cand, owned, n_chunk))
         if len(live):
-            sub = rollouts.select_problems(live)
-            kl = reference is not None and cfg.kl_beta > 0
-            batch = SurrogateBatch(sub, sub.advantages("group"), aggregation="sequence-mean",
-                                   reference_logps=reference_logps(reference, sub, cfg.micro_batch) if kl else None,
-                                   kl_beta=cfg.kl_beta if kl else 0.0)
-            projector = self.projector(scorer, batch)
             phi = projector.features(scorer, batch, cfg.micro_batch).float()
             features[live] = (phi / (phi.norm(dim=1, keepdim=True) + EPS)).cpu().numpy()
         cand.features = features
         result.timings["scoring"] = _seconds_since(t)
 
-    def projector(self, model, batch: SurrogateBatch):
-        """The configured projection; energy splits are measured on (up to 64 problems of) the batch itself."""
+    def _energy_sample(self, cand: Candidates, owned: np.ndarray, n_chunk: int) -> np.ndarray:
+        """Which of this rank's live candidates measure the energy split: those among the chunk's first 64 live
+        problems (every rank then builds the projection one process would)."""
+        zero_variance = self.group.gather(cand.zero_variance, owned, n_chunk)
+        first = set(np.flatnonzero(~zero_variance)[:ENERGY_SAMPLE].tolist())
+        return np.array([j for j, i in enumerate(owned[~cand.zero_variance]) if int(i) in first], dtype=int)
+
+    def projector(self, model, batch: SurrogateBatch, sample: np.ndarray | None = None):
+        """The configured projection; energy splits are measured on `sample` (positions in `batch`; default its
+        first 64 problems), summed over ranks."""
         name, shares = self.cfg.projection_for("khatri-rao-energy"), None
         if needs_energy(name):
-            sample = batch if batch.num_problems <= 64 else batch.subset(range(64))
-            shares = gradient_energy(model, sample, self.cfg.micro_batch, power=1.0)
+            sample = np.arange(min(batch.num_problems, ENERGY_SAMPLE)) if sample is None else sample
+            part = batch if len(sample) == batch.num_problems else batch.subset(sample)
+            shares = gradient_energy(model, part, self.cfg.micro_batch, power=1.0, group=self.group)
         return named_projector(name, self.cfg.projection_dim, self.cfg.seed, shares=shares)
 
     def _gradient_signals(self, model, tokenizer, rollouts: Rollouts, cand: Candidates, seed: int,

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..distributed import SINGLE, ProcessGroup
 from . import onepass
 from .onepass import Factor, MicroBatchFactors, iter_factors, matrix_shape
 from .surrogate import SurrogateBatch
@@ -621,13 +622,14 @@ def named_projector(variant: str, dim: int, seed: int = 0, shares: dict[str, flo
 
 
 def gradient_energy(model, batch: SurrogateBatch, micro_batch: int = 256, pooled: torch.Tensor | None = None,
-                    power: float = 0.5) -> dict[str, float]:
+                    power: float = 0.5, group: ProcessGroup = SINGLE) -> dict[str, float]:
     """Per-parameter allocation weights from exact gradients of `batch` (e.g. the validation batch).
 
     e_p = mean over the batch's live problems of ‖G_{i,p}‖² (the parameter's share of per-problem gradient
     energy). With `pooled` (a flat direction such as g_V), e_p is multiplied by ‖(g_V)_p‖², so that the weight
     tracks the variance of the projected inner products ⟨φ_p(x), φ_p(V)⟩ ~ ‖g_p‖²‖v_p‖². Returns e_p^power
-    by name (power 0.5 ⇒ d_p ∝ RMS norm, the allocation that minimises Σ_p var_p / d_p).
+    by name (power 0.5 ⇒ d_p ∝ RMS norm, the allocation that minimises Σ_p var_p / d_p). Sharded (`group`): each
+    rank holds some of the problems; energies and problem counts are summed over ranks.
     """
     from .onepass import OnePassGradients
     named = named_trainable(model)
@@ -643,6 +645,8 @@ def gradient_energy(model, batch: SurrogateBatch, micro_batch: int = 256, pooled
             n2 = torch.zeros(batch.num_problems, dtype=torch.float64)
             backend._reduce(mb, fs, torch.zeros(0, *matrix_shape(p), dtype=fs[0].b.dtype), n2, None)
             energy[name] += float(n2.sum())
+    totals = group.sum(torch.tensor([*energy.values(), live], dtype=torch.float64))
+    energy, live = dict(zip(energy, totals[:-1].tolist())), float(totals[-1])
     out = {}
     offset = 0
     for name, p in named:
