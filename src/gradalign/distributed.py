@@ -80,14 +80,19 @@ class ProcessGroup:
 
     def gather(self, values, index: np.ndarray, n_items: int) -> np.ndarray:
         """Every rank's `values` (rows for the items `index`) assembled into one array of `n_items` rows."""
-        values = np.asarray(values)
-        parts = [(index, values)]
+        return self.gather_fields({"values": values}, index, n_items)["values"]
+
+    def gather_fields(self, fields: dict, index: np.ndarray, n_items: int) -> dict[str, np.ndarray]:
+        """`gather` for several per-item arrays at once (one collective)."""
+        fields = {name: np.asarray(v) for name, v in fields.items()}
+        parts = [(np.asarray(index), fields)]
         if self.sharded:
             parts = [None] * self.world_size
-            dist.all_gather_object(parts, (np.asarray(index), values))
-        out = np.zeros((n_items,) + values.shape[1:], dtype=values.dtype)
-        for idx, vals in parts:
-            out[idx] = vals
+            dist.all_gather_object(parts, (np.asarray(index), fields))
+        out = {name: np.zeros((n_items,) + v.shape[1:], dtype=v.dtype) for name, v in fields.items()}
+        for idx, values in parts:
+            for name, v in values.items():
+                out[name][idx] = v
         return out
 
     def broadcast(self, obj):

@@ -106,8 +106,9 @@ class RoundSelector:
         blocks, owned = self.group.shard(n, self.cfg.rollout_batch)
         rollouts = self.rollouts(model, tokenizer, self.validation, self.cfg.validation_rollouts, seed, "validation",
                                  blocks=blocks)
-        pass_rates = self.group.gather(rollouts.pass_rates(), owned, n)
-        zero_variance = self.group.gather(rollouts.zero_variance(), owned, n)
+        whole = self.group.gather_fields({"pass_rates": rollouts.pass_rates(),
+                                          "zero_variance": rollouts.zero_variance()}, owned, n)
+        pass_rates, zero_variance = whole["pass_rates"], whole["zero_variance"]
         if zero_variance.all():
             return None, pass_rates, zero_variance
         batch = self.batch(rollouts)
@@ -176,10 +177,9 @@ class RoundSelector:
         """The whole chunk's candidates from every rank's own rows (one process: the rows themselves)."""
         if not self.group.sharded:
             return local
-        fields = {f.name: self.group.gather(getattr(local, f.name), owned, len(ids))
-                  for f in dataclasses.fields(Candidates)
+        fields = {f.name: getattr(local, f.name) for f in dataclasses.fields(Candidates)
                   if f.name != "ids" and getattr(local, f.name) is not None}
-        return Candidates(ids=ids, **fields)
+        return Candidates(ids=ids, **self.group.gather_fields(fields, owned, len(ids)))
 
     # ── CROPI: off-policy signals from the offline rollouts ─────────────────────────────────────────────────
     def _offline_signals(self, model, rollouts: Rollouts, cand: Candidates, result: RoundSelection):
