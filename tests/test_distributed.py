@@ -119,6 +119,33 @@ def test_learnalign_on_two_processes_warms_up_data_parallel_and_selects_as_one(t
 
 
 @pytest.mark.slow
+def test_cropi_on_two_processes_collects_the_same_store_and_selects_as_one(tmp_path):
+    """CROPI: the offline store's shards (256 problems each) are sampled by the ranks in turn and written by rank
+    0 in order, so the store is the one a single process writes; each rank scores the pool problems it owns."""
+    from gradalign.policy.rollout_store import RolloutStore
+    sc = unreliable_rewards(pool_size=300, validation_size=16, test_size=4, seed=4)
+    pool, validation = tmp_path / "pool.jsonl", tmp_path / "validation.jsonl"
+    save_problems(pool, sc.pool)
+    save_problems(validation, sc.validation)
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"cropi-{n}" / "selected.jsonl"
+        gradalign(n, "select", "--method", "cropi", "--pool", str(pool), "--validation", str(validation),
+                  "--num-problems", "30", "--projection-dim", "256", "--offline-validation-rollouts", "4",
+                  "--out", str(out), *SIZES)
+        outs[n] = out
+    stores = {n: RolloutStore.open(out.parent / "selected.work" / "offline" / "pool") for n, out in outs.items()}
+    assert len(stores[2].meta["shards"]) == 2  # 256 + 44 problems: one shard sampled by each rank
+    whole = {n: store.load() for n, store in stores.items()}
+    assert whole[2].problem_ids == whole[1].problem_ids and whole[2].completions == whole[1].completions
+    one, two = read_scores(outs[1].with_suffix(".scores.csv")), read_scores(outs[2].with_suffix(".scores.csv"))
+    assert sum(row["score"] not in ("0.0", "") for row in one.values()) > 30  # real scores
+    for pid in one:
+        np.testing.assert_allclose(float(two[pid]["score"]), float(one[pid]["score"]), rtol=1e-4, atol=1e-7)
+    assert outs[2].read_text() == outs[1].read_text()
+
+
+@pytest.mark.slow
 def test_two_process_curriculum_trains_data_parallel_on_the_shared_selection(tmp_path, files):
     common = ["run", "--method", "gradalign", "--pool", str(files["pool"]), "--validation", str(files["validation"]),
               "--test", str(files["test"]), "--chunk-size", "16", "--selection-ratio", "4", "--rounds", "2",
@@ -156,7 +183,7 @@ def test_bench_scaling_times_one_and_two_processes_and_checks_they_agree(tmp_pat
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(method="cropi"), "method 'cropi' does not run on several processes yet"),
+    (dict(method="cropi", offpolicy_fidelity=True), "offpolicy_fidelity (CROPI's on-policy check) runs on one process"),
     (dict(rollout_batch=32), "the validation set (16 problems) in blocks of rollout_batch 32 gives 1 blocks"),
     (dict(rollout_batch=64), "chunk_size (64 problems) in blocks of rollout_batch 64 gives 1 blocks"),
     (dict(problems_per_step=3, num_generations=3), "cannot be split evenly over 2 processes"),

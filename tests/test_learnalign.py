@@ -95,9 +95,10 @@ def test_learnalign_scores_match_brute_force(projection):
     selector = RoundSelector(cfg, [], make_reward(cfg))
     used = []
     real_projector = selector.projector
-    selector.projector = lambda m, b: used.append(real_projector(m, b)) or used[-1]
+    selector.projector = lambda m, b, sample: used.append(real_projector(m, b, sample)) or used[-1]
     cand = Candidates(ids=rollouts.problem_ids, pass_rate=rollouts.pass_rates(), zero_variance=rollouts.zero_variance())
-    selector._features(model, reference, rollouts, cand, RoundSelection(np.zeros(0, int), cand, np.zeros(5)))
+    selector._features(model, reference, rollouts, cand, RoundSelection(np.zeros(0, int), cand, np.zeros(5)),
+                       np.arange(5), 5)
     got = get_method("learnalign").score(cand, SelectionOptions()).scores
 
     # Independent: per-completion reference log-probs and the explicit GRPO + KL loss of every problem.

@@ -95,6 +95,14 @@ class ProcessGroup:
                 out[name][idx] = v
         return out
 
+    def gather_to_main(self, obj) -> list | None:
+        """Every rank's `obj`, in rank order, on rank 0 (None elsewhere)."""
+        if not self.sharded:
+            return [obj]
+        parts = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, parts, dst=0)
+        return parts
+
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""
         if not self.sharded:

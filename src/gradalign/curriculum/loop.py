@@ -79,9 +79,9 @@ def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
     if world == 1:
         return
     method = get_method(cfg.method)
-    if "offline" in method.needs:  # its rollout stores are written and read by one process
-        raise ValueError(f"method '{cfg.method}' does not run on several processes yet (its offline step is not "
-                         f"sharded): launch it as one process")
+    if "offline" in method.needs and cfg.offpolicy_fidelity:
+        raise ValueError("config: offpolicy_fidelity (CROPI's on-policy check) runs on one process only: launch it "
+                         "as one process, or turn it off")
     if (cfg.problems_per_step * cfg.num_generations) % world:
         raise ValueError(f"config: problems_per_step × num_generations = {cfg.problems_per_step * cfg.num_generations}"
                          f" completions per GRPO step cannot be split evenly over {world} processes")
@@ -202,12 +202,12 @@ class Curriculum:
         `behaviour`; a resumed run only opens them."""
         t = time.perf_counter()
         offline = offline_influence(self.cfg, model, tokenizer, self.sets.pool, self.sets.validation, self.reward,
-                                    collect=behaviour)
+                                    collect=behaviour, group=self.group)
         self.selector.offline = offline
         seconds = round(time.perf_counter() - t, 4)
         self.offline_seconds = seconds if behaviour else 0.0  # reported in round 0's timings
         info_path = self.out / "offline.json"
-        if behaviour or not info_path.exists():
+        if self.group.is_main and (behaviour or not info_path.exists()):
             fileio.write_json(info_path, {"rollouts_seconds": seconds, "pool_problems": len(offline.pool),
                                           "validation_problems": len(offline.validation_store),
                                           "pool_store": str(offline.pool.path),

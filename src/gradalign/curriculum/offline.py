@@ -19,6 +19,7 @@ import torch
 
 from .. import fileio
 from ..config import RunConfig
+from ..distributed import SINGLE, ProcessGroup
 from ..data.problem import DataError, Problem
 from ..gradients.projections import gradient_energy, named_projector, needs_energy
 from ..gradients.surrogate import SurrogateBatch
@@ -46,21 +47,25 @@ def store_meta(cfg: RunConfig, model, k: int) -> dict:
 
 
 def collect_store(cfg: RunConfig, path: Path, model, tokenizer, problems: list[Problem], k: int, reward,
-                  shard_size: int = 256) -> RolloutStore:
-    """Open (or create) the store at `path` and sample, from `model` (= β), every problem it still lacks."""
-    store = RolloutStore.open_or_create(path, store_meta(cfg, model, k))
+                  shard_size: int = 256, group: ProcessGroup = SINGLE) -> RolloutStore:
+    """Open (or create) the store at `path` and sample, from `model` (= β), every problem it still lacks.
+    Several processes: rank 0 creates and writes the store, every rank samples its share of the shards."""
+    meta = store_meta(cfg, model, k)
+    store = RolloutStore.open_or_create(path, meta) if group.is_main else None
+    group.barrier()
+    store = store or RolloutStore.open(path, expect=meta)
     return collect_rollouts(store, model, tokenizer, problems, reward, offline_sampling(cfg), cfg.seed,
-                            shard_size=shard_size, desc=f"offline rollouts ({Path(path).name})")
+                            shard_size=shard_size, desc=f"offline rollouts ({Path(path).name})", group=group)
 
 
 def open_stores(cfg: RunConfig, model, tokenizer, pool: list[Problem], validation: list[Problem], reward,
-                collect: bool) -> tuple[RolloutStore, RolloutStore]:
+                collect: bool, group: ProcessGroup = SINGLE) -> tuple[RolloutStore, RolloutStore]:
     """The pool's and the validation set's stores; `collect` samples what is missing from `model` (= β)."""
     stores = []
     for path, problems, k in zip(store_paths(cfg), (pool, validation),
                                  (cfg.rollouts_per_problem, cfg.offline_validation_rollouts)):
         if collect:
-            store = collect_store(cfg, path, model, tokenizer, problems, k, reward)
+            store = collect_store(cfg, path, model, tokenizer, problems, k, reward, group=group)
         else:  # resuming after stage 0: the policy is no longer β, so its hash is neither computed nor checked
             store = RolloutStore.open(path, expect=store_meta(cfg, None, k))
             missing = next((p.id for p in problems if p.id not in store.done_ids()), None)
@@ -71,10 +76,13 @@ def open_stores(cfg: RunConfig, model, tokenizer, pool: list[Problem], validatio
 
 
 def offline_influence(cfg: RunConfig, model, tokenizer, pool: list[Problem], validation: list[Problem], reward,
-                      collect: bool) -> "OfflineInfluence":
-    """CROPI's state for a run or a one-shot selection: the two stores (sampled from `model` when `collect`)."""
-    pool_store, validation_store = open_stores(cfg, model, tokenizer, pool, validation, reward, collect)
-    return OfflineInfluence(cfg, pool_store, validation_store, validation, tokenizer.pad_token_id)
+                      collect: bool, group: ProcessGroup = SINGLE) -> "OfflineInfluence":
+    """CROPI's state for a run or a one-shot selection: the two stores (sampled from `model` when `collect`).
+
+    Several processes: the stores are collected together (`collect_store`); afterwards each rank reads the
+    rollouts of the pool problems it owns, and every rank computes the (small) validation directions itself."""
+    pool_store, validation_store = open_stores(cfg, model, tokenizer, pool, validation, reward, collect, group)
+    return OfflineInfluence(cfg, pool_store, validation_store, validation, tokenizer.pad_token_id, group.is_main)
 
 
 def popi_batch(rollouts: Rollouts) -> SurrogateBatch:
@@ -112,8 +120,9 @@ class OfflineInfluence:
     """Everything CROPI needs across stages: the two stores, the validation sets, one fixed projection."""
 
     def __init__(self, cfg: RunConfig, pool: RolloutStore, validation_store: RolloutStore,
-                 validation: list[Problem], pad_id: int):
+                 validation: list[Problem], pad_id: int, writes: bool = True):
         self.cfg, self.pool, self.validation_store, self.pad_id = cfg, pool, validation_store, pad_id
+        self.writes = writes  # rank 0 keeps the projection's energy split in the run directory
         self.sets = self.validation_sets(validation, cfg.validation_per_set)
         self._projector = None
 
@@ -141,7 +150,8 @@ class OfflineInfluence:
                 else:
                     batch = popi_batch(self.validation_store.load(pad_id=self.pad_id))
                     shares = gradient_energy(model, batch, self.cfg.micro_batch, power=1.0)
-                    fileio.write_json(path, {"projection": name, "shares": shares})
+                    if self.writes:
+                        fileio.write_json(path, {"projection": name, "shares": shares})
             self._projector = named_projector(name, self.cfg.projection_dim, self.cfg.seed, shares=shares)
         return self._projector
 

@@ -70,7 +70,8 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
     reward = make_reward(cfg)
     selector = RoundSelector(cfg, sets.validation, reward, pool=sets.pool, group=group)
     if "offline" in get_method(cfg.method).needs:  # one CROPI stage: stores sampled from this model (= β)
-        selector.offline = offline_influence(cfg, model, tokenizer, sets.pool, sets.validation, reward, collect=True)
+        selector.offline = offline_influence(cfg, model, tokenizer, sets.pool, sets.validation, reward, collect=True,
+                                             group=group)
     sel = selector.select(model, tokenizer, sets.pool, round_seed(cfg.seed, 0), keep=n)
     selected = [sets.pool[i] for i in sel.selected]
     return OneShotResult(selected, scores_table(sets.pool, sel), sel, time.perf_counter() - start)

@@ -137,7 +137,7 @@ class RoundSelector:
         t = time.perf_counter()
         blocks, owned = self.group.shard(len(chunk), self.cfg.rollout_batch)  # one process: every block
         if "offline" in needs:  # CROPI: the behaviour policy's rollouts, sampled once, reused at every stage
-            rollouts = self.offline.load([p.id for p in chunk])
+            rollouts = self.offline.load([chunk[i].id for i in owned])
         else:
             sampling = self.feature_sampling if "features" in needs else self.sampling
             rollouts = self.rollouts(scorer, tokenizer, chunk, self.cfg.rollouts_per_problem, seed, "candidates",

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.problem import Problem
+from ..distributed import SINGLE, ProcessGroup
 from ..fileio import atomic_path, check_new_meta, jsonable, read_json, read_meta, short, write_json
 from ..gradients.store import model_hash
 from ..rewards import ProblemReward
@@ -225,28 +226,37 @@ def check_sampling(store: RolloutStore, model, sampling: SamplingConfig, seed: i
 
 def collect_rollouts(store: RolloutStore, model, tokenizer, problems: list[Problem], reward: ProblemReward,
                      sampling: SamplingConfig, seed: int, shard_size: int = 256,
-                     desc: str = "offline rollouts") -> RolloutStore:
+                     desc: str = "offline rollouts", group: ProcessGroup = SINGLE) -> RolloutStore:
     """Sample `store.meta["k"]` rewarded completions for every problem not yet in the store, one shard at a time.
 
     Each shard's seed depends only on (seed, its first problem id), so a run killed and restarted on the same
-    problem list resamples the same shards and ends with the same rollouts as an uninterrupted one.
+    problem list resamples the same shards and ends with the same rollouts as an uninterrupted one. With several
+    processes (`group`, every rank holding the same store) rank r samples shards r, r+N, ...; rank 0 appends
+    them in order, so the store is the one a single process writes; every rank returns it reopened.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     check_sampling(store, model, sampling, seed)
     done = store.done_ids()
     todo = [p for p in problems if p.id not in done]
-    n_shards = -(-len(todo) // shard_size)
+    shards = [todo[start:start + shard_size] for start in range(0, len(todo), shard_size)]
     log.info("%s: %d of %d problems stored, %d to sample in %d shards", desc, len(problems) - len(todo),
-             len(problems), len(todo), n_shards)
-    for i, start in enumerate(range(0, len(todo), shard_size)):
-        batch = todo[start:start + shard_size]
-        rollouts = sample_rollouts(model, tokenizer, batch, int(store.meta["k"]), reward, sampling,
-                                   seed=shard_seed(seed, batch[0].id), desc=desc)
-        store.append(rollouts)
-        log.info("%s: shard %d/%d (%d problems, mean pass rate %.3f), %d problems stored", desc, i + 1,
-                 n_shards, len(batch), float(rollouts.pass_rates().mean()), len(store))
-    return store
+             len(problems), len(todo), len(shards))
+    for wave in range(0, len(shards), group.world_size):  # one shard per rank at a time
+        mine = wave + group.rank
+        rollouts = (sample_rollouts(model, tokenizer, shards[mine], int(store.meta["k"]), reward, sampling,
+                                    seed=shard_seed(seed, shards[mine][0].id), desc=desc)
+                    if mine < len(shards) else None)
+        for i, part in enumerate(group.gather_to_main(rollouts) or []):
+            if part is None:
+                continue
+            store.append(part)
+            log.info("%s: shard %d/%d (%d problems, mean pass rate %.3f), %d problems stored", desc, wave + i + 1,
+                     len(shards), part.num_problems, float(part.pass_rates().mean()), len(store))
+    group.barrier()
+    if group.is_main:
+        return store
+    return RolloutStore.open(store.path, expect={k: v for k, v in store.meta.items() if k not in RESERVED})
 
 
 __all__ = ["RolloutStore", "collect_rollouts", "concat_rollouts", "rollout_meta", "shard_seed"]
