@@ -223,11 +223,20 @@ def test_trl_trainer_under_torchrun_shares_its_scoring_and_selects_as_one_proces
     assert len(runs[2]["history"]) == 2
 
 
-def fsdp_round(tmp_path, processes: int, mode: str, precision: str, *options: str) -> dict:
+@pytest.fixture(scope="module")
+def fsdp_round(tmp_path_factory):
+    """fsdp_round(processes, mode, precision, *options): one round of tests/fsdp_round.py (each setting runs once)."""
+    tmp, done = tmp_path_factory.mktemp("fsdp"), {}
     script = os.path.join(os.path.dirname(__file__), "fsdp_round.py")
-    out = tmp_path / f"round-{processes}-{mode}-{precision}.json"
-    launch(torchrun_command(processes, [script, str(out), mode, precision, *options]), cwd=tmp_path)
-    return json.loads(out.read_text())
+
+    def run(processes: int, mode: str, precision: str, *options: str) -> dict:
+        key = (processes, mode, precision, *options)
+        if key not in done:
+            out = tmp / ("round-" + "-".join(map(str, key)) + ".json")
+            launch(torchrun_command(processes, [script, str(out), mode, precision, *options]), cwd=tmp)
+            done[key] = json.loads(out.read_text())
+        return done[key]
+    return run
 
 
 @pytest.mark.slow
@@ -236,12 +245,12 @@ def fsdp_round(tmp_path, processes: int, mode: str, precision: str, *options: st
     ("bf16", "fsdp", 1e-3, []),  # bf16 compute, fp32 reductions: as one FSDP process with the same precision policy
     ("fp32", "plain", 1e-5, ["checkpointing"]),  # gradient checkpointing recomputes layers (their hooks fire twice)
 ])
-def test_a_round_on_an_fsdp_sharded_model_scores_and_selects_as_one_process(tmp_path, precision, reference, cos_tol,
+def test_a_round_on_an_fsdp_sharded_model_scores_and_selects_as_one_process(fsdp_round, precision, reference, cos_tol,
                                                                               options):
     """The scorer on a model FSDP2 has sharded over 2 processes (each decoder layer, then the root, as accelerate
     wraps it): per-problem norms and cosines from the shards, the same selection as one process."""
-    one = fsdp_round(tmp_path, 1, reference, precision)
-    two = fsdp_round(tmp_path, 2, "fsdp", precision, *options)
+    one = fsdp_round(1, reference, precision)
+    two = fsdp_round(2, "fsdp", precision, *options)
     assert two["sharded_parameters"] == 50 and (one["sharded_parameters"] > 0) == (reference == "fsdp")
     assert two["pass_rate"] == one["pass_rate"]  # identical rollouts, sampled in step on the shards
     np.testing.assert_allclose(two["norm"], one["norm"], rtol=1e-4, atol=1e-5)

@@ -14,7 +14,9 @@ problems' G_i are formed with one batched matmul (the weight-gradient matmul of 
 by problem) and reduced at once to ‖G_i‖² and ⟨G_i, D⟩; a parameter too large to materialise per problem
 (a big vocabulary head) uses the Gram form ‖G_i‖² = Σ_{s,t} (a_s·a_t)(b_s·b_t) instead. The backward itself
 only asks autograd for the module outputs' gradients, so no weight gradient is ever formed.
-Memory: activations of one micro-batch of whole problems, plus one layer's G_i for a few problems at a time.
+Memory: one micro-batch of whole problems' activations and every captured module's output gradient (in the
+model's precision), plus one parameter's fp32 factors and its G_i for a few problems at a time (README: "What
+one rank holds").
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.distributed.tensor import DTensor
 
-from ..distributed import SINGLE, ProcessGroup, reshard, shard_group
+from ..distributed import SINGLE, ProcessGroup, fsdp_sharded, reshard, shard_group
 from .surrogate import SurrogateBatch, weighted_surrogate
 
 EPS = 1e-5  # the reference code's ε in ĝ_V = g_V / (‖g_V‖ + ε) and s = ⟨g, ĝ_V⟩ / (‖g‖ + ε)
@@ -138,7 +138,7 @@ class GradientBackend:
 
 def refuse_sharded(model, backend: str) -> None:
     """Backends that read whole per-problem gradients cannot run on FSDP shards: say so in one line."""
-    if any(isinstance(p, DTensor) for p in model.parameters()):
+    if fsdp_sharded(model):
         raise NotImplementedError(f"gradient_backend '{backend}' needs whole parameters; an FSDP-sharded model "
                                   f"is scored with gradient_backend: onepass")
 
