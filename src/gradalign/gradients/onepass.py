@@ -14,14 +14,15 @@ problems' G_i are formed with one batched matmul (the weight-gradient matmul of 
 by problem) and reduced at once to ‖G_i‖² and ⟨G_i, D⟩; a parameter too large to materialise per problem
 (a big vocabulary head) uses the Gram form ‖G_i‖² = Σ_{s,t} (a_s·a_t)(b_s·b_t) instead. The backward itself
 only asks autograd for the module outputs' gradients, so no weight gradient is ever formed.
-Memory: one micro-batch of whole problems' activations and every captured module's output gradient (in the
-model's precision), plus one parameter's fp32 factors and its G_i for a few problems at a time (README: "What
-one rank holds").
+Each parameter is reduced as soon as the backward has reached every module using it, and that layer's
+input and output gradient are then let go. Memory: one micro-batch of whole problems' activations (as a
+training step), one layer's output gradients (a tied head's until the embedding's arrives), one parameter's
+fp32 factors and its G_i for a few problems at a time (README: "What one rank holds").
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -100,6 +101,7 @@ class ActivationCapture:
 
     def __init__(self, model: nn.Module):
         self.calls: list[tuple[nn.Module, torch.Tensor | dict, torch.Tensor]] = []
+        self.sources: list[int] = []  # calls whose input needs no gradient (embeddings): where the backward ends
         self.params: dict[nn.Module, dict[str, nn.Parameter]] = {}
         self.handles = []
         self.probing = False
@@ -120,6 +122,8 @@ class ActivationCapture:
         if self.probing:  # the probe forwards of `_affine_derivatives` below
             return
         x = inputs[0]
+        if not x.requires_grad:
+            self.sources.append(len(self.calls))
         if not isinstance(module, (nn.Linear, nn.Embedding)):
             self.probing = True
             try:
@@ -270,35 +274,89 @@ def micro_batches(batch: SurrogateBatch, micro_batch: int) -> list[list[int]]:
     return out + ([current] if current else [])
 
 
-def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256, group: ProcessGroup = SINGLE):
-    """Per micro-batch: one forward, one backward to the module outputs, and each parameter's per-token factors.
+def passes(model, batch: SurrogateBatch, micro_batch: int, group: ProcessGroup = SINGLE):
+    """(problems, rows, weights, segments) of each forward+backward over `batch`: whole problems per micro-batch.
 
-    Shared by the exact reduction (`OnePassGradients`) and the projected features (`gradients.projections`).
     An FSDP-sharded model makes as many passes on every rank; a rank's extra passes run one row with zero weight
-    and yield an empty micro-batch (no problems), so its consumer can still join each parameter's gathers.
-    """
-    ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
+    and have no problems, so their consumers still join each parameter's gathers."""
     seq_len = batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1]
     rows_by_problem = batch.rows_by_problem()
     parts = micro_batches(batch, micro_batch)
     for i in range(shard_group(group, model).max(len(parts))):
         problems = parts[i] if i < len(parts) else []
-        rows = torch.cat([rows_by_problem[j] for j in problems]) if problems else torch.zeros(1, dtype=torch.long)
-        weights = torch.full((batch.num_problems,), float(bool(problems)))
-        capture = ActivationCapture(model)
-        try:
-            loss = weighted_surrogate(model, batch, weights, rows)
-        finally:
-            capture.close()
-        grads = torch.autograd.grad(loss, [y for _, _, y in capture.calls], allow_unused=True)
-        factors = factors_of(capture.calls, grads, capture.params) if problems else {}
-        del capture, loss, grads  # the module outputs are not needed past this point: keep memory to one batch
+        if not problems:
+            yield problems, torch.zeros(1, dtype=torch.long), torch.zeros(batch.num_problems), []
+            continue
+        rows = torch.cat([rows_by_problem[j] for j in problems])
         # Each token's problem: rows are laid out problem by problem, each contributing seq_len tokens.
         token_problem = batch.rollouts.group[rows].repeat_interleave(seq_len)
         remap = torch.zeros(batch.num_problems, dtype=torch.long)
         remap[torch.tensor(problems, dtype=torch.long)] = torch.arange(len(problems))
-        segments = _segments(remap[token_problem], len(problems)) if problems else []
-        yield MicroBatchFactors(torch.tensor(problems, dtype=torch.long), segments, FactorsByParameter(factors))
+        yield problems, rows, torch.ones(batch.num_problems), _segments(remap[token_problem], len(problems))
+
+
+def backward_factors(model, batch: SurrogateBatch, rows: torch.Tensor, weights: torch.Tensor, on_parameter) -> None:
+    """One forward and one backward of the weighted surrogate over `rows`, handing each parameter's per-token
+    factors (in the model's precision) to `on_parameter(param, factors)` as soon as the backward has produced
+    every output gradient they need. Each module call's input and output gradient are let go once handed on, so
+    the backward never holds every layer's factors at once (a tied head and embedding wait for each other).
+
+    The backward runs to the outputs of the calls whose input needs no gradient (the embeddings); every other
+    output gradient is caught by a hook on its way there. No weight gradient is formed. Parameters reach
+    `on_parameter` in the backward's order, the same on every rank (FSDP gathers inside it stay in step).
+    """
+    capture = ActivationCapture(model)
+    try:
+        loss = weighted_surrogate(model, batch, weights, rows)
+    finally:
+        capture.close()
+    calls, params = capture.calls, capture.params
+    owners = [list(params[module].values()) for module, _, _ in calls]
+    pending = Counter(id(p) for ps in owners for p in ps)  # calls still to come, per parameter (forward order)
+    by_id = {id(p): p for ps in owners for p in ps}
+    collected: dict[int, list[Factor]] = defaultdict(list)
+
+    def hand_on(i: int, g: torch.Tensor | None) -> None:
+        for pid, fs in factors_of([calls[i]], [g], params).items():
+            collected[pid].extend(fs)
+        calls[i] = None  # this call's input and output are no longer needed
+        for p in owners[i]:
+            pending[id(p)] -= 1
+            if pending[id(p)] == 0:
+                on_parameter(p, collected.pop(id(p), []))
+
+    if any(not y.requires_grad for _, _, y in calls):
+        raise NotImplementedError("a module with trainable parameters gave an output without gradient: gradient "
+                                  "checkpointing with use_reentrant=True hides layer outputs from the one-pass "
+                                  "scorer; use use_reentrant=False (TRL's default)")
+    sources = set(capture.sources)
+    for i, (_, _, y) in enumerate(calls):
+        if i not in sources:
+            y.register_hook(lambda g, i=i: hand_on(i, g))
+    del capture
+    targets = [calls[i][2] for i in sorted(sources)]
+    grads = torch.autograd.grad(loss, targets, allow_unused=True) if targets else []
+    del loss, targets
+    for i, g in zip(sorted(sources), grads):
+        hand_on(i, g)
+    for pid, left in list(pending.items()):  # outputs that do not reach the loss: their hooks never fired
+        if left > 0:
+            pending[pid] = 0
+            on_parameter(by_id[pid], collected.pop(pid, []))
+
+
+def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256, group: ProcessGroup = SINGLE):
+    """Per micro-batch: one forward, one backward, and every parameter's per-token factors, all at once.
+
+    For reductions that need a micro-batch's parameters together (the projected features of
+    `gradients.projections`); `OnePassGradients` reduces each parameter as the backward reaches it instead.
+    """
+    ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
+    for problems, rows, weights, segments in passes(model, batch, micro_batch, group):
+        factors: dict[int, list[Factor]] = {}
+        backward_factors(model, batch, rows, weights, lambda p, fs: factors.__setitem__(id(p), fs))
+        yield MicroBatchFactors(torch.tensor(problems, dtype=torch.long), segments,
+                                FactorsByParameter(factors if problems else {}))
         del factors
 
 
@@ -325,12 +383,19 @@ class OnePassGradients(GradientBackend):
         norms2 = torch.zeros(n, dtype=torch.float64)
         dots = torch.zeros(n, k_dir, dtype=torch.float64)
         params = trainable(model)
-        views = parameter_views(params, directions) if k_dir else [directions.new_zeros(0, 0)] * len(params)
-        for mb in iter_factors(model, batch, self.micro_batch, group):
-            for p, view in zip(params, views):
-                D = full_parameter(view, p) if k_dir else view  # FSDP: this parameter's directions, gathered
-                self._reduce(mb, mb.factors[id(p)], D.reshape(k_dir, *matrix_shape(p)), norms2, dots)
-            del mb  # free this micro-batch's factors before the next forward
+        ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
+        views = dict(zip(map(id, params), parameter_views(params, directions))) if k_dir else {}
+        for problems, rows, weights, segments in passes(model, batch, self.micro_batch, group):
+            mb = MicroBatchFactors(torch.tensor(problems, dtype=torch.long), segments, FactorsByParameter())
+
+            def reduce(p, factors, mb=mb):
+                # FSDP: this parameter's directions, gathered from every rank while it is reduced
+                D = full_parameter(views[id(p)], p) if k_dir else directions.new_zeros(0)
+                if factors:
+                    self._reduce(mb, [f.exact() for f in factors], D.reshape(k_dir, *matrix_shape(p)), norms2,
+                                 dots)
+
+            backward_factors(model, batch, rows, weights, reduce)
         return ProblemSignals(norms=norms2.clamp(min=0).sqrt().float(), dots=dots.float())
 
     def _reduce(self, mb: MicroBatchFactors, fs: list[Factor], D: torch.Tensor, norms2, dots) -> None:
