@@ -213,3 +213,26 @@ def test_scores_under_bf16_autocast_agree_with_fp32():
     torch.testing.assert_close(auto.norms[live], exact.norms[live], rtol=3e-2, atol=0)
     torch.testing.assert_close(auto.cosines()[live], exact.cosines()[live], rtol=0, atol=2e-2)
     assert pooled_auto.dtype == torch.float32 and torch.nn.functional.cosine_similarity(pooled_auto, pooled, 0) > 0.999
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_each_parameter_is_reduced_as_the_backward_reaches_it(tie):
+    """The scorer hands a parameter on as soon as the backward has passed every module using it, so it never
+    holds all layers' factors: the head comes first, the last layer's before the first layer's, and a head tied
+    to the embedding waits for the embedding's gradient at the very end. Every parameter is handed on once."""
+    from gradalign.gradients.onepass import backward_factors
+    model = make_model(tie=tie)
+    rollouts = make_rollouts(seed=2)[0]
+    batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    order, live_calls = [], []
+    backward_factors(model, batch, torch.arange(rollouts.group.numel()), torch.ones(batch.num_problems),
+                     lambda p, factors: order.append(names[id(p)]) or live_calls.append(len(factors)))
+    assert sorted(order) == sorted(names.values()) and all(live_calls)
+    position = {n: i for i, n in enumerate(order)}
+    assert position["model.layers.1.mlp.down_proj.weight"] < position["model.layers.0.mlp.down_proj.weight"]
+    assert position["model.layers.0.self_attn.q_proj.weight"] < position["model.embed_tokens.weight"]
+    if tie:  # one parameter, two modules: handed on when the second (the embedding) is done
+        assert order[-1] == "model.embed_tokens.weight"
+    else:
+        assert order[0] == "lm_head.weight" and order[-1] == "model.embed_tokens.weight"
