@@ -330,6 +330,9 @@ def backward_factors(model, batch: SurrogateBatch, rows: torch.Tensor, weights: 
                                   "checkpointing with use_reentrant=True hides layer outputs from the one-pass "
                                   "scorer; use use_reentrant=False (TRL's default)")
     sources = set(capture.sources)
+    if calls and not sources:  # the backward would have nowhere to run to, and every hook would stay silent
+        raise NotImplementedError("one-pass scoring found no module whose input needs no gradient (an embedding); "
+                                  "use gradient_backend: naive")
     for i, (_, _, y) in enumerate(calls):
         if i not in sources:
             y.register_hook(lambda g, i=i: hand_on(i, g))
