@@ -357,7 +357,7 @@ def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256, group: Pr
     ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
     for problems, rows, weights, segments in passes(model, batch, micro_batch, group):
         factors: dict[int, list[Factor]] = {}
-        backward_factors(model, batch, rows, weights, lambda p, fs: factors.__setitem__(id(p), fs))
+        backward_factors(model, batch, rows, weights, lambda p, fs, out=factors: out.__setitem__(id(p), fs))
         yield MicroBatchFactors(torch.tensor(problems, dtype=torch.long), segments,
                                 FactorsByParameter(factors if problems else {}))
         del factors
