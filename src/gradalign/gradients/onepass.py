@@ -257,6 +257,17 @@ class MicroBatchFactors:
     problems: torch.Tensor  # [m] problem indices (into the SurrogateBatch)
     segments: list[slice]  # token slice of each problem in the factors
     factors: FactorsByParameter  # id(param) -> factors (fp32 on access)
+    rows: torch.Tensor | None = None  # [R] the completion rows of the pass, problem by problem (batch row indices)
+    seq_len: int = 0  # tokens per row: row q holds tokens [q·seq_len, (q+1)·seq_len)
+
+    def row_segments(self, problems: slice) -> tuple[slice, list[slice], torch.Tensor]:
+        """For a run of the micro-batch's problems: their rows' positions, each row's token slice, and each row's
+        problem (0-based within the run)."""
+        counts = [(s.stop - s.start) // self.seq_len for s in self.segments[problems]]
+        first = self.segments[problems][0].start // self.seq_len
+        positions = slice(first, first + sum(counts))
+        tokens = [slice(q * self.seq_len, (q + 1) * self.seq_len) for q in range(positions.start, positions.stop)]
+        return positions, tokens, torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
 
 
 def micro_batches(batch: SurrogateBatch, micro_batch: int) -> list[list[int]]:
@@ -381,25 +392,34 @@ class OnePassGradients(GradientBackend):
         self.force_gram = force_gram  # tests exercise both reduction paths
 
     def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor,
-                        group: ProcessGroup = SINGLE) -> ProblemSignals:
+                        group: ProcessGroup = SINGLE, per_completion: bool = False,
+                        with_norms: bool = True) -> ProblemSignals:
         n, k_dir = batch.num_problems, directions.shape[0]
-        norms2 = torch.zeros(n, dtype=torch.float64)
+        norms2 = torch.zeros(n, dtype=torch.float64) if with_norms or not per_completion else None
         dots = torch.zeros(n, k_dir, dtype=torch.float64)
+        row_dots = torch.zeros(batch.rollouts.group.numel(), k_dir, dtype=torch.float64) if per_completion else None
+        seq_len = batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1]
         params = trainable(model)
         ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
         views = dict(zip(map(id, params), parameter_views(params, directions))) if k_dir else {}
         for problems, rows, weights, segments in passes(model, batch, self.micro_batch, group):
-            mb = MicroBatchFactors(torch.tensor(problems, dtype=torch.long), segments, FactorsByParameter())
+            mb = MicroBatchFactors(torch.tensor(problems, dtype=torch.long), segments, FactorsByParameter(), rows,
+                                   seq_len)
 
             def reduce(p, factors, mb=mb):
                 # FSDP: this parameter's directions, gathered from every rank while it is reduced
                 D = full_parameter(views[id(p)], p) if k_dir else directions.new_zeros(0)
                 if factors:
-                    self._reduce(mb, [f.exact() for f in factors], D.reshape(k_dir, *matrix_shape(p)), norms2,
-                                 dots)
+                    fs, D = [f.exact() for f in factors], D.reshape(k_dir, *matrix_shape(p))
+                    if row_dots is None:
+                        self._reduce(mb, fs, D, norms2, dots)
+                    else:
+                        self._reduce_rows(mb, fs, D, norms2, dots, row_dots)
 
             backward_factors(model, batch, rows, weights, reduce)
-        return ProblemSignals(norms=norms2.clamp(min=0).sqrt().float(), dots=dots.float())
+        norms = torch.full((n,), float("nan")) if norms2 is None else norms2.clamp(min=0).sqrt().float()
+        return ProblemSignals(norms=norms, dots=dots.float(),
+                              completion_dots=None if row_dots is None else row_dots.float())
 
     def _reduce(self, mb: MicroBatchFactors, fs: list[Factor], D: torch.Tensor, norms2, dots) -> None:
         """Add one parameter's ‖G_i‖² and ⟨G_i, D_k⟩ for the problems of a micro-batch."""
@@ -415,3 +435,26 @@ class OnePassGradients(GradientBackend):
                 norms2[mb.problems[j]] += _gram_norm2(fs, s).cpu()
                 if D.shape[0]:
                     dots[mb.problems[j]] += _gram_dots(fs, D.to(fs[0].b.device, fs[0].b.dtype), s).cpu()
+
+    def _reduce_rows(self, mb: MicroBatchFactors, fs: list[Factor], D: torch.Tensor, norms2, dots, row_dots) -> None:
+        """`_reduce` that also keeps every completion's term ⟨G_j, D_k⟩ = Σ_{t∈j} a_tᵀ D_k b_t, per token (one
+        matmul of the size of the layer's forward, never a per-row G_j), summed by row and then by problem. Norms
+        (`norms2` not None) still need each problem's G_i, formed as `_reduce` does."""
+        if norms2 is not None:
+            self._reduce(mb, fs, D[:0], norms2, dots[:, :0])
+        if not D.shape[0] or not mb.segments:
+            return
+        D = D.to(fs[0].b.device, fs[0].b.dtype)
+        per_token = sum(_token_terms(f, D) for f in fs)  # [T, K] fp64
+        n_rows = per_token.shape[0] // mb.seq_len
+        terms = per_token.reshape(n_rows, mb.seq_len, -1).sum(1).cpu()  # [R, K] one per completion row
+        row_dots[mb.rows] += terms
+        _, _, local = mb.row_segments(slice(0, len(mb.segments)))
+        dots[mb.problems] += torch.zeros(len(mb.problems), D.shape[0], dtype=torch.float64).index_add_(0, local, terms)
+
+
+def _token_terms(f: Factor, D: torch.Tensor) -> torch.Tensor:
+    """a_tᵀ D_k b_t for every token t and direction k, [T, K], summed in fp64 over the last axis."""
+    if f.index:  # a_t one-hot over D's rows: D_k[id_t] · b_t
+        return torch.stack([(D[k, f.a].double() * f.b.double()).sum(-1) for k in range(D.shape[0])], 1)
+    return torch.stack([((f.a @ D[k]).double() * f.b.double()).sum(-1) for k in range(D.shape[0])], 1)

@@ -90,8 +90,12 @@ class FuncGradients(GradientBackend):
         return max(1, min(by_memory, by_rows))
 
     def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor,
-                        group: ProcessGroup = SINGLE) -> ProblemSignals:
+                        group: ProcessGroup = SINGLE, per_completion: bool = False,
+                        with_norms: bool = True) -> ProblemSignals:
         refuse_sharded(model, "func")
+        if per_completion:
+            raise NotImplementedError("gradient_backend 'func' gives per-problem signals only; per-completion "
+                                      "signals (e.g. method gradalign-z) need onepass or naive")
         if not batch.on_policy or batch.aggregation != "token-mean" or batch.temperature != 1.0:
             raise NotImplementedError("the func backend computes the on-policy token-mean surrogate only; use "
                                       "gradient_backend: onepass (or naive) for off-policy, KL or sequence-mean batches")

@@ -2,7 +2,9 @@
 
 A backend answers two questions about the problems of a `SurrogateBatch`:
   * `combined_gradient(weights)`: the flat vector Σ_i w_i g(x_i) (validation / pool directions);
-  * `problem_signals(directions)`: ‖g(x_i)‖ and ⟨g(x_i), d⟩ for a few fixed directions d.
+  * `problem_signals(directions)`: ‖g(x_i)‖ and ⟨g(x_i), d⟩ for a few fixed directions d; with
+    `per_completion=True` also each completion's own term ⟨g_j, d⟩ of the problem's dot (g(x_i) = Σ_{j∈i} g_j,
+    g_j the gradient of completion j's part of the surrogate), from the same backward.
 Cosines follow from those two. `NaiveGradients` is the reference: one full gradient per problem, as the
 reference GradAlign code computes it. Faster backends must reproduce its numbers.
 
@@ -29,6 +31,7 @@ EPS = 1e-5  # the reference code's ε in ĝ_V = g_V / (‖g_V‖ + ε) and s = �
 class ProblemSignals:
     norms: torch.Tensor  # [n] ‖g(x_i)‖
     dots: torch.Tensor  # [n, D] ⟨g(x_i), d_k⟩
+    completion_dots: torch.Tensor | None = None  # [N, D] ⟨g_j, d_k⟩ per completion row (batch row order); Σ_j∈i = dots[i]
 
     def cosines(self, k: int = 0) -> torch.Tensor:
         """⟨g, d_k⟩ / (‖g‖ + ε): the cosine when d_k is unit-normalised."""
@@ -129,11 +132,27 @@ class GradientBackend:
         return self.combined_gradient(model, batch, weights, group)
 
     def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor,
-                        group: ProcessGroup = SINGLE) -> ProblemSignals:
-        """‖g(x_i)‖ and ⟨g(x_i), d_k⟩ for each problem i and each row d_k of `directions` ([D, P], D may be 0).
+                        group: ProcessGroup = SINGLE, per_completion: bool = False,
+                        with_norms: bool = True) -> ProblemSignals:
+        """‖g(x_i)‖ and ⟨g(x_i), d_k⟩ for each problem i and each row d_k of `directions` ([D, P], D may be 0);
+        with `per_completion`, also every completion's term ⟨g_j, d_k⟩ (`ProblemSignals.completion_dots`), and then
+        `with_norms=False` lets a backend skip the norms (NaN) where that saves work (one-pass: the per-problem G_i).
 
         `group` matters only for an FSDP-sharded model, whose forward passes every rank must make together."""
         raise NotImplementedError
+
+
+def completion_alignment(batch: SurrogateBatch, completion_dots: torch.Tensor) -> torch.Tensor:
+    """d_j = ⟨∇ Σ_t m_jt log π(y_jt), d⟩ per completion, [N, D], from its surrogate term ⟨g_j, d⟩ = -ν_j A_j d_j.
+
+    Exact on policy (the coefficient of ∇ log π is the constant -ν_j A_j along a completion); NaN where A_j = 0,
+    whose term carries no information about d_j."""
+    if not batch.on_policy:
+        raise ValueError("completion_alignment needs an on-policy surrogate (no importance ratio, no KL term)")
+    rows = torch.arange(batch.rollouts.group.numel())
+    coef = -(batch.advantages.double() * batch.row_norm(rows).double())
+    d = completion_dots.double() / coef.unsqueeze(1)
+    return torch.where((coef != 0).unsqueeze(1), d, torch.full_like(d, float("nan")))
 
 
 def refuse_sharded(model, backend: str) -> None:
@@ -147,25 +166,35 @@ class NaiveGradients(GradientBackend):
     """The reference: a full fp32 gradient of every problem, one problem at a time."""
 
     def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor,
-                        group: ProcessGroup = SINGLE) -> ProblemSignals:
+                        group: ProcessGroup = SINGLE, per_completion: bool = False,
+                        with_norms: bool = True) -> ProblemSignals:
         refuse_sharded(model, "naive")
         params = trainable(model)
         saved = [p.grad for p in params]
         n, n_dir = batch.num_problems, directions.shape[0]
         norms, dots = torch.zeros(n, dtype=torch.float64), torch.zeros(n, n_dir, dtype=torch.float64)
+        rows_dots = torch.zeros(batch.rollouts.group.numel(), n_dir, dtype=torch.float64)
         ones = torch.ones(n)
         rows_by_problem = batch.rows_by_problem()
         try:
             for i in batch.live_problems():  # zero-variance groups have g(x) = 0 exactly: no backward
-                for p in params:
-                    p.grad = None
-                weighted_surrogate(model, batch, ones, rows_by_problem[i]).backward()
-                g = flat_grad(params).double()  # fp32 sums over ~10^6 terms drift by ~1e-4: sum in fp64
+                # per completion: one backward per row, summed to the problem's gradient
+                parts = rows_by_problem[i].split(1) if per_completion else [rows_by_problem[i]]
+                g = 0
+                for rows in parts:
+                    for p in params:
+                        p.grad = None
+                    weighted_surrogate(model, batch, ones, rows).backward()
+                    g_rows = flat_grad(params).double()  # fp32 sums over ~10^6 terms drift by ~1e-4: sum in fp64
+                    if per_completion and n_dir:
+                        rows_dots[rows] = directions.double() @ g_rows
+                    g = g + g_rows
                 norms[i] = g.norm()
                 if n_dir:
                     dots[i] = directions.double() @ g
         finally:
             for p, g in zip(params, saved):
                 p.grad = g
-        return ProblemSignals(norms=norms.float(), dots=dots.float())
+        return ProblemSignals(norms=norms.float(), dots=dots.float(),
+                              completion_dots=rows_dots.float() if per_completion else None)
 
