@@ -10,7 +10,7 @@ import pytest
 
 from gradalign.selection import REGISTRY, Candidates, SelectionOptions, get_method, select
 
-GRADIENT_METHODS = ["gradalign", "gradalign-dot", "negalign", "norm", "selfalign", "align-x-learnability"]
+GRADIENT_METHODS = ["gradalign", "gradalign-z", "gradalign-dot", "negalign", "norm", "selfalign", "align-x-learnability"]
 UNIFORM_METHODS = ["random", "passrate-band", "nonzero-variance"]
 ALL_METHODS = GRADIENT_METHODS + ["accgreedy"] + UNIFORM_METHODS + ["full"]
 
@@ -26,6 +26,11 @@ def candidates() -> Candidates:
         cos_val=np.array([0.9, -0.2, 0.1, 0.5, -0.7, 0.3, 0.95, -0.95]),
         dot_val=np.array([0.5, -1.0, 2.0, 0.25, -3.0, 1.0, 9.0, -9.0]),
         cos_self=np.array([-0.1, 0.8, 0.2, 0.6, 0.0, -0.4, 0.99, 0.99]),
+        completion_rewards=np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0], [1, 0, 0, 0],
+                                     [1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=float),
+        completion_dots=np.array([[0.3, 0.1, 0.05, 0.05], [1.0, -1.0, 0.5, -1.5], [2.0, -1.0, 0.5, 0.5],
+                                  [0.1, 0.2, -0.05, 0.0], [-1.0, -1.0, -0.5, -0.5], [0.4, 0.3, 0.2, 0.1],
+                                  [5.0, 4.0, 0.0, 0.0], [-5.0, 0.0, 0.0, 0.0]]),
     )
 
 

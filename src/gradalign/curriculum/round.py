@@ -56,12 +56,30 @@ class RoundSelection:
     validation_sets: list[str] | None = None  # CROPI: the validation sets that gave a direction
     offpolicy: dict | None = None  # CROPI with offpolicy_fidelity: agreement with on-policy gradients
 
+    @property
+    def eligible(self) -> np.ndarray:
+        """[n] bool: the candidates the method could choose (every eligible one is in `ranking`)."""
+        mask = np.zeros(len(self.scores), dtype=bool)
+        mask[self.ranking] = True
+        return mask
+
 
 def reference_logps(model, rollouts: Rollouts, micro_batch: int) -> torch.Tensor:
     """log π_ref of every completion token under `model` (no gradient), [N, C]."""
     rows = torch.arange(rollouts.group.numel())
     with torch.no_grad():
         return torch.cat([completion_logps(model, rollouts, r).float().cpu() for r in rows.split(micro_batch)])
+
+
+def by_problem(rollouts: Rollouts, values: np.ndarray) -> np.ndarray:
+    """Per-row values as [n, k_max], each problem's completions in row order (NaN pads smaller groups)."""
+    group = rollouts.group.numpy()
+    counts = np.bincount(group, minlength=rollouts.num_problems)
+    out = np.full((rollouts.num_problems, max(int(counts.max(initial=0)), 1)), np.nan)
+    order = np.argsort(group, kind="stable")
+    position = np.arange(len(group)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out[group[order], position] = values[order]
+    return out
 
 
 def _seconds_since(start: float) -> float:
@@ -144,7 +162,7 @@ class RoundSelector:
                                      sampling, blocks=blocks)
         timings["rollouts"] = _seconds_since(t)
         cand = Candidates(ids=[chunk[i].id for i in owned], pass_rate=rollouts.pass_rates(),
-                          zero_variance=rollouts.zero_variance())
+                          zero_variance=rollouts.zero_variance(), completion_length=rollouts.mean_lengths())
         result = RoundSelection(np.zeros(0, dtype=int), cand, np.zeros(len(chunk)), timings,
                                 warmup=self.last_warmup if "warmup" in needs else None)
         method = self.method
@@ -282,12 +300,19 @@ class RoundSelector:
             directions.append(unit(self.backend.pooled_gradient(model, batch, self.group),
                                    shard_group(self.group, model)))
         stacked = torch.stack(directions) if directions else torch.zeros(0, 0)
-        signals = self.backend.problem_signals(model, batch, stacked, self.group)
+        # "completions": per-completion terms; their methods need no norms unless they say so (one-pass skips G_i)
+        per_completion = "completions" in self.method.needs
+        with_norms = not per_completion or "norms" in self.method.needs
+        signals = self.backend.problem_signals(model, batch, stacked, self.group, per_completion=per_completion,
+                                               with_norms=with_norms)
         cand.norm = signals.norms.numpy()
         col = 0
         if "validation" in self.method.needs:
             cand.dot_val, cand.cos_val = signals.dots[:, 0].numpy(), signals.cosines(0).numpy()
             col = 1
+        if per_completion:
+            cand.completion_rewards = by_problem(rollouts, rollouts.rewards.numpy())
+            cand.completion_dots = by_problem(rollouts, signals.completion_dots[:, 0].numpy())
         if "self" in self.method.needs:
             cand.cos_self = signals.cosines(col).numpy()
         result.timings["scoring"] = _seconds_since(t_score)

@@ -15,10 +15,13 @@ class Candidates:
     ids: list[str]
     pass_rate: np.ndarray  # [n] p(x), mean reward of the rollout group
     zero_variance: np.ndarray  # [n] bool: all rewards equal, so g(x) = 0
+    completion_length: np.ndarray | None = None  # [n] mean completion tokens (diagnostics; no method reads it)
     norm: np.ndarray | None = None  # ‖g(x)‖
     cos_val: np.ndarray | None = None  # ⟨g, ĝ_V⟩ / (‖g‖ + ε)
     dot_val: np.ndarray | None = None  # ⟨g, ĝ_V⟩
     cos_self: np.ndarray | None = None  # cosine to the pooled gradient of the chunk itself
+    completion_rewards: np.ndarray | None = None  # [n, k] each completion's reward (NaN pads shorter groups)
+    completion_dots: np.ndarray | None = None  # [n, k] each completion's term ⟨g_j, ĝ_V⟩ of dot_val (Σ_j = dot_val)
     features: np.ndarray | None = None  # [n, d] unit projected gradients ĝ(x) (zero rows: zero-variance)
     cos_sets: np.ndarray | None = None  # [n, V] cosine of the projected gradient to each validation set's direction
 
@@ -50,7 +53,9 @@ class Method:
 
     name: str
     score: Callable[[Candidates, SelectionOptions], Scored]
-    # subset of {"gradients", "validation", "self", "features", "warmup", "offline"}: what the selector computes
+    # subset of {"gradients", "validation", "completions", "self", "features", "warmup", "offline"}: what the
+    # selector computes ("completions": per-completion rewards and terms of the validation dot; with it, norms and
+    # cosines are only computed when "norms" is also named)
     needs: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
     needs_rollouts: bool = True  # False only for "full", which trains on the whole pool unscored
