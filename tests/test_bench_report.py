@@ -244,3 +244,70 @@ def test_extra_test_sets_get_a_forgetting_column(bench: Path):
     assert "| random | 0.370 ± 0.010 (3) | — | 0.600 ± 0.100 (3) |" in md
     assert "| full | 0.410 ± 0.010 (3) | +0.040 | 0.300 ± 0.100 (3) |" in md
     assert "| gradalign | 0.460 ± 0.014 (2) | +0.090 | — |" in md  # no extra test recorded
+
+
+# ── selection diagnostics (record["diagnostics"]) and score distributions (scores/round-NNN.csv) ─────────────
+def _diag(auc, top, selected, eligible=0.25, corr=0.2, ranked=True) -> dict:
+    figures = {"eligible_good_share": eligible, "auc": auc, "top_good_share": top, "selected_good_share": selected,
+               "selected_pass_rate": {"good": None, "bad": None}, "eligible_pass_rate": {"good": 0.5, "bad": 0.5}}
+    return {"eligible": 60, "ranked": ranked, "labels": {"target": figures},
+            "label_free": {"score_std": 0.1 if ranked else 0.0, "positive_share": None,
+                           "pass_rate_corr": corr if ranked else None, "length_corr": None}}
+
+
+def _set_diagnostics(cell: Path, diags: list[dict]) -> None:
+    path = cell / "rounds.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row, d in zip(rows, diags):
+        row["diagnostics"] = d
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _write_scores(cell: Path, scores: list[float], sources: list[str]) -> None:
+    from gradalign.selection.diagnostics import SCORE_COLUMNS, write_scores
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    rank = {i: k + 1 for k, i in enumerate(order)}
+    rows = [dict.fromkeys(SCORE_COLUMNS, "") | {"id": f"p{i}", "pass_rate": 0.5, "score": s, "rank": rank[i],
+                                                "selected": rank[i] <= 2, "source": sources[i]}
+            for i, s in enumerate(scores)]
+    write_scores(cell / "scores" / "round-000.csv", rows)
+
+
+def test_report_shows_selection_diagnostics(bench: Path):
+    imb = bench / "imbalance"
+    grad = {0: [_diag(0.70, 0.60, 0.625), _diag(0.80, 0.70, 0.75), _diag(0.90, 0.80, 0.875)],
+            1: [_diag(0.60, 0.50, 0.625), _diag(None, 0.60, 0.75, corr=None), _diag(0.80, 0.70, 0.875, corr=0.4)]}
+    for s, diags in grad.items():
+        _set_diagnostics(imb / "gradalign" / f"seed-{s}", diags)
+    for s in (0, 1):  # seed 2 was recorded before diagnostics existed: left out of the statistics
+        _set_diagnostics(imb / "random" / f"seed-{s}", [_diag(None, None, 0.25 + 0.05 * s, ranked=False)] * ROUNDS)
+    _write_scores(imb / "gradalign" / "seed-0", [0.9, 0.8, 0.3, 0.2, 0.1, -0.1], ["sub", "sub", "add", "sub", "add",
+                                                                                   "add"])
+    _write_scores(imb / "random" / "seed-0", [0.0] * 6, ["sub", "add"] * 3)  # a uniform draw: no panel
+    md = bench_report(bench).read_text()
+
+    # per seed the mean over rounds (nulls ignored), then mean ± std (ddof=1) over the finished seeds
+    def stats(key, signed=False):
+        def pick(d):
+            return d["label_free"]["pass_rate_corr"] if key == "corr" else d["labels"]["target"][key]
+        per_seed = [np.mean([pick(d) for d in diags if pick(d) is not None]) for diags in grad.values()]
+        return f"{np.mean(per_seed):{'+' if signed else ''}.2f} ± {np.std(per_seed, ddof=1):.2f} (2)"
+
+    section = md.split("## Regime: imbalance")[1].split("## Regime:")[0]
+    assert "**Selection diagnostics** (label `target`: good = from a validation source)" in section
+    assert ("| method | eligible good share | AUC (good vs bad) | top-k good share | selected good share "
+            "| ρ(score, pass rate) |") in section
+    assert (f"| gradalign | 0.25 ± 0.00 (2) | {stats('auc')} | {stats('top_good_share')} | "
+            f"{stats('selected_good_share')} | {stats('corr', signed=True)} |") in section
+    assert stats("auc") == "0.75 ± 0.07 (2)"  # seeds 0.80 and 0.70
+    assert "| random | 0.25 ± 0.00 (2) | — | — | 0.28 ± 0.04 (2) | — |" in section  # 0.25 and 0.30
+    assert "| full | — | — | — | — | — |" in section  # no selection, no diagnostics
+    assert "](plots/imbalance-scores.png)" in section
+    png = bench / "plots" / "imbalance-scores.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5_000
+    # low-utility has no diagnostics and no scores files (an older benchmark): no table, no figure
+    assert "Selection diagnostics" not in md.split("## Regime: low-utility")[1]
+    assert not (bench / "plots" / "low-utility-scores.png").exists()
+    page = (bench / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<td>0.75 ± 0.07 (2)</td>" in page
+    assert "<strong>Selection diagnostics</strong>" in page

@@ -22,6 +22,7 @@ from gradalign.data.regimes import imbalance
 from gradalign.gradients.store import model_hash
 from gradalign.policy.warmstart import warm_started_tiny
 from gradalign.selection import Candidates, SelectionOptions, get_method, select
+from gradalign.selection.diagnostics import SCORE_COLUMNS
 
 
 def pairwise_row_means(features: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -176,7 +177,7 @@ def test_one_shot_select_then_train(tmp_path, capsys):
     with open(tmp_path / "selected.scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["id"] for r in rows] == [p.id for p in sc.pool]
-    assert set(rows[0]) == {"id", "pass_rate", "learnability", "score", "rank", "selected", "source"}
+    assert list(rows[0]) == SCORE_COLUMNS
     ranked = sorted((r for r in rows if r["rank"]), key=lambda r: int(r["rank"]))
     scores = [float(r["score"]) for r in ranked]
     assert scores == sorted(scores, reverse=True)  # rank follows the score

@@ -194,3 +194,100 @@ def test_summary_shows_selected_composition_and_offpolicy_fidelity(tmp_path: Pat
     assert "| random | 1.00 | 0.00 |" in text
     assert "| cropi | 0 | 12 | 0.81 | 0.90 | 0.75 | 0.25 |" in text
     assert "| cropi | 1 | 0 | — | — | — | — |" in text
+
+
+# ── selection diagnostics (record["diagnostics"]) and the score distributions (scores/round-NNN.csv) ─────────
+def diag(auc, top, selected, eligible=0.5, label="corrupted", ranked=True, corr=0.1):
+    """A round's `diagnostics` as selection/diagnostics.py writes it."""
+    figures = {"eligible_good_share": eligible, "auc": auc, "top_good_share": top, "selected_good_share": selected,
+               "selected_pass_rate": {"good": 0.5, "bad": None}, "eligible_pass_rate": {"good": 0.5, "bad": 0.4}}
+    return {"eligible": 60, "ranked": ranked, "labels": {label: figures},
+            "label_free": {"score_std": 0.2 if ranked else 0.0, "positive_share": 0.6 if ranked else None,
+                           "pass_rate_corr": corr if ranked else None, "length_corr": None}}
+
+
+def add_diagnostics(run: Path, diags: list[dict]) -> None:
+    rows = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    for row, d in zip(rows, diags):
+        row["diagnostics"] = d
+    (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def add_scores(run: Path, r: int, scores: list[float], corrupted: list[bool | str], sources: list[str] | None = None,
+               utility: list[str] | None = None, eligible: list[bool] | None = None) -> None:
+    """scores/round-NNN.csv as the curriculum writes it (SCORE_COLUMNS): ineligible candidates have no rank."""
+    from gradalign.selection.diagnostics import write_scores
+    n = len(scores)
+    eligible = eligible or [True] * n
+    order = sorted((i for i in range(n) if eligible[i]), key=lambda i: -scores[i])
+    rank = {i: k + 1 for k, i in enumerate(order)}
+    (run / "scores").mkdir(exist_ok=True)
+    write_scores(run / "scores" / f"round-{r:03d}.csv",
+                 [{"id": f"p{i}", "pass_rate": 0.5, "learnability": 0.25, "completion_length": 7.0,
+                   "zero_variance": not eligible[i], "score": scores[i], "rank": rank.get(i, ""),
+                   "selected": rank.get(i, 99) <= 4, "source": (sources or ["add"] * n)[i],
+                   "corrupted": corrupted[i], "utility": (utility or [""] * n)[i]} for i in range(n)])
+
+
+def test_summary_and_terminal_show_selection_diagnostics(demo: Path):
+    g, rnd = demo / "gradalign", demo / "random"
+    add_diagnostics(g, [diag(0.80, 0.70, 0.75, corr=-0.3), diag(None, 0.80, 0.65, corr=None),
+                        diag(0.90, 0.90, 0.95, eligible=0.4, corr=0.1)])
+    add_diagnostics(rnd, [diag(None, None, s, ranked=False) for s in (0.50, 0.45, 0.52)])
+    # accgreedy: recorded before diagnostics existed, no scores files: left out, no error
+    add_scores(g, 0, [0.9, 0.8, 0.7, 0.6, 0.1, 0.0, -0.1, 0.5], [False] * 4 + [True] * 4,
+               eligible=[True] * 7 + [False])
+    add_scores(rnd, 0, [0.0] * 8, [False, True] * 4)  # a uniform draw: one score for all, no panel
+    table = report(demo)
+
+    auc, top, sel = (0.80 + 0.90) / 2, (0.70 + 0.80 + 0.90) / 3, (0.75 + 0.65 + 0.95) / 3  # nulls ignored
+    eligible, corr = (0.5 + 0.5 + 0.4) / 3, (-0.3 + 0.1) / 2
+    summary = (demo / "summary.md").read_text()
+    assert "## Selection diagnostics" in summary
+    assert ("| method | corrupted: eligible good | corrupted: AUC | corrupted: top-k good | corrupted: selected good "
+            "| score std | positive share | ρ(score, pass rate) | ρ(score, length) |") in summary
+    assert (f"| gradalign | {eligible:.2f} | {auc:.2f} | {top:.2f} | {sel:.2f} | 0.2 | 0.60 | {corr:+.2f} | — |"
+            in summary)
+    assert f"| random | 0.50 | — | — | {(0.50 + 0.45 + 0.52) / 3:.2f} | 0 | — | — | — |" in summary
+    assert "| accgreedy |" not in summary.split("## Selection diagnostics")[1].split("##")[0]
+    assert "(scores.png)" in summary
+    data = (demo / "scores.png").read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5_000
+
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert "selection diagnostics, mean over rounds (corrupted: good = clean reward;" in table
+    g_line = next(line for line in lines if line.startswith("  gradalign"))
+    assert f"AUC {auc:.2f}  good share: top-k {top:.2f}  selected {sel:.2f}  eligible {eligible:.2f}" in g_line
+    assert g_line.endswith(f"ρ {corr:+.2f}")
+    assert "AUC    —" in next(line for line in lines if line.startswith("  random"))
+    assert not any(line.startswith("  accgreedy") for line in lines)
+
+
+def test_old_run_directories_report_without_diagnostics(demo: Path):
+    table = report(demo)
+    summary = (demo / "summary.md").read_text()
+    assert "Selection diagnostics" not in summary and "scores.png" not in summary
+    assert not (demo / "scores.png").exists() and "selection diagnostics" not in table
+
+
+def test_score_split_labels_and_uniform_rounds(tmp_path: Path):
+    from gradalign.reports.plots import plot_score_distributions, score_split
+    run = make_run(tmp_path / "imb" / "gradalign", "gradalign", [0.4, 0.5], [None, None], scenario="imbalance")
+    (run / "problems").mkdir()
+    (run / "problems" / "validation.jsonl").write_text(json.dumps({"id": "v0", "prompt": "1-1", "answer": "0",
+                                                                   "source": "sub"}) + "\n")
+    add_scores(run, 0, [0.9, 0.7, 0.2, 0.1], [""] * 4, sources=["sub", "sub", "add", "add"])
+    add_scores(run, 1, [0.3] * 4, [""] * 4, sources=["sub", "add", "add", "add"])  # equal scores: left out
+    label, good, bad = score_split(load_run(run))
+    assert label == "target" and sorted(good) == [0.7, 0.9] and sorted(bad) == [0.1, 0.2]
+    assert score_split(load_run(run), validation_sources=[]) is None  # no target sources: no label
+    low = make_run(tmp_path / "low" / "cropi", "cropi", [0.4], [None], scenario="low-utility")
+    add_scores(low, 0, [0.5, 0.4, 0.3], [""] * 3, utility=["useful", "trivial", "unsolvable"])
+    label, good, bad = score_split(load_run(low))
+    assert label == "utility" and list(good) == [0.5] and sorted(bad) == [0.3, 0.4]
+    png = plot_score_distributions([load_run(run), load_run(low)], tmp_path / "s.png")
+    assert png is not None and png.read_bytes()[:8] == PNG_MAGIC
+    old = make_run(tmp_path / "old", "random", [0.4], [0.5])
+    assert plot_score_distributions([load_run(old)], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

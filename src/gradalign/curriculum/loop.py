@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from .. import fileio
-from ..config import RunConfig
+from ..config import SCENARIO_KNOBS, RunConfig
 from ..data.io import load_problems, save_problems
 from ..data.problem import DataError, Problem
 from ..data.regimes import Scenario, build_scenario
@@ -29,6 +29,7 @@ from ..evaluation import evaluate
 from ..policy.load import load_policy, resolve_device, save_policy
 from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
+from ..selection.diagnostics import scores_table, selection_diagnostics, write_scores
 from .offline import offline_influence
 from .round import EmptySelectionError, RoundSelection, RoundSelector
 from .trl_bridge import grpo_steps, new_optimizer
@@ -54,8 +55,10 @@ def load_problem_sets(cfg: RunConfig) -> Scenario:
     """The pool, validation and test problems: the user's files, or a built-in scenario."""
     if cfg.pool is None:
         kw = dict(pool_size=cfg.pool_size, validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed)
-        if cfg.scenario == "unreliable-rewards":
-            kw["corrupt_fraction"] = cfg.corrupt_fraction
+        # each scenario gets exactly its own knobs (config.SCENARIO_KNOBS: builder parameter -> RunConfig field)
+        kw.update({param: getattr(cfg, name) for param, name in SCENARIO_KNOBS.get(cfg.scenario, {}).items()})
+        if "families" in kw:  # unreliable-rewards takes family -> weight; the config lists equal-weight families
+            kw["families"] = dict.fromkeys(kw["families"], 1.0)
         return build_scenario(cfg.scenario, **kw)
     pool = load_problems(cfg.pool)
     validation = load_problems(cfg.validation) if cfg.validation else []
@@ -229,6 +232,8 @@ class Curriculum:
                                       f"zero-variance?); try zero_variance: score-zero or a larger chunk_size")
         if self.group.is_main:
             save_problems(self.out / "selected" / f"round-{r:03d}.jsonl", chosen)
+            if selection is not None:
+                self.write_scores(r, chunk, selection)
         t = time.perf_counter()
         train_log = grpo_steps(model, tokenizer, chosen, cfg.steps_per_round, cfg, self.reward, optimizer, scheduler,
                                seed)
@@ -277,7 +282,17 @@ class Curriculum:
                 if getattr(sel, key) is not None:
                     record[key] = getattr(sel, key)
             record["timings"].update(sel.timings)
+            record["diagnostics"] = selection_diagnostics(
+                chunk, cand.pass_rate, cand.completion_length, sel.scores, sel.eligible, chosen_idx,
+                {p.source for p in self.sets.validation})
         return record
+
+    def write_scores(self, r: int, chunk: list[Problem], sel: RoundSelection) -> None:
+        """scores/round-NNN.csv: every candidate's pass rate, score, rank, selection and labels."""
+        c = sel.candidates
+        write_scores(self.out / "scores" / f"round-{r:03d}.csv",
+                     scores_table(chunk, c.pass_rate, c.completion_length, c.zero_variance, sel.scores, sel.ranking,
+                                  sel.selected))
 
     def evaluate(self, model, tokenizer, seed: int) -> dict:
         """Test accuracy; a scenario's extra test sets (e.g. imbalance's other tasks, for forgetting) under "extra"."""

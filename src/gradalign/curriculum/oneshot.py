@@ -7,7 +7,6 @@ curriculum with the chunk set to the whole pool.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import time
@@ -23,32 +22,26 @@ from ..data.problem import Problem
 from ..data.regimes import Scenario
 from ..policy.load import load_policy
 from ..selection import get_method
+from ..selection.diagnostics import scores_table, write_scores
 from .loop import check_inputs, count_values, join_processes, load_problem_sets, make_reward, round_seed
 from .offline import offline_influence
 from .round import RoundSelection, RoundSelector
 
 log = logging.getLogger(__name__)
-COLUMNS = ["id", "pass_rate", "learnability", "score", "rank", "selected", "source"]
 
 
 @dataclass
 class OneShotResult:
     selected: list[Problem]
-    table: list[dict]  # one row per pool problem, in pool order (COLUMNS)
+    table: list[dict]  # one row per pool problem, in pool order (SCORE_COLUMNS)
     selection: RoundSelection
     seconds: float
 
 
-def scores_table(pool: list[Problem], sel: RoundSelection) -> list[dict]:
-    """id, p, V = p(1-p), score, rank (1 = best; empty for ineligible candidates), selected, source."""
-    rank = np.zeros(len(pool), dtype=int)
-    rank[sel.ranking] = np.arange(1, len(sel.ranking) + 1)
-    chosen = np.zeros(len(pool), dtype=bool)
-    chosen[sel.selected] = True
-    p = sel.candidates.pass_rate
-    return [{"id": prob.id, "pass_rate": float(p[i]), "learnability": float(p[i] * (1 - p[i])),
-             "score": float(sel.scores[i]), "rank": int(rank[i]) or "", "selected": bool(chosen[i]),
-             "source": prob.source} for i, prob in enumerate(pool)]
+def pool_scores(pool: list[Problem], sel: RoundSelection) -> list[dict]:
+    """The scores table of a whole-pool selection (`selection.diagnostics.SCORE_COLUMNS`)."""
+    c = sel.candidates
+    return scores_table(pool, c.pass_rate, c.completion_length, c.zero_variance, sel.scores, sel.ranking, sel.selected)
 
 
 def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShotResult:
@@ -74,16 +67,13 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
                                              group=group)
     sel = selector.select(model, tokenizer, sets.pool, round_seed(cfg.seed, 0), keep=n)
     selected = [sets.pool[i] for i in sel.selected]
-    return OneShotResult(selected, scores_table(sets.pool, sel), sel, time.perf_counter() - start)
+    return OneShotResult(selected, pool_scores(sets.pool, sel), sel, time.perf_counter() - start)
 
 
 def write_selection(result: OneShotResult, out: str | Path, scores: str | Path, cfg: RunConfig) -> dict:
     """The selected subset (.jsonl / .parquet), the scores CSV and a JSON summary beside it; all atomic."""
     save_problems(out, result.selected)
-    with fileio.atomic_path(scores) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(result.table)
+    write_scores(scores, result.table)
     summary = {"method": cfg.method, "pool": len(result.table), "selected": len(result.selected),
                "composition": composition(result.selected), "timings": result.selection.timings,
                "warmup": result.selection.warmup, "seconds": round(result.seconds, 2),

@@ -55,6 +55,12 @@ class Rollouts:
         counts = torch.bincount(self.group, minlength=self.num_problems).clamp(min=1)
         return (sums / counts).numpy()
 
+    def mean_lengths(self) -> np.ndarray:
+        """Mean completion length in tokens per problem."""
+        sums = torch.zeros(self.num_problems).index_add_(0, self.group, self.completion_mask.sum(1).float())
+        counts = torch.bincount(self.group, minlength=self.num_problems).clamp(min=1)
+        return (sums / counts).numpy()
+
     def zero_variance(self) -> np.ndarray:
         """True for problems whose completions all got the same reward (their policy gradient is zero)."""
         n = self.num_problems

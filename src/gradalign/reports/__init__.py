@@ -1,4 +1,4 @@
-"""Reports: run directories → a result table (terminal + Markdown), `accuracy.png` and `summary.md`."""
+"""Reports: run directories → a result table (terminal + Markdown), `accuracy.png`, `scores.png` and `summary.md`."""
 
 from __future__ import annotations
 
@@ -6,17 +6,21 @@ import os
 from pathlib import Path
 
 from .benchmark import bench_report
-from .plots import plot_runs
-from .summary import RunView, find_runs, format_table, load_run, markdown_table, method_rows, write_summary
+from .plots import plot_runs, plot_score_distributions
+from .summary import (RunView, find_runs, format_diagnostics, format_table, load_run, markdown_table, method_rows,
+                      write_summary)
 
 __all__ = ["RunView", "load_run", "find_runs", "method_rows", "format_table", "markdown_table", "write_summary",
-           "plot_runs", "report", "bench_report"]
+           "plot_runs", "plot_score_distributions", "report", "bench_report"]
 
 
 def report(directory: str | os.PathLike, notes: list[str] | None = None) -> str:
-    """Find the runs under `directory`, write `accuracy.png` and `summary.md` into it; return the terminal table."""
+    """Find the runs under `directory`, write `accuracy.png`, `scores.png` (when some run has scores to split)
+    and `summary.md` into it; return the terminal table, with one diagnostics line per selecting run."""
     directory = Path(directory)
     runs = find_runs(directory)
     plot_path = plot_runs(runs, directory / "accuracy.png")
-    write_summary(directory, runs, plot_path=plot_path, notes=notes)
-    return format_table(method_rows(runs))
+    scores_plot = plot_score_distributions(runs, directory / "scores.png")
+    write_summary(directory, runs, plot_path=plot_path, notes=notes, scores_plot=scores_plot)
+    diagnostics = format_diagnostics(runs)
+    return format_table(method_rows(runs)) + (f"\n\n{diagnostics}" if diagnostics else "")

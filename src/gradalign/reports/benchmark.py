@@ -26,8 +26,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..fileio import atomic_path, write_text
-from .plots import _EXTRA_COLOURS, MARKERS, METHOD_COLOURS
-from .summary import DASH, RunView, _is_number, _secs, _share, load_run, read_json_object, time_split
+from .plots import _EXTRA_COLOURS, MARKERS, METHOD_COLOURS, plot_score_distributions
+from .summary import (DASH, DIAGNOSTIC_LABELS, GOOD_MEANS, RunView, _is_number, _secs, _share, diagnostics_labels,
+                      diagnostics_means, load_run, read_json_object, round_diagnostics, time_split)
 
 Stats = tuple[float, float, int]  # (mean, std, n) over seeds
 Curve = tuple[Sequence[float], Sequence[float]]  # (x, y) of one seed
@@ -39,6 +40,10 @@ TIMES = ("rollouts", "scoring", "training", "evaluation", "total")
 PLOTTED_SHARE = {"imbalance": "target", "unreliable-rewards": "corrupted", "low-utility": "wasted"}
 SHARE_LABELS = {"target": "target-task share of selection", "corrupted": "corrupted share of selection",
                 "wasted": "trivial + unsolvable share of selection"}
+# The label whose diagnostics tell each regime's story (selection/diagnostics.py: what counts as good).
+REGIME_LABEL = {"unreliable-rewards": "corrupted", "imbalance": "target", "low-utility": "utility"}
+DIAGNOSTIC_COLUMNS = (("eligible_good_share", "eligible good share"), ("auc", "AUC (good vs bad)"),
+                      ("top_good_share", "top-k good share"), ("selected_good_share", "selected good share"))
 THRESHOLD_TOLERANCE = 1e-9  # a seed that ends exactly at the mean of equal finals must count as reaching it
 
 
@@ -279,6 +284,37 @@ def regime_rows(regime: RegimeView, methods: Sequence[str]) -> list[dict]:
     return rows
 
 
+def diagnostics_label(regime: RegimeView) -> str | None:
+    """The label a regime's diagnostics are read under: the regime's own (REGIME_LABEL) when its records carry
+    it, else the first they carry; None when no record has diagnostics (older benchmarks, `full` only)."""
+    found = diagnostics_labels([d for seeds in regime.runs.values() for run in seeds.values()
+                                for d in round_diagnostics(run)])
+    own = REGIME_LABEL.get(regime.kind)
+    return own if own in found else (found[0] if found else None)
+
+
+def diagnostic_rows(regime: RegimeView, methods: Sequence[str], label: str) -> list[dict]:
+    """One row per method: over finished seeds, the Stats of each seed's mean over rounds of DIAGNOSTIC_COLUMNS
+    under `label`, and of the label-free score–pass-rate correlation."""
+    rows = []
+    for m in methods:
+        means = [d for d in (diagnostics_means(run) for run in regime.finished(m)) if d is not None]
+        rows.append({"method": m,
+                     **{k: seed_stats(d["labels"].get(label, {}).get(k) for d in means) for k, _ in DIAGNOSTIC_COLUMNS},
+                     "pass_rate_corr": seed_stats(d["label_free"]["pass_rate_corr"] for d in means)})
+    return rows
+
+
+def _regime_score_plot(regime: RegimeView, methods: Sequence[str], path: Path) -> Path | None:
+    """Score distributions, good vs bad under the regime's label, of each method's first started seed."""
+    runs = [seeds[min(seeds)] for m in methods if (seeds := regime.runs.get(m))]
+    own = REGIME_LABEL.get(regime.kind)
+    labels = ([own] if own else []) + [name for name in DIAGNOSTIC_LABELS if name != own]
+    return plot_score_distributions(runs, path, labels, regime.target_sources or None,
+                                    title=f"regime: {regime.name}   ·   scores of the eligible candidates, good vs bad "
+                                          f"(first seed, all rounds pooled)")
+
+
 # ── verdicts ─────────────────────────────────────────────────────────────────────────────────────────────────
 def compare_sentence(a: str, sa: Stats, b: str, sb: Stats) -> str:
     """One plain sentence: `a` beats / loses to `b`, or no difference beyond the seed spread."""
@@ -375,6 +411,19 @@ def table_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
                     + [_steps_text(r["steps_to"][ref]) for ref in REFERENCES]
                     + [_share(r["shares"][k]) for k in shares] + [_secs(r["times"][k]) for k in TIMES]
                     + [_pending_text(r)])
+    return header, body
+
+
+def _stats_text(stats: Stats, signed: bool = False) -> str:
+    mean, std, n = stats
+    return DASH if not n else f"{mean:{'+' if signed else ''}.2f} ± {std:.2f} ({n})"
+
+
+def diagnostics_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, cell rows) of a regime's diagnostics table: mean ± std over seeds (their number)."""
+    header = ["method", *(h for _, h in DIAGNOSTIC_COLUMNS), "ρ(score, pass rate)"]
+    body = [[r["method"], *(_stats_text(r[k]) for k, _ in DIAGNOSTIC_COLUMNS), _stats_text(r["pass_rate_corr"], True)]
+            for r in rows]
     return header, body
 
 
@@ -546,8 +595,26 @@ HOW_TO_READ = (
 Block = tuple  # ("h1"|"h2"|"p", text) · ("ul", [text]) · ("table", header, rows) · ("img", alt, path)
 
 
-def _plot_name(regime: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", regime) + ".png"
+def _plot_name(regime: str, suffix: str = "") -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", regime) + suffix + ".png"
+
+
+def _diagnostics_blocks(regime: RegimeView, methods: Sequence[str], score_plot: Path | None) -> list[Block]:
+    """The regime's diagnostics table and score-distribution figure ([] for benchmarks recorded without them)."""
+    label = diagnostics_label(regime)
+    rows = diagnostic_rows(regime, methods, label) if label else []
+    blocks: list[Block] = []
+    if any(r[k][2] for r in rows for k in (*dict(DIAGNOSTIC_COLUMNS), "pass_rate_corr")):
+        blocks += [("p", f"**Selection diagnostics** (label `{label}`: good = {GOOD_MEANS.get(label, 'good')}): "
+                         "per finished seed the mean over rounds, then mean ± std over seeds (their number). Among "
+                         "the candidates a method could choose: the good share (what a uniform draw gets); the AUC, "
+                         "the chance that a good candidate outscores a bad one (0.5 = none); the good share of the "
+                         "k best scores and of the selection; and the Spearman ρ of score and pass rate. Uniform "
+                         "draws do not rank (— for AUC, top-k and ρ); full selects nothing."),
+                   ("table", *diagnostics_cells(rows))]
+    if score_plot is not None:
+        blocks.append(("img", f"{regime.name}: scores of the eligible candidates, good vs bad", score_plot))
+    return blocks
 
 
 def _setting(bench: BenchView) -> list[str]:
@@ -577,7 +644,8 @@ def _progress(bench: BenchView) -> str:
     return f"**cells**: {done} of {total} finished, {running} running, {total - done - running} not started"
 
 
-def report_blocks(bench: BenchView, plots: dict[str, Path | None]) -> list[Block]:
+def report_blocks(bench: BenchView, plots: dict[str, Path | None],
+                  score_plots: dict[str, Path | None] | None = None) -> list[Block]:
     blocks: list[Block] = [("h1", f"Data-regimes benchmark: {bench.path.resolve().name}"),
                            ("ul", _setting(bench) + [_progress(bench)]),
                            ("h2", "How to read this"), ("p", HOW_TO_READ)]
@@ -589,6 +657,7 @@ def report_blocks(bench: BenchView, plots: dict[str, Path | None]) -> list[Block
                    ("table", header, body), ("ul", regime_verdict(rows))]
         if plots.get(name) is not None:
             blocks.append(("img", f"{name}: accuracy vs step and wall time, selection share per round", plots[name]))
+        blocks += _diagnostics_blocks(regime, bench.methods, (score_plots or {}).get(name))
     return blocks
 
 
@@ -650,12 +719,14 @@ def to_html(blocks: Sequence[Block]) -> str:
 
 
 def bench_report(directory: str | os.PathLike) -> Path:
-    """Write `plots/<regime>.png`, `report.md` and a standalone `report.html` into a benchmark directory
-    (all atomically); returns the path of `report.md`."""
+    """Write `plots/<regime>.png` (and `plots/<regime>-scores.png` where cells have scores files), `report.md`
+    and a standalone `report.html` into a benchmark directory (all atomically); returns the path of `report.md`."""
     bench = load_bench(directory)
     plots = {name: plot_regime(regime, bench.methods, bench.path / "plots" / _plot_name(name))
              for name, regime in bench.regimes.items()}
-    blocks = report_blocks(bench, plots)
+    score_plots = {name: _regime_score_plot(regime, bench.methods, bench.path / "plots" / _plot_name(name, "-scores"))
+                   for name, regime in bench.regimes.items()}
+    blocks = report_blocks(bench, plots, score_plots)
     md_path = bench.path / "report.md"
     write_text(md_path, to_markdown(blocks, bench.path))
     write_text(bench.path / "report.html", to_html(blocks))

@@ -1,4 +1,5 @@
-"""One PNG per comparison: test accuracy vs GRPO step, and the corrupted share of each round's selection.
+"""One PNG per comparison: test accuracy vs GRPO step, and the corrupted share of each round's selection; and
+one of the score distributions of the eligible candidates, good vs bad (`scores/round-NNN.csv`).
 
 Uses `matplotlib.figure.Figure` with the Agg canvas directly: no pyplot, no global backend switch, safe in
 threads and on machines without a display.
@@ -6,11 +7,17 @@ threads and on machines without a display.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from ..fileio import atomic_path
-from .summary import RunView
+from ..selection.diagnostics import read_scores
+from .summary import DIAGNOSTIC_LABELS, RunView
 
 # Stable colours for the methods people compare most; others take the next free tab10 colour.
 METHOD_COLOURS = {"gradalign": "#1f77b4", "random": "#7f7f7f", "accgreedy": "#d62728", "full": "#2ca02c",
@@ -98,6 +105,113 @@ def plot_runs(runs: list[RunView], path: str | os.PathLike, dpi: int = 120) -> P
         ax.legend(loc="best", frameon=False)
 
     fig.suptitle(_title(runs), fontsize=12)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path
+
+
+# ── score distributions, good vs bad ─────────────────────────────────────────────────────────────────────────
+GOOD_BAD = {"corrupted": ("clean", "corrupted"), "target": ("target", "other"), "utility": ("useful", "not useful")}
+GOOD_COLOUR, BAD_COLOUR = "#2ca02c", "#d62728"
+
+
+def run_validation_sources(run_dir: Path) -> set[str]:
+    """The sources of `problems/validation.jsonl` (the *target* label's good side); empty when absent or garbled."""
+    path = run_dir / "problems" / "validation.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return set()
+    return {str(r["source"]) for r in rows if isinstance(r, dict) and r.get("source")}
+
+
+def _score(text: str | None) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def ranked_score_rows(run_dir: Path) -> list[dict]:
+    """The eligible candidates (rank not empty) of every round whose scores differ, all rounds pooled; [] without
+    scores files (`full`, older runs) and for uniform draws (one score for every eligible candidate)."""
+    rows = []
+    for path in sorted((run_dir / "scores").glob("round-*.csv")):
+        try:
+            table = [r for r in read_scores(path) if r.get("rank") and not math.isnan(_score(r.get("score")))]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len({_score(r["score"]) for r in table}) > 1:
+            rows += table
+    return rows
+
+
+def good_mask(rows: list[dict], label: str, validation_sources: set[str]) -> np.ndarray | None:
+    """Per row, True = good under `label` (as selection/diagnostics.py counts it); None when the rows lack it."""
+    if label == "corrupted" and any(r.get("corrupted") for r in rows):
+        return np.array([r.get("corrupted") != "True" for r in rows])
+    if label == "target" and validation_sources:
+        return np.array([r.get("source") in validation_sources for r in rows])
+    if label == "utility" and any(r.get("utility") for r in rows):
+        return np.array([r.get("utility") == "useful" for r in rows])
+    return None
+
+
+def score_split(run: RunView, labels: Sequence[str] = DIAGNOSTIC_LABELS,
+                validation_sources: Sequence[str] | None = None) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(label, good scores, bad scores) of the run's eligible candidates under the first of `labels` with both
+    sides present; None when there is nothing to split. Validation sources default to the run directory's."""
+    rows = ranked_score_rows(run.path) if run.path is not None else []
+    if not rows:
+        return None
+    sources = set(validation_sources) if validation_sources is not None else run_validation_sources(run.path)
+    scores = np.array([_score(r["score"]) for r in rows])
+    for label in labels:
+        good = good_mask(rows, label, sources)
+        if good is not None and good.any() and not good.all():
+            return label, scores[good], scores[~good]
+    return None
+
+
+def _score_panel(ax, name: str, label: str, good: np.ndarray, bad: np.ndarray) -> None:
+    both = np.concatenate([good, bad])
+    edges = np.histogram_bin_edges(both, bins=int(np.clip(np.sqrt(both.size), 10, 40)))
+    for values, side, colour in ((good, 0, GOOD_COLOUR), (bad, 1, BAD_COLOUR)):
+        ax.hist(values, bins=edges, density=True, histtype="stepfilled", color=colour, alpha=0.25)
+        ax.hist(values, bins=edges, density=True, histtype="step", color=colour, linewidth=2,
+                label=f"{GOOD_BAD.get(label, ('good', 'bad'))[side]} ({values.size})")
+    ax.set_title(f"{name}  ·  label: {label}")
+    ax.set_xlabel("score")
+    ax.set_ylabel("density")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", frameon=False, fontsize=9)
+
+
+def plot_score_distributions(runs: list[RunView], path: str | os.PathLike, labels: Sequence[str] = DIAGNOSTIC_LABELS,
+                             validation_sources: Sequence[str] | None = None, title: str | None = None,
+                             dpi: int = 110) -> Path | None:
+    """Histograms of the eligible candidates' scores, good vs bad (the first of `labels` a run carries), one
+    panel per run, all rounds pooled; written to `path` (PNG, atomically). Runs without scores files, with
+    uniform draws or without a label are left out; None (nothing written) when no run is left."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [(name, split) for run, (name, _, _) in zip(runs, _styles(runs))
+              if (split := score_split(run, labels, validation_sources)) is not None]
+    if not panels:
+        return None
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (name, split) in zip(axes, panels):
+        _score_panel(ax, name, *split)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title or f"Scores of the eligible candidates, good vs bad (all rounds pooled)   ·   {_title(runs)}",
+                 fontsize=11)
+    path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return path

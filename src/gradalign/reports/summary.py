@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import yaml
@@ -428,8 +428,111 @@ def offpolicy_table(runs: list[RunView]) -> str | None:
                       "|---|---:|---:|---:|---:|---:|---:|", *lines])
 
 
+# ── selection diagnostics: record["diagnostics"] (selection/diagnostics.py) ──────────────────────────────────
+DIAGNOSTIC_LABELS = ("corrupted", "target", "utility")  # the labels a pool may carry, in the order shown
+GOOD_MEANS = {"corrupted": "clean reward", "target": "from a validation source", "utility": "useful"}
+LABEL_KEYS = ("eligible_good_share", "auc", "top_good_share", "selected_good_share")
+LABEL_HEADERS = ("eligible good", "AUC", "top-k good", "selected good")
+LABEL_FREE_KEYS = ("score_std", "positive_share", "pass_rate_corr", "length_corr")
+LABEL_FREE_HEADERS = ("score std", "positive share", "ρ(score, pass rate)", "ρ(score, length)")
+
+DIAGNOSTICS_HOW_TO_READ = (
+    "Per round, among the candidates a method could choose (*eligible*), then averaged over rounds (rounds "
+    "where a figure is undefined are left out). For each label the pool carries (corrupted: good = clean reward; "
+    "target: good = from a validation source; utility: good = useful): **eligible good** is the good share of the "
+    "eligible candidates (what a uniform draw gets), **AUC** the probability that a random good candidate "
+    "outscores a random bad one (0.5 = no separation, ties count half), **top-k good** the good share of the k "
+    "best scores (k = the number kept), **selected good** the good share of what was selected. Label-free: the "
+    "spread of the scores, the share of positive scores and the Spearman correlations (ρ) of the score with the "
+    "pass rate and with the mean completion length. Methods that draw uniformly (random, nonzero-variance) do "
+    "not rank, so they show — for the ranking figures; `full` selects nothing and is not listed."
+)
+
+
+def _as_dict(x: Any) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def round_diagnostics(run: RunView) -> list[dict]:
+    """The rounds' `diagnostics` ([] for `full` and for runs recorded before diagnostics existed)."""
+    return [r["diagnostics"] for r in run.rounds if isinstance(r.get("diagnostics"), dict)]
+
+
+def _round_mean(values: Iterable[Any]) -> float | None:
+    """Mean over rounds, ignoring nulls (and NaN)."""
+    return _mean([float(v) for v in values if _is_number(v) and not math.isnan(v)])
+
+
+def diagnostics_labels(diags: list[dict]) -> list[str]:
+    """The labels some round carries: the known ones in DIAGNOSTIC_LABELS order, then any other."""
+    found = {name for d in diags for name in _as_dict(d.get("labels"))}
+    return [name for name in DIAGNOSTIC_LABELS if name in found] + sorted(found - set(DIAGNOSTIC_LABELS))
+
+
+def diagnostics_means(run: RunView) -> dict | None:
+    """Mean over rounds of every figure, {"labels": {label: {key: mean}}, "label_free": {key: mean}}; None when
+    no round has diagnostics."""
+    diags = round_diagnostics(run)
+    if not diags:
+        return None
+    per_label = lambda d, name: _as_dict(_as_dict(d.get("labels")).get(name))  # noqa: E731
+    return {"labels": {name: {k: _round_mean(per_label(d, name).get(k) for d in diags) for k in LABEL_KEYS}
+                       for name in diagnostics_labels(diags)},
+            "label_free": {k: _round_mean(_as_dict(d.get("label_free")).get(k) for d in diags)
+                           for k in LABEL_FREE_KEYS}}
+
+
+def _corr(x: float | None) -> str:
+    return DASH if x is None else f"{x:+.2f}"
+
+
+def _spread(x: float | None) -> str:
+    return DASH if x is None else f"{x:.3g}"
+
+
+def _run_name(run: RunView) -> str:
+    return run.method if run.name == run.method else f"{run.method} ({run.name})"
+
+
+def diagnostics_table(runs: list[RunView]) -> str | None:
+    """One row per run with diagnostics: per label, the means over rounds of LABEL_KEYS; then the label-free ones."""
+    means = [(run, m) for run in runs if (m := diagnostics_means(run)) is not None]
+    if not means:
+        return None
+    labels = diagnostics_labels([d for run, _ in means for d in round_diagnostics(run)])
+    header = ["method", *(f"{name}: {h}" for name in labels for h in LABEL_HEADERS), *LABEL_FREE_HEADERS]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for run, m in means:
+        free = m["label_free"]
+        cells = [_run_name(run), *(_share(m["labels"].get(name, {}).get(k)) for name in labels for k in LABEL_KEYS),
+                 _spread(free["score_std"]), _share(free["positive_share"]), _corr(free["pass_rate_corr"]),
+                 _corr(free["length_corr"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_diagnostics(runs: list[RunView], width: int = TABLE_WIDTH) -> str:
+    """Terminal lines, one per run with diagnostics, for the first label present ("" when none has any)."""
+    means = [(run, m) for run in runs if (m := diagnostics_means(run)) is not None]
+    labels = diagnostics_labels([d for run, _ in means for d in round_diagnostics(run)])
+    if not labels:
+        return ""
+    label = labels[0]
+    w = max(len(_run_name(run)) for run, _ in means)
+    lines = [_cut(f"selection diagnostics, mean over rounds ({label}: good = {GOOD_MEANS.get(label, 'good')}; "
+                  f"ρ: score vs pass rate)", width)]
+    for run, m in means:
+        fig = m["labels"].get(label, {})
+        lines.append(_cut(f"  {_run_name(run):<{w}}  AUC {_share(fig.get('auc')):>4}  good share: "
+                          f"top-k {_share(fig.get('top_good_share')):>4}  "
+                          f"selected {_share(fig.get('selected_good_share')):>4}  "
+                          f"eligible {_share(fig.get('eligible_good_share')):>4}  "
+                          f"ρ {_corr(m['label_free']['pass_rate_corr']):>5}", width))
+    return "\n".join(lines)
+
+
 def summary_markdown(directory: str | os.PathLike, runs: list[RunView], plot_path: str | os.PathLike | None = None,
-                     notes: list[str] | None = None) -> str:
+                     notes: list[str] | None = None, scores_plot: str | os.PathLike | None = None) -> str:
     directory = Path(directory)
     rows = method_rows(runs)
     methods = ", ".join(r["method"] for r in rows)
@@ -440,8 +543,7 @@ def summary_markdown(directory: str | os.PathLike, runs: list[RunView], plot_pat
         parts += ["## Setup", "", *essentials, ""]
     parts += ["## Results", "", markdown_table(rows), ""]
     if plot_path is not None:
-        rel = Path(os.path.relpath(Path(plot_path).resolve(), directory.resolve())).as_posix()
-        parts += [f"![test accuracy and corrupted share per round]({rel})", ""]
+        parts += [f"![test accuracy and corrupted share per round]({_rel(plot_path, directory)})", ""]
     by_source = _by_source_table(rows)
     if by_source:
         parts += ["## Test accuracy by source", "", by_source, ""]
@@ -455,6 +557,7 @@ def summary_markdown(directory: str | os.PathLike, runs: list[RunView], plot_pat
                   "policy) and its on-policy gradient (fresh rollouts of the current policy), both projected, over "
                   "the problems whose groups disagree in both; and the overlap of the two top-N selections.", "",
                   offpolicy, ""]
+    parts += _diagnostics_section(directory, runs, scores_plot)
     applicable = any(r["corrupted_shares"] for r in rows)
     parts += ["## How to read this", "", HOW_TO_READ if applicable else HOW_TO_READ_CLEAN, ""]
     all_notes = list(notes or [])
@@ -466,9 +569,24 @@ def summary_markdown(directory: str | os.PathLike, runs: list[RunView], plot_pat
     return "\n".join(parts)
 
 
+def _rel(path: str | os.PathLike, directory: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), directory.resolve())).as_posix()
+
+
+def _diagnostics_section(directory: Path, runs: list[RunView], scores_plot: str | os.PathLike | None) -> list[str]:
+    """The "Selection diagnostics" table, its legend and the score-distribution figure ([] when neither)."""
+    table = diagnostics_table(runs)
+    parts = ["## Selection diagnostics", ""] if table or scores_plot is not None else []
+    if table:
+        parts += [table, "", DIAGNOSTICS_HOW_TO_READ, ""]
+    if scores_plot is not None:
+        parts += [f"![scores of the eligible candidates, good vs bad]({_rel(scores_plot, directory)})", ""]
+    return parts
+
+
 def write_summary(directory: str | os.PathLike, runs: list[RunView], plot_path: str | os.PathLike | None = None,
-                  notes: list[str] | None = None) -> Path:
+                  notes: list[str] | None = None, scores_plot: str | os.PathLike | None = None) -> Path:
     """Write `<directory>/summary.md` atomically; returns its path."""
     path = Path(directory) / "summary.md"
-    write_text(path, summary_markdown(directory, runs, plot_path, notes))
+    write_text(path, summary_markdown(directory, runs, plot_path, notes, scores_plot))
     return path
