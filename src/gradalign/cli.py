@@ -55,7 +55,9 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         kind = {bool: parse_bool, int: int, float: float}.get(type(default), str)
         text = f"{helps[f.name]} (default: {default})".replace("%", "%%")  # argparse %-formats help strings
         kwargs = dict(dest=f.name, default=None, help=text)
-        if isinstance(default, list):
+        if isinstance(default, list) and default and all(isinstance(x, str) for x in default):
+            parser.add_argument(flag, nargs="+", metavar="NAME", **kwargs)  # lists of names: any count
+        elif isinstance(default, list):
             parser.add_argument(flag, nargs=len(default), type=float, metavar="X", **kwargs)
         else:
             parser.add_argument(flag, type=kind, **kwargs)

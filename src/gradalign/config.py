@@ -20,6 +20,15 @@ def _f(default: Any, help: str, **kw):
     return field(default=default, metadata={"help": help}, **kw)
 
 
+# Each built-in scenario's builder parameter -> the RunConfig field that sets it (smollm2-arithmetic has none).
+SCENARIO_KNOBS: dict[str, dict[str, str]] = {
+    "unreliable-rewards": {"corrupt_fraction": "corrupt_fraction", "corruption": "corruption", "families": "families"},
+    "imbalance": {"target": "target_family", "target_share": "target_share", "others": "other_families"},
+    "low-utility": {"useful_share": "useful_share", "trivial_share": "trivial_share", "useful": "useful_families"},
+}
+SCENARIO_FIELDS = tuple(dict.fromkeys(name for knobs in SCENARIO_KNOBS.values() for name in knobs.values()))
+
+
 @dataclass
 class RunConfig:
     # ── run ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -36,6 +45,19 @@ class RunConfig:
     validation_size: int = _f(64, "Built-in scenarios: validation set size.")
     test_size: int = _f(256, "Built-in scenarios: test set size.")
     corrupt_fraction: float = _f(0.5, "unreliable-rewards: share of the pool with corrupted rewards.")
+    corruption: str = _f("coin", "unreliable-rewards: how a corrupted problem is rewarded: coin (a fair coin per "
+                         "completion) or wrong-answer (the verifier against a fixed wrong answer).")
+    families: list = _f(["add", "sub"], "unreliable-rewards: task families of every set, in equal shares.")
+    target_family: str = _f("sub", "imbalance: the target task family (a small share of the pool; validation and "
+                            "test are this family only).")
+    other_families: list = _f(["add", "sum3"], "imbalance: the other task families, sharing the rest of the pool "
+                              "equally (and held out as the forgetting test).")
+    target_share: float = _f(0.1, "imbalance: share of the pool from the target family.")
+    useful_families: list = _f(["add", "sub"], "low-utility: the useful task families (validation and test are "
+                               "these only).")
+    useful_share: float = _f(0.2, "low-utility: share of the pool from the useful families.")
+    trivial_share: float = _f(0.5, "low-utility: share of the rest of the pool that is trivial (answer 0); the "
+                              "remainder is unsolvable.")
     verifier: str = _f("exact", "Verifier used for training AND selection: exact, math (math-verify), countdown "
                        "(safe expression check) or task (per problem, from metadata['verifier']).")
     verifier_timeout: float = _f(5.0, "math (and task) verifier: seconds per completion before it scores 0.")
@@ -133,6 +155,33 @@ class RunConfig:
             raise ValueError("config: 'kl_beta' must be >= 0, 'learnalign_temperature' and 'offline_temperature' > 0")
         if self.steps_per_round % self.num_iterations:
             raise ValueError("config: 'steps_per_round' must be a multiple of 'num_iterations'")
+        self._validate_scenario_knobs()
+
+    def _validate_scenario_knobs(self) -> None:
+        from .data.tasks import FAMILIES
+        from .rewards.corruption import CORRUPTION_KINDS
+        if self.corruption not in CORRUPTION_KINDS:
+            raise ValueError(f"config: 'corruption' must be one of {', '.join(CORRUPTION_KINDS)} "
+                             f"(got '{self.corruption}')")
+        for name in ("corrupt_fraction", "target_share", "useful_share", "trivial_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"config: '{name}' must be a number in [0, 1] (got {value!r})")
+        for name in ("target_family", "families", "other_families", "useful_families"):
+            value = getattr(self, name)
+            names = ([value] if isinstance(value, str) else None) if name == "target_family" else value
+            if not isinstance(names, (list, tuple)) or not names:
+                what = "a task family" if name == "target_family" else "a non-empty list of task families"
+                raise ValueError(f"config: '{name}' must be {what} (got {value!r})")
+            unknown = next((f for f in names if not isinstance(f, str) or f not in FAMILIES), None)
+            if unknown is not None:
+                raise ValueError(f"config: '{name}' has unknown task family {unknown!r} "
+                                 f"(choose from: {', '.join(FAMILIES)})")
+            if len(set(names)) != len(names):
+                raise ValueError(f"config: '{name}' names a task family twice (got {list(names)})")
+        if self.target_family in self.other_families:
+            raise ValueError(f"config: 'other_families' must not include the target_family "
+                             f"'{self.target_family}' (got {list(self.other_families)})")
 
     def projection_for(self, method_default: str) -> str:
         """The projection to use: the configured one, or the method's own default when it is 'auto'."""
