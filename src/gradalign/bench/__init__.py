@@ -56,10 +56,11 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated numbers of problems scored at once (default: 64,256,1024)")
     parser.add_argument("--k", type=int, default=8, help="completions per problem (default: 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default: 3)")
-    parser.add_argument("--backends", type=_csv(), default=["naive", "func", "onepass"],
+    parser.add_argument("--backends", type=_csv(), default=["naive", "func", "onepass", "onepass-z"],
                         help="comma-separated per-problem backends to time next to the floor: naive, func, onepass, "
-                             "and projected features proj-factored, proj-khatri-rao, proj-sparse, proj-dense "
-                             "(default: naive,func,onepass)")
+                             "onepass-z (per-completion terms, what gradalign-z scores with), and projected features "
+                             "proj-factored, proj-khatri-rao, proj-sparse, proj-dense "
+                             "(default: naive,func,onepass,onepass-z)")
     parser.add_argument("--proj-dim", type=int, default=8192,
                         help="feature dimension of the proj-* rows (default: 8192)")
     parser.add_argument("--max-naive-chunk", type=int, default=256,

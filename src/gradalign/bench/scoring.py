@@ -8,7 +8,9 @@ scoring is timed) it measures, side by side in one process and interleaved withi
   naive    `NaiveGradients`' loop, one backward per problem (the reference; skipped on big chunks), with its
            norm and dots reduced in float64 (fp32 sums of 10^6 terms drift by ~1e-4);
   func     `FuncGradients.problem_signals` (torch.func vmap of per-problem gradients);
-  onepass  `OnePassGradients.problem_signals` (the exact one-pass scorer).
+  onepass  `OnePassGradients.problem_signals` (the exact one-pass scorer: what GradAlign's cosine needs);
+  onepass-z  the same pass keeping every completion's term of the dot instead of the norms (`per_completion=True,
+           with_norms=False`): what `gradalign-z` needs. Its ratio to `onepass` is the method's extra cost.
 
 Each per-problem method scores against one direction (the unit pooled gradient of the chunk, like g_V) and
 its norms and dots are checked against naive's: a speed number for wrong signals would be useless.
@@ -52,7 +54,7 @@ MODEL_CONFIGS: dict[str, dict] = {
     "tiny": {},
     "10m": dict(hidden=384, layers=6, heads=6, intermediate=1152),
 }
-METHODS = ("floor", "naive", "func", "onepass")
+METHODS = ("floor", "naive", "func", "onepass", "onepass-z")
 PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-dense")  # projected features at --proj-dim
 PROMPT_CHARS = (5, 7)  # + BOS: prompts of 6-8 tokens (~7)
 COMPLETION_TOKENS = (3, 6)  # including the final EOS
@@ -120,7 +122,7 @@ def make_backend(method: str, micro_batch: int, proj_dim: int = 8192):
         return NaiveGradients(micro_batch=micro_batch)
     if method == "func":
         return FuncGradients(micro_batch=micro_batch)
-    if method == "onepass":
+    if method in ("onepass", "onepass-z"):
         return OnePassGradients(micro_batch=micro_batch)
     raise ValueError(f"unknown scoring backend '{method}' (choose from: {', '.join((*METHODS[1:], *PROJECTION_ROWS))})")
 
@@ -133,6 +135,8 @@ def runner(method: str, backend, model, batch: SurrogateBatch, direction: torch.
         return lambda: backend.combined_gradient(model, batch, ones)
     if method.startswith("proj-"):
         return lambda: backend.features(model, batch, micro_batch)
+    if method == "onepass-z":
+        return lambda: backend.problem_signals(model, batch, direction, per_completion=True, with_norms=False)
     return lambda: backend.problem_signals(model, batch, direction)
 
 
@@ -247,7 +251,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def signal_errors(got: ProblemSignals, ref: ProblemSignals) -> dict:
-    norm = rel_err(got.norms, ref.norms)
+    norm = 0.0 if torch.isnan(got.norms).all() else rel_err(got.norms, ref.norms)  # onepass-z forms no norms
     dot = max((rel_err(got.dots[:, d], ref.dots[:, d]) for d in range(ref.dots.shape[1])), default=0.0)
     return {"norm_rel_err": norm, "dot_rel_err": dot, "max_rel_err": max(norm, dot)}
 
@@ -259,7 +263,7 @@ def signal_errors(got: ProblemSignals, ref: ProblemSignals) -> dict:
 class Settings:
     k: int = 8
     repeats: int = 3
-    backends: tuple = ("naive", "func", "onepass")
+    backends: tuple = ("naive", "func", "onepass", "onepass-z")
     max_naive_chunk: int = 256
     micro_batch: int = 256
     memory: str = "auto"  # auto | all | cheap | none
@@ -358,7 +362,7 @@ def bench_config(model_name: str, model, tokenizer, n: int, s: Settings, device:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':6s} {'params':>11s} {'chunk':>6s} {'method':8s} {'seconds':>9s} {'x floor':>8s} " \
+    head = f"{'model':6s} {'params':>11s} {'chunk':>6s} {'method':9s} {'seconds':>9s} {'x floor':>8s} " \
            f"{'peak MB':>8s} {'max rel err':>12s}  status"
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -370,7 +374,7 @@ def format_table(rows: list[dict]) -> str:
         else:
             err = f"{r['max_rel_err']:12.2e}" if r["max_rel_err"] is not None else f"{'-':>12s}"
         status = "" if r["status"] == "ok" else r["status"]
-        lines.append(f"{r['model']:6s} {r['params']:11,d} {r['chunk']:6d} {r['method']:8s} {sec} {ratio} {mem} "
+        lines.append(f"{r['model']:6s} {r['params']:11,d} {r['chunk']:6d} {r['method']:9s} {sec} {ratio} {mem} "
                      f"{err}  {status}".rstrip())
     return "\n".join(lines)
 
