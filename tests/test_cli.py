@@ -143,7 +143,7 @@ def test_changed_config_does_not_touch_a_finished_run(tmp_path, files, capsys):
 def test_methods_lists_the_registry(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("gradalign", "gradalign-dot", "negalign", "norm", "selfalign", "align-x-learnability", "accgreedy",
+    for name in ("gradalign", "gradalign-z", "gradalign-dot", "negalign", "norm", "selfalign", "align-x-learnability", "accgreedy",
                  "passrate-band", "nonzero-variance", "random", "full"):
         assert name in out
 
@@ -160,9 +160,9 @@ def test_demo_writes_table_plot_and_summary(tmp_path, capsys):
                  "16", *TINY, "--rounds", "2"])
     assert code == 0
     printed = capsys.readouterr().out
-    for method in ("gradalign", "random", "accgreedy"):
+    for method in ("gradalign", "gradalign-z", "random", "accgreedy"):
         assert method in printed and (out / method / "rounds.jsonl").exists()
-    assert "corrupted share" in printed
+    assert "corrupted share" in printed and "one seed on one machine" in printed
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| **gradalign** |" in (out / "summary.md").read_text()
 
