@@ -454,7 +454,7 @@ class OnePassGradients(GradientBackend):
 
 
 def _token_terms(f: Factor, D: torch.Tensor) -> torch.Tensor:
-    """a_tᵀ D_k b_t for every token t and direction k, [T, K], summed in fp64 over the last axis."""
-    if f.index:  # a_t one-hot over D's rows: D_k[id_t] · b_t
-        return torch.stack([(D[k, f.a].double() * f.b.double()).sum(-1) for k in range(D.shape[0])], 1)
-    return torch.stack([((f.a @ D[k]).double() * f.b.double()).sum(-1) for k in range(D.shape[0])], 1)
+    """a_tᵀ D_k b_t for every token t and direction k, [T, K]: products in the factors' precision, each token's sum
+    accumulated in fp64 (no fp64 copy of the factors)."""
+    rows = (D[k, f.a] if f.index else f.a @ D[k] for k in range(D.shape[0]))  # one-hot a: D_k's rows of the ids
+    return torch.stack([q.mul_(f.b).sum(-1, dtype=torch.float64) for q in rows], 1)
