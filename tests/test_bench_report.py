@@ -311,3 +311,16 @@ def test_report_shows_selection_diagnostics(bench: Path):
     page = (bench / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "<td>0.75 ± 0.07 (2)</td>" in page
     assert "<strong>Selection diagnostics</strong>" in page
+
+
+def test_verdicts_measure_against_nonzero_variance_and_the_published_method():
+    """Any rollout-based filter drops zero-variance problems, so every method is also compared with
+    nonzero-variance; a method beyond the paper is compared with the published GradAlign."""
+    from gradalign.reports.benchmark import regime_verdict
+    rows = [{"method": m, "final": stats} for m, stats in [
+        ("gradalign", (0.40, 0.01, 5)), ("gradalign-z", (0.50, 0.01, 5)), ("nonzero-variance", (0.45, 0.01, 5))]]
+    lines = regime_verdict(rows)
+    assert any(line.startswith("gradalign-z beats nonzero-variance: 0.500 vs 0.450") for line in lines)
+    assert any(line.startswith("gradalign loses to nonzero-variance") for line in lines)
+    assert any(line.startswith("gradalign-z beats gradalign: 0.500 vs 0.400") for line in lines)
+    assert len(lines) == 4  # three pairs, each once, then the best-method line

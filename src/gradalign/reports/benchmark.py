@@ -32,7 +32,10 @@ from .summary import (DASH, DIAGNOSTIC_LABELS, GOOD_MEANS, RunView, _is_number, 
 
 Stats = tuple[float, float, int]  # (mean, std, n) over seeds
 Curve = tuple[Sequence[float], Sequence[float]]  # (x, y) of one seed
-REFERENCES = ("random", "full")  # the methods every other one is measured against
+# the methods every other one is measured against; nonzero-variance because any rollout-based filter drops the
+# zero-variance problems: only the gain over it is a gradient's own
+REFERENCES = ("random", "full", "nonzero-variance")
+BEYOND_PAPER = {"gradalign-z": "gradalign"}  # our methods, each also measured against the published one
 UTILITIES = ("useful", "trivial", "unsolvable")
 SHARES = ("target", "corrupted", "trivial", "unsolvable")  # table columns, in order
 TIMES = ("rollouts", "scoring", "training", "evaluation", "total")
@@ -353,15 +356,16 @@ def best_sentence(rows: Sequence[dict]) -> str:
 
 
 def regime_verdict(rows: Sequence[dict]) -> list[str]:
-    """Each method vs random and vs full (those present), then the best-method line."""
+    """Each method vs each reference present (REFERENCES), each beyond-the-paper method vs the published one, then
+    the best-method line."""
     by_method = {r["method"]: r for r in rows}
+    pairs = [(r["method"], ref) for ref in REFERENCES if ref in by_method for r in rows]
+    pairs += [(ours, published) for ours, published in BEYOND_PAPER.items() if {ours, published} <= set(by_method)]
     lines, said = [], set()
-    for ref in (ref for ref in REFERENCES if ref in by_method):
-        for r in rows:
-            pair = frozenset((r["method"], ref))
-            if r["method"] != ref and pair not in said:  # "full vs random" once, not again as "random vs full"
-                said.add(pair)
-                lines.append(compare_sentence(r["method"], r["final"], ref, by_method[ref]["final"]))
+    for a, b in pairs:
+        if a != b and frozenset((a, b)) not in said:  # "full vs random" once, not again as "random vs full"
+            said.add(frozenset((a, b)))
+            lines.append(compare_sentence(a, by_method[a]["final"], b, by_method[b]["final"]))
     return lines + [best_sentence(rows)]
 
 
@@ -398,17 +402,18 @@ def _shown_shares(rows: Sequence[dict]) -> list[str]:
 def table_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """(header, cell rows) of a regime's table, shared by Markdown and HTML."""
     shares = _shown_shares(rows)
+    refs = [ref for ref in REFERENCES if any(r["method"] == ref for r in rows)]  # the references this bench ran
     extras = sorted({name for r in rows for name in r.get("extra", {})})
     header = (["method", "final accuracy ± std (seeds)", "Δ vs random"]
               + [f"{name} test (forgetting)" for name in extras]
-              + [_threshold_header(rows, ref) for ref in REFERENCES]
+              + [_threshold_header(rows, ref) for ref in refs]
               + [f"{k} share" for k in shares] + [f"{k} s" for k in TIMES] + ["pending"])
     body = []
     for r in rows:
         delta = DASH if r["delta"] is None or r["method"] == "random" else f"{r['delta']:+.3f}"
         body.append([r["method"], _final_text(r["final"]), delta]
                     + [_final_text(r.get("extra", {}).get(name, (math.nan, 0.0, 0))) for name in extras]
-                    + [_steps_text(r["steps_to"][ref]) for ref in REFERENCES]
+                    + [_steps_text(r["steps_to"][ref]) for ref in refs]
                     + [_share(r["shares"][k]) for k in shares] + [_secs(r["times"][k]) for k in TIMES]
                     + [_pending_text(r)])
     return header, body
