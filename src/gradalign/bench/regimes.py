@@ -39,6 +39,7 @@ PRESETS: dict[str, dict] = {
 QUICK_METHODS = ["gradalign", "learnalign", "cropi", "random", "accgreedy", "full"]
 STANDARD_METHODS = ["gradalign", "gradalign-z", "learnalign", "cropi", "random", "accgreedy", "nonzero-variance", "full"]
 DEFAULT_METHODS = {"quick": QUICK_METHODS, "standard": STANDARD_METHODS}  # full: every method of the registry
+DEFAULT_SEEDS = {"standard": 5}  # the others: 3
 
 
 @dataclasses.dataclass
@@ -80,7 +81,9 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     # the scenario knobs given as flags win over the YAML; each regime reads only its own (config.SCENARIO_KNOBS)
     overrides.update({k: getattr(args, k) for k in SCENARIO_FIELDS if getattr(args, k, None) is not None})
     RunConfig(**{**PRESETS[args.preset], **overrides})  # bad values: a one-line error before any cell runs
-    return BenchPlan(Path(args.out), list(args.regimes), list(methods), list(range(args.seeds)), args.preset, overrides)
+    n_seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS.get(args.preset, 3)
+    seeds = list(range(args.first_seed, args.first_seed + n_seeds))
+    return BenchPlan(Path(args.out), list(args.regimes), list(methods), seeds, args.preset, overrides)
 
 
 def run_bench(plan: BenchPlan, echo=print) -> Path:
@@ -125,10 +128,16 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"comma-separated regimes (default: {','.join(REGIMES)})")
     parser.add_argument("--methods", type=_csv(), default=None,
                         help=f"comma-separated methods (default: quick preset {','.join(QUICK_METHODS)}; "
-                             f"full preset every method of the registry)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per (regime, method) (default: 3)")
+                             f"standard preset {','.join(STANDARD_METHODS)}; full preset every method of the "
+                             f"registry)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="how many seeds per (regime, method) (default: 5 for the standard preset, else 3)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds are FIRST..FIRST+N-1 (default: 0); e.g. check a result on seeds it was not seen on")
     parser.add_argument("--preset", choices=list(PRESETS), default="quick",
-                        help="quick: under 15 minutes on 2 CPU cores; full: the demo's sizes (default: quick)")
+                        help="quick: a smoke test, under 15 minutes on 2 CPU cores; standard: the benchmark that "
+                             "decides (the demo's sizes, 8 methods, 5 seeds, under 90 minutes); full: the demo's sizes "
+                             "with every method (default: quick)")
     parser.add_argument("--config", help="YAML of RunConfig fields overriding the preset (sizes, model, ...)")
     parser.add_argument("--out", default="runs/bench-regimes", help="benchmark directory (rerun to resume)")
     from ..cli import add_config_flags
