@@ -16,17 +16,23 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-from gradalign.rewards.verifiers import Verifier, check_lengths
+from gradalign.rewards.verifiers import DEFAULT_MAX_CHARS, Verifier, cap_completions, check_lengths
 
 CORRUPTION_KINDS = ("coin", "wrong-answer")
 
 
 class ProblemReward:
-    """Callable ``(completion, answer, metadata) -> float``; `batch` scores many at once."""
+    """Callable ``(completion, answer, metadata) -> float``; `batch` scores many at once.
 
-    def __init__(self, verifier: Verifier, seed: int = 0):
+    The one place every verifier is called from in a run: completions longer than `max_chars`
+    (RunConfig's `verifier_max_chars`; None for no cap) are cut to their first `max_chars` characters
+    before the verifier sees them, which then applies its usual extraction to what is left.
+    """
+
+    def __init__(self, verifier: Verifier, seed: int = 0, max_chars: int | None = DEFAULT_MAX_CHARS):
         self.verifier = verifier
         self.seed = seed
+        self.max_chars = max_chars
 
     def __call__(self, completion: str, answer: str, metadata: Mapping[str, Any] | None = None) -> float:
         return self.batch([completion], [answer], [metadata])[0]
@@ -64,8 +70,8 @@ class ProblemReward:
                 raise ValueError(f"unknown corruption {kind!r} (choose from: {', '.join(CORRUPTION_KINDS)})")
         if to_verify:
             # per-problem metadata goes along: task-aware verifiers (countdown, `task`) read their puzzle from it
-            verified = self.verifier.batch([completions[i] for i in to_verify], targets,
-                                           [metadatas[i] for i in to_verify])
+            verified = self.verifier.batch(cap_completions([completions[i] for i in to_verify], self.max_chars),
+                                           targets, [metadatas[i] for i in to_verify])
             for i, reward in zip(to_verify, verified):
                 rewards[i] = reward
         return rewards  # type: ignore[return-value]  (every slot is filled above)

@@ -20,7 +20,11 @@ least one part must use the numbers (so ``1+2 = 27`` is wrong even when 1+2 woul
 from __future__ import annotations
 
 import ast
+import logging
+import math
+import operator
 import re
+import reprlib
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,12 +32,21 @@ from typing import Any, Iterable, Mapping
 
 from gradalign.rewards.verifiers import DEFAULT_EOS_MARKERS, Verifier, check_lengths
 
+logger = logging.getLogger(__name__)
+
 MAX_LENGTH = 256  # characters; a countdown answer is a few dozen
 MAX_DEPTH = 64  # nested operations; keeps the tree walk far from Python's recursion limit
 MAX_DIGITS = 12  # per literal; countdown numbers are small, and this bounds the arithmetic cost
 
+MAX_NUMBERS = 128  # metadata["numbers"]: more than an answer of MAX_LENGTH characters can use ("1+1+...")
+MAX_TARGET_DIGITS = 64  # metadata["target"]: far beyond any puzzle, and parsing it stays cheap
+
 _ALLOWED_CHARS = re.compile(r"[0-9+\-*/()\s]*")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_OPEN_TAG, _CLOSE_TAG = "<answer>", "</answer>"
+# A target given as text: an integer, a decimal or a ratio of integers, each part at most MAX_TARGET_DIGITS digits.
+# No exponent: "1e10000000" would make Fraction build a ten-million-digit integer.
+_TARGET_TEXT = re.compile(rf"\s*[+-]?(?:\d{{1,{MAX_TARGET_DIGITS}}}(?:\.\d{{0,{MAX_TARGET_DIGITS}}})?"
+                          rf"|\d{{1,{MAX_TARGET_DIGITS}}}/\d{{1,{MAX_TARGET_DIGITS}}})\s*")
 _BINARY_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
                ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
 
@@ -91,14 +104,32 @@ def extract_expression(completion: str, eos_markers: Iterable[str] = DEFAULT_EOS
     """The candidate expression of a completion (see the module docstring for the rule)."""
     for marker in eos_markers:
         completion = completion.split(marker, 1)[0]
-    tagged = _ANSWER_TAG.findall(completion)
-    if tagged:
-        text = tagged[-1]
-    else:
+    text = _last_answer_tag(completion)
+    if text is None:
         lines = [line for line in completion.splitlines() if line.strip()]
         text = lines[-1] if lines else ""
     text = text.strip()
     return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def _last_answer_tag(text: str) -> str | None:
+    """The content of the last ``<answer>...</answer>`` pair, or None: exactly what the last match of
+    ``re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)`` would be, in linear time.
+
+    That regex is quadratic on unclosed tags (``"<answer>" * 16000`` took 15.6 s: each start rescans the rest
+    for a closing tag). Here each pair is found with two `str.find` calls from where the previous pair ended,
+    and the scan stops at the first opening tag with no closing tag after it, so every character is read O(1)
+    times.
+    """
+    found, position = None, 0
+    while True:
+        start = text.find(_OPEN_TAG, position)
+        if start < 0:
+            return found
+        end = text.find(_CLOSE_TAG, start + len(_OPEN_TAG))
+        if end < 0:
+            return found
+        found, position = text[start + len(_OPEN_TAG):end], end + len(_CLOSE_TAG)
 
 
 def uses_numbers(used: Iterable[int], numbers: Iterable[int], use_all: bool = True) -> bool:
@@ -122,12 +153,88 @@ def solves(expression: str, numbers: Iterable[int], target: Fraction | int, use_
     return any(uses_numbers(part.numbers, numbers, use_all) for part in parts)
 
 
+class InvalidPuzzle(ValueError):
+    """A countdown problem's ``metadata["numbers"]`` or ``metadata["target"]`` is unusable; `field` names which."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"countdown problem metadata '{field}' {message}")
+        self.field = field
+
+
+def _describe(value: Any) -> str:
+    """A short description of a hostile value for a message, cheap whatever its size or type."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"  # repr of a huge int is slow, or refused past 4300 digits
+    try:
+        return reprlib.repr(value)
+    except Exception:  # a hostile __repr__
+        return f"a {type(value).__name__}"
+
+
+def puzzle_numbers(value: Any) -> list[int]:
+    """``metadata["numbers"]`` as ints: a list (or tuple, array) of at most MAX_NUMBERS integers of at most
+    MAX_DIGITS digits each (ints, integral floats or integer strings); InvalidPuzzle('numbers') otherwise."""
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
+        raise InvalidPuzzle("numbers", f"must be a list of integers (got {_describe(value)})")
+    if len(value) > MAX_NUMBERS:
+        raise InvalidPuzzle("numbers", f"has {len(value)} numbers, more than {MAX_NUMBERS}")
+    numbers = []
+    for n in value:
+        try:
+            if isinstance(n, bool):
+                raise TypeError
+            if isinstance(n, float):
+                number = int(n) if n.is_integer() else None  # inf and nan are not integers
+            elif isinstance(n, str):
+                number = int(n) if len(n) <= MAX_DIGITS + 2 and n.strip().lstrip("+-").isdecimal() else None
+            else:
+                number = operator.index(n)  # int, numpy integers
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not -10 ** MAX_DIGITS < number < 10 ** MAX_DIGITS:
+            raise InvalidPuzzle("numbers", f"must be integers of at most {MAX_DIGITS} digits (got {_describe(n)})")
+        numbers.append(number)
+    return numbers
+
+
+def puzzle_target(value: Any) -> Fraction:
+    """``metadata["target"]`` as a Fraction: an int, a finite float, a Fraction or a text "14", "3.5", "7/2"
+    with at most MAX_TARGET_DIGITS digits per part and no exponent; InvalidPuzzle('target') otherwise.
+    Costs O(MAX_TARGET_DIGITS) whatever the value ("1e10000000" used to take 8.5 s)."""
+    bound = 10 ** MAX_TARGET_DIGITS
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, Fraction):
+            target = value
+        elif isinstance(value, float):
+            target = Fraction(repr(value)) if math.isfinite(value) else None  # repr, not the binary value: 0.1 is 1/10
+        elif isinstance(value, str):
+            ok = len(value) <= 3 * MAX_TARGET_DIGITS and _TARGET_TEXT.fullmatch(value)
+            target = Fraction(value) if ok else None
+        else:
+            target = Fraction(operator.index(value))  # int, numpy integers
+    except (TypeError, ValueError, ZeroDivisionError):  # "7/0" is a ZeroDivisionError
+        target = None
+    if target is None or not (-bound < target < bound and target.denominator < bound):
+        raise InvalidPuzzle("target", f"must be a number of at most {MAX_TARGET_DIGITS} digits, without an exponent "
+                            f"(got {_describe(value)})")
+    return target
+
+
 class CountdownVerifier(Verifier):
     """Scores a countdown completion 1.0 iff its expression reaches the target from the given numbers.
 
     The numbers and target come from ``metadata["numbers"]`` and ``metadata["target"]`` when the caller
     passes metadata; otherwise from the gold `answer` itself (its literals and value), which is the same
     puzzle whenever the gold solution uses every number, as reasoning-gym's countdown solutions do.
+
+    Hostile input: metadata whose numbers or target are unusable (`puzzle_numbers`, `puzzle_target`: wrong type,
+    more than MAX_NUMBERS numbers, a target with an exponent or more than MAX_TARGET_DIGITS digits) scores 0.0
+    with one warning per field per verifier, never an exception. Time bound: O(n) in the completion's length n
+    (one split per EOS marker, a linear tag scan, one `splitlines`), then at most `max_length` characters
+    parsed and evaluated with literals of at most MAX_DIGITS digits, plus O(MAX_NUMBERS) for the puzzle;
+    with `ProblemReward`'s cap (`verifier_max_chars`, 4096) a call takes well under a millisecond.
     """
 
     name = "countdown"
@@ -137,9 +244,16 @@ class CountdownVerifier(Verifier):
         self.use_all = use_all
         self.max_length = max_length
         self.eos_markers = tuple(eos_markers)
+        self._warned: set[str] = set()  # fields already warned about: one line each, not one per completion
 
     def __call__(self, completion: str, answer: str, metadata: Mapping[str, Any] | None = None) -> float:
-        numbers, target = self.puzzle(answer, metadata)
+        try:
+            numbers, target = self.puzzle(answer, metadata)
+        except InvalidPuzzle as error:
+            if error.field not in self._warned:
+                self._warned.add(error.field)
+                logger.warning("%s: scoring such problems 0.0 (warned once per field)", error)
+            return 0.0
         expression = extract_expression(completion, self.eos_markers)
         return 1.0 if solves(expression, numbers, target, self.use_all, self.max_length) else 0.0
 
@@ -150,14 +264,17 @@ class CountdownVerifier(Verifier):
 
     @staticmethod
     def puzzle(answer: str, metadata: Mapping[str, Any] | None) -> tuple[list[int], Fraction]:
-        """(numbers, target) of a problem: from its metadata, else from its gold expression."""
-        metadata = metadata or {}
+        """(numbers, target) of a problem: from its metadata, else from its gold expression.
+
+        Raises InvalidPuzzle (naming the field) for unusable metadata, ValueError for a problem with neither
+        metadata nor a gold expression (not a countdown problem at all).
+        """
+        metadata = metadata if isinstance(metadata, Mapping) else {}
         if "numbers" in metadata and "target" in metadata:
-            return [int(n) for n in metadata["numbers"]], Fraction(str(metadata["target"]))
+            return puzzle_numbers(metadata["numbers"]), puzzle_target(metadata["target"])
         try:
             gold = evaluate(answer)
         except ExpressionError as error:
-            raise ValueError(f"countdown problem has no metadata 'numbers'/'target' and its answer {answer!r} "
+            raise ValueError(f"countdown problem has no metadata 'numbers'/'target' and its answer {_describe(answer)} "
                              f"is not an expression ({error})") from None
         return list(gold.numbers), gold.value
-

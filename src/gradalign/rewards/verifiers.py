@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import reprlib
 import threading
 import weakref
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
@@ -46,6 +47,20 @@ def check_lengths(completions: list[str], answers: list[str], metadatas: list[Me
     return metadatas
 
 
+# How many characters of a completion any verifier parses: `ProblemReward` (through which every run scores)
+# cuts longer completions here, then the verifier applies its usual extraction to the rest. RunConfig's
+# `verifier_max_chars` sets it; a few thousand characters is far more than a generated answer needs
+# (max_new_tokens is small) and bounds the parse cost of every verifier.
+DEFAULT_MAX_CHARS = 4096
+
+
+def cap_completions(completions: list[str], max_chars: int | None = DEFAULT_MAX_CHARS) -> list[str]:
+    """Each completion cut to its first `max_chars` characters (None: no cap)."""
+    if max_chars is None:
+        return list(completions)
+    return [c[:max_chars] if len(c) > max_chars else c for c in completions]
+
+
 # --------------------------------------------------------------------------------------- exact match
 
 DEFAULT_EOS_MARKERS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>")
@@ -58,6 +73,10 @@ class ExactMatch(Verifier):
     marker: small policies often keep generating junk after the answer line, which should not count.
     Strict on purpose: the tiny synthetic tasks print canonical answers, and a lenient match would
     blur the reward the selection methods are compared on.
+
+    Time bound: O(n + m) for a completion of n and an answer of m characters (one lstrip, one split on the
+    first newline, one split per EOS marker), no regex; with `ProblemReward`'s cap (`verifier_max_chars`,
+    4096) a call takes microseconds.
     """
 
     name = "exact"
@@ -164,6 +183,7 @@ class MathVerify(Verifier):
     math-verify's own timeout (signal.alarm) does not work off the main thread (reward functions are
     often called from one). Each item gets `timeout_seconds` from the parent; a stuck item scores 0.0,
     the child is killed, and the rest of the batch goes to a fresh child, started only when needed.
+    Through `ProblemReward`, completions are also cut to `verifier_max_chars` before they are sent.
 
     Picklable: a copy gets no process and starts its own on first use. The child is started with
     "spawn", which re-imports the main module: scripts must keep their code under
@@ -248,7 +268,8 @@ class TaskVerifier(Verifier):
     one verifier name for a scenario that mixes answer-only arithmetic with countdown puzzles.
 
     Each kind gets one `batch` call per batch (one math-verify round trip, not one per completion). Without
-    metadata every problem is scored by exact match, so callers must pass it.
+    metadata every problem is scored by exact match, so callers must pass it. A `metadata["verifier"]` that
+    is not one of these names is a ValueError naming it; the time bound is that of the verifier picked.
     """
 
     name = "task"
@@ -264,9 +285,10 @@ class TaskVerifier(Verifier):
         metadatas = check_lengths(completions, answers, metadatas)
         groups: dict[str, list[int]] = {}
         for i, metadata in enumerate(metadatas):
-            kind = (metadata or {}).get("verifier", "exact")
-            if kind not in self.verifiers:
-                raise ValueError(f"unknown metadata verifier {kind!r} (choose from: {', '.join(TASK_VERIFIERS)})")
+            kind = (metadata if isinstance(metadata, Mapping) else {}).get("verifier", "exact")
+            if not isinstance(kind, str) or kind not in self.verifiers:  # a list would make `in` a TypeError
+                raise ValueError(f"unknown metadata verifier {reprlib.repr(kind)} "
+                                 f"(choose from: {', '.join(TASK_VERIFIERS)})")
             groups.setdefault(kind, []).append(i)
         rewards = [0.0] * len(completions)
         for kind, indices in groups.items():
