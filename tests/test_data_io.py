@@ -24,7 +24,7 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 
 TRL_ROWS = [
     {"id": "a", "prompt": "1+1=", "answer": "2", "source": "arith", "difficulty": 3},
-    {"prompt": CHAT, "solution": 4},  # alias + number answer, no id, no source
+    {"prompt": "2+2?", "solution": 4},  # alias + number answer, no id, no source (one file: one kind of prompt)
     {"prompt": "x?", "ground_truth": "\\frac{1}{2}", "metadata": {"corrupted": True}},
 ]
 VERL_ROWS = [
@@ -47,7 +47,7 @@ def write_jsonl(path, rows):
 def check_trl(problems, stem):
     assert [p.id for p in problems] == ["a", f"{stem}-1", f"{stem}-2"]
     assert problems[0] == Problem("a", "1+1=", "2", "arith", {"difficulty": 3})
-    assert problems[1].prompt == CHAT and problems[1].answer == "4" and problems[1].source == "unknown"
+    assert problems[1].prompt == "2+2?" and problems[1].answer == "4" and problems[1].source == "unknown"
     assert problems[2].answer == "\\frac{1}{2}" and problems[2].corrupted
 
 
@@ -88,7 +88,7 @@ def test_load_trl_parquet(tmp_path):
 
 
 def test_mixed_layouts_in_one_file(tmp_path):
-    path = write_jsonl(tmp_path / "mix.jsonl", [TRL_ROWS[0], VERL_ROWS[0]])
+    path = write_jsonl(tmp_path / "mix.jsonl", [{**TRL_ROWS[0], "prompt": CHAT}, VERL_ROWS[0]])
     assert [p.id for p in load_problems(path)] == ["a", "7"]
 
 

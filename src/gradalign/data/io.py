@@ -12,12 +12,17 @@ A ``metadata`` object (JSONL/JSON) or ``metadata_json`` string (Parquet) in a ro
 metadata, so the files `save_problems` writes load back to equal problems.
 
 Every bad input raises `DataError` with one line naming the file, the row and the field: users fix
-their data from that line alone.
+their data from that line alone. Among them: a file must be UTF-8; its prompts must be all text or all
+chats (a batch is tokenized one way), chat roles one of `CHAT_ROLES`, and no prompt longer than
+`MAX_PROMPT_CHARS`; NaN/inf answers. Float answers load with one warning line per file: whole numbers
+become integers ("70.0" -> "70"), others are kept as ``str(value)``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -35,6 +40,14 @@ METADATA_COLUMN = "metadata_json"
 
 _ANSWER_KEYS = ("answer", "solution", "ground_truth")  # TRL-style aliases, first present wins
 _SUFFIXES = (".jsonl", ".json", ".parquet")
+
+# A prompt (text, or the total content of a chat) longer than this is refused: tokenizers abort the whole process
+# on pathological inputs (a 50 MB prompt: rc 134), and no policy has a context anywhere near it.
+MAX_PROMPT_CHARS = 100_000
+CHAT_ROLES = ("system", "user", "assistant")
+_EXACT_FLOAT_INT = 2**53  # floats below this that are whole numbers are exactly that integer
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- load
@@ -56,14 +69,30 @@ def load_problems(path: str | os.PathLike, *, id_prefix: str | None = None) -> l
 
     problems: list[Problem] = []
     first_seen: dict[str, str] = {}  # id -> row label, to name both rows of a duplicate
+    first_kind: tuple[str, str] | None = None  # (kind of prompt, row label) of the first row
+    floats: dict[str, list[str]] = {"whole": [], "kept": []}  # row labels of float answers, by what became of them
     for index, (where, row) in enumerate(_read_rows(path)):
-        problem = _parse_row(row, where=f"{name}: {where}", default_id=f"{prefix}-{index}")
+        problem = _parse_row(row, where=f"{name}: {where}", default_id=f"{prefix}-{index}", floats=floats)
         if problem.id in first_seen:
             raise DataError(f"{name}: {where}: field 'id' duplicates {problem.id!r} from {first_seen[problem.id]}")
         first_seen[problem.id] = where
+        # One batch is tokenized one way (chat template or plain text): a mixed file fails deep in tokenization.
+        kind = "text" if isinstance(problem.prompt, str) else "a chat (list of messages)"
+        if first_kind is None:
+            first_kind = (kind, where)
+        elif kind != first_kind[0]:
+            raise DataError(f"{name}: {where}: field 'prompt' is {kind} but the one at {first_kind[1]} is "
+                            f"{first_kind[0]}; one file must use one kind of prompt")
         problems.append(problem)
     if not problems:
         raise DataError(f"{name}: no problems")
+    if floats["whole"]:
+        log.warning("%s: %d answers were numbers with a fractional part .0 and were written as integers (first at %s)",
+                    name, len(floats["whole"]), floats["whole"][0])
+    if floats["kept"]:
+        log.warning("%s: %d answers were non-integral numbers and were kept as Python writes them (first at %s); "
+                    "exact-match verifiers compare that text: write such answers as strings", name,
+                    len(floats["kept"]), floats["kept"][0])
     return problems
 
 
@@ -72,19 +101,32 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
     name = str(path)
     if path.suffix == ".jsonl":
         with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+            lines = enumerate(f, start=1)
+            while True:
+                try:
+                    lineno, line = next(lines)
+                except StopIteration:
+                    break
+                except UnicodeDecodeError:
+                    raise _not_utf8(path) from None
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DataError(f"{name}: line {lineno}: malformed JSON ({one_line(e.msg)})") from None
+                except ValueError as e:  # e.g. an integer of more than 4300 digits
+                    raise DataError(f"{name}: line {lineno}: unreadable JSON ({one_line(e)})") from None
                 yield f"line {lineno}", row
     elif path.suffix == ".json":
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
         except json.JSONDecodeError as e:
             raise DataError(f"{name}: malformed JSON ({one_line(e.msg)} at line {e.lineno})") from None
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            raise DataError(f"{name}: unreadable JSON ({one_line(e)})") from None
         if not isinstance(rows, list):
             raise DataError(f"{name}: expected a JSON list of objects (got {type(rows).__name__})")
         for i, row in enumerate(rows):
@@ -100,7 +142,25 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"row {i} (0-based)", row
 
 
-def _parse_row(row: Any, *, where: str, default_id: str) -> Problem:
+def _not_utf8(path: Path) -> DataError:
+    """The error for a file that is not UTF-8, naming the line and column of the first bad byte.
+
+    Decoding streams in chunks, so the codec's own offsets are relative to a chunk: find the byte again here
+    (only on this error path). Lines are counted as text mode counts them (universal newlines).
+    """
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = data[:e.start].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
+        return DataError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
+                         f"save the file as UTF-8")
+    return DataError(f"{path}: not valid UTF-8; save the file as UTF-8")  # unreachable unless the file changed
+
+
+def _parse_row(row: Any, *, where: str, default_id: str, floats: dict[str, list[str]] | None = None) -> Problem:
     """Turn one raw row (either layout) into a `Problem`; `where` prefixes every error."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: row is not a JSON object (got {type(row).__name__})")
@@ -111,7 +171,7 @@ def _parse_row(row: Any, *, where: str, default_id: str) -> Problem:
         reward_model = row.pop("reward_model")
         if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
             raise DataError(f"{where}: field 'reward_model.ground_truth' is missing")
-        answer = _answer(reward_model["ground_truth"], where, "reward_model.ground_truth")
+        answer = _answer(reward_model["ground_truth"], where, "reward_model.ground_truth", floats)
         source = row.pop("data_source", None)
         source_field = "data_source"
         extra_info = row.pop("extra_info", None) or {}
@@ -126,7 +186,7 @@ def _parse_row(row: Any, *, where: str, default_id: str) -> Problem:
         key = next((k for k in _ANSWER_KEYS if k in row), None)
         if key is None:
             raise DataError(f"{where}: field 'answer' (or 'reward_model.ground_truth') is missing")
-        answer = _answer(row.pop(key), where, key)
+        answer = _answer(row.pop(key), where, key, floats)
         source, source_field = row.pop("source", None), "source"
         raw_id, id_field = row.pop("id", None), "id"
 
@@ -160,12 +220,24 @@ def _parse_row(row: Any, *, where: str, default_id: str) -> Problem:
     return Problem(id=problem_id, prompt=prompt, answer=answer, source=source, metadata=metadata)
 
 
-def _answer(value: Any, where: str, field: str) -> str:
+def _answer(value: Any, where: str, field: str, floats: dict[str, list[str]] | None = None) -> str:
+    """The answer as text. Floats: NaN/inf refused; whole numbers written as integers ("70.0" -> "70"), other
+    floats kept as ``str``; both counted in `floats` (row labels) for one warning line per file."""
     if value is None:
         raise DataError(f"{where}: field '{field}' is null")
     # bool is an int subclass, but "True" as a ground truth is almost surely a data bug.
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DataError(f"{where}: field '{field}' must be a string or number (got {type(value).__name__})")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise DataError(f"{where}: field '{field}' is {value} (not a finite number); no completion can match it")
+        label = where.rsplit(": ", 1)[-1]  # the row label alone: the warning names the file once
+        if value.is_integer() and abs(value) < _EXACT_FLOAT_INT:
+            value = int(value)
+            if floats is not None:
+                floats["whole"].append(label)
+        elif floats is not None:
+            floats["kept"].append(label)
     answer = str(value)
     if not answer.strip():
         raise DataError(f"{where}: field '{field}' is empty")
@@ -187,6 +259,7 @@ def _prompt(value: Any, where: str) -> Prompt:
     if isinstance(value, str):
         if not value.strip():
             raise DataError(f"{where}: field 'prompt' is empty")
+        _check_prompt_length(len(value), where)
         return value
     if not isinstance(value, list):
         raise DataError(f"{where}: field 'prompt' must be a string or a chat list (got {type(value).__name__})")
@@ -196,10 +269,20 @@ def _prompt(value: Any, where: str) -> Prompt:
     for i, msg in enumerate(value):
         if not (isinstance(msg, dict) and isinstance(msg.get("role"), str) and isinstance(msg.get("content"), str)):
             raise DataError(f"{where}: field 'prompt[{i}]' must be a message with string 'role' and 'content'")
+        if msg["role"] not in CHAT_ROLES:
+            raise DataError(f"{where}: field 'prompt[{i}].role' is {msg['role']!r} "
+                            f"(expected one of: {', '.join(CHAT_ROLES)})")
         # Only role and content matter to chat templates here; other keys (or the None-filled fields
         # Parquet adds to structs) would break round trips.
         messages.append({"role": msg["role"], "content": msg["content"]})
+    _check_prompt_length(sum(len(m["content"]) for m in messages), where)
     return messages
+
+
+def _check_prompt_length(n: int, where: str) -> None:
+    if n > MAX_PROMPT_CHARS:
+        raise DataError(f"{where}: field 'prompt' is {n:,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
+                        f"(MAX_PROMPT_CHARS in gradalign.data.io)")
 
 
 # ----------------------------------------------------------------------------------------------- save
