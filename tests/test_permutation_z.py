@@ -69,3 +69,28 @@ def test_method_ranks_by_z_and_excludes_zero_variance():
     order = sorted(range(3), key=lambda i: -expected[i])
     assert select(scored, 4, np.random.default_rng(0)).tolist() == order
     assert scored.scores[3] == 0.0 and not scored.eligible[3]
+
+
+def test_zcos_needs_both_signals_to_rank_high():
+    """Four candidates: high cos and high z; high cos, z noise; low cos, high z; both low. Only the first ranks top;
+    the ranks are written out by hand (percentiles among the 4 eligible: 0.25, 0.5, 0.75, 1)."""
+    g = np.random.default_rng(0)
+    k = 8
+    rewards = np.tile([1.0, 0.0], (5, k // 2))
+    a = rewards - rewards.mean(1, keepdims=True)
+    w = np.stack([a[0] * 3 + 0.1 * g.normal(size=k),  # rewards follow w: z high
+                  g.normal(size=k),  # unrelated: z near 0
+                  a[2] * 2 + 0.1 * g.normal(size=k),
+                  -a[3] + 0.1 * g.normal(size=k),  # rewards against w: z very low
+                  np.ones(k)])
+    terms = a * w
+    z = permutation_z(rewards, terms)
+    assert z[0] > z[2] > z[1] > z[3]  # as built
+    c = Candidates(ids=list("abcde"), pass_rate=np.full(5, 0.5), zero_variance=np.array([False] * 4 + [True]),
+                   cos_val=np.array([0.9, 0.8, 0.1, 0.0, 0.99]), dot_val=terms.sum(1), norm=np.ones(5),
+                   completion_rewards=rewards, completion_dots=terms)
+    scored = get_method("gradalign-zcos").score(c, SelectionOptions())
+    # percentile ranks: cos (a 1.0, b 0.75, c 0.5, d 0.25); z (a 1.0, c 0.75, b 0.5, d 0.25); min: a 1, b .5, c .5, d .25
+    order = select(scored, 5, np.random.default_rng(0)).tolist()
+    assert order[0] == 0 and order[-1] == 3 and set(order[1:3]) == {1, 2} and 4 not in order
+    assert get_method("gradalign-zcos").needs >= {"completions", "norms", "validation"}

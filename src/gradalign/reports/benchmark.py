@@ -35,7 +35,7 @@ Curve = tuple[Sequence[float], Sequence[float]]  # (x, y) of one seed
 # the methods every other one is measured against; nonzero-variance because any rollout-based filter drops the
 # zero-variance problems: only the gain over it is a gradient's own
 REFERENCES = ("random", "full", "nonzero-variance")
-BEYOND_PAPER = {"gradalign-z": "gradalign"}  # our methods, each also measured against the published one
+BEYOND_PAPER = {"gradalign-z": "gradalign", "gradalign-zcos": "gradalign"}  # our methods, each also measured against the published one
 UTILITIES = ("useful", "trivial", "unsolvable")
 SHARES = ("target", "corrupted", "trivial", "unsolvable")  # table columns, in order
 TIMES = ("rollouts", "scoring", "training", "evaluation", "total")

@@ -66,10 +66,28 @@ def gradalign_z(c: Candidates, opts: SelectionOptions) -> Scored:
     return _gradient_score(permutation_z(c.completion_rewards, c.completion_dots), c, opts)
 
 
+def percentile_ranks(x: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Rank of each value among the `among` candidates, scaled to (0, 1] (1 = best; ties share the lower rank)."""
+    ref = np.sort(x[among])
+    return np.searchsorted(ref, x, side="left") / max(len(ref), 1) + 1 / max(len(ref), 1)
+
+
+def gradalign_zcos(c: Candidates, opts: SelectionOptions) -> Scored:
+    """Both signals must rank high: min of the percentile ranks of cos and z among the eligible candidates (z tells
+    rewards that follow the validation direction from coin flips; cos tells the direction itself, e.g. the target
+    task of an imbalanced pool). Ties go to the larger of the two."""
+    eligible = gradient_eligibility(c, opts)
+    z = permutation_z(c.completion_rewards, c.completion_dots)
+    a, b = percentile_ranks(c.cos_val, eligible), percentile_ranks(z, eligible)
+    return _gradient_score(np.minimum(a, b) + 1e-9 * np.maximum(a, b), c, opts)
+
+
 METHODS = [
     Method("gradalign", gradalign, GRADIENTS, "top by cos(g(x), g_V)"),
     Method("gradalign-z", gradalign_z, GRADIENTS | {"completions"},
            "top by the z-score of <g(x), ĝ_V> against permutations of the group's rewards: √(k-1)·corr(A, w)"),
+    Method("gradalign-zcos", gradalign_zcos, GRADIENTS | {"completions", "norms"},
+           "top by min(percentile rank of cos(g(x), g_V), percentile rank of gradalign-z's z): both must agree"),
     Method("gradalign-dot", gradalign_dot, GRADIENTS, "top by <g(x), ĝ_V>"),
     Method("negalign", negalign, GRADIENTS, "bottom by cos(g(x), g_V) (ablation)"),
     Method("norm", norm, frozenset({"gradients"}), "top by ‖g(x)‖ (no validation set)"),
