@@ -10,7 +10,8 @@ scoring is timed) it measures, side by side in one process and interleaved withi
   func     `FuncGradients.problem_signals` (torch.func vmap of per-problem gradients);
   onepass  `OnePassGradients.problem_signals` (the exact one-pass scorer: what GradAlign's cosine needs);
   onepass-z  the same pass keeping every completion's term of the dot instead of the norms (`per_completion=True,
-           with_norms=False`): what `gradalign-z` needs. Its ratio to `onepass` is the method's extra cost.
+           with_norms=False`): what `gradalign-z` needs. Its ratio to `onepass` is the method's extra cost;
+  onepass-zcos  both (per-completion terms and norms): what `gradalign-zcos` needs.
 
 Each per-problem method scores against one direction (the unit pooled gradient of the chunk, like g_V) and
 its norms and dots are checked against naive's: a speed number for wrong signals would be useless.
@@ -54,7 +55,7 @@ MODEL_CONFIGS: dict[str, dict] = {
     "tiny": {},
     "10m": dict(hidden=384, layers=6, heads=6, intermediate=1152),
 }
-METHODS = ("floor", "naive", "func", "onepass", "onepass-z")
+METHODS = ("floor", "naive", "func", "onepass", "onepass-z", "onepass-zcos")
 PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-dense")  # projected features at --proj-dim
 PROMPT_CHARS = (5, 7)  # + BOS: prompts of 6-8 tokens (~7)
 COMPLETION_TOKENS = (3, 6)  # including the final EOS
@@ -122,7 +123,7 @@ def make_backend(method: str, micro_batch: int, proj_dim: int = 8192):
         return NaiveGradients(micro_batch=micro_batch)
     if method == "func":
         return FuncGradients(micro_batch=micro_batch)
-    if method in ("onepass", "onepass-z"):
+    if method in ("onepass", "onepass-z", "onepass-zcos"):
         return OnePassGradients(micro_batch=micro_batch)
     raise ValueError(f"unknown scoring backend '{method}' (choose from: {', '.join((*METHODS[1:], *PROJECTION_ROWS))})")
 
@@ -135,8 +136,9 @@ def runner(method: str, backend, model, batch: SurrogateBatch, direction: torch.
         return lambda: backend.combined_gradient(model, batch, ones)
     if method.startswith("proj-"):
         return lambda: backend.features(model, batch, micro_batch)
-    if method == "onepass-z":
-        return lambda: backend.problem_signals(model, batch, direction, per_completion=True, with_norms=False)
+    if method in ("onepass-z", "onepass-zcos"):
+        return lambda: backend.problem_signals(model, batch, direction, per_completion=True,
+                                               with_norms=method == "onepass-zcos")
     return lambda: backend.problem_signals(model, batch, direction)
 
 
@@ -362,7 +364,7 @@ def bench_config(model_name: str, model, tokenizer, n: int, s: Settings, device:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':6s} {'params':>11s} {'chunk':>6s} {'method':9s} {'seconds':>9s} {'x floor':>8s} " \
+    head = f"{'model':6s} {'params':>11s} {'chunk':>6s} {'method':12s} {'seconds':>9s} {'x floor':>8s} " \
            f"{'peak MB':>8s} {'max rel err':>12s}  status"
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -374,7 +376,7 @@ def format_table(rows: list[dict]) -> str:
         else:
             err = f"{r['max_rel_err']:12.2e}" if r["max_rel_err"] is not None else f"{'-':>12s}"
         status = "" if r["status"] == "ok" else r["status"]
-        lines.append(f"{r['model']:6s} {r['params']:11,d} {r['chunk']:6d} {r['method']:9s} {sec} {ratio} {mem} "
+        lines.append(f"{r['model']:6s} {r['params']:11,d} {r['chunk']:6d} {r['method']:12s} {sec} {ratio} {mem} "
                      f"{err}  {status}".rstrip())
     return "\n".join(lines)
 
