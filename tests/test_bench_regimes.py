@@ -96,3 +96,15 @@ def test_standard_preset_defaults_and_seed_offset():
     assert cfg.rounds * cfg.steps_per_round == 64 and cfg.chunk_size == 256
     plan = plan_from_args(parser.parse_args(["regimes", "--seeds", "2", "--first-seed", "5"]))
     assert plan.seeds == [5, 6]
+
+
+def test_two_workers_share_the_cells_and_write_one_report(tmp_path, capsys):
+    """--workers 2: two processes run the cells between them; every cell finishes once and the report covers all."""
+    assert bench(tmp_path, "--workers", "2") == 0
+    out = tmp_path / "b"
+    for method in ("random", "full"):
+        for seed in (0, 1):
+            rounds = (out / "imbalance" / method / f"seed-{seed}" / "rounds.jsonl").read_text().splitlines()
+            assert len(rounds) == 2
+    printed = capsys.readouterr().out
+    assert "report.md" in printed and (out / "report.md").exists()

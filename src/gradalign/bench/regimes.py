@@ -50,6 +50,7 @@ class BenchPlan:
     seeds: list[int]
     preset: str
     overrides: dict
+    workers: int = 1  # processes sharing the cells, one torch thread each
 
     def cell(self, regime: str, method: str, seed: int) -> Path:
         return self.out / regime / method / f"seed-{seed}"
@@ -83,32 +84,45 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     RunConfig(**{**PRESETS[args.preset], **overrides})  # bad values: a one-line error before any cell runs
     n_seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS.get(args.preset, 3)
     seeds = list(range(args.first_seed, args.first_seed + n_seeds))
-    return BenchPlan(Path(args.out), list(args.regimes), list(methods), seeds, args.preset, overrides)
+    if args.workers < 1:
+        raise ValueError(f"bench regimes: --workers must be >= 1 (got {args.workers})")
+    return BenchPlan(Path(args.out), list(args.regimes), list(methods), seeds, args.preset, overrides, args.workers)
 
 
 def run_bench(plan: BenchPlan, echo=print) -> Path:
-    """Run every pending cell, then write the report; returns the report's path."""
+    """Run every pending cell (in `plan.workers` processes), then write the report; returns the report's path."""
     from .. import fileio
-    from ..curriculum.loop import Curriculum, load_problem_sets
-    from ..data.regimes import write_scenario
     from ..policy.warmstart import warm_started_tiny
     fileio.write_json(plan.out / "bench.json", {"preset": plan.preset, "regimes": plan.regimes,
                                                 "methods": plan.methods, "seeds": plan.seeds,
                                                 "config": {**PRESETS[plan.preset], **plan.overrides}})
     if plan.config(plan.regimes[0], plan.methods[0], 0).model == "tiny":
         warm_started_tiny()  # trained once and cached, outside every cell's timings
+    if plan.workers == 1:
+        run_cells(plan, 0, 1, echo)
+    else:
+        run_workers(plan)
+    from ..reports.benchmark import bench_report
+    return bench_report(plan.out)
+
+
+def run_cells(plan: BenchPlan, index: int, count: int, echo=print) -> None:
+    """The pending cells whose position is `index` modulo `count` (all of them for one process)."""
+    from .. import fileio
+    from ..curriculum.loop import Curriculum, load_problem_sets
+    from ..data.regimes import write_scenario
     cells = [(r, m, s) for r in plan.regimes for s in plan.seeds for m in plan.methods]
     scenarios: dict[tuple[str, int], object] = {}  # built once per (regime, seed): every method gets these problems
     start = time.perf_counter()
     for i, (regime, method, seed) in enumerate(cells, 1):
         cfg = plan.config(regime, method, seed)
         cell = plan.cell(regime, method, seed)
-        if finished(cell, cfg.rounds):
+        if (i - 1) % count != index or finished(cell, cfg.rounds):
             continue
         if (regime, seed) not in scenarios:
             scenarios[regime, seed] = load_problem_sets(cfg)
             data = plan.out / regime / "data" / f"seed-{seed}"
-            if not (data / "scenario.json").exists():
+            if not (data / "scenario.json").exists():  # several workers may write it: same content, atomic files
                 write_scenario(scenarios[regime, seed], data)
             fileio.write_json(plan.out / regime / "regime.json", {
                 "regime": regime, "target_sources": sorted({p.source for p in scenarios[regime, seed].validation})})
@@ -118,8 +132,37 @@ def run_bench(plan: BenchPlan, echo=print) -> Path:
         echo(f"[{i}/{len(cells)}] {regime} / {method} / seed {seed}: test accuracy "
              f"{result.initial['accuracy']:.3f} -> {result.final_accuracy:.3f} ({time.perf_counter() - t:.0f} s; "
              f"{time.perf_counter() - start:.0f} s so far)")
-    from ..reports.benchmark import bench_report
-    return bench_report(plan.out)
+
+
+def _worker(plan: BenchPlan, index: int) -> None:
+    import torch
+    torch.set_num_threads(1)  # one core each: tiny models lose more to two threads' contention than they gain
+    run_cells(plan, index, plan.workers, echo=lambda text: print(text, flush=True))  # lines from both, as they come
+
+
+def run_workers(plan: BenchPlan) -> None:
+    """`plan.workers` processes share the cells (cell i goes to worker i mod N); a failed worker is an error after
+    the others finish (what it finished is kept: rerun to resume)."""
+    import multiprocessing
+    import os
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        workers = [context.Process(target=_worker, args=(plan, i)) for i in range(plan.workers)]
+        for w in workers:
+            w.start()
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    for w in workers:
+        w.join()
+    failed = [i for i, w in enumerate(workers) if w.exitcode]
+    if failed:
+        raise RuntimeError(f"bench regimes: worker {failed[0]} stopped with exit code {workers[failed[0]].exitcode}; "
+                           f"the finished cells are kept: rerun the same command to resume")
 
 
 def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
@@ -139,6 +182,9 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
                              "decides (the demo's sizes, 9 methods, 5 seeds, under 90 minutes); full: the demo's sizes "
                              "with every method (default: quick)")
     parser.add_argument("--config", help="YAML of RunConfig fields overriding the preset (sizes, model, ...)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes sharing the cells, one thread each (2 on a 2-core machine: about half the "
+                             "wall time) (default: 1)")
     parser.add_argument("--out", default="runs/bench-regimes", help="benchmark directory (rerun to resume)")
     from ..cli import add_config_flags
     from ..config import SCENARIO_FIELDS, RunConfig
