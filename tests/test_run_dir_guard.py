@@ -11,25 +11,11 @@ import sys
 
 import pytest
 import yaml
+from test_cli import TINY, files  # noqa: F401  (the tiny run's flags and its problem-files fixture)
 
 from gradalign import fileio
 from gradalign.cli import main
 from gradalign.curriculum import loop
-from gradalign.data.io import save_problems
-from gradalign.data.regimes import unreliable_rewards
-
-TINY = ["--chunk-size", "16", "--selection-ratio", "4", "--rollouts-per-problem", "4", "--validation-rollouts", "4",
-        "--rounds", "1", "--steps-per-round", "1", "--problems-per-step", "4", "--num-generations", "4",
-        "--eval-samples", "0"]
-
-
-@pytest.fixture
-def files(tmp_path):
-    sc = unreliable_rewards(pool_size=32, validation_size=8, test_size=16, seed=3)
-    paths = {"pool": tmp_path / "pool.jsonl", "validation": tmp_path / "val.jsonl", "test": tmp_path / "test.jsonl"}
-    for name, problems in (("pool", sc.pool), ("validation", sc.validation), ("test", sc.test)):
-        save_problems(paths[name], problems)
-    return paths
 
 
 def run(files, out, *extra):
