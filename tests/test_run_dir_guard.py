@@ -106,7 +106,7 @@ def test_bad_yaml_value_is_one_line_naming_file_and_key_before_anything_is_writt
 
 @pytest.mark.parametrize("flags, message", [
     (["--temperature", "-1"], "config: 'temperature' (--temperature) must be > 0 (got -1.0)"),
-    (["--learning-rate", "-1"], "config: 'learning_rate' (--learning-rate) must be > 0 (got -1.0)"),
+    (["--learning-rate", "-1"], "config: 'learning_rate' (--learning-rate) must be >= 0 (got -1.0)"),
     (["--top-p", "2.0"], "config: 'top_p' (--top-p) must be in (0, 1] (got 2.0)"),
     (["--top-p", "0"], "config: 'top_p' (--top-p) must be in (0, 1] (got 0.0)"),
     (["--weight-decay", "-0.1"], "config: 'weight_decay' (--weight-decay) must be >= 0 (got -0.1)"),

@@ -52,9 +52,10 @@ POSITIVE_INTS = ("chunk_size", "selection_ratio", "rollouts_per_problem", "rollo
                  "rounds", "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens",
                  "num_iterations", "projection_dim", "warmup_problems", "warmup_steps", "offline_validation_rollouts",
                  "validation_per_set", "micro_batch", "pool_size")
-NON_NEGATIVE = ("seed", "validation_size", "test_size", "eval_samples", "weight_decay", "beta", "kl_beta")
-POSITIVE = ("temperature", "learning_rate", "max_grad_norm", "epsilon", "learnalign_temperature",
-            "offline_temperature")
+# learning_rate 0 is a frozen run (the tests use it to compare sharded sampling with one process)
+NON_NEGATIVE = ("seed", "validation_size", "test_size", "eval_samples", "weight_decay", "beta", "kl_beta",
+                "learning_rate")
+POSITIVE = ("temperature", "max_grad_norm", "epsilon", "learnalign_temperature", "offline_temperature")
 CHOICES = {"advantage_scale": ("none", "group"), "validation_direction": ("pooled", "mean-unit"),
            "zero_variance": ("exclude", "score-zero"), "no_direction": ("error", "random", "previous"),
            # TRL 1.x's loss types that run with its default token-level importance sampling (luspo needs sequence)
