@@ -217,3 +217,22 @@ def test_countdown_problems_the_verifier_cannot_read_are_refused_before_the_run(
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pool.jsonl: problem 'bad': countdown problem has no metadata" in err[0]
+
+
+def test_prompts_that_do_not_fit_a_models_context_get_one_warning_with_a_count(tmp_path, caplog):
+    """Any model: once loaded, prompts whose tokens plus max_new_tokens exceed its context are counted in one line."""
+    from gradalign.config import RunConfig
+    from gradalign.curriculum.loop import warn_long_prompts
+    from gradalign.data.problem import Problem
+    from gradalign.data.regimes import Scenario
+    from gradalign.policy.warmstart import warm_started_tiny
+    model, tokenizer = warm_started_tiny()
+    assert model.config.max_position_embeddings == 64
+    pool = [Problem(f"p{i}", "1+" * n + "1=", "x") for i, n in enumerate((3, 30, 40))]  # 8, 62 and 82 characters
+    cfg = RunConfig(model=str(tmp_path / "some-model"), pool=str(tmp_path / "pool.jsonl"), max_new_tokens=6)
+    with caplog.at_level(logging.WARNING, logger="gradalign.curriculum.loop"):
+        warn_long_prompts(cfg, Scenario("custom", pool, [], []), model, tokenizer)
+    lines = [r.getMessage() for r in caplog.records]
+    # + BOS: 9, 63 and 83 tokens; with 6 new tokens the last two exceed 64
+    assert lines == [f"{tmp_path / 'pool.jsonl'}: 2 prompts do not fit the model's 64-token context with "
+                     f"max_new_tokens 6 (longest 83 tokens); generation will see them truncated or fail"]

@@ -133,6 +133,22 @@ def _warn_tiny_prompts(cfg: RunConfig, sets: Scenario) -> None:
                         "(first: %r in problem %r)", where, foreign, first[0], first[1])
 
 
+def warn_long_prompts(cfg: RunConfig, sets: Scenario, model, tokenizer) -> None:
+    """One warning line per problem set (with a count) whose prompts plus `max_new_tokens` do not fit the model's
+    context, once the model and tokenizer are loaded (the tiny policy is checked by characters in check_inputs)."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not context or cfg.model == "tiny" or Path(cfg.model, "gradalign_tiny").exists():
+        return
+    from ..policy.rollouts import tokenize_prompts
+    for where, problems in _named_sets(cfg, sets):
+        lengths = [len(ids) for ids in tokenize_prompts(tokenizer, [p.prompt for p in problems])] if problems else []
+        over = [n for n in lengths if n + cfg.max_new_tokens > context]
+        if over:
+            log.warning("%s: %d prompts do not fit the model's %d-token context with max_new_tokens %d (longest "
+                        "%d tokens); generation will see them truncated or fail", where, len(over), context,
+                        cfg.max_new_tokens, max(over))
+
+
 def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
     """What several processes cannot share out, refused before anything is computed."""
     if world == 1:
@@ -281,6 +297,7 @@ class Curriculum:
         is written; then work in the directory holding its lock, released however the run ends."""
         self.check_run_dir()
         model, tokenizer = load_policy(self.cfg.model, self.cfg.device, self.group)
+        warn_long_prompts(self.cfg, self.sets, model, tokenizer)
         self.take_lock()
         try:
             return self._run(model, tokenizer)

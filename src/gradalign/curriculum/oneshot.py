@@ -23,7 +23,8 @@ from ..data.regimes import Scenario
 from ..policy.load import load_policy
 from ..selection import get_method
 from ..selection.diagnostics import scores_table, write_scores
-from .loop import check_inputs, count_values, join_processes, load_problem_sets, make_reward, round_seed
+from .loop import (check_inputs, count_values, join_processes, load_problem_sets, make_reward, round_seed,
+                   warn_long_prompts)
 from .offline import offline_influence
 from .round import RoundSelection, RoundSelector
 
@@ -60,6 +61,7 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
     group = join_processes(whole_pool, sets)
     start = time.perf_counter()
     model, tokenizer = load_policy(cfg.model, cfg.device, group)
+    warn_long_prompts(cfg, sets, model, tokenizer)
     reward = make_reward(cfg)
     selector = RoundSelector(cfg, sets.validation, reward, pool=sets.pool, group=group)
     if "offline" in get_method(cfg.method).needs:  # one CROPI stage: stores sampled from this model (= β)
