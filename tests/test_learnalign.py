@@ -51,7 +51,7 @@ def test_score_is_the_row_mean_of_the_pairwise_matrix(seed):
     c = random_candidates(seed=seed)
     scored = get_method("learnalign").score(c, SelectionOptions())
     np.testing.assert_allclose(scored.scores, pairwise_row_means(c.features, c.pass_rate * (1 - c.pass_rate)),
-                               rtol=1e-12, atol=1e-15)
+                               rtol=1e-12, atol=1e-15)  # float64 (eps 2.2e-16) sums of ~10 terms: measured 3e-18
 
 
 def test_v_and_zero_variance_handling():
@@ -74,7 +74,7 @@ def test_no_v_ablation_is_the_cosine_to_the_mean_feature():
     m = c.features.mean(0)
     expected = c.features @ m / np.linalg.norm(m)
     np.testing.assert_allclose(get_method("learnalign-no-v").score(c, SelectionOptions()).scores, expected,
-                               rtol=1e-9)
+                               rtol=1e-9)  # float64 dot and norm of short vectors: ~1e-15, measured 2.6e-12 abs
     assert not np.allclose(np.argsort(expected), np.argsort(get_method("learnalign").score(c, SelectionOptions()).scores))
 
 

@@ -62,6 +62,7 @@ def test_func_matches_naive(setup, scale, tied):
         assert rel_err(got.norms, ref.norms) < 1e-5
         for d in range(dirs.shape[0]):
             assert rel_err(got.dots[:, d], ref.dots[:, d]) < 1e-5
+        # cosines lie in [-1, 1]: atol 1e-5 ≈ 84 fp32 ulps (eps 1.19e-7) of the fp32 dot / norm (measured 9e-8)
         assert torch.allclose(got.cosines(0), ref.cosines(0), atol=1e-5)
 
 
