@@ -26,8 +26,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..fileio import atomic_path, write_text
+from ..selection.diagnostics import LABELS
 from .plots import _EXTRA_COLOURS, MARKERS, METHOD_COLOURS, plot_score_distributions
-from .summary import (DASH, DIAGNOSTIC_LABELS, GOOD_MEANS, RunView, _is_number, _secs, _share, diagnostics_labels,
+from .summary import (DASH, GOOD_MEANS, RunView, _is_number, _secs, _share, diagnostics_labels,
                       diagnostics_means, load_run, read_json_object, round_diagnostics, time_split)
 
 Stats = tuple[float, float, int]  # (mean, std, n) over seeds
@@ -312,7 +313,7 @@ def _regime_score_plot(regime: RegimeView, methods: Sequence[str], path: Path) -
     """Score distributions, good vs bad under the regime's label, of each method's first started seed."""
     runs = [seeds[min(seeds)] for m in methods if (seeds := regime.runs.get(m))]
     own = REGIME_LABEL.get(regime.kind)
-    labels = ([own] if own else []) + [name for name in DIAGNOSTIC_LABELS if name != own]
+    labels = ([own] if own else []) + [name for name in LABELS if name != own]
     return plot_score_distributions(runs, path, labels, regime.target_sources or None,
                                     title=f"regime: {regime.name}   ·   scores of the eligible candidates, good vs bad "
                                           f"(first seed, all rounds pooled)")

@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from ..fileio import atomic_path
-from ..selection.diagnostics import read_scores
-from .summary import DIAGNOSTIC_LABELS, RunView
+from ..selection.diagnostics import LABELS, is_good, read_scores
+from .summary import RunView
 
 # Stable colours for the methods people compare most; others take the next free tab10 colour.
 METHOD_COLOURS = {"gradalign": "#1f77b4", "random": "#7f7f7f", "accgreedy": "#d62728", "full": "#2ca02c",
@@ -147,17 +147,16 @@ def ranked_score_rows(run_dir: Path) -> list[dict]:
 
 
 def good_mask(rows: list[dict], label: str, validation_sources: set[str]) -> np.ndarray | None:
-    """Per row, True = good under `label` (as selection/diagnostics.py counts it); None when the rows lack it."""
-    if label == "corrupted" and any(r.get("corrupted") for r in rows):
-        return np.array([r.get("corrupted") != "True" for r in rows])
-    if label == "target" and validation_sources:
-        return np.array([r.get("source") in validation_sources for r in rows])
-    if label == "utility" and any(r.get("utility") for r in rows):
-        return np.array([r.get("utility") == "useful" for r in rows])
-    return None
+    """Per row, True = good under `label` (`selection.diagnostics.is_good`); None when the rows lack the label."""
+    carried = {"corrupted": any(r.get("corrupted") for r in rows), "target": bool(validation_sources),
+               "utility": any(r.get("utility") for r in rows)}
+    if not carried.get(label):
+        return None
+    return np.array([is_good(label, r.get("corrupted") == "True", r.get("source"), r.get("utility") or None,
+                             validation_sources) for r in rows])
 
 
-def score_split(run: RunView, labels: Sequence[str] = DIAGNOSTIC_LABELS,
+def score_split(run: RunView, labels: Sequence[str] = LABELS,
                 validation_sources: Sequence[str] | None = None) -> tuple[str, np.ndarray, np.ndarray] | None:
     """(label, good scores, bad scores) of the run's eligible candidates under the first of `labels` with both
     sides present; None when there is nothing to split. Validation sources default to the run directory's."""
@@ -187,7 +186,7 @@ def _score_panel(ax, name: str, label: str, good: np.ndarray, bad: np.ndarray) -
     ax.legend(loc="best", frameon=False, fontsize=9)
 
 
-def plot_score_distributions(runs: list[RunView], path: str | os.PathLike, labels: Sequence[str] = DIAGNOSTIC_LABELS,
+def plot_score_distributions(runs: list[RunView], path: str | os.PathLike, labels: Sequence[str] = LABELS,
                              validation_sources: Sequence[str] | None = None, title: str | None = None,
                              dpi: int = 110) -> Path | None:
     """Histograms of the eligible candidates' scores, good vs bad (the first of `labels` a run carries), one

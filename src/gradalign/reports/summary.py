@@ -19,6 +19,7 @@ import yaml
 
 from ..data.problem import one_line
 from ..fileio import write_text
+from ..selection.diagnostics import LABELS
 
 PREFERRED_ORDER = ("gradalign",)  # shown first (table rows, legend); the rest by directory name
 DASH = "—"
@@ -429,7 +430,6 @@ def offpolicy_table(runs: list[RunView]) -> str | None:
 
 
 # ── selection diagnostics: record["diagnostics"] (selection/diagnostics.py) ──────────────────────────────────
-DIAGNOSTIC_LABELS = ("corrupted", "target", "utility")  # the labels a pool may carry, in the order shown
 GOOD_MEANS = {"corrupted": "clean reward", "target": "from a validation source", "utility": "useful"}
 LABEL_KEYS = ("eligible_good_share", "auc", "top_good_share", "selected_good_share")
 LABEL_HEADERS = ("eligible good", "AUC", "top-k good", "selected good")
@@ -464,9 +464,9 @@ def _round_mean(values: Iterable[Any]) -> float | None:
 
 
 def diagnostics_labels(diags: list[dict]) -> list[str]:
-    """The labels some round carries: the known ones in DIAGNOSTIC_LABELS order, then any other."""
+    """The labels some round carries: the known ones in `LABELS` order, then any other."""
     found = {name for d in diags for name in _as_dict(d.get("labels"))}
-    return [name for name in DIAGNOSTIC_LABELS if name in found] + sorted(found - set(DIAGNOSTIC_LABELS))
+    return [name for name in LABELS if name in found] + sorted(found - set(LABELS))
 
 
 def diagnostics_means(run: RunView) -> dict | None:

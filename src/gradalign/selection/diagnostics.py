@@ -28,17 +28,27 @@ SCORE_COLUMNS = ["id", "pass_rate", "learnability", "completion_length", "zero_v
                  "selected", "source", "corrupted", "utility"]
 
 
+LABELS = ("corrupted", "target", "utility")  # the labels a pool may carry, in the order reports show them
+
+
+def is_good(label: str, corrupted: bool, source: str, utility: str | None, validation_sources: set[str]) -> bool:
+    """The one rule for what counts as good under each label (module docstring); reports apply it to the scores
+    files' rows, `good_labels` to problems."""
+    if label == "corrupted":
+        return not corrupted
+    if label == "target":
+        return source in validation_sources
+    return utility == "useful"
+
+
 def good_labels(problems: list[Problem], validation_sources: set[str]) -> dict[str, np.ndarray]:
     """{label: bool array, True = good} for every label the problems carry with both values possible."""
-    out: dict[str, np.ndarray] = {}
-    if any("corrupted" in p.metadata for p in problems):
-        out["corrupted"] = np.array([not p.corrupted for p in problems])
     sources = {p.source for p in problems}
-    if validation_sources and sources - validation_sources and sources & validation_sources:
-        out["target"] = np.array([p.source in validation_sources for p in problems])
-    if any("utility" in p.metadata for p in problems):
-        out["utility"] = np.array([p.metadata.get("utility") == "useful" for p in problems])
-    return out
+    carried = {"corrupted": any("corrupted" in p.metadata for p in problems),
+               "target": bool(validation_sources and sources - validation_sources and sources & validation_sources),
+               "utility": any("utility" in p.metadata for p in problems)}
+    return {label: np.array([is_good(label, p.corrupted, p.source, p.metadata.get("utility"), validation_sources)
+                             for p in problems]) for label in LABELS if carried[label]}
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
