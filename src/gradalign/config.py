@@ -239,21 +239,21 @@ class RunConfig:
         self._validate_verifier_knobs()
 
     def _validate_scenario_knobs(self) -> None:
+        """Ranges and names of the scenario knobs (their types are checked with every field's, in `validate`)."""
         from .data.tasks import FAMILIES
         from .rewards.corruption import CORRUPTION_KINDS
         if self.corruption not in CORRUPTION_KINDS:
             raise ConfigError("corruption", f"must be one of {', '.join(CORRUPTION_KINDS)} (got '{self.corruption}')")
         for name in ("corrupt_fraction", "target_share", "useful_share", "trivial_share"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            if not 0.0 <= value <= 1.0:
                 raise ConfigError(name, f"must be a number in [0, 1] (got {value!r})")
         for name in ("target_family", "families", "other_families", "useful_families"):
             value = getattr(self, name)
-            names = ([value] if isinstance(value, str) else None) if name == "target_family" else value
-            if not isinstance(names, (list, tuple)) or not names:
-                what = "a task family" if name == "target_family" else "a non-empty list of task families"
-                raise ConfigError(name, f"must be {what} (got {value!r})")
-            unknown = next((f for f in names if not isinstance(f, str) or f not in FAMILIES), None)
+            names = [value] if name == "target_family" else value
+            if not names:
+                raise ConfigError(name, f"must be a non-empty list of task families (got {value!r})")
+            unknown = next((f for f in names if f not in FAMILIES), None)
             if unknown is not None:
                 raise ConfigError(name, f"has unknown task family {unknown!r} (choose from: {', '.join(FAMILIES)})")
             if len(set(names)) != len(names):
@@ -263,12 +263,11 @@ class RunConfig:
                                                 f"(got {list(self.other_families)})")
 
     def _validate_verifier_knobs(self) -> None:
-        timeout = self.verifier_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
-            raise ConfigError("verifier_timeout", f"must be > 0 seconds (got {timeout!r})")
-        cap = self.verifier_max_chars
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-            raise ConfigError("verifier_max_chars", f"must be an integer >= 1 (got {cap!r})")
+        """Ranges of the verifier's bounds (their types are checked with every field's, in `validate`)."""
+        if not self.verifier_timeout > 0:
+            raise ConfigError("verifier_timeout", f"must be > 0 seconds (got {self.verifier_timeout!r})")
+        if self.verifier_max_chars < 1:
+            raise ConfigError("verifier_max_chars", f"must be an integer >= 1 (got {self.verifier_max_chars!r})")
 
     def projection_for(self, method_default: str) -> str:
         """The projection to use: the configured one, or the method's own default when it is 'auto'."""
