@@ -78,8 +78,13 @@ def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
         raise DataError(f"{where}: chunk_size {cfg.chunk_size} is larger than the pool ({len(sets.pool)} problems); "
                         f"lower chunk_size")
     _check_verifiable(cfg, sets)
-    if cfg.model == "tiny" or Path(cfg.model, "gradalign_tiny").exists():
+    if _tiny_policy(cfg):
         _warn_tiny_prompts(cfg, sets)
+
+
+def _tiny_policy(cfg: RunConfig) -> bool:
+    """The built-in tiny policy or one of its checkpoints (a character tokenizer built in code)."""
+    return cfg.model == "tiny" or Path(cfg.model, "gradalign_tiny").exists()
 
 
 def _named_sets(cfg: RunConfig, sets: Scenario) -> list[tuple[str, list[Problem]]]:
@@ -137,7 +142,7 @@ def warn_long_prompts(cfg: RunConfig, sets: Scenario, model, tokenizer) -> None:
     """One warning line per problem set (with a count) whose prompts plus `max_new_tokens` do not fit the model's
     context, once the model and tokenizer are loaded (the tiny policy is checked by characters in check_inputs)."""
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if not context or cfg.model == "tiny" or Path(cfg.model, "gradalign_tiny").exists():
+    if not context or _tiny_policy(cfg):
         return
     from ..policy.rollouts import tokenize_prompts
     for where, problems in _named_sets(cfg, sets):

@@ -87,17 +87,17 @@ def _load_pretrained(spec: str):
         check_model_dir(path)
         tiny = (path / "gradalign_tiny").exists()  # one of our own tiny checkpoints (its tokenizer is built in code)
         if tiny:
-            vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
-            if vocab != len(build_tokenizer()):
+            vocab, built_in = json.loads((path / "config.json").read_text()).get("vocab_size"), build_tokenizer()
+            if vocab != len(built_in):
                 raise ValueError(f"{path / 'config.json'}: field 'vocab_size' is {vocab!r}, but the tiny checkpoint's "
-                                 f"built-in tokenizer has {len(build_tokenizer())} tokens")
+                                 f"built-in tokenizer has {len(built_in)} tokens")
     elif not HUB_ID.fullmatch(spec) or "--" in spec or ".." in spec:
         raise ValueError(f"model '{spec}': no such directory (and not a Hugging Face hub id)")
     else:
         tiny = False
     try:
         if tiny:
-            model, tokenizer = AutoModelForCausalLM.from_pretrained(spec), build_tokenizer()
+            model, tokenizer = AutoModelForCausalLM.from_pretrained(spec), built_in
         else:
             tokenizer = AutoTokenizer.from_pretrained(spec)
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
@@ -119,8 +119,8 @@ def _load_pretrained(spec: str):
 
 
 def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def check_model_dir(path: Path) -> None:

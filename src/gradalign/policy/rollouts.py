@@ -49,17 +49,19 @@ class Rollouts:
     def num_problems(self) -> int:
         return len(self.problem_ids)
 
-    def pass_rates(self) -> np.ndarray:
-        """Mean reward per problem, p(x)."""
-        sums = torch.zeros(self.num_problems).index_add_(0, self.group, self.rewards.float())
+    def per_problem_mean(self, values: torch.Tensor) -> np.ndarray:
+        """Mean over each problem's completions of a per-row value, [n]."""
+        sums = torch.zeros(self.num_problems).index_add_(0, self.group, values.float())
         counts = torch.bincount(self.group, minlength=self.num_problems).clamp(min=1)
         return (sums / counts).numpy()
 
+    def pass_rates(self) -> np.ndarray:
+        """Mean reward per problem, p(x)."""
+        return self.per_problem_mean(self.rewards)
+
     def mean_lengths(self) -> np.ndarray:
         """Mean completion length in tokens per problem."""
-        sums = torch.zeros(self.num_problems).index_add_(0, self.group, self.completion_mask.sum(1).float())
-        counts = torch.bincount(self.group, minlength=self.num_problems).clamp(min=1)
-        return (sums / counts).numpy()
+        return self.per_problem_mean(self.completion_mask.sum(1))
 
     def zero_variance(self) -> np.ndarray:
         """True for problems whose completions all got the same reward (their policy gradient is zero)."""
