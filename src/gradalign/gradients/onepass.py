@@ -22,6 +22,7 @@ fp32 factors and its G_i for a few problems at a time (README: "What one rank ho
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -260,14 +261,11 @@ class MicroBatchFactors:
     rows: torch.Tensor | None = None  # [R] the completion rows of the pass, problem by problem (batch row indices)
     seq_len: int = 0  # tokens per row: row q holds tokens [q·seq_len, (q+1)·seq_len)
 
-    def row_segments(self, problems: slice) -> tuple[slice, list[slice], torch.Tensor]:
-        """For a run of the micro-batch's problems: their rows' positions, each row's token slice, and each row's
-        problem (0-based within the run)."""
-        counts = [(s.stop - s.start) // self.seq_len for s in self.segments[problems]]
-        first = self.segments[problems][0].start // self.seq_len
-        positions = slice(first, first + sum(counts))
-        tokens = [slice(q * self.seq_len, (q + 1) * self.seq_len) for q in range(positions.start, positions.stop)]
-        return positions, tokens, torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
+    @functools.cached_property
+    def row_problem(self) -> torch.Tensor:
+        """[R] each row's problem, as a position in `problems` (rows are laid out problem by problem)."""
+        counts = torch.tensor([(s.stop - s.start) // self.seq_len for s in self.segments], dtype=torch.long)
+        return torch.arange(len(counts)).repeat_interleave(counts)
 
 
 def micro_batches(batch: SurrogateBatch, micro_batch: int) -> list[list[int]]:
@@ -449,8 +447,8 @@ class OnePassGradients(GradientBackend):
         n_rows = per_token.shape[0] // mb.seq_len
         terms = per_token.reshape(n_rows, mb.seq_len, -1).sum(1).cpu()  # [R, K] one per completion row
         row_dots[mb.rows] += terms
-        _, _, local = mb.row_segments(slice(0, len(mb.segments)))
-        dots[mb.problems] += torch.zeros(len(mb.problems), D.shape[0], dtype=torch.float64).index_add_(0, local, terms)
+        dots[mb.problems] += torch.zeros(len(mb.problems), D.shape[0], dtype=torch.float64).index_add_(
+            0, mb.row_problem, terms)
 
 
 def _token_terms(f: Factor, D: torch.Tensor) -> torch.Tensor:
