@@ -11,6 +11,7 @@ from test_gradients import ZERO_VARIANCE, Reference, make_model, make_rollouts, 
 from torch import nn
 
 from gradalign.gradients import OnePassGradients, get_backend
+from gradalign.gradients.onepass import iter_factors, unsupported_parameters
 from gradalign.gradients.signals import NaiveGradients
 from gradalign.gradients.surrogate import SurrogateBatch
 from gradalign.policy.rollouts import Rollouts, pad
@@ -113,7 +114,7 @@ def test_directions_through_the_backend_match_naive():
         assert (a - b).norm() <= REL * a.norm()
 
 
-def test_unsupported_modules_are_named():
+def test_unsupported_modules_are_named_and_scored_by_the_exact_fallback(caplog):
     class Scaled(nn.Module):  # a parameter outside Linear / Embedding / *Norm
         def __init__(self, inner):
             super().__init__()
@@ -127,10 +128,12 @@ def test_unsupported_modules_are_named():
     model.model.rotary_extra = Scaled(nn.Identity())
     rollouts = random_rollouts(0, vocab=model.config.vocab_size, n_problems=2)
     batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
-    with pytest.raises(NotImplementedError, match="rotary_extra.scale"):
+    assert unsupported_parameters(model) == ["model.rotary_extra.scale"]
+    with caplog.at_level("WARNING"):
         OnePassGradients().problem_signals(model, batch, torch.zeros(0, 0))
-
-
+    assert any("rotary_extra.scale" in r.message for r in caplog.records)
+    with pytest.raises(NotImplementedError, match="rotary_extra.scale"):  # projected features cannot fall back
+        next(iter_factors(model, batch))
 
 
 def test_padding_token_used_as_a_real_token_gets_no_embedding_gradient():

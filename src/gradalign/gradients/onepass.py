@@ -18,11 +18,18 @@ Each parameter is reduced as soon as the backward has reached every module using
 input and output gradient are then let go. Memory: one micro-batch of whole problems' activations (as a
 training step), one layer's output gradients (a tied head's until the embedding's arrives), one parameter's
 fp32 factors and its G_i for a few problems at a time (README: "What one rank holds").
+
+Parameters outside those modules (a mixture-of-experts block's fused 3-D expert weights and its router, any custom
+module) have no such factorisation here (`unsupported_parameters`). `OnePassGradients.problem_signals` then logs
+one warning and scores the model with the naive per-problem backward (`NaiveGradients`): the same exact numbers at
+about one backward per problem instead of one per micro-batch. Projected features (`iter_factors`) need the
+factors themselves and refuse such a model; so does an FSDP-sharded one, which the naive loop cannot score.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,9 +38,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..distributed import SINGLE, ProcessGroup, reshard, shard_group
-from .signals import GradientBackend, ProblemSignals, full_parameter, parameter_views, trainable
+from ..distributed import SINGLE, ProcessGroup, fsdp_sharded, reshard, shard_group
+from .signals import GradientBackend, NaiveGradients, ProblemSignals, full_parameter, parameter_views, trainable
 from .surrogate import SurrogateBatch, weighted_surrogate
+
+log = logging.getLogger(__name__)
+SUPPORTED = "Linear, Embedding, *Norm"
 
 MATERIALISE_BUDGET = 2**25  # floats of per-problem gradients formed at once (128 MiB in fp32)
 BLOCK = 4096  # reductions sum fp32 blocks of this many terms, then the blocks in fp64 (fp32 alone drifts ~1e-4)
@@ -92,6 +102,19 @@ def _norm_like(module: nn.Module) -> bool:
     return bool(params) and "norm" in type(module).__name__.lower() and all(p.dim() == 1 for p in params)
 
 
+def _factored(module: nn.Module) -> bool:
+    """Whether `factors_of` knows this module's per-token rank-one terms."""
+    return isinstance(module, (nn.Linear, nn.Embedding)) or _norm_like(module)
+
+
+def unsupported_parameters(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters the one-pass factorisation cannot handle (held outside Linear, Embedding
+    and *Norm modules, e.g. MoE experts' fused [E, ·, ·] weights and routers); empty when it covers the model."""
+    reshard(model)  # name the parameters by their shards, as the model registers them (FSDP)
+    covered = {id(p) for m in model.modules() if _factored(m) for p in m.parameters(recurse=False)}
+    return [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+
+
 class ActivationCapture:
     """Forward hooks keeping each supported module's input and output for one forward pass.
 
@@ -106,18 +129,15 @@ class ActivationCapture:
         self.params: dict[nn.Module, dict[str, nn.Parameter]] = {}
         self.handles = []
         self.probing = False
-        reshard(model)  # name the parameters by their shards, as the model registers them (FSDP)
+        missing = unsupported_parameters(model)  # before any hook is registered: nothing to undo
+        if missing:
+            raise NotImplementedError(f"one-pass factors do not cover the modules holding {missing[:3]} "
+                                      f"(supported: {SUPPORTED}); use gradient_backend: naive")
         for module in model.modules():
             own = {n: p for n, p in module.named_parameters(recurse=False) if p.requires_grad}
-            if own and (isinstance(module, (nn.Linear, nn.Embedding)) or _norm_like(module)):
+            if own and _factored(module):
                 self.params[module] = own
                 self.handles.append(module.register_forward_hook(self._keep))
-        covered = {id(p) for own in self.params.values() for p in own.values()}
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
-        if missing:
-            self.close()
-            raise NotImplementedError(f"one-pass scoring does not know the modules holding {missing[:3]} "
-                                      f"(supported: Linear, Embedding, *Norm); use gradient_backend: naive")
 
     def _keep(self, module, inputs, output):
         if self.probing:  # the probe forwards of `_affine_derivatives` below
@@ -363,7 +383,11 @@ def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256, group: Pr
     For reductions that need a micro-batch's parameters together (the projected features of
     `gradients.projections`); `OnePassGradients` reduces each parameter as the backward reaches it instead.
     """
-    ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
+    missing = unsupported_parameters(model)
+    if missing:  # projections are built from the factors themselves: there is no exact fallback to take
+        raise NotImplementedError(f"projected features need one-pass factors, which do not cover {missing[:3]} "
+                                  f"(supported: {SUPPORTED}); use a method scored by exact per-problem signals "
+                                  f"(gradalign, gradalign-z, norm, ...), or freeze those parameters")
     for problems, rows, weights, segments in passes(model, batch, micro_batch, group):
         factors: dict[int, list[Factor]] = {}
         backward_factors(model, batch, rows, weights, lambda p, fs, out=factors: out.__setitem__(id(p), fs))
@@ -382,23 +406,40 @@ def per_problem_gradients(fs: list[Factor], shape: tuple[int, int], segments: li
 
 
 class OnePassGradients(GradientBackend):
-    """Exact `problem_signals` at about the cost of one forward+backward over the rollouts."""
+    """Exact `problem_signals` at about the cost of one forward+backward over the rollouts; models it cannot
+    factor (`unsupported_parameters`) are scored by the naive per-problem loop instead (module docstring)."""
 
     def __init__(self, micro_batch: int = 256, budget: int = MATERIALISE_BUDGET, force_gram: bool = False):
         super().__init__(micro_batch)
         self.budget = budget
         self.force_gram = force_gram  # tests exercise both reduction paths
+        self.warned = False  # the fallback is announced once per backend, not once per scoring call
+
+    def fallback(self, model, missing: list[str]) -> NaiveGradients:
+        """The naive backend that scores a model one-pass cannot factor, announced once."""
+        if fsdp_sharded(model):  # the naive loop reads whole per-problem gradients: no exact backend is left
+            raise NotImplementedError(f"one-pass factors do not cover {missing[:3]} (supported: {SUPPORTED}) and "
+                                      f"the naive fallback cannot score an FSDP-sharded model; score it unsharded")
+        if not self.warned:
+            log.warning("one-pass factors do not cover %d trainable parameter(s) (%s%s; supported: %s): scoring with "
+                        "the naive per-problem backward (exact, about one backward per problem instead of one pass)",
+                        len(missing), ", ".join(missing[:3]), ", ..." if len(missing) > 3 else "", SUPPORTED)
+            self.warned = True
+        return NaiveGradients(self.micro_batch)
 
     def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor,
                         group: ProcessGroup = SINGLE, per_completion: bool = False,
                         with_norms: bool = True) -> ProblemSignals:
+        missing = unsupported_parameters(model)
+        if missing:
+            return self.fallback(model, missing).problem_signals(model, batch, directions, group, per_completion,
+                                                                 with_norms)
         n, k_dir = batch.num_problems, directions.shape[0]
         norms2 = torch.zeros(n, dtype=torch.float64) if with_norms or not per_completion else None
         dots = torch.zeros(n, k_dir, dtype=torch.float64)
         row_dots = torch.zeros(batch.rollouts.group.numel(), k_dir, dtype=torch.float64) if per_completion else None
         seq_len = batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1]
         params = trainable(model)
-        ActivationCapture(model).close()  # fails early, naming any parameter this backend cannot handle
         views = dict(zip(map(id, params), parameter_views(params, directions))) if k_dir else {}
         for problems, rows, weights, segments in passes(model, batch, self.micro_batch, group):
             mb = MicroBatchFactors(torch.tensor(problems, dtype=torch.long), segments, FactorsByParameter(), rows,
