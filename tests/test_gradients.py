@@ -206,6 +206,27 @@ def test_advantages_fractional_rewards_and_singleton_group():
     assert r.zero_variance().tolist() == [False, True]  # a single completion has nothing to disagree with
 
 
+def test_unscored_completions_are_left_out_as_trl_leaves_them_out():
+    """A NaN reward (every TRL reward function said None) is out of its group's mean and std, and its advantage is 0;
+    a group with fewer than two scored completions is zero-variance; with none scored its pass rate is NaN."""
+    nan = float("nan")
+    rewards = torch.tensor([1.0, nan, 0.0, 0.0, nan, 1.0, nan, nan, 0.5])
+    r = Rollouts(problem_ids=["a", "b", "c"], group=torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2]),
+                 prompt_ids=torch.ones(9, 1, dtype=torch.long), prompt_mask=torch.ones(9, 1, dtype=torch.long),
+                 completion_ids=torch.ones(9, 1, dtype=torch.long), completion_mask=torch.ones(9, 1, dtype=torch.long),
+                 sample_logps=torch.zeros(9, 1), rewards=rewards, completions=[""] * 9, temperature=1.0)
+    x = np.array([1.0, 0.0, 0.0])  # problem a's scored rewards
+    expected = np.r_[(x - x.mean()) / (x.std(ddof=1) + 1e-4), 0.0]
+    got = r.advantages("group").numpy()
+    np.testing.assert_allclose(got[[0, 2, 3, 1]], expected, rtol=1e-6, atol=1e-7)
+    assert np.all(got[4:] == 0)
+    np.testing.assert_allclose(r.pass_rates(), [1 / 3, 1.0, 0.5], rtol=1e-6)
+    assert r.zero_variance().tolist() == [False, True, True]
+    unscored = r.select_problems([1])
+    unscored.rewards[:] = nan
+    assert np.isnan(unscored.pass_rates()).all() and unscored.zero_variance().all()
+
+
 def test_pass_rates_and_zero_variance_against_python():
     rollouts, _, _, rewards = make_rollouts()
     expected_p = [sum(r) / len(r) for r in rewards]

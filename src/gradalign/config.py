@@ -57,7 +57,7 @@ NON_NEGATIVE = ("seed", "validation_size", "test_size", "eval_samples", "weight_
                 "learning_rate")
 POSITIVE = ("temperature", "max_grad_norm", "epsilon", "learnalign_temperature", "offline_temperature")
 CHOICES = {"advantage_scale": ("none", "group"), "validation_direction": ("pooled", "mean-unit"),
-           "zero_variance": ("exclude", "score-zero"), "no_direction": ("error", "random", "previous"),
+           "zero_variance": ("exclude", "score-zero"), "no_direction": ("auto", "error", "random", "previous"),
            # TRL 1.x's loss types that run with its default token-level importance sampling (luspo needs sequence)
            "loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo"),
            "scale_rewards": ("group", "batch", "none")}
@@ -122,8 +122,10 @@ class RunConfig:
                                    "or mean-unit (mean of unit per-problem gradients).")
     zero_variance: str = _f("exclude", "Zero-variance candidates: exclude (default) or score-zero (reference).")
     passrate_band: list = _f([0.2, 0.8], "passrate-band method: [a, b].")
-    no_direction: str = _f("error", "If every validation group is zero-variance: error, random (select "
-                           "uniformly this round) or previous (reuse the last direction).")
+    no_direction: str = _f("auto", "If every validation group is zero-variance: error, random (select "
+                           "uniformly this round), previous (reuse the last direction; uniform before there is "
+                           "one) or auto (error in gradalign run and select; previous in GradAlignGRPOTrainer, "
+                           "which must not stop a user's training run).")
     gradient_backend: str = _f("onepass", "Per-problem gradient signals: onepass (exact, one forward+backward) "
                                "or naive (exact, one full gradient per problem; the reference).")
     micro_batch: int = _f(256, "Completions per forward/backward when computing gradient signals.")

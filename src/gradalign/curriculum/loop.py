@@ -167,6 +167,12 @@ def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
     if (cfg.problems_per_step * cfg.num_generations) % world:
         raise ValueError(f"config: problems_per_step × num_generations = {cfg.problems_per_step * cfg.num_generations}"
                          f" completions per GRPO step cannot be split evenly over {world} processes")
+    check_blocks(cfg, sets, world)
+
+
+def check_blocks(cfg: RunConfig, sets: Scenario, world: int) -> None:
+    """Every process needs at least one block of `rollout_batch` problems of each list a round rolls out."""
+    method = get_method(cfg.method)
     lists = {"chunk_size": cfg.chunk_size if method.needs_rollouts else None,
              "the validation set": len(sets.validation) if "validation" in method.needs else None}
     for name, n in lists.items():

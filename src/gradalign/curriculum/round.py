@@ -89,7 +89,7 @@ def _seconds_since(start: float) -> float:
 class RoundSelector:
     def __init__(self, cfg: RunConfig, validation: list[Problem], reward: ProblemReward,
                  backend: GradientBackend | None = None, pool: list[Problem] | None = None,
-                 group: ProcessGroup = SINGLE):
+                 group: ProcessGroup = SINGLE, tokenize=None, auto_no_direction: str = "error"):
         self.cfg = cfg
         self.group = group  # several processes: each rolls out and scores its blocks of every problem list
         self.method: Method = get_method(cfg.method)
@@ -103,6 +103,8 @@ class RoundSelector:
         # LearnAlign estimates p(x) under the warmed-up policy itself: temperature 1.0 (paper), no nucleus cut.
         self.feature_sampling = SamplingConfig(temperature=cfg.learnalign_temperature, top_p=1.0,
                                                max_new_tokens=cfg.max_new_tokens, prompts_per_batch=cfg.rollout_batch)
+        self.tokenize = tokenize  # prompts -> token ids (default: `tokenize_prompts`, as TRL tokenizes them)
+        self.auto_no_direction = auto_no_direction  # what `no_direction: auto` means for this caller
         self.last_direction: torch.Tensor | None = None
         self.last_warmup: dict | None = None
         self.offline = None  # CROPI: an `offline.OfflineInfluence`, set by the curriculum
@@ -110,7 +112,7 @@ class RoundSelector:
     def rollouts(self, model, tokenizer, problems: list[Problem], k: int, seed: int, desc: str,
                  sampling: SamplingConfig | None = None, blocks: list[int] | None = None) -> Rollouts:
         return sample_rollouts(model, tokenizer, problems, k, self.reward, sampling or self.sampling, seed, desc=desc,
-                               blocks=blocks, shards=shard_group(self.group, model))
+                               blocks=blocks, shards=shard_group(self.group, model), tokenize=self.tokenize)
 
     def batch(self, rollouts: Rollouts) -> SurrogateBatch:
         return SurrogateBatch(rollouts, rollouts.advantages(self.cfg.advantage_scale))
@@ -284,7 +286,7 @@ class RoundSelector:
         if "validation" in self.method.needs:
             direction, val_pass_rates, val_zero_variance = self.validation_direction(model, tokenizer, seed + 1)
             result.validation_zero_variance = int(val_zero_variance.sum())
-            result.validation_pass_rate = float(val_pass_rates.mean())
+            result.validation_pass_rate = float(np.nanmean(val_pass_rates)) if len(val_pass_rates) else float("nan")
             result.timings["validation_rollouts"] = _seconds_since(t)
             if direction is None:
                 direction, fallback = self._no_direction(len(self.validation))
@@ -320,13 +322,14 @@ class RoundSelector:
 
     def _no_direction(self, n_validation: int) -> tuple[torch.Tensor | None, str]:
         choice = self.cfg.no_direction
+        choice = self.auto_no_direction if choice == "auto" else choice
         what = (f"validation set: all {n_validation} groups are zero-variance under the current policy, "
                 f"so the validation gradient is zero and defines no direction")
         if choice == "previous" and self.last_direction is not None:
-            log.warning("%s; reusing the previous round's direction (no_direction: previous)", what)
+            log.warning("%s; reusing the previous round's direction (no_direction: %s)", what, self.cfg.no_direction)
             return self.last_direction, "previous"
-        if choice == "random":
-            log.warning("%s; selecting uniformly this round (no_direction: random)", what)
+        if choice in ("random", "previous"):  # previous, before any round had a direction: uniform
+            log.warning("%s; selecting uniformly this round (no_direction: %s)", what, self.cfg.no_direction)
             return None, "random"
         raise NoDirectionError(f"{what} (set no_direction: random or previous to continue, or use a validation "
                                f"set the policy sometimes solves and sometimes fails)")

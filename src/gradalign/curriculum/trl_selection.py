@@ -1,60 +1,138 @@
 """GradAlign inside an existing TRL script: `GradAlignGRPOTrainer` is a drop-in `GRPOTrainer`.
 
-Every `selection.steps_per_round` steps its sampler takes the next chunk of the training dataset, scores it with
-the current policy (the same `RoundSelector` as `gradalign run`, with the trainer's own reward functions) and
-feeds TRL the selected problems in TRL's own sampler layout.
+Training is TRL's own: every round is `selection.steps_per_round` optimizer steps of an unchanged `GRPOTrainer`.
+What changes is which prompts its sampler yields. At the start of each round the sampler takes the next chunk
+of the training dataset, scores it with the current policy (the same `RoundSelector` as `gradalign run`) and
+yields the selected problems in TRL's own sampler layout (`RepeatSampler`'s blocks).
+
+Selection rewards its rollouts through the trainer's own `_calculate_rewards`: the reward functions and reward
+models, their processing classes, async functions, reward weights, the conversational completion format and
+every keyword TRL passes (`trainer_state`, `log_extra`, `log_metric`, `completion_ids`, the dataset columns).
+`None` rewards are left out of a group's mean, as in TRL. So a reward that works in TRL works in selection.
 
 One difference from `gradalign run`: accelerate's data loader reads one batch ahead, so a round's selection is
-made just before the previous round's last GRPO step, not after it. `gradalign run` rebuilds the trainer per
+made just before the previous round's last micro-step, not after it. `gradalign run` rebuilds the trainer per
 round and has exact round boundaries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from datasets import Dataset
+import torch
+from datasets import Dataset, IterableDataset
 from torch.utils.data import Sampler
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
+from trl.chat_template_utils import parse_response
+from trl.data_utils import is_conversational
+from trl.trainer import grpo_trainer as trl_grpo
+from trl.trainer.utils import nanstd
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from ..data.problem import Problem
 from ..data.regimes import Scenario
 from ..distributed import process_group
 from ..selection import get_method
-from .loop import check_sharding, chunk_order, round_seed
-from .round import RoundSelector
+from .loop import check_blocks, chunk_order, round_seed
+from .round import NoDirectionError, RoundSelector
 from .trl_bridge import plan_blocks
 
 log = logging.getLogger(__name__)
 
+# Sampling settings selection takes from the GRPO arguments, so that selection samples as training does.
+FROM_ARGS = {"temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_completion_length"}
 
-class DatasetReward:
-    """Scores completions with a trainer's TRL reward functions, passing each problem's dataset columns.
 
-    Quacks like `ProblemReward` (`batch(completions, answers, metadatas)`): the metadata carries the
-    problem id, which names the dataset and row the columns come from.
-    """
+class TrainerArgumentError(ValueError):
+    """A bad argument to `GradAlignGRPOTrainer`: one line naming it as the user wrote it."""
 
-    def __init__(self, reward_funcs: list, weights: list[float], datasets: dict[str, Dataset]):
-        self.funcs, self.weights, self.datasets = reward_funcs, weights, datasets
+    def __init__(self, detail: str):
+        super().__init__(f"GradAlignGRPOTrainer: {detail}")
 
-    def batch(self, completions: list[str], answers: list[str], metadatas: list[dict]) -> list[float]:
-        rows = [self.row(m["problem_id"]) for m in metadatas]
-        columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
-        prompts = [r["prompt"] for r in rows]
-        total = np.zeros(len(completions))
-        for func, weight in zip(self.funcs, self.weights):
-            values = func(prompts=prompts, completions=completions, **columns)
-            total += weight * np.array([np.nan if v is None else v for v in values], dtype=float)
-        return np.nan_to_num(total).tolist()
+
+# ── Rewards: TRL's own code path ─────────────────────────────────────────────────────────────────────────────
+@contextlib.contextmanager
+def rewards_for_selection(trainer: GRPOTrainer):
+    """Run TRL's `_calculate_rewards` for selection rollouts.
+
+    Each process rewards its own share of a round's rollouts (the shares differ in size), so TRL's gather of
+    the training batch across processes is skipped here; and what reward functions log through `log_extra` and
+    `log_metric` stays out of the next training step's logs (its completions table would no longer line up)."""
+    pending = trainer._pending_extra_logs, trainer._pending_metrics
+    trainer._pending_extra_logs, trainer._pending_metrics = defaultdict(list), defaultdict(list)
+    gather = trl_grpo.gather
+    trl_grpo.gather = lambda tensor: tensor
+    try:
+        yield
+    finally:
+        trl_grpo.gather = gather
+        trainer._pending_extra_logs, trainer._pending_metrics = pending
+
+
+def trl_completions(trainer: GRPOTrainer, prompts: list, texts: list[str], completion_ids: list[list[int]]) -> list:
+    """The completions as TRL's `_generate` hands them to reward functions: text, or for chat prompts a list
+    holding the assistant message (parsed by the tokenizer's response template when it has one)."""
+    if not is_conversational({"prompt": prompts[0]}):
+        return texts
+    tokenizer = trainer._tokenizer
+    if getattr(tokenizer, "response_template", None) is not None or getattr(tokenizer, "response_schema", None):
+        prefixes = trainer._tokenize_prompts(prompts)[0]
+        return [[parse_response(tokenizer, ids, prefix=prefix, tools=trainer.tools or None)]
+                for ids, prefix in zip(completion_ids, prefixes)]
+    return [[{"role": "assistant", "content": text}] for text in texts]
+
+
+def combine_rewards(per_func: torch.Tensor, weights: torch.Tensor, aggregation: str, groups: list[str]
+                    ) -> torch.Tensor:
+    """One reward per completion from [N, F] per-function rewards, as TRL combines them (NaN: no function scored
+    the completion). `normalize_then_sum` normalises each function within a problem's group first; TRL's later
+    batch-wide normalisation is affine and leaves the group's advantages' directions as they are."""
+    per_func = per_func.float().cpu()
+    unscorable = per_func.isnan().all(dim=1)
+    if aggregation == "normalize_then_sum":
+        index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+        rows = torch.tensor([index[g] for g in groups])
+        normed = torch.empty_like(per_func)
+        for i in range(len(index)):
+            part = per_func[rows == i]
+            std = nanstd(part, dim=0, keepdim=True) if len(part) > 1 else torch.zeros_like(part[:1])
+            normed[rows == i] = (part - part.nanmean(0, keepdim=True)) / (std + 1e-4)
+        per_func = normed
+    total = (per_func * weights.float().cpu().unsqueeze(0)).nansum(dim=1)
+    total[unscorable] = float("nan")
+    return total
+
+
+class TrainerReward:
+    """Rewards selection rollouts exactly as the trainer's training step does (its `_calculate_rewards`).
+
+    Each problem id names the dataset and row its columns come from (`train:17`, `validation:3`)."""
+
+    def __init__(self, trainer: GRPOTrainer, datasets: dict[str, Dataset]):
+        self.trainer, self.datasets = trainer, datasets
 
     def row(self, problem_id: str) -> dict[str, Any]:
         name, index = problem_id.rsplit(":", 1)
-        return self.datasets[name][int(index)]
+        return dict(self.datasets[name][int(index)])
+
+    def score_completions(self, problems: list[Problem], texts: list[str], completion_ids: list[list[int]]
+                          ) -> list[float]:
+        t = self.trainer
+        inputs = [self.row(p.id) for p in problems]
+        prompts = [row["prompt"] for row in inputs]
+        completions = trl_completions(t, prompts, texts, completion_ids)
+        with rewards_for_selection(t):
+            per_func = t._calculate_rewards(inputs, prompts, completions, completion_ids)
+        return combine_rewards(per_func, t.reward_weights, t.multi_objective_aggregation,
+                               [p.id for p in problems]).tolist()
 
 
 def dataset_problems(dataset: Dataset, name: str) -> list[Problem]:
@@ -62,28 +140,117 @@ def dataset_problems(dataset: Dataset, name: str) -> list[Problem]:
     return [Problem(id=f"{name}:{i}", prompt=row["prompt"], answer="", source=name) for i, row in enumerate(dataset)]
 
 
+# ── The round schedule in TRL's sampler layout ───────────────────────────────────────────────────────────────
+@dataclass(frozen=True)
+class RoundLayout:
+    """How `steps_per_round` optimizer steps map onto TRL's sampler.
+
+    TRL's dataloader yields one generation batch per micro-step (`gradient_accumulation_steps` micro-steps per
+    optimizer step); one generation of `generation_batch_size / num_generations` prompts serves
+    `steps_per_generation × num_iterations` micro-steps, so its block of prompts is repeated that many times."""
+
+    problems_per_block: int
+    num_generations: int
+    repeat: int  # micro-steps (dataloader batches) one generation serves
+    blocks_per_round: int
+
+    @property
+    def indices_per_round(self) -> int:
+        return self.blocks_per_round * self.repeat * self.problems_per_block * self.num_generations
+
+
+def round_layout(args: GRPOConfig, steps_per_round: int) -> RoundLayout:
+    """The layout of a round, or a one-line error when a round is not a whole number of generations."""
+    repeat = args.steps_per_generation * args.num_iterations
+    micro_steps = steps_per_round * args.gradient_accumulation_steps
+    if micro_steps % repeat:
+        unit = repeat // math.gcd(repeat, args.gradient_accumulation_steps)
+        raise TrainerArgumentError(
+            f"selection=RunConfig(steps_per_round={steps_per_round}) is not a whole number of TRL generations: with "
+            f"args.gradient_accumulation_steps={args.gradient_accumulation_steps}, "
+            f"args.steps_per_generation={args.steps_per_generation} and args.num_iterations={args.num_iterations} "
+            f"a round must be a multiple of {unit} optimizer steps (pass steps_per_round={unit * max(1, round(steps_per_round / unit))})")
+    return RoundLayout(args.generation_batch_size // args.num_generations, args.num_generations, repeat,
+                       micro_steps // repeat)
+
+
+def rounds_per_epoch(args: GRPOConfig, layout: RoundLayout, steps_per_round: int, pool_size: int) -> int:
+    """Rounds in one pass of the Trainer's epoch loop.
+
+    With `max_steps > 0` one pass holds every round TRL's step count asks for. With epochs (`max_steps = -1`), an
+    epoch is as many optimizer steps as plain TRL makes in one epoch over the whole training set (its sampler
+    drops an incomplete last block), rounded up to whole rounds: the same training budget, spent on selections."""
+    if args.max_steps > 0:
+        return -(-args.max_steps // steps_per_round)
+    batches = (pool_size // layout.problems_per_block) * layout.repeat
+    steps = -(-batches // args.gradient_accumulation_steps)
+    return max(1, -(-steps // steps_per_round))
+
+
 class RoundSampler(Sampler):
-    """Per round: select from the next chunk with the trainer's current model, then yield the selection's blocks."""
+    """Per round: select from the next chunk with the trainer's current model, then yield the selection's blocks.
+
+    The round count carries over between the Trainer's epochs, so a new epoch continues with the next chunk and
+    never replays earlier rounds."""
 
     def __init__(self, trainer: "GradAlignGRPOTrainer"):
-        self.trainer = trainer
-        args = trainer.args
-        self.problems_per_block = args.generation_batch_size // trainer.num_generations
-        self.repeat = trainer.num_iterations * args.steps_per_generation
-        self.blocks_per_round = max(1, trainer.selection.steps_per_round // self.repeat)
-        self.rounds = -(-args.max_steps // trainer.selection.steps_per_round)
+        self.trainer, self.layout = trainer, trainer.layout
+        self.rounds = rounds_per_epoch(trainer.args, self.layout, trainer.selection.steps_per_round,
+                                       len(trainer.pool))
 
     def __iter__(self):
-        for r in range(self.rounds):
-            chosen = self.trainer.select_round(r)
+        L = self.layout
+        for _ in range(self.rounds):
+            r, chosen = self.trainer.select_next_round()
             rng = np.random.default_rng(round_seed(self.trainer.selection.seed, r))
-            for block in plan_blocks(len(chosen), self.problems_per_block, self.blocks_per_round, rng):
-                for _ in range(self.repeat):
+            for block in plan_blocks(len(chosen), L.problems_per_block, L.blocks_per_round, rng):
+                for _ in range(L.repeat):
                     for i in block:
-                        yield from [chosen[i]] * self.trainer.num_generations
+                        yield from [chosen[i]] * L.num_generations
 
     def __len__(self) -> int:
-        return self.rounds * self.blocks_per_round * self.repeat * self.problems_per_block * self.trainer.num_generations
+        return self.rounds * self.layout.indices_per_round
+
+
+# ── The trainer ──────────────────────────────────────────────────────────────────────────────────────────────
+def _bound_arguments(args: tuple, kw: dict) -> dict:
+    """GRPOTrainer's arguments by name, however they were passed."""
+    signature = inspect.signature(GRPOTrainer.__init__)
+    return dict(signature.bind(None, *args, **kw).arguments)
+
+
+def selection_config(base: RunConfig | None, args: GRPOConfig) -> RunConfig:
+    """The selection knobs, with the sampling settings taken from the GRPO arguments; errors name the argument
+    the user passed (`selection=RunConfig(...)` or `args.temperature`)."""
+    base = base or RunConfig()
+    if not isinstance(base, RunConfig):
+        raise TrainerArgumentError(f"selection must be a gradalign RunConfig (got {type(base).__name__})")
+    values = {**base.to_dict(), **{ours: getattr(args, theirs) for ours, theirs in FROM_ARGS.items()}}
+    try:
+        return RunConfig(**values)
+    except ConfigError as e:
+        theirs = {ours: f"args.{name}" for ours, name in FROM_ARGS.items()}
+        where = theirs.get(e.key, f"selection=RunConfig({e.key}=...)")
+        raise TrainerArgumentError(f"{where} {e.detail}") from None
+
+
+def check_trainer_inputs(bound: dict, selection: RunConfig) -> None:
+    """Refuse, before TRL's set-up runs, what selection cannot serve, saying what to pass instead."""
+    train = bound.get("train_dataset")
+    if isinstance(train, IterableDataset):
+        raise TrainerArgumentError("train_dataset is an IterableDataset (streamed); selection picks problems out "
+                                   "of chunks of the pool, so pass a map-style datasets.Dataset (load it without "
+                                   "streaming=True, or build one with Dataset.from_generator)")
+    if train is None:
+        raise TrainerArgumentError("train_dataset is required: it is the pool selection chooses from")
+    for name in ("tools", "rollout_func", "environment_factory"):
+        if bound.get(name):
+            raise TrainerArgumentError(f"{name}= is not supported: selection samples single-turn completions with "
+                                       f"model.generate, so it would score other rollouts than TRL trains on")
+    unsupported = {"warmup", "offline"} & get_method(selection.method).needs
+    if unsupported:  # a warm-up would nest a second GRPO trainer; offline stores belong to `gradalign run`
+        raise TrainerArgumentError(f"cannot run method '{selection.method}' (it needs "
+                                   f"{', '.join(sorted(unsupported))}); use `gradalign run` or `gradalign select`")
 
 
 class GradAlignGRPOTrainer(GRPOTrainer):
@@ -92,46 +259,72 @@ class GradAlignGRPOTrainer(GRPOTrainer):
     Args (in addition to GRPOTrainer's):
         validation_dataset: trusted validation problems, same columns as `train_dataset`.
         selection: a `RunConfig` for the selection knobs (method, chunk_size, selection_ratio,
-            rollouts_per_problem, validation_rollouts, steps_per_round, ...). Sampling settings
+            rollouts_per_problem, validation_rollouts, steps_per_round, no_direction, ...). Sampling settings
             (temperature, top_p, max_new_tokens) are taken from the GRPO args so selection samples like training.
+
+    A round is `selection.steps_per_round` optimizer steps whatever `gradient_accumulation_steps`,
+    `steps_per_generation`, `generation_batch_size` and `num_iterations` are. Epoch-based training
+    (`max_steps=-1`) makes as many optimizer steps as plain TRL would. When no validation group has reward variance
+    (`no_direction: auto`, the default here), a round reuses the previous round's direction, or selects uniformly
+    when there is none yet, with a warning; `selection/no_direction_rounds` in the logs counts those rounds.
     """
 
     def __init__(self, *args, validation_dataset: Dataset | None = None, selection: RunConfig | None = None, **kw):
-        super().__init__(*args, **kw)
-        if self.args.max_steps is None or self.args.max_steps <= 0:
-            raise ValueError("GradAlignGRPOTrainer needs args.max_steps > 0 (rounds are counted in steps)")
-        base = selection or RunConfig()
-        self.selection = RunConfig(**{**base.to_dict(), "temperature": self.args.temperature,
-                                      "top_p": self.args.top_p, "max_new_tokens": self.args.max_completion_length})
-        unsupported = {"warmup", "offline"} & get_method(self.selection.method).needs
-        if unsupported:  # a warm-up would nest a second GRPO trainer; offline stores belong to `gradalign run`
-            raise ValueError(f"GradAlignGRPOTrainer cannot run method '{self.selection.method}' (it needs "
-                             f"{', '.join(sorted(unsupported))}); use `gradalign run` or `gradalign select`")
+        bound = _bound_arguments(args, kw)
+        grpo_args = bound.get("args")
+        if grpo_args is None:  # TRL's default arguments, built as GRPOTrainer builds them
+            grpo_args = bound["args"] = GRPOConfig(f"{str(bound['model']).split('/')[-1]}-GRPO")
+        self.selection = selection_config(selection, grpo_args)
+        check_trainer_inputs(bound, self.selection)
+        if isinstance(validation_dataset, IterableDataset):
+            raise TrainerArgumentError("validation_dataset is an IterableDataset; pass a map-style datasets.Dataset")
+        self.layout = round_layout(grpo_args, self.selection.steps_per_round)
+        bound.pop("self", None)
+        super().__init__(**bound)
         self.pool = dataset_problems(self.train_dataset, "train")
         validation = dataset_problems(validation_dataset, "validation") if validation_dataset is not None else []
-        reward = DatasetReward(self.reward_funcs, self.reward_weights.tolist(),
-                               {"train": self.train_dataset, "validation": validation_dataset})
+        reward = TrainerReward(self, {"train": self.train_dataset, "validation": validation_dataset})
         self.chunks = chunk_order(len(self.pool), min(self.selection.chunk_size, len(self.pool)), self.selection.seed)
         # Under torchrun the trainer's processes share each round's scoring out, as `gradalign run` does.
         chunked = dataclasses.replace(self.selection, chunk_size=len(self.chunks[0]))
-        check_sharding(chunked, Scenario("trainer", self.pool, validation, []), self.accelerator.num_processes)
-        group = process_group(self.accelerator.device)
-        self.selector = RoundSelector(self.selection, validation, reward, group=group)
+        try:
+            check_blocks(chunked, Scenario("trainer", self.pool, validation, []), self.accelerator.num_processes)
+        except ValueError as e:
+            raise TrainerArgumentError(f"selection=RunConfig(rollout_batch={self.selection.rollout_batch}): {e}") \
+                from None
+        self.selector = RoundSelector(self.selection, validation, reward, group=process_group(self.accelerator.device),
+                                      tokenize=lambda prompts: self._tokenize_prompts(prompts)[0],
+                                      auto_no_direction="previous")
         self.selection_history: list[dict] = []
+        self.no_direction_rounds = 0
 
     def _get_train_sampler(self, dataset=None) -> Sampler:
         return RoundSampler(self)
 
-    def select_round(self, r: int) -> list[int]:
-        """Dataset indices selected for round r, scored with the current policy."""
+    def select_next_round(self) -> tuple[int, list[int]]:
+        """The next round's number and the dataset indices selected for it, scored with the current policy."""
+        r = len(self.selection_history)
         chunk_idx = self.chunks[r % len(self.chunks)]
         chunk = [self.pool[i] for i in chunk_idx]
         model = self.accelerator.unwrap_model(self.model)
-        result = self.selector.select(model, self.processing_class, chunk, round_seed(self.selection.seed, r))
+        try:
+            result = self.selector.select(model, self.processing_class, chunk, round_seed(self.selection.seed, r))
+        except NoDirectionError as e:
+            raise NoDirectionError(f"GradAlignGRPOTrainer: round {r}: {str(e).split(' (set no_direction')[0]} "
+                                   f"(pass selection=RunConfig(no_direction='auto') to continue)") from None
         chosen = [int(chunk_idx[i]) for i in result.selected] or chunk_idx.tolist()
+        self.no_direction_rounds += result.fallback is not None
         self.selection_history.append({"round": r, "step": self.state.global_step, "selected": chosen,
                                        "zero_variance": int(result.candidates.zero_variance.sum()),
-                                       "timings": result.timings})
+                                       "validation_zero_variance": result.validation_zero_variance,
+                                       "fallback": result.fallback, "timings": result.timings})
         log.info("round %d: selected %d of %d problems at step %d", r, len(chosen), len(chunk),
                  self.state.global_step)
-        return chosen
+        return r, chosen
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.selection_history:  # the selection's state beside TRL's step metrics
+            trained = max(self.state.global_step - 1, 0) // self.selection.steps_per_round  # the last step's round
+            logs = {**logs, "selection/round": min(trained, len(self.selection_history) - 1),
+                    "selection/no_direction_rounds": self.no_direction_rounds}
+        super().log(logs, start_time)

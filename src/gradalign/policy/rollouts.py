@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ class Rollouts:
     completion_ids: torch.Tensor  # [N, C]
     completion_mask: torch.Tensor  # [N, C] 1 up to and including EOS
     sample_logps: torch.Tensor  # [N, C] log-prob of each sampled token under the sampling distribution
-    rewards: torch.Tensor  # [N] float
+    rewards: torch.Tensor  # [N] float; NaN for a completion no reward function scored (TRL's `None`)
     completions: list[str]  # N decoded texts
     temperature: float
 
@@ -50,13 +51,15 @@ class Rollouts:
         return len(self.problem_ids)
 
     def per_problem_mean(self, values: torch.Tensor) -> np.ndarray:
-        """Mean over each problem's completions of a per-row value, [n]."""
-        sums = torch.zeros(self.num_problems).index_add_(0, self.group, values.float())
-        counts = torch.bincount(self.group, minlength=self.num_problems).clamp(min=1)
-        return (sums / counts).numpy()
+        """Mean over each problem's completions of a per-row value, [n]; NaN rows are left out (as TRL's nanmean)."""
+        values = values.float()
+        scored = ~values.isnan()
+        sums = torch.zeros(self.num_problems).index_add_(0, self.group, torch.where(scored, values, 0.0))
+        counts = torch.zeros(self.num_problems).index_add_(0, self.group, scored.float())
+        return torch.where(counts > 0, sums / counts.clamp(min=1), float("nan")).numpy()
 
     def pass_rates(self) -> np.ndarray:
-        """Mean reward per problem, p(x)."""
+        """Mean reward per problem, p(x), over its scored completions (NaN if none was scored)."""
         return self.per_problem_mean(self.rewards)
 
     def mean_lengths(self) -> np.ndarray:
@@ -64,24 +67,30 @@ class Rollouts:
         return self.per_problem_mean(self.completion_mask.sum(1))
 
     def zero_variance(self) -> np.ndarray:
-        """True for problems whose completions all got the same reward (their policy gradient is zero)."""
-        n = self.num_problems
-        lo = torch.full((n,), float("inf")).scatter_reduce(0, self.group, self.rewards.float(), "amin")
-        hi = torch.full((n,), float("-inf")).scatter_reduce(0, self.group, self.rewards.float(), "amax")
-        return (hi - lo <= 1e-12).numpy()
+        """True for problems whose scored completions all got the same reward, or that have fewer than two
+        scored ones (their policy gradient is zero)."""
+        n, r = self.num_problems, self.rewards.float()
+        scored = ~r.isnan()
+        lo = torch.full((n,), float("inf")).scatter_reduce(0, self.group, torch.where(scored, r, float("inf")), "amin")
+        hi = torch.full((n,), float("-inf")).scatter_reduce(0, self.group, torch.where(scored, r, float("-inf")),
+                                                          "amax")
+        return ~(hi - lo > 1e-12).numpy()
 
     def advantages(self, scale: str = "none", eps: float = 1e-4) -> torch.Tensor:
         """Per-completion advantage A_j = r_j - mean(group), divided by (std + eps) when `scale == "group"`.
 
         `none` is the reference GradAlign scoring; `group` is standard GRPO (and CROPI, with eps = 1e-4).
-        The std is the unbiased sample std, as TRL computes it.
+        The std is the unbiased sample std, as TRL computes it. As in TRL, completions no reward scored (NaN) are
+        left out of the mean and std and get advantage 0.
         """
         if scale not in ("none", "group"):
             raise ValueError(f"unknown advantage scale '{scale}' (choose from: none, group)")
         n, r = self.num_problems, self.rewards.double()
-        counts = torch.bincount(self.group, minlength=n).double()
+        scored = ~r.isnan()
+        r = torch.where(scored, r, 0.0)
+        counts = torch.zeros(n, dtype=torch.float64).index_add_(0, self.group, scored.double())
         mean = torch.zeros(n, dtype=torch.float64).index_add_(0, self.group, r) / counts.clamp(min=1)
-        adv = r - mean[self.group]
+        adv = torch.where(scored, r - mean[self.group], 0.0)
         if scale == "group":
             sq = torch.zeros(n, dtype=torch.float64).index_add_(0, self.group, adv**2)
             std = (sq / (counts - 1).clamp(min=1)).sqrt()
@@ -135,6 +144,15 @@ def reward_metadata(problem: Problem) -> dict:
     return {**problem.metadata, "problem_id": problem.id}
 
 
+def reward_completions(reward, problems: list[Problem], texts: list[str], completion_ids: list[list[int]]
+                       ) -> list[float]:
+    """One reward per completion (problems[j] is completion j's problem). A reward that scores as TRL's trainer
+    does (`GradAlignGRPOTrainer`'s) takes the completions' token ids too, through `score_completions`."""
+    if hasattr(reward, "score_completions"):
+        return reward.score_completions(problems, texts, completion_ids)
+    return reward.batch(texts, [p.answer for p in problems], [reward_metadata(p) for p in problems])
+
+
 def block_seed(seed: int, block: int) -> int:
     """The sampling seed of one block of `prompts_per_batch` problems: the same however the blocks are shared
     out between processes."""
@@ -144,7 +162,7 @@ def block_seed(seed: int, block: int) -> int:
 @torch.no_grad()
 def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: ProblemReward,
                     sampling: SamplingConfig, seed: int, desc: str = "rollouts", blocks: list[int] | None = None,
-                    shards: ProcessGroup = SINGLE) -> Rollouts:
+                    shards: ProcessGroup = SINGLE, tokenize=None) -> Rollouts:
     """Sample `k` completions for every problem from `model` and reward them with `reward`.
 
     Problems go to `generate` in blocks of `sampling.prompts_per_batch`; block b is sampled with
@@ -153,6 +171,7 @@ def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: P
     `shards`: the group an FSDP-sharded model is split over; every rank then makes as many `generate` calls, in
     step (`synced_gpus`), a rank short of blocks sampling its first block again and dropping the result.
     Sampling-time log-probs are those of the tempered, top-p-truncated distribution the tokens were drawn from.
+    `tokenize` (prompts -> token id lists) replaces `tokenize_prompts`, e.g. by a TRL trainer's own.
     """
     if k < 1:
         raise ValueError(f"need at least one rollout per problem, got k={k}")
@@ -174,7 +193,7 @@ def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: P
     for b, batch in tqdm(jobs, desc=desc, leave=False, disable=True if len(jobs) <= 1 else None):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(block_seed(seed, b or 0))
-            ids = tokenize_prompts(tokenizer, [p.prompt for p in batch])
+            ids = (tokenize or functools.partial(tokenize_prompts, tokenizer))([p.prompt for p in batch])
             ids = [s for s in ids for _ in range(k)]
             p_ids, p_mask = pad(ids, pad_id, "left")
             out = model.generate(
@@ -205,7 +224,7 @@ def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: P
         sample_logps[i, :len(lp)] = torch.tensor(lp)
     texts = tokenizer.batch_decode(comp_rows, skip_special_tokens=True)
     group = torch.tensor(groups, dtype=torch.long)
-    rewards = reward.batch(texts, [problems[g].answer for g in groups], [reward_metadata(problems[g]) for g in groups])
+    rewards = reward_completions(reward, [problems[g] for g in groups], texts, comp_rows)
     return Rollouts(
         problem_ids=[p.id for p in problems], group=group, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
         completion_ids=completion_ids, completion_mask=completion_mask, sample_logps=sample_logps,
