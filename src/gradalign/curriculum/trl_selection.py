@@ -20,16 +20,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset, IterableDataset
 from torch.utils.data import Sampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 from trl.chat_template_utils import parse_response
 from trl.data_utils import is_conversational
@@ -40,13 +43,16 @@ from ..config import ConfigError, RunConfig
 from ..data.problem import Problem
 from ..data.regimes import Scenario
 from ..distributed import process_group
+from ..reports.loggers import flatten_scalars
 from ..selection import get_method
+from ..selection.diagnostics import selection_diagnostics
 from .loop import check_blocks, chunk_order, round_seed
 from .round import NoDirectionError, RoundSelector
 from .trl_bridge import plan_blocks
 
 log = logging.getLogger(__name__)
 
+HISTORY_FILE = "selection_history.jsonl"  # in output_dir, and in every checkpoint (what resuming replays)
 # Sampling settings selection takes from the GRPO arguments, so that selection samples as training does.
 FROM_ARGS = {"temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_completion_length"}
 
@@ -296,6 +302,8 @@ class GradAlignGRPOTrainer(GRPOTrainer):
                                       tokenize=lambda prompts: self._tokenize_prompts(prompts)[0],
                                       auto_no_direction="previous")
         self.selection_history: list[dict] = []
+        self.restored_history: list[dict] = []  # rounds a resumed checkpoint had selected
+        self.pending_round_logs: dict[str, float] = {}
         self.no_direction_rounds = 0
 
     def _get_train_sampler(self, dataset=None) -> Sampler:
@@ -304,6 +312,9 @@ class GradAlignGRPOTrainer(GRPOTrainer):
     def select_next_round(self) -> tuple[int, list[int]]:
         """The next round's number and the dataset indices selected for it, scored with the current policy."""
         r = len(self.selection_history)
+        if r < len(self.restored_history):  # resumed from a checkpoint: replay the round as it was selected
+            self.selection_history.append(self.restored_history[r])
+            return r, self.restored_history[r]["selected"]
         chunk_idx = self.chunks[r % len(self.chunks)]
         chunk = [self.pool[i] for i in chunk_idx]
         model = self.accelerator.unwrap_model(self.model)
@@ -314,17 +325,63 @@ class GradAlignGRPOTrainer(GRPOTrainer):
                                    f"(pass selection=RunConfig(no_direction='auto') to continue)") from None
         chosen = [int(chunk_idx[i]) for i in result.selected] or chunk_idx.tolist()
         self.no_direction_rounds += result.fallback is not None
-        self.selection_history.append({"round": r, "step": self.state.global_step, "selected": chosen,
-                                       "zero_variance": int(result.candidates.zero_variance.sum()),
-                                       "validation_zero_variance": result.validation_zero_variance,
-                                       "fallback": result.fallback, "timings": result.timings})
+        self.record_round(self.round_record(r, chunk, result, chosen))
         log.info("round %d: selected %d of %d problems at step %d", r, len(chosen), len(chunk),
                  self.state.global_step)
         return r, chosen
 
+    def round_record(self, r: int, chunk: list[Problem], result, chosen: list[int]) -> dict:
+        """What `selection_history` and the loggers keep of a round (label-free: the trainer's data has none)."""
+        cand = result.candidates
+        return {"round": r, "step": self.state.global_step, "selected": chosen,
+                "zero_variance": int(cand.zero_variance.sum()),
+                "pass_rate": float(np.nanmean(cand.pass_rate)) if np.isfinite(cand.pass_rate).any() else None,
+                "validation_zero_variance": result.validation_zero_variance,
+                "validation_pass_rate": result.validation_pass_rate, "fallback": result.fallback,
+                "diagnostics": selection_diagnostics(chunk, cand.pass_rate, cand.completion_length, result.scores,
+                                                     result.eligible, result.selected, set()),
+                "timings": result.timings}
+
+    def record_round(self, record: dict) -> None:
+        """Keep a round: in `selection_history`, in output_dir/selection_history.jsonl, and for the next log."""
+        self.selection_history.append(record)
+        self.pending_round_logs.update(flatten_scalars({k: v for k, v in record.items() if k != "selected"}))
+        if self.accelerator.is_main_process:
+            with open(self.history_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.selection_history:  # the selection's state beside TRL's step metrics
+        if self.selection_history:  # the selection's state beside TRL's step metrics, each round's record once
             trained = max(self.state.global_step - 1, 0) // self.selection.steps_per_round  # the last step's round
-            logs = {**logs, "selection/round": min(trained, len(self.selection_history) - 1),
+            logs = {**logs, **self.pending_round_logs, "selection/round": min(trained, len(self.selection_history) - 1),
                     "selection/no_direction_rounds": self.no_direction_rounds}
+            self.pending_round_logs = {}
         super().log(logs, start_time)
+
+    # ── resuming: the selections made so far travel with TRL's checkpoints ───────────────────────────────────
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            (folder / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in self.selection_history))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """TRL's `train`; resuming from a checkpoint replays the rounds it had selected (no re-scoring), so the
+        resumed run trains on the same problems as an uninterrupted one, and continues selecting after them."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        self.restored_history, self.selection_history, self.no_direction_rounds = [], [], 0
+        if resume_from_checkpoint:
+            path = Path(resume_from_checkpoint) / HISTORY_FILE
+            if not path.exists():
+                raise TrainerArgumentError(f"resume_from_checkpoint={str(resume_from_checkpoint)!r} has no "
+                                           f"{HISTORY_FILE}: it was not written by GradAlignGRPOTrainer")
+            self.restored_history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if self.accelerator.is_main_process:  # this run's history (a resumed one: up to its checkpoint's step)
+            self.history_path.parent.mkdir(parents=True, exist_ok=True)
+            self.history_path.write_text("".join(json.dumps(h) + "\n" for h in self.restored_history))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    @property
+    def history_path(self) -> Path:
+        return Path(self.args.output_dir) / HISTORY_FILE
