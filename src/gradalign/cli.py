@@ -135,14 +135,13 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def cmd_rollouts(args: argparse.Namespace) -> int:
     """CROPI's offline rollouts: sample k completions per problem once from the behaviour policy, into a store."""
-    from .curriculum.loop import make_reward
+    from .curriculum.loop import load_user_set, make_reward
     from .curriculum.offline import collect_store
-    from .data.io import load_problems
     from .policy.load import load_policy
     cfg = RunConfig.from_sources(args.config, {**overrides(args), "rollouts_per_problem": args.k})
     if not cfg.pool:
         raise ValueError("gradalign rollouts needs --pool FILE (the pool, or a validation set with --k 32)")
-    problems = load_problems(cfg.pool)
+    problems = load_user_set(cfg, "pool")
     model, tokenizer = load_policy(cfg.model, cfg.device)
     start = time.perf_counter()
     store = collect_store(cfg, Path(args.out), model, tokenizer, problems, args.k, make_reward(cfg),

@@ -75,9 +75,10 @@ class RunConfig:
     scenario: str = _f("unreliable-rewards", "Built-in scenario used when `pool` is not given "
                        "(unreliable-rewards, imbalance, low-utility; smollm2-arithmetic for --model smollm2-135m "
                        "with --verifier task).")
-    pool: str | None = _f(None, "Pool file (.jsonl/.json/.parquet, TRL or verl layout).")
-    validation: str | None = _f(None, "Trusted validation file (same formats).")
-    test: str | None = _f(None, "Held-out test file (same formats); optional for your own data.")
+    pool: str | None = _f(None, "Pool file (.jsonl/.json/.parquet, TRL or verl layout), or a `datasets` dataset "
+                          "(hub id or save_to_disk directory).")
+    validation: str | None = _f(None, "Trusted validation file or dataset (same forms).")
+    test: str | None = _f(None, "Held-out test file or dataset (same forms); optional for your own data.")
     pool_size: int = _f(2000, "Built-in scenarios: pool size.")
     validation_size: int = _f(64, "Built-in scenarios: validation set size.")
     test_size: int = _f(256, "Built-in scenarios: test set size.")

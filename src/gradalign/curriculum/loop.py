@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from .. import fileio
 from ..config import SCENARIO_KNOBS, RunConfig
-from ..data.io import load_problems, save_problems
+from ..data.io import InputColumns, load_problems, save_problems
 from ..data.problem import DataError, Problem
 from ..data.regimes import Scenario, build_scenario
 from ..distributed import ProcessGroup, block_count, fsdp_requested, launched_world_size, process_group
@@ -63,15 +63,14 @@ def load_problem_sets(cfg: RunConfig) -> Scenario:
         if "families" in kw:  # unreliable-rewards takes family -> weight; the config lists equal-weight families
             kw["families"] = dict.fromkeys(kw["families"], 1.0)
         return build_scenario(cfg.scenario, **kw)
-    validation = _load_user_set(cfg, "validation") if cfg.validation else []
-    test = _load_user_set(cfg, "test") if cfg.test else []
-    return Scenario("custom", _load_user_set(cfg, "pool"), validation, test)
+    validation = load_user_set(cfg, "validation") if cfg.validation else []
+    test = load_user_set(cfg, "test") if cfg.test else []
+    return Scenario("custom", load_user_set(cfg, "pool"), validation, test)
 
 
-def _load_user_set(cfg: RunConfig, kind: str) -> list[Problem]:
+def load_user_set(cfg: RunConfig, kind: str) -> list[Problem]:
     """The `kind` set ("pool", "validation" or "test") the config names: a file, or a `datasets` dataset read with
     its ``{kind}_split`` and ``{kind}_config``; both with the config's column mapping."""
-    from ..data.io import InputColumns  # here, not at the top: this edit owns only load_problem_sets and this helper
     columns = InputColumns(prompt=cfg.prompt_column, answer=cfg.answer_column, id=cfg.id_column,
                            source=cfg.source_column)
     return load_problems(getattr(cfg, kind), split=getattr(cfg, f"{kind}_split"),
@@ -82,7 +81,8 @@ def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
     """Refuse what cannot run, before anything is computed."""
     method = get_method(cfg.method)
     if "validation" in method.needs and not sets.validation:
-        raise DataError(f"method '{cfg.method}' needs a trusted validation set: set 'validation' to a file")
+        raise DataError(f"method '{cfg.method}' needs a trusted validation set: set 'validation' to a file or "
+                        f"dataset")
     if method.needs_rollouts and cfg.chunk_size > len(sets.pool):
         where = cfg.pool or f"the built-in '{cfg.scenario}' pool"
         raise DataError(f"{where}: chunk_size {cfg.chunk_size} is larger than the pool ({len(sets.pool)} problems); "

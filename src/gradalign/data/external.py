@@ -1,4 +1,8 @@
-"""Problems for chat models: single-digit arithmetic, and easy tasks generated offline by `reasoning-gym`.
+"""Problems from outside the package: `datasets` datasets (hub ids, ``save_to_disk`` directories), and for chat
+models, single-digit arithmetic and easy tasks generated offline by `reasoning-gym`.
+
+Datasets: `load_dataset_rows` only reads rows; `gradalign.data.io.load_problems` validates them as it does a
+file's. `datasets` is imported only when a dataset is asked for.
 
 Every prompt is a one-message chat (``[{"role": "user", "content": ...}]``), rendered with the model's chat
 template, and every problem names its verifier in ``metadata["verifier"]`` (for the "task" verifier):
@@ -12,9 +16,10 @@ reasoning-gym is imported only when one of its tasks is asked for, so the rest o
 from __future__ import annotations
 
 import random
-from typing import Any, Collection
+from pathlib import Path
+from typing import Any, Collection, Iterable, NamedTuple
 
-from .problem import Problem, Prompt
+from .problem import DataError, Problem, Prompt, one_line
 
 REASONING_GYM_INSTALL = "pip install reasoning-gym==0.1.25"
 ANSWER_ONLY = "Answer with the number only."
@@ -30,6 +35,74 @@ EASY_CONFIGS: dict[str, dict[str, Any]] = {
 REASONING_GYM_TASKS = tuple(EASY_CONFIGS)
 SINGLE_DIGIT_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 SINGLE_DIGIT_COUNT = 10 * 10 * len(SINGLE_DIGIT_OPS)  # every distinct single-digit problem
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+# Files `save_to_disk` writes (datasets.config's DATASET_STATE_JSON_FILENAME, DATASETDICT_JSON_FILENAME): such a
+# directory needs `load_from_disk`, which `load_dataset` does not fall back to.
+_SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
+_MAX_REASON_CHARS = 300  # of a library's error in our one-line message: enough to say why, short enough to read
+
+
+class DatasetRows(NamedTuple):
+    """A dataset's rows, with the name messages give it (``id[config/split]``) and the prefix of default ids."""
+
+    name: str
+    id_prefix: str
+    rows: Iterable[dict[str, Any]]
+
+
+def load_dataset_rows(source: str, *, split: str, config: str | None = None) -> DatasetRows:
+    """The rows of a `datasets` dataset: a directory made by ``save_to_disk`` (through ``load_from_disk``, taking
+    `split` from a DatasetDict; a single Dataset is used whole), or anything ``load_dataset(source, name=config,
+    split=split)`` reads (a hub id; a local data directory). Raises a one-line `DataError` naming the dataset when
+    it cannot be loaded or has no such split."""
+    if is_saved_dataset(source):
+        return _rows_from_disk(source, split)
+    return _rows_from_load_dataset(source, split, config)
+
+
+def is_saved_dataset(path: str) -> bool:
+    """Whether `path` is a directory written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return Path(path).is_dir() and any((Path(path) / name).is_file() for name in _SAVED_DATASET_FILES)
+
+
+def _rows_from_disk(path: str, split: str) -> DatasetRows:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(path)
+    except Exception as e:  # a damaged directory: datasets and pyarrow raise many types
+        raise DataError(f"{path}: the saved dataset could not be loaded ({_reason(e)})") from None
+    if not isinstance(loaded, datasets.DatasetDict):
+        return DatasetRows(path, Path(path).name, loaded)
+    name = f"{path}[{split}]"
+    if split not in loaded:
+        raise DataError(f"{name}: no split '{split}' (available splits: {', '.join(loaded)})")
+    return DatasetRows(name, f"{Path(path).name}-{split}", loaded[split])
+
+
+def _rows_from_load_dataset(source: str, split: str, config: str | None) -> DatasetRows:
+    import datasets
+
+    name = f"{source}[{config}/{split}]" if config else f"{source}[{split}]"
+    try:
+        dataset = datasets.load_dataset(source, name=config, split=split)
+    except Exception as e:  # offline, not found, unknown config or split, unreadable files: many types
+        # A name that is no path either is most often a mistyped file path: say so.
+        hint = "" if Path(source).exists() else "; it is not a local file or directory either"
+        raise DataError(f"{name}: the dataset could not be loaded ({_reason(e)}){hint}") from None
+    return DatasetRows(name, f"{Path(source).name}-{split}", dataset)
+
+
+def _reason(error: Exception) -> str:
+    """A library's error as one short line."""
+    text = one_line(error) or type(error).__name__
+    return text if len(text) <= _MAX_REASON_CHARS else text[:_MAX_REASON_CHARS - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------ reasoning-gym
 
 
 def require_reasoning_gym(what: str):

@@ -1,20 +1,23 @@
-"""Load and save problem files (JSONL, JSON, Parquet) in the TRL or the verl layout.
+"""Load and save problem files (JSONL, JSON, Parquet) in the TRL or the verl layout; load `datasets` datasets.
 
-Two row layouts are recognised, row by row:
+`load_problems` also reads a `datasets` dataset (a hub id, or a directory made by ``save_to_disk``; see
+`gradalign.data.external.load_dataset_rows`): its rows go through the very same row-by-row checks as a file's.
 
-* TRL style: ``prompt``, ``answer`` (aliases ``solution``, ``ground_truth``), optional ``id`` and
-  ``source``; any other key is kept in ``metadata``.
+Two row layouts are recognised, row by row (column names as `InputColumns` maps them; the defaults below):
+
+* TRL style: ``prompt``, ``answer`` (aliases ``solution``, ``ground_truth``, only while the answer column is
+  the default), optional ``id`` and ``source``; any other key is kept in ``metadata``.
 * verl style (any row with a ``reward_model`` key): ``prompt`` (chat), ``reward_model.ground_truth``,
-  optional ``data_source`` and ``extra_info.index``; the rest of ``extra_info`` and any other key go
-  into ``metadata``.
+  optional ``data_source`` and ``extra_info.index`` (else the id column); the rest of ``extra_info`` and any
+  other key go into ``metadata``. Only the prompt and id columns are mapped here: verl fixes the other names.
 
 A ``metadata`` object (JSONL/JSON) or ``metadata_json`` string (Parquet) in a row is merged into the
 metadata, so the files `save_problems` writes load back to equal problems.
 
-Every bad input raises `DataError` with one line naming the file, the row and the field: users fix
-their data from that line alone. Among them: a file must be UTF-8; its prompts must be all text or all
-chats (a batch is tokenized one way), chat roles one of `CHAT_ROLES`, and no prompt longer than
-`MAX_PROMPT_CHARS`; NaN/inf answers. Float answers load with one warning line per file: whole numbers
+Every bad input raises `DataError` with one line naming the file (or ``dataset[config/split]``), the row and
+the field: users fix their data from that line alone. Among them: a file must be UTF-8; its prompts must be
+all text or all chats (a batch is tokenized one way), chat roles one of `CHAT_ROLES`, and no prompt longer
+than `MAX_PROMPT_CHARS`; NaN/inf answers. Float answers load with one warning line per file: whole numbers
 become integers ("70.0" -> "70"), others are kept as ``str(value)``.
 """
 
@@ -24,6 +27,7 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -50,42 +54,97 @@ _EXACT_FLOAT_INT = 2**53  # floats below this that are whole numbers are exactly
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class InputColumns:
+    """Which keys of an input row hold a problem's fields (RunConfig's ``*_column`` settings).
+
+    Reading only: the rows handed to TRL use the fixed ``*_COLUMN`` names above.
+    """
+
+    prompt: str = "prompt"
+    answer: str = "answer"
+    id: str = "id"
+    source: str = "source"
+
+    def answer_keys(self) -> tuple[str, ...]:
+        """Keys tried for a TRL-style answer, first present wins: the aliases only for the default column, since
+        a column the user named is the one they mean."""
+        return _ANSWER_KEYS if self.answer == "answer" else (self.answer,)
+
+
+DEFAULT_COLUMNS = InputColumns()
+
+
 # ----------------------------------------------------------------------------------------------- load
 
 
-def load_problems(path: str | os.PathLike, *, id_prefix: str | None = None) -> list[Problem]:
-    """Read problems from a ``.jsonl``, ``.json`` or ``.parquet`` file.
+def load_problems(source: str | os.PathLike, *, id_prefix: str | None = None, split: str = "train",
+                  config: str | None = None, columns: InputColumns = DEFAULT_COLUMNS) -> list[Problem]:
+    """Read problems from a ``.jsonl``, ``.json`` or ``.parquet`` file, or from a `datasets` dataset.
 
-    Rows without an id get ``f"{id_prefix or file stem}-{row index}"`` (row index 0-based, counting
-    problems, not lines). Raises `DataError` on any bad input.
+    `source` is a dataset when `is_dataset_source` says so: a directory, or a name that is no path (a hub id).
+    `split` and `config` pick a dataset's split and configuration; files ignore them. Rows without an id get
+    ``f"{id_prefix or default}-{row index}"`` (row index 0-based, counting problems, not lines; the default is
+    the file stem, or the dataset's last name component and split). Raises `DataError` on any bad input.
     """
-    path = Path(path)
+    if is_dataset_source(source):
+        from gradalign.data.external import load_dataset_rows  # lazy: importing `datasets` takes seconds
+
+        dataset = load_dataset_rows(str(source), split=split, config=config)
+        rows = ((f"row {i} (0-based)", row) for i, row in enumerate(dataset.rows))
+        prefix = dataset.id_prefix if id_prefix is None else id_prefix
+        return _problems_from_rows(rows, name=dataset.name, id_prefix=prefix, columns=columns)
+    path = Path(source)
     name = str(path)
     if path.suffix not in _SUFFIXES:
         raise DataError(f"{name}: unknown file type '{path.suffix}' (expected .jsonl, .json or .parquet)")
     if not path.is_file():
         raise DataError(f"{name}: file not found")
     prefix = path.stem if id_prefix is None else id_prefix
+    return _problems_from_rows(_read_rows(path), name=name, id_prefix=prefix, columns=columns)
 
+
+def is_dataset_source(source: str | os.PathLike) -> bool:
+    """Whether `load_problems` reads `source` as a `datasets` dataset rather than as a problem file.
+
+    An existing file is a problem file (an unknown suffix is refused as today), and so is a missing path with a
+    problem-file suffix (so a typo says "file not found", not "no such dataset on the hub"); a directory or any
+    other name is a dataset.
+    """
+    path = Path(source)
+    return not (path.is_file() or path.suffix in _SUFFIXES)
+
+
+def _problems_from_rows(rows: Iterable[tuple[str, Any]], *, name: str, id_prefix: str,
+                        columns: InputColumns) -> list[Problem]:
+    """Validate (row label, raw row) pairs into problems; `name` (file or dataset) starts every message."""
     problems: list[Problem] = []
     first_seen: dict[str, str] = {}  # id -> row label, to name both rows of a duplicate
     first_kind: tuple[str, str] | None = None  # (kind of prompt, row label) of the first row
     floats: dict[str, list[str]] = {"whole": [], "kept": []}  # row labels of float answers, by what became of them
-    for index, (where, row) in enumerate(_read_rows(path)):
-        problem = _parse_row(row, where=f"{name}: {where}", default_id=f"{prefix}-{index}", floats=floats)
+    for index, (where, row) in enumerate(rows):
+        problem = _parse_row(row, where=f"{name}: {where}", default_id=f"{id_prefix}-{index}", floats=floats,
+                             columns=columns)
         if problem.id in first_seen:
-            raise DataError(f"{name}: {where}: field 'id' duplicates {problem.id!r} from {first_seen[problem.id]}")
+            raise DataError(f"{name}: {where}: field '{columns.id}' duplicates {problem.id!r} from "
+                            f"{first_seen[problem.id]}")
         first_seen[problem.id] = where
         # One batch is tokenized one way (chat template or plain text): a mixed file fails deep in tokenization.
         kind = "text" if isinstance(problem.prompt, str) else "a chat (list of messages)"
         if first_kind is None:
             first_kind = (kind, where)
         elif kind != first_kind[0]:
-            raise DataError(f"{name}: {where}: field 'prompt' is {kind} but the one at {first_kind[1]} is "
+            raise DataError(f"{name}: {where}: field '{columns.prompt}' is {kind} but the one at {first_kind[1]} is "
                             f"{first_kind[0]}; one file must use one kind of prompt")
         problems.append(problem)
     if not problems:
         raise DataError(f"{name}: no problems")
+    _warn_float_answers(name, floats)
+    return problems
+
+
+def _warn_float_answers(name: str, floats: dict[str, list[str]]) -> None:
+    """One warning line per kind of float answer, with a count and the first row."""
     if floats["whole"]:
         log.warning("%s: %d answers were numbers with a fractional part .0 and were written as integers (first at %s)",
                     name, len(floats["whole"]), floats["whole"][0])
@@ -93,7 +152,6 @@ def load_problems(path: str | os.PathLike, *, id_prefix: str | None = None) -> l
         log.warning("%s: %d answers were non-integral numbers and were kept as Python writes them (first at %s); "
                     "exact-match verifiers compare that text: write such answers as strings", name,
                     len(floats["kept"]), floats["kept"][0])
-    return problems
 
 
 def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -160,7 +218,8 @@ def _not_utf8(path: Path) -> DataError:
     return DataError(f"{path}: not valid UTF-8; save the file as UTF-8")  # unreachable unless the file changed
 
 
-def _parse_row(row: Any, *, where: str, default_id: str, floats: dict[str, list[str]] | None = None) -> Problem:
+def _parse_row(row: Any, *, where: str, default_id: str, floats: dict[str, list[str]] | None = None,
+               columns: InputColumns = DEFAULT_COLUMNS) -> Problem:
     """Turn one raw row (either layout) into a `Problem`; `where` prefixes every error."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: row is not a JSON object (got {type(row).__name__})")
@@ -180,19 +239,19 @@ def _parse_row(row: Any, *, where: str, default_id: str, floats: dict[str, list[
         extra_info = dict(extra_info)
         raw_id, id_field = extra_info.pop("index", None), "extra_info.index"
         if raw_id is None:
-            raw_id, id_field = row.pop("id", None), "id"
+            raw_id, id_field = row.pop(columns.id, None), columns.id
         metadata.update(extra_info)
     else:  # TRL layout
-        key = next((k for k in _ANSWER_KEYS if k in row), None)
+        key = next((k for k in columns.answer_keys() if k in row), None)
         if key is None:
-            raise DataError(f"{where}: field 'answer' (or 'reward_model.ground_truth') is missing")
+            raise DataError(f"{where}: field '{columns.answer}' (or 'reward_model.ground_truth') is missing")
         answer = _answer(row.pop(key), where, key, floats)
-        source, source_field = row.pop("source", None), "source"
-        raw_id, id_field = row.pop("id", None), "id"
+        source, source_field = row.pop(columns.source, None), columns.source
+        raw_id, id_field = row.pop(columns.id, None), columns.id
 
-    if "prompt" not in row:
-        raise DataError(f"{where}: field 'prompt' is missing")
-    prompt = _prompt(row.pop("prompt"), where)
+    if columns.prompt not in row:
+        raise DataError(f"{where}: field '{columns.prompt}' is missing")
+    prompt = _prompt(row.pop(columns.prompt), where, columns.prompt)
 
     if source is None:
         source = "unknown"
@@ -252,36 +311,36 @@ def _id(value: Any, where: str, field: str) -> str:
     return str(value)
 
 
-def _prompt(value: Any, where: str) -> Prompt:
-    """A non-empty string, or a non-empty chat list of {"role", "content"} string messages."""
+def _prompt(value: Any, where: str, field: str = "prompt") -> Prompt:
+    """A non-empty string, or a non-empty chat list of {"role", "content"} string messages; `field` is its column."""
     if value is None:
-        raise DataError(f"{where}: field 'prompt' is null")
+        raise DataError(f"{where}: field '{field}' is null")
     if isinstance(value, str):
         if not value.strip():
-            raise DataError(f"{where}: field 'prompt' is empty")
-        _check_prompt_length(len(value), where)
+            raise DataError(f"{where}: field '{field}' is empty")
+        _check_prompt_length(len(value), where, field)
         return value
     if not isinstance(value, list):
-        raise DataError(f"{where}: field 'prompt' must be a string or a chat list (got {type(value).__name__})")
+        raise DataError(f"{where}: field '{field}' must be a string or a chat list (got {type(value).__name__})")
     if not value:
-        raise DataError(f"{where}: field 'prompt' is empty")
+        raise DataError(f"{where}: field '{field}' is empty")
     messages = []
     for i, msg in enumerate(value):
         if not (isinstance(msg, dict) and isinstance(msg.get("role"), str) and isinstance(msg.get("content"), str)):
-            raise DataError(f"{where}: field 'prompt[{i}]' must be a message with string 'role' and 'content'")
+            raise DataError(f"{where}: field '{field}[{i}]' must be a message with string 'role' and 'content'")
         if msg["role"] not in CHAT_ROLES:
-            raise DataError(f"{where}: field 'prompt[{i}].role' is {msg['role']!r} "
+            raise DataError(f"{where}: field '{field}[{i}].role' is {msg['role']!r} "
                             f"(expected one of: {', '.join(CHAT_ROLES)})")
         # Only role and content matter to chat templates here; other keys (or the None-filled fields
         # Parquet adds to structs) would break round trips.
         messages.append({"role": msg["role"], "content": msg["content"]})
-    _check_prompt_length(sum(len(m["content"]) for m in messages), where)
+    _check_prompt_length(sum(len(m["content"]) for m in messages), where, field)
     return messages
 
 
-def _check_prompt_length(n: int, where: str) -> None:
+def _check_prompt_length(n: int, where: str, field: str = "prompt") -> None:
     if n > MAX_PROMPT_CHARS:
-        raise DataError(f"{where}: field 'prompt' is {n:,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
+        raise DataError(f"{where}: field '{field}' is {n:,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
                         f"(MAX_PROMPT_CHARS in gradalign.data.io)")
 
 

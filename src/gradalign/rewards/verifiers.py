@@ -61,6 +61,14 @@ def cap_completions(completions: list[str], max_chars: int | None = DEFAULT_MAX_
     return [c[:max_chars] if len(c) > max_chars else c for c in completions]
 
 
+def final_answer(answer: str) -> str:
+    """The part of a ground truth that completions are checked against: the text after its last ``####`` when
+    there is some (GSM8K writes its answers as "Natalia sold ... #### 72"), else the whole answer."""
+    _, marker, tail = answer.rpartition("####")
+    # "reasoning ####" with nothing after: keep it whole rather than compare against an empty answer
+    return tail.strip() if marker and tail.strip() else answer
+
+
 # --------------------------------------------------------------------------------------- exact match
 
 DEFAULT_EOS_MARKERS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>")
@@ -72,7 +80,8 @@ class ExactMatch(Verifier):
     The completion's answer is its text (leading whitespace dropped) up to the first newline or EOS
     marker: small policies often keep generating junk after the answer line, which should not count.
     Strict on purpose: the tiny synthetic tasks print canonical answers, and a lenient match would
-    blur the reward the selection methods are compared on.
+    blur the reward the selection methods are compared on. A ground truth containing ``#### <answer>``
+    (GSM8K's format) is compared by its text after the last ``####`` (`final_answer`).
 
     Time bound: O(n + m) for a completion of n and an answer of m characters (one lstrip, one split on the
     first newline, one split per EOS marker), no regex; with `ProblemReward`'s cap (`verifier_max_chars`,
@@ -92,7 +101,7 @@ class ExactMatch(Verifier):
         return text.strip()
 
     def __call__(self, completion: str, answer: str) -> float:
-        return 1.0 if self.extract(completion) == answer.strip() else 0.0
+        return 1.0 if self.extract(completion) == final_answer(answer).strip() else 0.0
 
 
 # --------------------------------------------------------------------------------------- math-verify
@@ -101,11 +110,13 @@ class ExactMatch(Verifier):
 def math_verify_score(completion: str, answer: str) -> float:
     """1.0 if math-verify judges `completion` equal to `answer`. Runs in the worker process only.
 
-    Timeouts are off (None) inside math-verify: its own timeout uses signal.alarm, which only works
-    on a main thread; the parent process enforces the time limit instead by killing the worker.
+    The ground truth is `final_answer(answer)`: a GSM8K answer "... #### 72" is judged as "72". Timeouts are off
+    (None) inside math-verify: its own timeout uses signal.alarm, which only works on a main thread; the parent
+    process enforces the time limit instead by killing the worker.
     """
     from math_verify import parse, verify
 
+    answer = final_answer(answer)
     # A bare "82" or "\\frac{1}{2}" usually parses as is; things like "x+1" only parse inside $...$.
     gold = parse(answer, parsing_timeout=None) or parse(f"${answer}$", parsing_timeout=None)
     pred = parse(completion, parsing_timeout=None)
@@ -178,6 +189,10 @@ class _Worker:
 
 class MathVerify(Verifier):
     """math-verify equivalence (e.g. "The answer is 82" matches "82"; "\\boxed{\\frac{1}{2}}" matches "0.5").
+
+    GSM8K ground truths: an answer containing ``####`` is judged by its text after the last ``####``
+    ("Natalia sold ... #### 72" is the answer 72; "#### 1,234" is 1234, thousands separator and all, as
+    math-verify reads it); completions are parsed as usual.
 
     Scoring runs in a persistent child process because sympy can hang on adversarial completions and
     math-verify's own timeout (signal.alarm) does not work off the main thread (reward functions are
