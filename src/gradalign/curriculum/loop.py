@@ -27,7 +27,7 @@ from ..data.problem import DataError, Problem
 from ..data.regimes import Scenario, build_scenario
 from ..distributed import ProcessGroup, block_count, fsdp_requested, launched_world_size, process_group
 from ..evaluation import evaluate
-from ..policy.load import load_policy, resolve_device, save_policy
+from ..policy.load import apply_peft, load_policy, resolve_device, save_policy
 from ..reports.loggers import RunLoggers
 from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
@@ -320,6 +320,7 @@ class Curriculum:
         is written; then work in the directory holding its lock, released however the run ends."""
         self.check_run_dir()
         model, tokenizer = load_policy(self.cfg.model, self.cfg.device, self.group)
+        model = apply_peft(model, self.cfg)  # use_peft: train and score a LoRA adapter only
         warn_long_prompts(self.cfg, self.sets, model, tokenizer)
         self.take_lock()
         try:

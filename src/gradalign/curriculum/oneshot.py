@@ -20,7 +20,7 @@ from ..config import RunConfig
 from ..data.io import save_problems
 from ..data.problem import Problem
 from ..data.regimes import Scenario
-from ..policy.load import load_policy
+from ..policy.load import apply_peft, load_policy
 from ..selection import get_method
 from ..selection.diagnostics import scores_table, write_scores
 from .loop import (check_inputs, count_values, join_processes, load_problem_sets, make_reward, round_seed,
@@ -61,6 +61,7 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
     group = join_processes(whole_pool, sets)
     start = time.perf_counter()
     model, tokenizer = load_policy(cfg.model, cfg.device, group)
+    model = apply_peft(model, cfg)  # use_peft: score (and warm up) a LoRA adapter only
     warn_long_prompts(cfg, sets, model, tokenizer)
     reward = make_reward(cfg)
     selector = RoundSelector(cfg, sets.validation, reward, pool=sets.pool, group=group)

@@ -21,7 +21,7 @@ from ..gradients import GradientBackend, get_backend
 from ..gradients.projections import gradient_energy, named_projector, needs_energy
 from ..gradients.signals import EPS, unit
 from ..gradients.surrogate import SurrogateBatch, completion_logps
-from ..policy.load import mixed_precision
+from ..policy.load import eval_mode, mixed_precision
 from ..policy.rollouts import Rollouts, SamplingConfig, sample_rollouts
 from ..rewards import ProblemReward
 from ..selection import Candidates, Method, SelectionOptions, get_method, select
@@ -141,7 +141,7 @@ class RoundSelector:
     def select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None = None) -> RoundSelection:
         """Score `chunk` with the current `model` and pick up to `keep` (default `cfg.keep`) problems (in bf16
         autocast on GPUs that support it, as training computes)."""
-        with mixed_precision(model):
+        with mixed_precision(model), eval_mode(model):  # no dropout in scores, as in the rollouts they score
             return self._select(model, tokenizer, chunk, seed, keep)
 
     def _select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None) -> RoundSelection:

@@ -115,6 +115,10 @@ def unsupported_parameters(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
 
 
+def _detach_output(module, inputs, output):
+    return output.detach()
+
+
 class ActivationCapture:
     """Forward hooks keeping each supported module's input and output for one forward pass.
 
@@ -138,6 +142,10 @@ class ActivationCapture:
             if own and _factored(module):
                 self.params[module] = own
                 self.handles.append(module.register_forward_hook(self._keep))
+            elif isinstance(module, nn.Embedding) and not any(p.requires_grad for p in module.parameters()):
+                # A frozen embedding (LoRA) feeds no trainable parameter, but TRL's enable_input_require_grads (PEFT +
+                # gradient checkpointing) marks its output as needing a gradient: the backward must still stop here.
+                self.handles.append(module.register_forward_hook(_detach_output))
 
     def _keep(self, module, inputs, output):
         if self.probing:  # the probe forwards of `_affine_derivatives` below

@@ -14,6 +14,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..data.problem import one_line
 from ..distributed import SINGLE, ProcessGroup
+from .peft_adapter import apply_peft  # noqa: F401 - the loaders' callers wrap what they load: `apply_peft(model, cfg)`
+from .peft_adapter import clone_peft_policy, is_peft_policy, save_peft_policy
 from .pretrained import BUILTIN_MODELS
 from .tiny import build_tokenizer
 from .warmstart import warm_started_tiny
@@ -46,6 +48,19 @@ def mixed_precision(model):
     says so, as TRL's GRPO steps do with `bf16=True`; otherwise nothing."""
     device = next(model.parameters()).device
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16_compute(device) else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """`model` in eval mode for scoring, its mode restored after. TRL leaves the policy in train mode, and with any
+    dropout (LoRA's lora_dropout: 0.05 by default, as in TRL's ModelConfig) a train-mode score is the gradient of a
+    random dropout draw, not of the policy that sampled the rollouts (`sample_rollouts` samples in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def load_policy(spec: str, device: str = "auto", group: ProcessGroup = SINGLE):
@@ -155,21 +170,35 @@ def check_model_dir(path: Path) -> None:
 
 
 def save_policy(model, directory: str | Path, tiny: bool) -> None:
-    """Weights as safetensors (+ config). Tiny checkpoints get a marker so `load_policy` rebuilds their tokenizer."""
+    """Weights as safetensors (+ config). Tiny checkpoints get a marker so `load_policy` rebuilds their tokenizer.
+    A LoRA policy also writes its adapter in peft's layout (`peft_adapter.save_peft_policy`)."""
+    if is_peft_policy(model):
+        save_peft_policy(model, directory)
+        return
     model.save_pretrained(directory, safe_serialization=True)
     if tiny:
         Path(directory, "gradalign_tiny").write_text("tokenizer: built-in character-level (gradalign.policy.tiny)\n")
 
 
 def clone_policy(model):
-    """An independent copy of a causal LM (same class, config and weights, same device and dtype).
+    """An independent copy of a causal LM (same class, config and weights, same device and dtype, same trainable
+    parameters); a LoRA policy is copied with its adapter (`peft_adapter.clone_peft_policy`).
 
     Not `copy.deepcopy`: once TRL has trained a model, accelerate has stored a bound `forward` on the instance,
     and a deep copy's forward would still run the original's modules.
     """
-    p = next(model.parameters())
-    clone = type(model)(model.config).to(device=p.device, dtype=p.dtype)
+    clone = clone_peft_policy(model, _plain_twin) if is_peft_policy(model) else _plain_twin(type(model), model)
     clone.load_state_dict(model.state_dict())
-    clone.generation_config = type(model.generation_config).from_dict(model.generation_config.to_dict())
+    twins = dict(clone.named_parameters())
+    for name, p in model.named_parameters():
+        twins[name].requires_grad_(p.requires_grad)  # a frozen part stays frozen in the copy, as in the policy
     clone.train(model.training)
     return clone
+
+
+def _plain_twin(cls, model):
+    """A fresh `cls` built from `model`'s config on its device and dtype, with a copy of its generation config."""
+    p = next(model.parameters())
+    twin = cls(model.config).to(device=p.device, dtype=p.dtype)
+    twin.generation_config = type(model.generation_config).from_dict(model.generation_config.to_dict())
+    return twin
