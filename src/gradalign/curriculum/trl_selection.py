@@ -39,6 +39,7 @@ from trl.data_utils import is_conversational
 from trl.trainer import grpo_trainer as trl_grpo
 from trl.trainer.utils import nanstd
 
+from .. import fileio
 from ..config import ConfigError, RunConfig
 from ..data.problem import Problem
 from ..data.regimes import Scenario
@@ -347,8 +348,7 @@ class GradAlignGRPOTrainer(GRPOTrainer):
         self.selection_history.append(record)
         self.pending_round_logs.update(flatten_scalars({k: v for k, v in record.items() if k != "selected"}))
         if self.accelerator.is_main_process:
-            with open(self.history_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            fileio.write_jsonl(self.history_path, self.selection_history)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.selection_history:  # the selection's state beside TRL's step metrics, each round's record once
@@ -363,7 +363,7 @@ class GradAlignGRPOTrainer(GRPOTrainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            (folder / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in self.selection_history))
+            fileio.write_jsonl(folder / HISTORY_FILE, self.selection_history)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """TRL's `train`; resuming from a checkpoint replays the rounds it had selected (no re-scoring), so the
@@ -378,8 +378,7 @@ class GradAlignGRPOTrainer(GRPOTrainer):
                                            f"{HISTORY_FILE}: it was not written by GradAlignGRPOTrainer")
             self.restored_history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if self.accelerator.is_main_process:  # this run's history (a resumed one: up to its checkpoint's step)
-            self.history_path.parent.mkdir(parents=True, exist_ok=True)
-            self.history_path.write_text("".join(json.dumps(h) + "\n" for h in self.restored_history))
+            fileio.write_jsonl(self.history_path, self.restored_history)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     @property
