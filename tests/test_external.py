@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from gradalign.data.external import (EASY_CONFIGS, REASONING_GYM_TASKS, SINGLE_DIGIT_COUNT, prompt_text,
-                                     reasoning_gym_problems, single_digit_arithmetic)
+from gradalign.data.external import (EASY_CONFIGS, REASONING_GYM_TASKS, SINGLE_DIGIT_COUNT, gsm_symbolic_problems,
+                                     prompt_text, reasoning_gym_problems, single_digit_arithmetic)
 from gradalign.data.io import load_problems
 from gradalign.data.regimes import build_scenario, problem_sets, write_scenario
 from gradalign.rewards import get_verifier
@@ -174,3 +174,43 @@ def test_countdown_verifier_agrees_with_reasoning_gym_on_random_attempts():
             assert ours == float(dataset.score_answer(attempt, entry) == 1.0), (attempt, entry["metadata"])
             solved += ours
     assert solved > 50  # the comparison covered correct attempts too, not only wrong ones
+
+
+# ---------------------------------------------------------------------------------------- gsm-symbolic
+
+
+@needs_reasoning_gym
+def test_gsm_symbolic_answers_are_what_reasoning_gym_scores_correct():
+    import reasoning_gym
+    problems = gsm_symbolic_problems(20, seed=11)
+    dataset = reasoning_gym.create_dataset("gsm_symbolic", seed=11, size=200)
+    math = get_verifier("math")
+    try:
+        for p in problems:
+            item = dataset[p.metadata["rg_index"]]
+            assert p.source == "gsm_symbolic" and p.metadata["verifier"] == "math"
+            assert dataset.score_answer(p.answer, item) == 1.0  # reasoning-gym's own scorer agrees with the label
+            # the math verifier reads a chat model's sentence, and refuses a wrong number
+            assert math.batch([f"The answer is {p.answer}.", f"The answer is {int(p.answer) + 1}."],
+                              [p.answer, p.answer]) == [1.0, 0.0]
+    finally:
+        math.close()
+
+
+@needs_reasoning_gym
+def test_gsm_symbolic_scenario_corrupts_only_the_pool_and_keeps_sets_disjoint():
+    kw = dict(pool_size=80, validation_size=16, test_size=24, gsm_share=0.5, corrupt_fraction=0.25)
+    scenario = build_scenario("gsm-symbolic", seed=2, **kw)
+    sets = problem_sets(scenario)
+    keys = [{prompt_text(p.prompt) for p in problems} for problems in sets.values()]
+    assert sum(map(len, keys)) == len(set().union(*keys)) == 80 + 16 + 24  # distinct within and across sets
+    assert sum(p.corrupted for p in scenario.pool) == 20
+    assert not any(p.corrupted for p in scenario.validation + scenario.test)
+    for problems, size in ((scenario.pool, 80), (scenario.validation, 16), (scenario.test, 24)):
+        assert sum(p.source == "gsm_symbolic" for p in problems) == size // 2
+    again = build_scenario("gsm-symbolic", seed=2, **kw)
+    assert as_dicts(again.pool) == as_dicts(scenario.pool)  # seeded
+    other = build_scenario("gsm-symbolic", seed=3, **kw)
+    assert as_dicts(other.pool) != as_dicts(scenario.pool)
+    with pytest.raises(ValueError, match="gsm_share must be in"):
+        build_scenario("gsm-symbolic", gsm_share=1.5)

@@ -60,7 +60,7 @@ def test_cli_flags_become_overrides_with_any_number_of_names():
 def test_each_scenario_gets_exactly_its_own_knobs(monkeypatch):
     seen = {}
     monkeypatch.setattr(loop, "build_scenario", lambda name, **kw: seen.setdefault(name, kw))
-    for scenario in ["unreliable-rewards", "imbalance", "low-utility", "smollm2-arithmetic"]:
+    for scenario in ["unreliable-rewards", "imbalance", "low-utility", "smollm2-arithmetic", "gsm-symbolic"]:
         load_problem_sets(RunConfig(scenario=scenario, corruption="wrong-answer", families=["mul"], target_family="add",
                                     other_families=["sub"], useful_families=["sum3"], **SMALL))
     base = {"pool_size", "validation_size", "test_size", "seed"}

@@ -30,6 +30,7 @@ SCENARIO_KNOBS: dict[str, dict[str, str]] = {
     "unreliable-rewards": {"corrupt_fraction": "corrupt_fraction", "corruption": "corruption", "families": "families"},
     "imbalance": {"target": "target_family", "target_share": "target_share", "others": "other_families"},
     "low-utility": {"useful_share": "useful_share", "trivial_share": "trivial_share", "useful": "useful_families"},
+    "gsm-symbolic": {"corrupt_fraction": "corrupt_fraction", "corruption": "corruption", "gsm_share": "gsm_share"},
 }
 SCENARIO_FIELDS = tuple(dict.fromkeys(name for knobs in SCENARIO_KNOBS.values() for name in knobs.values()))
 
@@ -73,8 +74,8 @@ class RunConfig:
     seed: int = _f(0, "One seed for chunking, sampling, scenario building, tie-breaks and TRL.")
     # ── data ─────────────────────────────────────────────────────────────────────────────────────────────
     scenario: str = _f("unreliable-rewards", "Built-in scenario used when `pool` is not given "
-                       "(unreliable-rewards, imbalance, low-utility; smollm2-arithmetic for --model smollm2-135m "
-                       "with --verifier task).")
+                       "(unreliable-rewards, imbalance, low-utility; smollm2-arithmetic and gsm-symbolic for --model "
+                       "smollm2-135m with --verifier task).")
     pool: str | None = _f(None, "Pool file (.jsonl/.json/.parquet, TRL or verl layout), or a `datasets` dataset "
                           "(hub id or save_to_disk directory).")
     validation: str | None = _f(None, "Trusted validation file or dataset (same forms).")
@@ -82,8 +83,8 @@ class RunConfig:
     pool_size: int = _f(2000, "Built-in scenarios: pool size.")
     validation_size: int = _f(64, "Built-in scenarios: validation set size.")
     test_size: int = _f(256, "Built-in scenarios: test set size.")
-    corrupt_fraction: float = _f(0.5, "unreliable-rewards: share of the pool with corrupted rewards.")
-    corruption: str = _f("coin", "unreliable-rewards: how a corrupted problem is rewarded: coin (a fair coin per "
+    corrupt_fraction: float = _f(0.5, "unreliable-rewards and gsm-symbolic: share of the pool with corrupted rewards.")
+    corruption: str = _f("coin", "unreliable-rewards and gsm-symbolic: how a corrupted problem is rewarded: coin (a fair coin per "
                          "completion) or wrong-answer (the verifier against a fixed wrong answer).")
     families: list = _f(["add", "sub"], "unreliable-rewards: task families of every set, in equal shares.")
     target_family: str = _f("sub", "imbalance: the target task family (a small share of the pool; validation and "
@@ -96,6 +97,8 @@ class RunConfig:
     useful_share: float = _f(0.2, "low-utility: share of the pool from the useful families.")
     trivial_share: float = _f(0.5, "low-utility: share of the rest of the pool that is trivial (answer 0); the "
                               "remainder is unsolvable.")
+    gsm_share: float = _f(0.5, "gsm-symbolic: share of every set that is GSM8K-style word problems (the rest is "
+                          "smollm2-arithmetic's mix).")
     verifier: str = _f("exact", "Verifier used for training AND selection: exact, math (math-verify), countdown "
                        "(safe expression check) or task (per problem, from metadata['verifier']).")
     verifier_timeout: float = _f(5.0, "math (and task) verifier: seconds per completion before it scores 0 (> 0). "
@@ -267,7 +270,7 @@ class RunConfig:
         from .rewards.corruption import CORRUPTION_KINDS
         if self.corruption not in CORRUPTION_KINDS:
             raise ConfigError("corruption", f"must be one of {', '.join(CORRUPTION_KINDS)} (got '{self.corruption}')")
-        for name in ("corrupt_fraction", "target_share", "useful_share", "trivial_share"):
+        for name in ("corrupt_fraction", "target_share", "useful_share", "trivial_share", "gsm_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(name, f"must be a number in [0, 1] (got {value!r})")

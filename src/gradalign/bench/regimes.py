@@ -20,6 +20,7 @@ from . import _csv
 log = logging.getLogger(__name__)
 
 REGIMES = ["unreliable-rewards", "imbalance", "low-utility"]
+REAL_MODEL_REGIMES = ["gsm-symbolic"]  # SmolLM2-135M's word problems with coin-flip rewards (preset smollm2-gsm)
 # Sized for 2 CPU cores: "quick" finishes in under 15 minutes with its methods (a smoke test: 16 GRPO steps decide
 # nothing); "standard" is the benchmark that decides: the demo's sizes (64 GRPO steps, chunk 256 -> 32), its 9
 # methods, 5 seeds, in under 90 minutes; "full" is the same sizes with every method of the registry.
@@ -35,11 +36,19 @@ PRESETS: dict[str, dict] = {
     # faithful to the exact inner products (gradalign bench fidelity), so the standard preset uses it
     "standard": dict(DEMO_SIZES, projection="khatri-rao-energy", projection_dim=4096),
     "full": DEMO_SIZES,
+    # SmolLM2-135M on 2 CPU cores: word problems need ~100-token completions, so each cell is small (a chunk of
+    # 48 per round, 2 rounds of 3 GRPO steps) and takes 10-25 minutes; an example on a real model, not a verdict
+    "smollm2-gsm": dict(model="smollm2-135m", verifier="task", pool_size=192, validation_size=24, test_size=48,
+                        chunk_size=48, selection_ratio=4, rollouts_per_problem=4, validation_rollouts=4, rounds=2,
+                        steps_per_round=3, problems_per_step=4, num_generations=4, max_new_tokens=96,
+                        eval_samples=0, micro_batch=32, rollout_batch=48),
 }
 QUICK_METHODS = ["gradalign", "learnalign", "cropi", "random", "accgreedy", "full"]
 STANDARD_METHODS = ["gradalign", "gradalign-z", "gradalign-zcos", "learnalign", "cropi", "random", "accgreedy", "nonzero-variance", "full"]
-DEFAULT_METHODS = {"quick": QUICK_METHODS, "standard": STANDARD_METHODS}  # full: every method of the registry
-DEFAULT_SEEDS = {"standard": 5}  # the others: 3
+DEFAULT_METHODS = {"quick": QUICK_METHODS, "standard": STANDARD_METHODS,  # full: every method of the registry
+                   "smollm2-gsm": ["gradalign", "gradalign-z", "random"]}
+DEFAULT_SEEDS = {"standard": 5, "smollm2-gsm": 2}  # the others: 3
+DEFAULT_REGIMES = {"smollm2-gsm": REAL_MODEL_REGIMES}  # the others: REGIMES
 
 
 @dataclasses.dataclass
@@ -71,10 +80,11 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     from ..config import SCENARIO_FIELDS, RunConfig
     from ..selection import REGISTRY
     methods = args.methods or DEFAULT_METHODS.get(args.preset, list(REGISTRY))
-    unknown = [m for m in methods if m not in REGISTRY] + [r for r in args.regimes if r not in REGIMES]
+    regimes = args.regimes or DEFAULT_REGIMES.get(args.preset, REGIMES)
+    unknown = [m for m in methods if m not in REGISTRY] + [r for r in regimes if r not in REGIMES + REAL_MODEL_REGIMES]
     if unknown:
         raise ValueError(f"bench regimes: unknown method or regime '{unknown[0]}' (methods: {', '.join(REGISTRY)}; "
-                         f"regimes: {', '.join(REGIMES)})")
+                         f"regimes: {', '.join(REGIMES + REAL_MODEL_REGIMES)})")
     overrides: dict = {}
     if args.config:
         overrides = {k: v for k, v in RunConfig.yaml_values(args.config).items()
@@ -86,7 +96,7 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     seeds = list(range(args.first_seed, args.first_seed + n_seeds))
     if args.workers < 1:
         raise ValueError(f"bench regimes: --workers must be >= 1 (got {args.workers})")
-    return BenchPlan(Path(args.out), list(args.regimes), list(methods), seeds, args.preset, overrides, args.workers)
+    return BenchPlan(Path(args.out), list(regimes), list(methods), seeds, args.preset, overrides, args.workers)
 
 
 def run_bench(plan: BenchPlan, echo=print) -> Path:
@@ -167,8 +177,9 @@ def run_workers(plan: BenchPlan) -> None:
 
 def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("regimes", help="every method on the paper's three data regimes, several seeds")
-    parser.add_argument("--regimes", type=_csv(), default=list(REGIMES),
-                        help=f"comma-separated regimes (default: {','.join(REGIMES)})")
+    parser.add_argument("--regimes", type=_csv(), default=None,
+                        help=f"comma-separated regimes (default: {','.join(REGIMES)}; preset smollm2-gsm: "
+                             f"{','.join(REAL_MODEL_REGIMES)})")
     parser.add_argument("--methods", type=_csv(), default=None,
                         help=f"comma-separated methods (default: quick preset {','.join(QUICK_METHODS)}; "
                              f"standard preset {','.join(STANDARD_METHODS)}; full preset every method of the "
@@ -180,7 +191,9 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=list(PRESETS), default="quick",
                         help="quick: a smoke test, under 15 minutes on 2 CPU cores; standard: the benchmark that "
                              "decides (the demo's sizes, 9 methods, 5 seeds, under 90 minutes); full: the demo's sizes "
-                             "with every method (default: quick)")
+                             "with every method; smollm2-gsm: SmolLM2-135M on gsm-symbolic word problems with "
+                             "coin-flip rewards, gradalign, gradalign-z and random, 2 seeds, about 2 hours "
+                             "(default: quick)")
     parser.add_argument("--config", help="YAML of RunConfig fields overriding the preset (sizes, model, ...)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes sharing the cells, one thread each (2 on a 2-core machine: about half the "

@@ -167,6 +167,32 @@ def _from_item(task: str, item: dict[str, Any], problem_id: str, seed: int, inde
     return Problem(id=problem_id, prompt=chat(question), answer=str(item["answer"]), source=task, metadata=metadata)
 
 
+def gsm_symbolic_problems(n: int, seed: int, *, exclude: Collection[str] = (),
+                          id_prefix: str | None = None) -> list[Problem]:
+    """`n` distinct GSM8K-style word problems from reasoning-gym's gsm_symbolic (templates of GSM8K test
+    problems with fresh names and numbers), judged by math-verify. The question already asks for the bare final
+    answer; ``metadata["template"]`` is the GSM8K template it instantiates."""
+    reasoning_gym = require_reasoning_gym("task 'gsm_symbolic'")
+    max_items = 2 * n + 100  # templates are wide: duplicates are rare
+    dataset = reasoning_gym.create_dataset("gsm_symbolic", seed=seed, size=max_items)
+    seen = set(exclude)
+    problems: list[Problem] = []
+    for index in range(max_items):
+        if len(problems) == n:
+            break
+        item = dataset[index]
+        problem = Problem(id=f"{id_prefix or 'gsm_symbolic'}-{len(problems)}", prompt=chat(item["question"]),
+                          answer=str(item["answer"]), source="gsm_symbolic",
+                          metadata={"verifier": "math", "template": int(dataset.task_indices[index]),
+                                    "rg_seed": seed, "rg_index": index})
+        if prompt_text(problem.prompt) not in seen:
+            seen.add(prompt_text(problem.prompt))
+            problems.append(problem)
+    if len(problems) < n:
+        raise ValueError(f"gsm_symbolic gave only {len(problems)} distinct new prompts of {n} asked")
+    return problems
+
+
 def single_digit_arithmetic(n: int, seed: int, *, exclude: Collection[str] = (),
                             id_prefix: str | None = None) -> list[Problem]:
     """`n` distinct problems ``a + b``, ``a - b`` or ``a * b`` with a, b in 0..9, in seeded order.

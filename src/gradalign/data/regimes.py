@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..fileio import write_json
-from .external import (REASONING_GYM_TASKS, SINGLE_DIGIT_COUNT, prompt_text, reasoning_gym_problems,
-                       require_reasoning_gym, single_digit_arithmetic)
+from .external import (REASONING_GYM_TASKS, SINGLE_DIGIT_COUNT, gsm_symbolic_problems, prompt_text,
+                       reasoning_gym_problems, require_reasoning_gym, single_digit_arithmetic)
 from .io import save_problems
 from .problem import Problem
 from .tasks import generate, generate_mix
 
 DEFAULT_FAMILIES = {"add": 1.0, "sub": 1.0}
+CORRUPTED_POOLS = ("unreliable-rewards", "gsm-symbolic")  # the scenarios whose pool has corrupt_fraction corrupted
 UTILITY_LABELS = ("useful", "trivial", "unsolvable")
 FORMATS = ("jsonl", "parquet")
 
@@ -63,19 +64,25 @@ def unreliable_rewards(pool_size: int = 2000, validation_size: int = 64, test_si
     like. corruption="wrong-answer": the verifier checks against a fixed wrong answer.
     """
     params = dict(locals())  # first statement: exactly the arguments, recorded in scenario.json
-    if corruption not in ("coin", "wrong-answer"):
-        raise ValueError(f"unknown corruption '{corruption}' (choose from: coin, wrong-answer)")
     _check_share("corrupt_fraction", corrupt_fraction, "unreliable-rewards")
     families = params["families"] = families or DEFAULT_FAMILIES
     pool = generate_mix(families, pool_size, seed, "pool")
+    corrupt(pool, corrupt_fraction, corruption, seed)
+    validation, test = _held_out(families, validation_size, test_size, seed, {p.prompt for p in pool})
+    return Scenario("unreliable-rewards", pool, validation, test, params=params)
+
+
+def corrupt(pool: list[Problem], fraction: float, corruption: str, seed: int) -> None:
+    """Mark a seeded `fraction` of the pool corrupted (in place): its rewards become coin flips ("coin") or the
+    verifier against a fixed wrong answer ("wrong-answer"; integer answers)."""
+    if corruption not in ("coin", "wrong-answer"):
+        raise ValueError(f"unknown corruption '{corruption}' (choose from: coin, wrong-answer)")
     rng = random.Random(f"corrupt:{seed}")
-    for p in rng.sample(pool, int(round(corrupt_fraction * len(pool)))):
+    for p in rng.sample(pool, int(round(fraction * len(pool)))):
         p.metadata["corrupted"] = True
         p.metadata["corruption"] = corruption
         if corruption == "wrong-answer":
             p.metadata["wrong_answer"] = str(int(p.answer) + rng.choice([-10, -2, -1, 1, 2, 10]))
-    validation, test = _held_out(families, validation_size, test_size, seed, {p.prompt for p in pool})
-    return Scenario("unreliable-rewards", pool, validation, test, params=params)
 
 
 def imbalance(pool_size: int = 2000, validation_size: int = 64, test_size: int = 256, target: str = "sub",
@@ -150,6 +157,41 @@ def smollm2_arithmetic(pool_size: int = 2000, validation_size: int = 64, test_si
     return Scenario("smollm2-arithmetic", sets["pool"], sets["val"], sets["test"], params=params)
 
 
+def gsm_symbolic(pool_size: int = 256, validation_size: int = 32, test_size: int = 64, seed: int = 0,
+                 gsm_share: float = 0.5, corrupt_fraction: float = 0.5, corruption: str = "coin") -> Scenario:
+    """GSM8K-style word problems (reasoning-gym's gsm_symbolic) for SmolLM2-135M-Instruct, with the paper's
+    unreliable rewards on the pool: a `corrupt_fraction` of it is rewarded by coin flips. Run it with verifier
+    "task".
+
+    `gsm_share` of every set is word problems; the rest is `smollm2-arithmetic`'s mix, because the 135M model
+    solves almost no word problem (greedy 0 of 64 at 128 new tokens, measured here): without the arithmetic
+    there would be no reward signal to select on. Per-source test accuracy shows the word problems apart.
+    Validation and test are clean.
+    """
+    params = dict(locals())
+    _check_share("gsm_share", gsm_share, "gsm-symbolic")
+    _check_share("corrupt_fraction", corrupt_fraction, "gsm-symbolic")
+    require_reasoning_gym("scenario 'gsm-symbolic'")
+    sizes = {"pool": pool_size, "val": validation_size, "test": test_size}
+    n_words = {split: int(round(gsm_share * size)) for split, size in sizes.items()}
+    single_digit = _single_digit_counts({s: sizes[s] - n_words[s] for s in sizes}, 0.5)
+    taken: set[str] = set()
+    sets = {}
+    for split, size in sizes.items():
+        words = gsm_symbolic_problems(n_words[split], _task_seed(seed, split, "gsm_symbolic"), exclude=taken,
+                                      id_prefix=f"{split}-gsm_symbolic")
+        taken |= {prompt_text(p.prompt) for p in words}
+        sets[split] = words + _arithmetic_set(split, size - n_words[split], single_digit[split], seed, taken)
+        random.Random(f"gsm-symbolic:{seed}:{split}").shuffle(sets[split])
+    corrupt(sets["pool"], corrupt_fraction, corruption, seed)
+    return Scenario("gsm-symbolic", sets["pool"], sets["val"], sets["test"], params=params)
+
+
+def _task_seed(seed: int, split: str, task: str) -> int:
+    """reasoning-gym seeds item i with seed + i: hashed seeds keep the sets from replaying one sequence."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{split}:{task}".encode(), digest_size=4).digest(), "big")
+
+
 def _single_digit_counts(sizes: dict[str, int], share: float) -> dict[str, int]:
     """Single-digit problems per set: `share` of each, all scaled down together if there are not enough."""
     wanted = {split: int(round(share * size)) for split, size in sizes.items()}
@@ -165,9 +207,8 @@ def _arithmetic_set(split: str, size: int, n_single_digit: int, seed: int, taken
     rest = size - n_single_digit
     for k, task in enumerate(REASONING_GYM_TASKS):
         count = rest // len(REASONING_GYM_TASKS) + (k < rest % len(REASONING_GYM_TASKS))
-        # reasoning-gym seeds item i with seed + i: hashed seeds keep the sets from replaying one sequence.
-        task_seed = int.from_bytes(hashlib.blake2b(f"{seed}:{split}:{task}".encode(), digest_size=4).digest(), "big")
-        batch = reasoning_gym_problems(task, count, task_seed, exclude=taken, id_prefix=f"{split}-{task}")
+        batch = reasoning_gym_problems(task, count, _task_seed(seed, split, task), exclude=taken,
+                                       id_prefix=f"{split}-{task}")
         taken |= {prompt_text(p.prompt) for p in batch}
         problems += batch
     random.Random(f"smollm2-arithmetic:{seed}:{split}").shuffle(problems)
@@ -176,7 +217,7 @@ def _arithmetic_set(split: str, size: int, n_single_digit: int, seed: int, taken
 
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "unreliable-rewards": unreliable_rewards, "imbalance": imbalance, "low-utility": low_utility,
-    "smollm2-arithmetic": smollm2_arithmetic,
+    "smollm2-arithmetic": smollm2_arithmetic, "gsm-symbolic": gsm_symbolic,
 }
 
 

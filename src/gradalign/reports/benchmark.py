@@ -41,11 +41,13 @@ UTILITIES = ("useful", "trivial", "unsolvable")
 SHARES = ("target", "corrupted", "trivial", "unsolvable")  # table columns, in order
 TIMES = ("rollouts", "scoring", "training", "evaluation", "total")
 # The one share per round that tells each regime's story (figure panel c).
-PLOTTED_SHARE = {"imbalance": "target", "unreliable-rewards": "corrupted", "low-utility": "wasted"}
+PLOTTED_SHARE = {"imbalance": "target", "unreliable-rewards": "corrupted", "low-utility": "wasted",
+                 "gsm-symbolic": "corrupted"}
 SHARE_LABELS = {"target": "target-task share of selection", "corrupted": "corrupted share of selection",
                 "wasted": "trivial + unsolvable share of selection"}
 # The label whose diagnostics tell each regime's story (selection/diagnostics.py: what counts as good).
-REGIME_LABEL = {"unreliable-rewards": "corrupted", "imbalance": "target", "low-utility": "utility"}
+REGIME_LABEL = {"unreliable-rewards": "corrupted", "imbalance": "target", "low-utility": "utility",
+                "gsm-symbolic": "corrupted"}
 DIAGNOSTIC_COLUMNS = (("eligible_good_share", "eligible good share"), ("auc", "AUC (good vs bad)"),
                       ("top_good_share", "top-k good share"), ("selected_good_share", "selected good share"))
 THRESHOLD_TOLERANCE = 1e-9  # a seed that ends exactly at the mean of equal finals must count as reaching it

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..data.regimes import CORRUPTED_POOLS
 from ..fileio import atomic_path
 from ..selection.diagnostics import LABELS, is_good, read_scores
 from .summary import RunView
@@ -91,7 +92,7 @@ def plot_runs(runs: list[RunView], path: str | os.PathLike, dpi: int = 120) -> P
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, color=colour, marker=marker, markersize=6, linewidth=2, label=label)
         fractions = {run.config.get("corrupt_fraction") for run in runs
-                     if run.scenario == "unreliable-rewards" and run.config.get("corrupt_fraction") is not None}
+                     if run.scenario in CORRUPTED_POOLS and run.config.get("corrupt_fraction") is not None}
         if len(fractions) == 1:
             ax.axhline(float(fractions.pop()), color="black", linestyle="--", linewidth=1, alpha=0.6,
                        label="pool share")

@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from ..data.problem import one_line
+from ..data.regimes import CORRUPTED_POOLS
 from ..fileio import write_text
 from ..selection.diagnostics import LABELS
 
@@ -354,7 +355,7 @@ def _essentials(runs: list[RunView]) -> list[str]:
         scenario = f"custom pool ({get('pool')})"
     if scenario is not None:
         extra = ""
-        if scenario == "unreliable-rewards" and get("corrupt_fraction") is not None:
+        if scenario in CORRUPTED_POOLS and get("corrupt_fraction") is not None:
             extra = f" (corrupted fraction of the pool: {get('corrupt_fraction')})"
         out.append(f"- **scenario**: {scenario}{extra}")
     if get("model") is not None:
