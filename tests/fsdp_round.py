@@ -52,7 +52,7 @@ def main(out: str, mode: str, precision: str, *options: str) -> None:
         model.to(torch.bfloat16)
     group = process_group(torch.device("cpu"))  # SINGLE for one process, FSDP or not
     sc = unreliable_rewards(pool_size=40, validation_size=16, test_size=4, seed=5)
-    cfg = RunConfig(method="gradalign", chunk_size=40, selection_ratio=4, rollouts_per_problem=4,
+    cfg = RunConfig.of(method="gradalign", chunk_size=40, selection_ratio=4, rollouts_per_problem=4,
                     validation_rollouts=4, rollout_batch=8, micro_batch=24)
     selector = RoundSelector(cfg, sc.validation, ProblemReward(ExactMatch()), group=group)
     result = selector.select(model, tokenizer, sc.pool, seed=11)

@@ -27,7 +27,7 @@ def main(out: str) -> None:
         args=GRPOConfig(output_dir=f"{out}.trl", max_steps=4, per_device_train_batch_size=16, num_generations=4,
                         max_completion_length=6, report_to=[], use_cpu=True, bf16=False, logging_steps=1),
         validation_dataset=rows(scenario.validation),
-        selection=RunConfig(chunk_size=32, selection_ratio=4, steps_per_round=2, rollouts_per_problem=4,
+        selection=RunConfig.of(chunk_size=32, selection_ratio=4, steps_per_round=2, rollouts_per_problem=4,
                             validation_rollouts=4, rollout_batch=8),
     )
     trainer.train()

@@ -90,7 +90,7 @@ def make_cell(path: Path, method: str, seed: int, accs: list[float], by_source: 
               timings: dict, by_utility: dict | None = None, initial: float = 0.30) -> None:
     """A run directory like the curriculum writes; `by_source` per round (the last entry repeats)."""
     path.mkdir(parents=True)
-    config = {"method": method, "seed": seed, "model": "tiny", "rounds": ROUNDS, "steps_per_round": STEPS_PER_ROUND,
+    config = {"method": method, "seed": seed, "model_name_or_path": "tiny", "rounds": ROUNDS, "steps_per_round": STEPS_PER_ROUND,
               "problems_per_step": 8, "chunk_size": 64, "selection_ratio": 8}
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     (path / "initial.json").write_text(json.dumps({"accuracy": initial, "by_source": {}}))

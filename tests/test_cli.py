@@ -174,14 +174,14 @@ def test_any_local_hugging_face_checkpoint(tmp_path, files):
     model, tokenizer = warm_started_tiny()
     model.save_pretrained(tmp_path / "ckpt")
     tokenizer.save_pretrained(tmp_path / "ckpt")
-    assert run(tmp_path, files, "--model", str(tmp_path / "ckpt")) == 0
+    assert run(tmp_path, files, "--model-name-or-path", str(tmp_path / "ckpt")) == 0
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["model"] == str(tmp_path / "ckpt")
+    assert saved["model_name_or_path"] == str(tmp_path / "ckpt")
 
 
 def test_unloadable_model(tmp_path, files, capsys):
     (tmp_path / "empty-model").mkdir()
-    assert run(tmp_path, files, "--model", str(tmp_path / "empty-model")) == 2
+    assert run(tmp_path, files, "--model-name-or-path", str(tmp_path / "empty-model")) == 2
     assert "empty-model" in one_line_error(capsys)
 
 

@@ -77,7 +77,7 @@ def tiny_cfg(tmp_path, name="run", **kw) -> RunConfig:
                 test_size=16, chunk_size=32, selection_ratio=4, rollouts_per_problem=4, offline_validation_rollouts=8,
                 rounds=2, steps_per_round=2, problems_per_step=4, num_generations=4, eval_samples=0,
                 projection_dim=512, method="cropi")
-    return RunConfig(**{**base, **kw})
+    return RunConfig.of(**{**base, **kw})
 
 
 @pytest.mark.slow
@@ -172,7 +172,7 @@ def test_trl_drop_in_refuses_methods_it_cannot_run(tmp_path, method):
                              train_dataset=pool, validation_dataset=pool,
                              args=GRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8,
                                              num_generations=8, report_to=[], use_cpu=True, bf16=False),
-                             selection=RunConfig(method=method))
+                             selection=RunConfig.of(method=method))
 
 
 @pytest.mark.slow

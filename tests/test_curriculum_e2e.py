@@ -20,7 +20,7 @@ def tiny_cfg(tmp_path, name="run", **kw) -> RunConfig:
     base = dict(output_dir=str(tmp_path / name), pool_size=64, validation_size=16, test_size=32, chunk_size=32,
                 selection_ratio=4, rollouts_per_problem=4, validation_rollouts=4, rounds=2, steps_per_round=2,
                 problems_per_step=4, num_generations=4, eval_samples=0)
-    return RunConfig(**{**base, **kw})
+    return RunConfig.of(**{**base, **kw})
 
 
 def recording_train_round(calls: list):

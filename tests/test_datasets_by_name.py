@@ -52,7 +52,7 @@ def one_line_error(source, **kwargs) -> str:
 
 def test_dataset_dict_splits_through_load_problem_sets(tmp_path):
     path = save_dict(tmp_path)
-    cfg = RunConfig(pool=str(path), pool_split="train", validation=str(path), test=str(path), **GSM8K_COLUMNS)
+    cfg = RunConfig.of(pool=str(path), dataset_train_split="train", validation=str(path), test=str(path), **GSM8K_COLUMNS)
     sets = load_problem_sets(cfg)
     assert sets.pool == [Problem(f"gsm8k_local-train-{i}", row["question"], row["answer"]) for i, row in
                          enumerate(GSM8K_ROWS)]
@@ -64,7 +64,7 @@ def test_single_saved_dataset_with_id_source_and_extra_columns(tmp_path):
     rows = [{"uid": "q1", "question": "2+2?", "final": "4", "family": "add", "level": 1},
             {"uid": "q2", "question": "3*3?", "final": "9", "family": "mul", "level": 2}]
     path = save_dataset(tmp_path, rows)
-    cfg = RunConfig(pool=str(path), pool_split="ignored-for-a-single-dataset", prompt_column="question",
+    cfg = RunConfig.of(pool=str(path), dataset_train_split="ignored-for-a-single-dataset", prompt_column="question",
                     answer_column="final", id_column="uid", source_column="family")
     assert load_problem_sets(cfg).pool == [Problem("q1", "2+2?", "4", "add", {"level": 1}),
                                            Problem("q2", "3*3?", "9", "mul", {"level": 2})]
@@ -83,7 +83,7 @@ def test_defaults_change_nothing_for_files(tmp_path):
     verl = tmp_path / "verl.jsonl"
     verl.write_text(json.dumps({"prompt": [{"role": "user", "content": "3+3?"}], "data_source": "s",
                                 "reward_model": {"ground_truth": "6"}, "extra_info": {"index": 5}}) + "\n")
-    sets = load_problem_sets(RunConfig(pool=str(trl), test=str(verl)))
+    sets = load_problem_sets(RunConfig.of(pool=str(trl), test=str(verl)))
     assert sets.pool == [Problem("trl-0", "1+1=", "2")]
     assert sets.test == [Problem("5", [{"role": "user", "content": "3+3?"}], "6", "s")]
 
@@ -150,7 +150,7 @@ def test_missing_prompt_column_names_the_mapped_column(tmp_path):
 def test_unknown_split_names_the_available_splits(tmp_path):
     path = save_dict(tmp_path)
     with pytest.raises(DataError) as info:
-        load_problem_sets(RunConfig(pool=str(path), pool_split="validation", **GSM8K_COLUMNS))
+        load_problem_sets(RunConfig.of(pool=str(path), dataset_train_split="validation", **GSM8K_COLUMNS))
     assert str(info.value) == f"{path}[validation]: no split 'validation' (available splits: train, test)"
 
 
@@ -173,7 +173,7 @@ def test_cli_names_a_missing_hub_dataset_in_one_line(tmp_path, capsys, monkeypat
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     out = tmp_path / "run"
-    code = main(["run", "--pool", "gradalign-tests/no-such-dataset", "--pool-config", "main", "--output-dir",
+    code = main(["run", "--pool", "gradalign-tests/no-such-dataset", "--dataset_config", "main", "--output-dir",
                  str(out), "--method", "random", "--chunk-size", "1", "--rounds", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and not out.exists() and len(err) == 1

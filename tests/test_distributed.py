@@ -195,8 +195,8 @@ def test_what_two_processes_cannot_share_is_refused_before_anything_runs(change,
     from gradalign.config import RunConfig
     from gradalign.curriculum.loop import check_sharding
     sets = unreliable_rewards(pool_size=64, validation_size=16, test_size=8, seed=0)
-    cfg = RunConfig(**{"chunk_size": 64, "rollout_batch": 8, **change})
-    check_sharding(RunConfig(chunk_size=64, rollout_batch=8), sets, world=2)  # the base config shares out
+    cfg = RunConfig.of(**{"chunk_size": 64, "rollout_batch": 8, **change})
+    check_sharding(RunConfig.of(chunk_size=64, rollout_batch=8), sets, world=2)  # the base config shares out
     with pytest.raises(ValueError, match=re.escape(message)):
         check_sharding(cfg, sets, world=2)
     check_sharding(cfg, sets, world=1)  # one process runs anything

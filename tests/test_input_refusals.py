@@ -93,7 +93,7 @@ def test_prompt_at_the_cap_is_accepted(tmp_path):
 
 def tiny_inputs(tmp_path, pool_prompts):
     pool = [Problem(f"pool-{i}", prompt, "2") for i, prompt in enumerate(pool_prompts)]
-    cfg = RunConfig(pool=str(tmp_path / "pool.jsonl"), method="random", chunk_size=1, model="tiny")
+    cfg = RunConfig.of(pool=str(tmp_path / "pool.jsonl"), method="random", chunk_size=1, model_name_or_path="tiny")
     return cfg, Scenario("custom", pool, [], [])
 
 
@@ -115,7 +115,7 @@ def test_tiny_policy_is_silent_on_prompts_it_reads(tmp_path, caplog):
     cfg, sets = tiny_inputs(tmp_path, ["1+1=", "(3*4)-5=", "9" * 63])
     with caplog.at_level(logging.WARNING, logger="gradalign"):
         check_inputs(cfg, sets)
-        check_inputs(RunConfig(pool=cfg.pool, method="random", chunk_size=1, model="some/other-model"),
+        check_inputs(RunConfig.of(pool=cfg.pool, method="random", chunk_size=1, model_name_or_path="some/other-model"),
                      tiny_inputs(tmp_path, ["Ü" * 500])[1])  # other models: only the load-time cap applies
     assert caplog.records == []
 
@@ -229,10 +229,11 @@ def test_prompts_that_do_not_fit_a_models_context_get_one_warning_with_a_count(t
     model, tokenizer = warm_started_tiny()
     assert model.config.max_position_embeddings == 64
     pool = [Problem(f"p{i}", "1+" * n + "1=", "x") for i, n in enumerate((3, 30, 40))]  # 8, 62 and 82 characters
-    cfg = RunConfig(model=str(tmp_path / "some-model"), pool=str(tmp_path / "pool.jsonl"), max_new_tokens=6)
+    cfg = RunConfig.of(model_name_or_path=str(tmp_path / "some-model"), pool=str(tmp_path / "pool.jsonl"),
+                       max_completion_length=6)
     with caplog.at_level(logging.WARNING, logger="gradalign.curriculum.loop"):
         warn_long_prompts(cfg, Scenario("custom", pool, [], []), model, tokenizer)
     lines = [r.getMessage() for r in caplog.records]
     # + BOS: 9, 63 and 83 tokens; with 6 new tokens the last two exceed 64
     assert lines == [f"{tmp_path / 'pool.jsonl'}: 2 prompts do not fit the model's 64-token context with "
-                     f"max_new_tokens 6 (longest 83 tokens); generation will see them truncated or fail"]
+                     f"max_completion_length 6 (longest 83 tokens); generation will see them truncated or fail"]

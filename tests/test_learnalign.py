@@ -92,7 +92,7 @@ def test_registry_needs():
 def test_learnalign_scores_match_brute_force(projection):
     model, reference = make_model(tie=True, seed=7), make_model(tie=True, seed=8)
     rollouts, prompts, comps, rewards = make_rollouts(seed=9)
-    cfg = RunConfig(method="learnalign", projection=projection, projection_dim=256, kl_beta=0.04)
+    cfg = RunConfig.of(method="learnalign", projection=projection, projection_dim=256, kl_beta=0.04)
     selector = RoundSelector(cfg, [], make_reward(cfg))
     used = []
     real_projector = selector.projector
@@ -126,7 +126,7 @@ def tiny_cfg(tmp_path, name="run", **kw) -> RunConfig:
                 selection_ratio=4, rollouts_per_problem=4, validation_rollouts=4, rounds=2, steps_per_round=2,
                 problems_per_step=4, num_generations=4, eval_samples=0, warmup_problems=16, warmup_steps=2,
                 projection_dim=512, method="learnalign")
-    return RunConfig(**{**base, **kw})
+    return RunConfig.of(**{**base, **kw})
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from test_onepass import random_rollouts
 
-from gradalign.config import RunConfig
+from gradalign.config import ConfigError, RunConfig
 from gradalign.gradients import OnePassGradients
 from gradalign.gradients.projections import layout
 from gradalign.gradients.signals import NaiveGradients, trainable
@@ -115,14 +115,14 @@ def assert_signals_exact(model, batch, rtol: float, dot_rel: float, row_rel: flo
 def test_use_peft_wraps_the_policy_with_only_the_adapter_trainable():
     model = build_tiny_model(build_tokenizer())
     assert apply_peft(model, RunConfig()) is model  # use_peft: false leaves the policy alone
-    cfg = RunConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.1)
+    cfg = RunConfig.of(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.1)
     lora = apply_peft(model, cfg)
     assert isinstance(lora, PeftModel)
     names = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert len(names) == 2 * TINY_LAYERS * TINY_LINEARS and all(".lora_A." in n or ".lora_B." in n for n in names)
     hidden, inter = model.config.hidden_size, model.config.intermediate_size
     per_layer = 4 * (hidden + hidden) + 2 * (hidden + inter) + (inter + hidden)  # r·(in + out) per adapted Linear
-    assert sum(p.numel() for p in trainable(lora)) == cfg.lora_r * per_layer * TINY_LAYERS
+    assert sum(p.numel() for p in trainable(lora)) == cfg.model_args.lora_r * per_layer * TINY_LAYERS
     config = lora.peft_config["default"]
     assert (config.r, config.lora_alpha, config.lora_dropout) == (4, 8, 0.1)
     assert not any("lm_head" in n for n in names)  # peft's all-linear leaves the output head out
@@ -130,16 +130,16 @@ def test_use_peft_wraps_the_policy_with_only_the_adapter_trainable():
 
 def test_target_modules_by_name_and_refusals():
     tok = build_tokenizer()
-    lora = apply_peft(build_tiny_model(tok), RunConfig(use_peft=True, lora_target_modules=["q_proj", "v_proj"]))
+    lora = apply_peft(build_tiny_model(tok), RunConfig.of(use_peft=True, lora_target_modules=["q_proj", "v_proj"]))
     names = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert len(names) == 2 * 2 * TINY_LAYERS and all(("q_proj" in n) or ("v_proj" in n) for n in names)
     with pytest.raises(ValueError, match="lora_target_modules") as e:
-        apply_peft(build_tiny_model(tok), RunConfig(use_peft=True, lora_target_modules=["no_such_layer"]))
+        apply_peft(build_tiny_model(tok), RunConfig.of(use_peft=True, lora_target_modules=["no_such_layer"]))
     assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="'beta'"):
-        apply_peft(build_tiny_model(tok), RunConfig(use_peft=True, beta=0.04))
+    with pytest.raises(ConfigError, match="'beta' must be 0 with use_peft"):  # before any model is loaded
+        RunConfig.of(use_peft=True, beta=0.04)
     with pytest.raises(ValueError, match="already carries a peft adapter"):
-        apply_peft(lora, RunConfig(use_peft=True))
+        apply_peft(lora, RunConfig.of(use_peft=True))
 
 
 def test_clone_policy_copies_the_adapter_independently():
@@ -162,7 +162,7 @@ def test_a_saved_lora_checkpoint_resumes_through_the_loops_own_load_state(tmp_pa
     """save_policy writes peft's adapter layout and a model.safetensors that the run loop's `load_state` (resume)
     loads into a freshly wrapped policy: the adapter comes back exactly."""
     from gradalign.curriculum.loop import Curriculum
-    cfg = RunConfig(use_peft=True, lora_r=4)
+    cfg = RunConfig.of(use_peft=True, lora_r=4)
     trained = perturb_lora_B(apply_peft(build_tiny_model(build_tokenizer()), cfg), seed=3).eval()
     save_policy(trained, tmp_path, tiny=True)
     assert {p.name for p in tmp_path.iterdir()} == {"adapter_model.safetensors", "adapter_config.json",
@@ -271,7 +271,7 @@ def test_one_pass_equals_per_row_autograd_on_smollm2_lora():
 
     from gradalign.policy.load import load_policy
     model, tokenizer = load_policy("smollm2-135m", "cpu")
-    lora = perturb_lora_B(apply_peft(model, RunConfig(use_peft=True, lora_r=8, lora_alpha=16, lora_dropout=0.05)),
+    lora = perturb_lora_B(apply_peft(model, RunConfig.of(use_peft=True, lora_r=8, lora_alpha=16, lora_dropout=0.05)),
                           seed=0).eval()
     rollouts = fabricated_rollouts(tokenizer)
     batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
@@ -287,7 +287,7 @@ def test_selection_scores_do_not_depend_on_a_dropout_draw():
     from gradalign.data.regimes import unreliable_rewards
     from gradalign.policy.warmstart import warm_started_tiny
     model, tokenizer = warm_started_tiny()
-    cfg = RunConfig(use_peft=True, lora_r=4, lora_dropout=0.5, chunk_size=16, selection_ratio=2,
+    cfg = RunConfig.of(use_peft=True, lora_r=4, lora_dropout=0.5, chunk_size=16, selection_ratio=2,
                     rollouts_per_problem=4, validation_rollouts=4, rollout_batch=8)
     lora = perturb_lora_B(apply_peft(model, cfg), seed=0).train()
     scenario = unreliable_rewards(pool_size=16, validation_size=8, test_size=4, seed=0)
@@ -303,7 +303,7 @@ def lora_after_grpo(checkpointing: bool):
     from gradalign.curriculum.loop import make_reward
     from gradalign.curriculum.trl_bridge import grpo_steps, new_optimizer
     from gradalign.data.regimes import unreliable_rewards
-    cfg = RunConfig(problems_per_step=4, num_generations=4, rollouts_per_problem=4, use_peft=True, lora_r=4,
+    cfg = RunConfig.of(problems_per_step=4, num_generations=4, rollouts_per_problem=4, use_peft=True, lora_r=4,
                     lora_dropout=0.0, gradient_checkpointing=checkpointing, learning_rate=1e-3)
     tokenizer = build_tokenizer()
     model = apply_peft(build_tiny_model(tokenizer, seed=2), cfg)
@@ -398,7 +398,7 @@ def test_trainer_with_peft_config_scores_and_trains_the_adapter_only(tmp_path, m
                         logging_steps=1, save_strategy="no", learning_rate=1e-3,
                         gradient_checkpointing=checkpointing),
         validation_dataset=data(scenario.validation),
-        selection=RunConfig(chunk_size=16, selection_ratio=2, rollouts_per_problem=4, validation_rollouts=4,
+        selection=RunConfig.of(chunk_size=16, selection_ratio=2, rollouts_per_problem=4, validation_rollouts=4,
                             rollout_batch=8, steps_per_round=2),
         peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules="all-linear"),
     )
@@ -429,7 +429,7 @@ def test_gradalign_run_with_use_peft_trains_the_adapter_and_resumes(tmp_path, mo
 
     from gradalign.curriculum import loop, trl_bridge
     from gradalign.policy.warmstart import warm_started_tiny
-    cfg = RunConfig(output_dir=str(tmp_path / "run"), method=method, pool_size=64, validation_size=16, test_size=16,
+    cfg = RunConfig.of(output_dir=str(tmp_path / "run"), method=method, pool_size=64, validation_size=16, test_size=16,
                     chunk_size=16, selection_ratio=4, rollouts_per_problem=4, validation_rollouts=4, rounds=2,
                     steps_per_round=2, problems_per_step=4, num_generations=4, eval_samples=0, use_peft=True,
                     lora_r=4, learning_rate=1e-3, gradient_checkpointing=False, warmup_problems=8, warmup_steps=1,
@@ -450,6 +450,8 @@ def test_gradalign_run_with_use_peft_trains_the_adapter_and_resumes(tmp_path, mo
     assert calls == [True, True] and [r["round"] for r in result.rounds] == [0, 1]
     last = tmp_path / "run" / "checkpoints" / "round-001"
     assert (last / "adapter_model.safetensors").exists() and (last / "adapter_config.json").exists()
+    first = tmp_path / "run" / "checkpoints" / "round-000"  # only the latest round keeps weights
+    assert (first / "record.json").exists() and not list(first.glob("*.safetensors"))
     state = load_file(str(last / "model.safetensors"))
     base, _ = warm_started_tiny()
     for name, p in base.named_parameters():  # the base weights are the warm start's, after two rounds

@@ -167,7 +167,7 @@ def test_exact_after_trl_training_leaves_the_model_in_train_mode_with_checkpoint
     from gradalign.data.regimes import unreliable_rewards
     from gradalign.policy.tiny import build_tiny_model, build_tokenizer
 
-    cfg = RunConfig(problems_per_step=4, num_generations=4, rollouts_per_problem=4,
+    cfg = RunConfig.of(problems_per_step=4, num_generations=4, rollouts_per_problem=4,
                     gradient_checkpointing=checkpointing)
     tokenizer = build_tokenizer()
     model = build_tiny_model(tokenizer, seed=2)

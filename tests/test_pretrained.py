@@ -117,7 +117,7 @@ def test_trl_trains_it(smollm2, tmp_path):
     from gradalign.data.problem import Problem
     model, tokenizer = smollm2
     validate_quantization_for_training(model)  # raises for a model still marked quantized
-    cfg = RunConfig(problems_per_step=2, num_generations=2, max_new_tokens=4, learning_rate=1e-3)
+    cfg = RunConfig.of(problems_per_step=2, num_generations=2, max_completion_length=4, learning_rate=1e-3)
     problems = [Problem(id=f"p{a}", prompt=[{"role": "user", "content": f"{a}+1="}], answer=str(a + 1))
                 for a in range(2)]
     optimizer, scheduler = new_optimizer(model, cfg)

@@ -18,7 +18,7 @@ def make_run(path: Path, method: str, accs: list[float], shares: list[float | No
              scenario: str = "unreliable-rewards", by_source: bool = True, zero_variance: list[int] | None = None,
              fallback_round: int | None = None) -> Path:
     path.mkdir(parents=True)
-    config = {"output_dir": str(path), "seed": 0, "scenario": scenario, "corrupt_fraction": 0.5, "model": "tiny",
+    config = {"output_dir": str(path), "seed": 0, "scenario": scenario, "corrupt_fraction": 0.5, "model_name_or_path": "tiny",
               "method": method, "chunk_size": 64, "selection_ratio": 8, "rollouts_per_problem": 8,
               "rounds": len(accs), "steps_per_round": 4, "problems_per_step": 8, "learning_rate": 1e-4}
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -170,7 +170,7 @@ def test_task_verifier_names_a_bad_verifier_field_instead_of_a_type_error():
 @pytest.mark.parametrize("value", [0, 0.0, -1, -0.5])
 def test_config_refuses_a_verifier_timeout_that_is_not_positive(value):
     with pytest.raises(ValueError, match=r"^config: 'verifier_timeout' must be > 0") as error:
-        RunConfig(verifier_timeout=value)
+        RunConfig.of(verifier_timeout=value)
     assert "\n" not in str(error.value)
     cfg = RunConfig()
     cfg.verifier_timeout = value  # validate() itself refuses it, not only the constructor's type check
@@ -183,14 +183,14 @@ def test_config_refuses_a_verifier_timeout_that_is_not_positive(value):
                          + [("verifier_max_chars", v) for v in (0, -1, 1.5, "4096", None, True)])
 def test_config_refuses_verifier_knobs_of_the_wrong_kind_in_one_line(field, value):
     with pytest.raises(ValueError, match=rf"^config: '{field}' must be ") as error:
-        RunConfig(**{field: value})
+        RunConfig.of(**{field: value})
     assert "\n" not in str(error.value)
 
 
 def test_config_defaults_match_the_verifiers():
     cfg = RunConfig()
     assert cfg.verifier_max_chars == DEFAULT_MAX_CHARS and cfg.verifier_timeout == 5.0
-    assert RunConfig(verifier_timeout=0.25, verifier_max_chars=1).verifier_timeout == 0.25
+    assert RunConfig.of(verifier_timeout=0.25, verifier_max_chars=1).verifier_timeout == 0.25
 
 
 # ---------------------------------------------------------------------------------------------- fuzz

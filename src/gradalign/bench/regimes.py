@@ -38,10 +38,10 @@ PRESETS: dict[str, dict] = {
     "full": DEMO_SIZES,
     # SmolLM2-135M on 2 CPU cores: word problems need ~100-token completions, so each cell is small (a chunk of
     # 48 per round, 2 rounds of 3 GRPO steps) and takes 10-25 minutes; an example on a real model, not a verdict
-    "smollm2-gsm": dict(model="smollm2-135m", verifier="task", pool_size=192, validation_size=24, test_size=48,
+    "smollm2-gsm": dict(model_name_or_path="smollm2-135m", verifier="task", pool_size=192, validation_size=24, test_size=48,
                         chunk_size=48, selection_ratio=4, rollouts_per_problem=4, validation_rollouts=4, rounds=2,
-                        steps_per_round=3, problems_per_step=4, num_generations=4, max_new_tokens=96,
-                        eval_samples=0, micro_batch=32, rollout_batch=48),
+                        steps_per_round=3, problems_per_step=4, num_generations=4, max_completion_length=96,
+                        eval_samples=0, micro_batch=8, rollout_batch=48),
 }
 QUICK_METHODS = ["gradalign", "learnalign", "cropi", "random", "accgreedy", "full"]
 STANDARD_METHODS = ["gradalign", "gradalign-z", "gradalign-zcos", "learnalign", "cropi", "random", "accgreedy", "nonzero-variance", "full"]
@@ -66,7 +66,7 @@ class BenchPlan:
 
     def config(self, regime: str, method: str, seed: int):
         from ..config import RunConfig
-        return RunConfig(**{**PRESETS[self.preset], **self.overrides, "scenario": regime, "method": method,
+        return RunConfig.of(**{**PRESETS[self.preset], **self.overrides, "scenario": regime, "method": method,
                             "seed": seed, "output_dir": str(self.cell(regime, method, seed))})
 
 
@@ -91,7 +91,7 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
                      if k not in ("scenario", "method", "seed", "output_dir")}  # the benchmark sets these per cell
     # the scenario knobs given as flags win over the YAML; each regime reads only its own (config.SCENARIO_KNOBS)
     overrides.update({k: getattr(args, k) for k in SCENARIO_FIELDS if getattr(args, k, None) is not None})
-    RunConfig(**{**PRESETS[args.preset], **overrides})  # bad values: a one-line error before any cell runs
+    RunConfig.of(**{**PRESETS[args.preset], **overrides}).check_with_trl()  # bad values: one line, before any cell
     n_seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS.get(args.preset, 3)
     seeds = list(range(args.first_seed, args.first_seed + n_seeds))
     if args.workers < 1:
@@ -106,7 +106,7 @@ def run_bench(plan: BenchPlan, echo=print) -> Path:
     fileio.write_json(plan.out / "bench.json", {"preset": plan.preset, "regimes": plan.regimes,
                                                 "methods": plan.methods, "seeds": plan.seeds,
                                                 "config": {**PRESETS[plan.preset], **plan.overrides}})
-    if plan.config(plan.regimes[0], plan.methods[0], 0).model == "tiny":
+    if plan.config(plan.regimes[0], plan.methods[0], 0).model_args.model_name_or_path == "tiny":
         warm_started_tiny()  # trained once and cached, outside every cell's timings
     if plan.workers == 1:
         run_cells(plan, 0, 1, echo)

@@ -34,7 +34,7 @@ from ..selection import get_method
 from ..selection.diagnostics import scores_table, selection_diagnostics, write_scores
 from .offline import offline_influence
 from .round import EmptySelectionError, RoundSelection, RoundSelector
-from .trl_bridge import grpo_steps, new_optimizer
+from .trl_bridge import grpo_steps, new_optimizer, warn_unused_trl_fields
 
 log = logging.getLogger(__name__)
 INITIAL_EVAL = 2**31 - 1  # the "round" whose seed the evaluation before training uses
@@ -70,11 +70,13 @@ def load_problem_sets(cfg: RunConfig) -> Scenario:
 
 def load_user_set(cfg: RunConfig, kind: str) -> list[Problem]:
     """The `kind` set ("pool", "validation" or "test") the config names: a file, or a `datasets` dataset read with
-    its ``{kind}_split`` and ``{kind}_config``; both with the config's column mapping."""
+    its ``{kind}_split`` and ``{kind}_config`` (the pool's are TRL's `dataset_train_split` and `dataset_config`);
+    both with the config's column mapping."""
     columns = InputColumns(prompt=cfg.prompt_column, answer=cfg.answer_column, id=cfg.id_column,
                            source=cfg.source_column)
-    return load_problems(getattr(cfg, kind), split=getattr(cfg, f"{kind}_split"),
-                         config=getattr(cfg, f"{kind}_config"), columns=columns)
+    split, config = (("dataset_train_split", "dataset_config") if kind == "pool" else
+                     (f"{kind}_split", f"{kind}_config"))
+    return load_problems(getattr(cfg, kind), split=cfg.value(split), config=cfg.value(config), columns=columns)
 
 
 def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
@@ -94,7 +96,7 @@ def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
 
 def _tiny_policy(cfg: RunConfig) -> bool:
     """The built-in tiny policy or one of its checkpoints (a character tokenizer built in code)."""
-    return cfg.model == "tiny" or Path(cfg.model, "gradalign_tiny").exists()
+    return cfg.model_args.model_name_or_path == "tiny" or Path(cfg.model_args.model_name_or_path, "gradalign_tiny").exists()
 
 
 def _named_sets(cfg: RunConfig, sets: Scenario) -> list[tuple[str, list[Problem]]]:
@@ -159,11 +161,11 @@ def warn_long_prompts(cfg: RunConfig, sets: Scenario, model, tokenizer) -> None:
     from ..policy.rollouts import tokenize_prompts
     for where, problems in _named_sets(cfg, sets):
         lengths = [len(ids) for ids in tokenize_prompts(tokenizer, [p.prompt for p in problems])] if problems else []
-        over = [n for n in lengths if n + cfg.max_new_tokens > context]
+        over = [n for n in lengths if n + cfg.grpo.max_completion_length > context]
         if over:
-            log.warning("%s: %d prompts do not fit the model's %d-token context with max_new_tokens %d (longest "
+            log.warning("%s: %d prompts do not fit the model's %d-token context with max_completion_length %d (longest "
                         "%d tokens); generation will see them truncated or fail", where, len(over), context,
-                        cfg.max_new_tokens, max(over))
+                        cfg.grpo.max_completion_length, max(over))
 
 
 def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
@@ -174,8 +176,8 @@ def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
     if "offline" in method.needs and cfg.offpolicy_fidelity:
         raise ValueError("config: offpolicy_fidelity (CROPI's on-policy check) runs on one process only: launch it "
                          "as one process, or turn it off")
-    if (cfg.problems_per_step * cfg.num_generations) % world:
-        raise ValueError(f"config: problems_per_step × num_generations = {cfg.problems_per_step * cfg.num_generations}"
+    if (cfg.problems_per_step * cfg.grpo.num_generations) % world:
+        raise ValueError(f"config: problems_per_step × num_generations = {cfg.problems_per_step * cfg.grpo.num_generations}"
                          f" completions per GRPO step cannot be split evenly over {world} processes")
     check_blocks(cfg, sets, world)
 
@@ -229,6 +231,7 @@ class Curriculum:
     """Select → train rounds over one pool. `run()` resumes from the run directory if it holds finished rounds."""
 
     def __init__(self, cfg: RunConfig, sets: Scenario | None = None):
+        cfg.check_with_trl()  # TRL's own checks of its fields, before anything is loaded or computed
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.sets = sets or load_problem_sets(cfg)
@@ -263,7 +266,7 @@ class Curriculum:
         previous = RunConfig.from_sources(str(saved))
         key = self.cfg.first_difference(previous)
         if key is not None:
-            was, now = fileio.short(getattr(previous, key)), fileio.short(getattr(self.cfg, key))
+            was, now = fileio.short(previous.value(key)), fileio.short(self.cfg.value(key))
             raise ValueError(f"{saved}: this run directory was started with {key} {was}; this command has {key} "
                              f"{now}; use a new output_dir (or the same config to resume)")
 
@@ -319,9 +322,11 @@ class Curriculum:
         """Refuse what cannot run (a changed config, a bad model, a busy or unwritable directory) before anything
         is written; then work in the directory holding its lock, released however the run ends."""
         self.check_run_dir()
-        model, tokenizer = load_policy(self.cfg.model, self.cfg.device, self.group)
+        model, tokenizer = load_policy(self.cfg.model_args.model_name_or_path, self.cfg.device, self.group)
         model = apply_peft(model, self.cfg)  # use_peft: train and score a LoRA adapter only
         warn_long_prompts(self.cfg, self.sets, model, tokenizer)
+        if self.group.is_main:
+            warn_unused_trl_fields(self.cfg)
         self.take_lock()
         try:
             return self._run(model, tokenizer)
@@ -338,7 +343,7 @@ class Curriculum:
             self.prepare_offline(model, tokenizer, behaviour=not done)
         if done:
             log.info("resuming %s after round %d of %d", self.out, len(done) - 1, self.cfg.rounds)
-        loggers = RunLoggers(self.cfg.report_to, str(self.out), model) if self.group.is_main else None
+        loggers = RunLoggers(self.cfg.value("report_to"), str(self.out), model) if self.group.is_main else None
         try:
             for r in range(len(done), self.cfg.rounds):
                 if self.cfg.reset_optimizer:
@@ -451,7 +456,7 @@ class Curriculum:
     def evaluate(self, model, tokenizer, seed: int) -> dict:
         """Test accuracy; a scenario's extra test sets (e.g. imbalance's other tasks, for forgetting) under "extra"."""
         def on(problems):
-            return evaluate(model, tokenizer, problems, self.reward, self.cfg.max_new_tokens,
+            return evaluate(model, tokenizer, problems, self.reward, self.cfg.grpo.max_completion_length,
                             samples=self.cfg.eval_samples, sampling=self.selector.sampling, seed=seed,
                             group=self.group)
         result = on(self.sets.test)
@@ -471,14 +476,14 @@ class Curriculum:
 
     # ── state: weights + optimiser, saved per round ──────────────────────────────────────────────────────
     def load_state(self, model, n_done: int) -> None:
-        """The weights of the last finished round into `model` (as loaded from cfg.model), if any."""
+        """The weights of the last finished round into `model` (as loaded from cfg.model_args.model_name_or_path), if any."""
         if n_done:
             state = load_file(str(self.checkpoint_dir(n_done - 1) / "model.safetensors"))
             missing, unexpected = model.load_state_dict(state, strict=False)
             tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
             if set(missing) - tied or unexpected:
                 raise ValueError(f"{self.checkpoint_dir(n_done - 1)}: checkpoint does not match model "
-                                 f"'{self.cfg.model}' (missing {sorted(missing)[:3]}, unexpected {unexpected[:3]})")
+                                 f"'{self.cfg.model_args.model_name_or_path}' (missing {sorted(missing)[:3]}, unexpected {unexpected[:3]})")
 
     def optimizer(self, model, n_done: int):
         optimizer, scheduler = new_optimizer(model, self.cfg)
@@ -492,14 +497,14 @@ class Curriculum:
         target = self.checkpoint_dir(r)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        save_policy(model, tmp, tiny=self.cfg.model == "tiny")
+        save_policy(model, tmp, tiny=self.cfg.model_args.model_name_or_path == "tiny")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         fileio.write_json(tmp / "record.json", record)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
         if r > 0:  # only the latest weights are kept; earlier rounds keep their record
-            for name in ("model.safetensors", "optimizer.pt"):
+            for name in ("model.safetensors", "adapter_model.safetensors", "optimizer.pt"):
                 (self.checkpoint_dir(r - 1) / name).unlink(missing_ok=True)
         self.write_logs(self.finished_rounds())
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def offline_sampling(cfg: RunConfig) -> SamplingConfig:
-    return SamplingConfig(temperature=cfg.offline_temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
+    return SamplingConfig(temperature=cfg.offline_temperature, top_p=1.0, max_new_tokens=cfg.grpo.max_completion_length)
 
 
 def store_paths(cfg: RunConfig) -> tuple[Path, Path]:
@@ -43,7 +43,7 @@ def store_paths(cfg: RunConfig) -> tuple[Path, Path]:
 def store_meta(cfg: RunConfig, model, k: int) -> dict:
     """What defines an offline store made from `model` with this config (checked when it is reopened; `model`
     None leaves out the weights' hash)."""
-    return rollout_meta(cfg.model, model, k, offline_sampling(cfg), cfg.seed, cfg.verifier)
+    return rollout_meta(cfg.model_args.model_name_or_path, model, k, offline_sampling(cfg), cfg.seed, cfg.verifier)
 
 
 def collect_store(cfg: RunConfig, path: Path, model, tokenizer, problems: list[Problem], k: int, reward,

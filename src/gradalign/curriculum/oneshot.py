@@ -46,11 +46,12 @@ def pool_scores(pool: list[Problem], sel: RoundSelection) -> list[dict]:
 
 
 def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShotResult:
-    """Score every problem of the pool with `cfg.model` (after a warm-up for LearnAlign) and keep the top `n`.
+    """Score every problem of the pool with `cfg.model_args.model_name_or_path` (after a warm-up for LearnAlign) and keep the top `n`.
 
     CROPI's offline stores go to `cfg.offline_rollouts` / `cfg.offline_validation`, by default under
     `cfg.output_dir` (the command line puts that beside the output file).
     """
+    cfg.check_with_trl()  # LearnAlign's warm-up trains with TRL
     sets = sets or load_problem_sets(cfg)
     if not get_method(cfg.method).needs_rollouts:
         raise ValueError(f"method '{cfg.method}' trains on the whole pool; there is nothing to select")
@@ -60,7 +61,7 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
     check_inputs(whole_pool, sets)
     group = join_processes(whole_pool, sets)
     start = time.perf_counter()
-    model, tokenizer = load_policy(cfg.model, cfg.device, group)
+    model, tokenizer = load_policy(cfg.model_args.model_name_or_path, cfg.device, group)
     model = apply_peft(model, cfg)  # use_peft: score (and warm up) a LoRA adapter only
     warn_long_prompts(cfg, sets, model, tokenizer)
     reward = make_reward(cfg)

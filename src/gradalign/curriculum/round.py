@@ -98,11 +98,11 @@ class RoundSelector:
         self.reward = reward
         self.backend = backend or get_backend(cfg.gradient_backend, micro_batch=cfg.micro_batch)
         self.options = SelectionOptions(zero_variance=cfg.zero_variance, passrate_band=tuple(cfg.passrate_band))
-        self.sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+        self.sampling = SamplingConfig(temperature=cfg.grpo.temperature, top_p=cfg.grpo.top_p, max_new_tokens=cfg.grpo.max_completion_length,
                                        prompts_per_batch=cfg.rollout_batch)
         # LearnAlign estimates p(x) under the warmed-up policy itself: temperature 1.0 (paper), no nucleus cut.
         self.feature_sampling = SamplingConfig(temperature=cfg.learnalign_temperature, top_p=1.0,
-                                               max_new_tokens=cfg.max_new_tokens, prompts_per_batch=cfg.rollout_batch)
+                                               max_new_tokens=cfg.grpo.max_completion_length, prompts_per_batch=cfg.rollout_batch)
         self.tokenize = tokenize  # prompts -> token ids (default: `tokenize_prompts`, as TRL tokenizes them)
         self.auto_no_direction = auto_no_direction  # what `no_direction: auto` means for this caller
         self.last_direction: torch.Tensor | None = None
@@ -227,7 +227,7 @@ class RoundSelector:
         from .trl_bridge import grpo_steps, new_optimizer
         scorer = clone_policy(model)
         optimizer, scheduler = new_optimizer(scorer, self.cfg)
-        mu = self.cfg.num_iterations  # TRL reuses each generation batch mu times: whole multiples of mu
+        mu = self.cfg.grpo.num_iterations  # TRL reuses each generation batch mu times: whole multiples of mu
         steps = max(mu, self.cfg.warmup_steps - self.cfg.warmup_steps % mu)
         train_log = grpo_steps(scorer, tokenizer, subset, steps, self.cfg, self.reward, optimizer, scheduler, seed)
         self.last_warmup = {"problems": len(subset), "steps": steps,

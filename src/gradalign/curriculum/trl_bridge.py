@@ -21,7 +21,7 @@ from torch.utils.data import Sampler
 from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from ..config import RunConfig
+from ..config import SCHEDULE_OWNED, RunConfig, build_grpo_config
 from ..data.io import ANSWER_COLUMN, ID_COLUMN, METADATA_COLUMN, problems_to_rows
 from ..data.problem import Problem
 from ..distributed import world_size
@@ -110,41 +110,39 @@ def bf16_autocast(use_cpu: bool) -> bool:
     return not use_cpu and bf16_compute(torch.device("cuda"))
 
 
+# TRL fields `gradalign run` accepts (a `trl grpo` config has them) but does not read: weights load in fp32 for
+# exact scoring, and the held-out set is `test`.
+NOT_READ = ("model_revision", "dtype", "attn_implementation", "dataset_test_split", "ignore_bias_buffers")
+
+
+def warn_unused_trl_fields(cfg: RunConfig) -> None:
+    """One warning naming the TRL fields the config sets whose values gradalign run does not use."""
+    owned = [name for name in SCHEDULE_OWNED if name in cfg.trl]
+    unread = [name for name in NOT_READ if name in cfg.trl]
+    if owned:
+        log.warning("gradalign run's round schedule sets %s itself (one trainer per round, a constant learning rate "
+                    "and AdamW carried across rounds, gradalign's loggers); the config's values are not used: set "
+                    "rounds, steps_per_round and problems_per_step instead", ", ".join(owned))
+    if unread:
+        log.warning("gradalign run does not use %s (fp32 weights for exact scoring; the held-out set is `test`)",
+                    ", ".join(unread))
+
+
 def grpo_args(cfg: RunConfig, seed: int, max_steps: int, output_dir: str | None = None, use_cpu: bool = True
               ) -> GRPOConfig:
-    """TRL arguments for one round: B problems × num_generations completions per step, our loss settings.
+    """TRL arguments for one round: the config's GRPOConfig (`RunConfig.grpo_values`), for `max_steps` steps of B
+    problems × num_generations completions, seeded by the round.
 
     With several processes each takes an equal slice of every step's completions (data parallel), so a step
     still trains on B problems whatever the number of processes.
     """
-    return GRPOConfig(
-        output_dir=output_dir or tempfile.mkdtemp(prefix="gradalign-trl-"),
-        per_device_train_batch_size=cfg.problems_per_step * cfg.num_generations // world_size(),
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        learning_rate=cfg.learning_rate,
-        max_grad_norm=cfg.max_grad_norm,
-        beta=cfg.beta,
-        loss_type=cfg.loss_type,
-        scale_rewards=cfg.scale_rewards,
-        epsilon=cfg.epsilon,
-        num_iterations=cfg.num_iterations,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        max_steps=max_steps,
-        lr_scheduler_type="constant",
-        seed=seed,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=use_cpu,
-        bf16=bf16_autocast(use_cpu),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    return build_grpo_config({
+        **cfg.grpo_values(),
+        "output_dir": output_dir or tempfile.mkdtemp(prefix="gradalign-trl-"),
+        "per_device_train_batch_size": cfg.problems_per_step * cfg.grpo.num_generations // world_size(),
+        "max_steps": max_steps, "seed": seed, "use_cpu": use_cpu,
+        "bf16": cfg.trl.get("bf16", bf16_autocast(use_cpu)),
+    })
 
 
 def train_round(model, tokenizer, problems: Sequence[Problem], schedule: list[list[int]], reward: ProblemReward,
@@ -164,16 +162,18 @@ def train_round(model, tokenizer, problems: Sequence[Problem], schedule: list[li
 
 
 def new_optimizer(model, cfg: RunConfig):
-    """AdamW over the trainable parameters at the config's (constant) learning rate, and its scheduler."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
+    """AdamW over the trainable parameters at the config's (constant) learning rate, betas, eps and weight decay,
+    and its scheduler."""
+    g = cfg.grpo
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=g.learning_rate,
+                                  betas=(g.adam_beta1, g.adam_beta2), eps=g.adam_epsilon, weight_decay=g.weight_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
 def grpo_steps(model, tokenizer, problems: Sequence[Problem], steps: int, cfg: RunConfig, reward: ProblemReward,
                optimizer, scheduler, seed: int) -> list[dict]:
     """`steps` GRPO steps of B problems drawn in seeded passes over `problems` (TRL, our schedule)."""
-    blocks = plan_blocks(len(problems), cfg.problems_per_step, steps // cfg.num_iterations,
+    blocks = plan_blocks(len(problems), cfg.problems_per_step, steps // cfg.grpo.num_iterations,
                          np.random.default_rng(seed))
     use_cpu = next(model.parameters()).device.type == "cpu"
     args = grpo_args(cfg, seed=seed % 2**31, max_steps=steps, use_cpu=use_cpu)

@@ -54,8 +54,8 @@ from .trl_bridge import plan_blocks
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "selection_history.jsonl"  # in output_dir, and in every checkpoint (what resuming replays)
-# Sampling settings selection takes from the GRPO arguments, so that selection samples as training does.
-FROM_ARGS = {"temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_completion_length"}
+# TRL's fields selection reads, taken from the trainer's GRPO arguments, so that selection samples as training does.
+FROM_ARGS = ("temperature", "top_p", "max_completion_length", "num_generations", "num_iterations")
 
 
 class TrainerArgumentError(ValueError):
@@ -232,12 +232,15 @@ def selection_config(base: RunConfig | None, args: GRPOConfig) -> RunConfig:
     base = base or RunConfig()
     if not isinstance(base, RunConfig):
         raise TrainerArgumentError(f"selection must be a gradalign RunConfig (got {type(base).__name__})")
-    values = {**base.to_dict(), **{ours: getattr(args, theirs) for ours, theirs in FROM_ARGS.items()}}
+    if base.trl:  # the trainer's args are TRL's configuration: one place for each of its fields
+        name = next(iter(base.trl))
+        raise TrainerArgumentError(f"selection=RunConfig(...) sets TRL's '{name}'; set it on args (GRPOConfig) "
+                                   f"instead: selection samples with the trainer's own settings")
+    ours = {k: v for k, v in base.to_dict().items() if k in RunConfig.__dataclass_fields__}
     try:
-        return RunConfig(**values)
+        return RunConfig(**ours, trl={name: getattr(args, name) for name in FROM_ARGS})
     except ConfigError as e:
-        theirs = {ours: f"args.{name}" for ours, name in FROM_ARGS.items()}
-        where = theirs.get(e.key, f"selection=RunConfig({e.key}=...)")
+        where = f"args.{e.key}" if e.key in FROM_ARGS else f"selection=RunConfig({e.key}=...)"
         raise TrainerArgumentError(f"{where} {e.detail}") from None
 
 

@@ -15,7 +15,6 @@ import copy
 import sys
 import warnings
 
-ALL_LINEAR = "all-linear"  # peft's own shorthand: every Linear layer except the output head
 
 
 @contextlib.contextmanager
@@ -34,13 +33,10 @@ def is_peft_policy(model) -> bool:
 
 
 def lora_config(cfg):
-    """peft's LoraConfig from the run config's TRL ModelConfig-named fields."""
-    from peft import LoraConfig
-    targets = list(cfg.lora_target_modules)
-    # ["all-linear"] is peft's string shorthand; any other list is matched by module-name suffix, as peft does.
-    target_modules = ALL_LINEAR if targets == [ALL_LINEAR] else targets
-    return LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=target_modules)
+    """peft's LoraConfig from the run config's TRL ModelConfig, built by TRL's own `get_peft_config` (so rsLoRA,
+    DoRA, modules_to_save and target parameters apply as in `trl grpo`)."""
+    from trl import get_peft_config
+    return get_peft_config(cfg.model_args)
 
 
 def apply_peft(model, cfg):
@@ -48,15 +44,11 @@ def apply_peft(model, cfg):
 
     A fresh LoRA adapter starts with lora_B = 0, so the wrapped policy computes what the loaded one did; lora_A is
     drawn from `cfg.seed`."""
-    if not cfg.use_peft:
+    if not cfg.model_args.use_peft:
         return model
-    if cfg.beta:  # refused before any round runs, not at the second round's trainer
-        raise ValueError(f"config: field 'beta' is {cfg.beta!r}, but use_peft trains with beta: 0 only (TRL copies a "
-                         f"PeftModel's adapter into a 'ref' adapter for the KL term, and a run's next round's trainer "
-                         f"would add it a second time)")
     if is_peft_policy(model):
-        raise ValueError(f"model '{cfg.model}' already carries a peft adapter; use_peft would add a second one "
-                         f"(set use_peft: false to train the adapter it has)")
+        raise ValueError(f"model '{cfg.model_args.model_name_or_path}' already carries a peft adapter; use_peft would "
+                         f"add a second one (set use_peft: false to train the adapter it has)")
     import torch
     from peft import get_peft_model
     device = next(model.parameters()).device
@@ -67,7 +59,8 @@ def apply_peft(model, cfg):
             return get_peft_model(model, lora_config(cfg))
     except ValueError as e:  # e.g. target modules that match no layer of this model
         reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        raise ValueError(f"config: field 'lora_target_modules' {cfg.lora_target_modules!r}: {reason}") from None
+        raise ValueError(f"config: field 'lora_target_modules' {cfg.model_args.lora_target_modules!r}: {reason}") \
+            from None
 
 
 def clone_peft_policy(model, clone_plain):

@@ -635,8 +635,8 @@ def _setting(bench: BenchView) -> list[str]:
         get = run.config.get
         items.append(f"**schedule**: {get('rounds', '?')} rounds × {get('steps_per_round', '?')} GRPO steps × "
                      f"{get('problems_per_step', '?')} problems per step")
-        if get("model"):
-            items.append(f"**model**: {get('model')}")
+        if get("model_name_or_path"):
+            items.append(f"**model**: {get('model_name_or_path')}")
         if _is_number(get("chunk_size")):
             items.append(f"**chunk**: M = {get('chunk_size')} candidates per round, selection ratio "
                          f"q = {get('selection_ratio', '?')}")

@@ -37,9 +37,10 @@ def integrations(report_to: list[str]) -> list[str]:
 class RunLoggers:
     """The `report_to` integrations of one run, fed with our own step numbers."""
 
-    def __init__(self, report_to: list[str], output_dir: str, model=None):
-        names = integrations(report_to)
-        self.args = TrainingArguments(output_dir=str(output_dir), report_to=names)  # logs: output_dir/runs/...
+    def __init__(self, report_to: str | list[str] | None, output_dir: str, model=None):
+        # TrainingArguments reads report_to as TRL does ("none", "all", a name or a list); logs: output_dir/runs/...
+        self.args = TrainingArguments(output_dir=str(output_dir), report_to=report_to or "none")
+        names = integrations(self.args.report_to)
         self.state, self.control = TrainerState(), TrainerControl()
         self.callbacks = [cls() for cls in get_reporting_integration_callbacks(names)]
         for callback in self.callbacks:

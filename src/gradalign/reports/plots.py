@@ -46,7 +46,8 @@ def _styles(runs: list[RunView]) -> list[tuple[str, str, str]]:
 
 def _title(runs: list[RunView]) -> str:
     scenarios = list(dict.fromkeys(r.scenario for r in runs))
-    models = list(dict.fromkeys(str(r.config.get("model")) for r in runs if r.config.get("model")))
+    models = list(dict.fromkeys(str(r.config.get("model_name_or_path")) for r in runs
+                                if r.config.get("model_name_or_path")))
     title = f"scenario: {' / '.join(scenarios)}"
     if models:
         title += f"   ·   model: {' / '.join(models)}"

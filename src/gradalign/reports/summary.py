@@ -358,8 +358,8 @@ def _essentials(runs: list[RunView]) -> list[str]:
         if scenario in CORRUPTED_POOLS and get("corrupt_fraction") is not None:
             extra = f" (corrupted fraction of the pool: {get('corrupt_fraction')})"
         out.append(f"- **scenario**: {scenario}{extra}")
-    if get("model") is not None:
-        out.append(f"- **model**: {get('model')}")
+    if get("model_name_or_path") is not None:
+        out.append(f"- **model**: {get('model_name_or_path')}")
     r, t, b = get("rounds"), get("steps_per_round"), get("problems_per_step")
     if r is not None or t is not None:
         out.append(f"- **schedule**: {r if r is not None else '?'} rounds × {t if t is not None else '?'} "
