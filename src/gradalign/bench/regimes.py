@@ -36,12 +36,13 @@ PRESETS: dict[str, dict] = {
     # faithful to the exact inner products (gradalign bench fidelity), so the standard preset uses it
     "standard": dict(DEMO_SIZES, projection="khatri-rao-energy", projection_dim=4096),
     "full": DEMO_SIZES,
-    # SmolLM2-135M on 2 CPU cores: word problems need ~100-token completions, so each cell is small (a chunk of
-    # 48 per round, 2 rounds of 3 GRPO steps) and takes 10-25 minutes; an example on a real model, not a verdict
-    "smollm2-gsm": dict(model_name_or_path="smollm2-135m", verifier="task", pool_size=192, validation_size=24, test_size=48,
-                        chunk_size=48, selection_ratio=4, rollouts_per_problem=4, validation_rollouts=4, rounds=2,
-                        steps_per_round=3, problems_per_step=4, num_generations=4, max_completion_length=96,
-                        eval_samples=0, micro_batch=8, rollout_batch=48),
+    # SmolLM2-135M on 2 CPU cores, where exact scoring is one forward+backward of a 135M model over every scored
+    # completion: each cell is small (a chunk of 32 per round, 2 rounds of 3 GRPO steps, 64 new tokens, which the
+    # word problems mostly overrun); an example on a real model, not a verdict
+    "smollm2-gsm": dict(model_name_or_path="smollm2-135m", verifier="task", pool_size=192, validation_size=16,
+                        test_size=48, chunk_size=32, selection_ratio=4, rollouts_per_problem=4, validation_rollouts=4,
+                        rounds=2, steps_per_round=3, problems_per_step=4, num_generations=4,
+                        max_completion_length=64, eval_samples=0, micro_batch=8, rollout_batch=32),
 }
 QUICK_METHODS = ["gradalign", "learnalign", "cropi", "random", "accgreedy", "full"]
 STANDARD_METHODS = ["gradalign", "gradalign-z", "gradalign-zcos", "learnalign", "cropi", "random", "accgreedy", "nonzero-variance", "full"]
