@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from trl.trainer.utils import RepeatSampler
 
-from gradalign.curriculum.loop import INITIAL_EVAL, chunk_order, round_seed
+from gradalign.curriculum.setup import INITIAL_EVAL, chunk_order, round_seed
 from gradalign.curriculum.trl_bridge import ScheduleSampler, plan_blocks
 
 # ───────────────────────────────────────────────────────────────────────────────── chunk_order

@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict
 
 from gradalign.cli import main
 from gradalign.config import RunConfig
-from gradalign.curriculum.loop import load_problem_sets
+from gradalign.curriculum.setup import load_problem_sets
 from gradalign.data.io import InputColumns, is_dataset_source, load_problems
 from gradalign.data.problem import DataError, Problem
 from gradalign.rewards.verifiers import ExactMatch, MathVerify, final_answer

@@ -193,7 +193,7 @@ def test_bench_scaling_times_one_and_two_processes_and_checks_they_agree(tmp_pat
 ])
 def test_what_two_processes_cannot_share_is_refused_before_anything_runs(change, message):
     from gradalign.config import RunConfig
-    from gradalign.curriculum.loop import check_sharding
+    from gradalign.curriculum.setup import check_sharding
     sets = unreliable_rewards(pool_size=64, validation_size=16, test_size=8, seed=0)
     cfg = RunConfig.of(**{"chunk_size": 64, "rollout_batch": 8, **change})
     check_sharding(RunConfig.of(chunk_size=64, rollout_batch=8), sets, world=2)  # the base config shares out
@@ -270,7 +270,7 @@ def test_a_round_on_an_fsdp_sharded_model_scores_and_selects_as_one_process(fsdp
 def test_run_under_an_accelerate_fsdp_launch_points_to_the_trl_trainer(monkeypatch):
     """`gradalign run` keeps a whole policy per process; FSDP training goes through GradAlignGRPOTrainer."""
     from gradalign.config import RunConfig
-    from gradalign.curriculum.loop import join_processes
+    from gradalign.curriculum.setup import join_processes
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     sets = unreliable_rewards(pool_size=16, validation_size=8, test_size=4, seed=0)
     with pytest.raises(ValueError, match="use GradAlignGRPOTrainer in a TRL script"):

@@ -14,7 +14,7 @@ import pytest
 
 from gradalign.cli import main
 from gradalign.config import RunConfig
-from gradalign.curriculum.loop import check_inputs
+from gradalign.curriculum.setup import check_inputs
 from gradalign.data.io import MAX_PROMPT_CHARS, load_problems
 from gradalign.data.problem import DataError, Problem
 from gradalign.data.regimes import Scenario
@@ -222,7 +222,7 @@ def test_countdown_problems_the_verifier_cannot_read_are_refused_before_the_run(
 def test_prompts_that_do_not_fit_a_models_context_get_one_warning_with_a_count(tmp_path, caplog):
     """Any model: once loaded, prompts whose tokens plus max_new_tokens exceed its context are counted in one line."""
     from gradalign.config import RunConfig
-    from gradalign.curriculum.loop import warn_long_prompts
+    from gradalign.curriculum.setup import warn_long_prompts
     from gradalign.data.problem import Problem
     from gradalign.data.regimes import Scenario
     from gradalign.policy.warmstart import warm_started_tiny

@@ -14,7 +14,8 @@ from test_surrogate_terms import reference_grads, token_logps
 
 from gradalign.cli import main
 from gradalign.config import RunConfig
-from gradalign.curriculum.loop import Curriculum, make_reward
+from gradalign.curriculum.loop import Curriculum
+from gradalign.curriculum.setup import make_reward
 from gradalign.curriculum.round import RoundSelection, RoundSelector
 from gradalign.curriculum.trl_bridge import grpo_steps, new_optimizer
 from gradalign.data.io import load_problems, save_problems

@@ -282,7 +282,7 @@ def test_selection_scores_do_not_depend_on_a_dropout_draw():
     """TRL leaves the policy in train mode; LoRA's dropout (0.05 by default) would then make every score the
     gradient of a random dropout draw. Rollouts are seeded and sampled in eval mode, so with scoring in eval mode
     too, selecting twice with one seed gives the same scores bit for bit; the policy stays in train mode."""
-    from gradalign.curriculum.loop import make_reward
+    from gradalign.curriculum.setup import make_reward
     from gradalign.curriculum.round import RoundSelector
     from gradalign.data.regimes import unreliable_rewards
     from gradalign.policy.warmstart import warm_started_tiny
@@ -300,7 +300,7 @@ def test_selection_scores_do_not_depend_on_a_dropout_draw():
 # ── TRL's GRPO steps on a LoRA policy ────────────────────────────────────────────────────────────────────────
 def lora_after_grpo(checkpointing: bool):
     """The tiny LoRA policy after two `gradalign run`-style GRPO rounds (TRL, our optimiser, beta = 0)."""
-    from gradalign.curriculum.loop import make_reward
+    from gradalign.curriculum.setup import make_reward
     from gradalign.curriculum.trl_bridge import grpo_steps, new_optimizer
     from gradalign.data.regimes import unreliable_rewards
     cfg = RunConfig.of(problems_per_step=4, num_generations=4, rollouts_per_problem=4, use_peft=True, lora_r=4,
@@ -332,7 +332,7 @@ def test_grpo_steps_train_the_adapter_only_and_learnalign_can_copy_it():
 
 def scores_after_grpo(checkpointing: bool):
     """One-pass vs the naive loop on fresh rollouts of the LoRA policy TRL just trained (left in train mode)."""
-    from gradalign.curriculum.loop import make_reward
+    from gradalign.curriculum.setup import make_reward
     from gradalign.curriculum.round import RoundSelector
     model, tokenizer, problems, cfg, _ = lora_after_grpo(checkpointing)
     assert model.training

@@ -161,7 +161,7 @@ def test_exact_after_trl_training_leaves_the_model_in_train_mode_with_checkpoint
     """TRL's GRPOTrainer leaves the policy in train mode, with gradient checkpointing on by default; the next
     round's one-pass signals must still equal the naive per-problem loop."""
     from gradalign.config import RunConfig
-    from gradalign.curriculum.loop import make_reward
+    from gradalign.curriculum.setup import make_reward
     from gradalign.curriculum.round import RoundSelector
     from gradalign.curriculum.trl_bridge import grpo_steps, new_optimizer
     from gradalign.data.regimes import unreliable_rewards

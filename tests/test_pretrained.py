@@ -112,7 +112,7 @@ def test_trl_trains_it(smollm2, tmp_path):
     from transformers.trainer_utils import validate_quantization_for_training
 
     from gradalign.config import RunConfig
-    from gradalign.curriculum.loop import make_reward
+    from gradalign.curriculum.setup import make_reward
     from gradalign.curriculum.trl_bridge import grpo_steps, new_optimizer
     from gradalign.data.problem import Problem
     model, tokenizer = smollm2

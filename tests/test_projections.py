@@ -340,7 +340,7 @@ def test_energy_allocation():
     model = make_model(tie=False, seed=2)
     rollouts = random_rollouts(4, vocab=model.config.vocab_size, n_problems=8)
     batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
-    shares = gradient_energy(model, batch, power=1.0)
+    shares = gradient_energy(model, batch)
     assert set(shares) == {b.name for b in layout(model)} and all(v >= 0 for v in shares.values())
     # Σ_p mean_i ‖G_ip‖² = mean_i ‖g_i‖²: the shares are an exact decomposition of the gradient energy
     sig = NaiveGradients().problem_signals(model, batch, torch.zeros(0, 0))

@@ -26,7 +26,7 @@ from gradalign.config import RunConfig
 from gradalign.rewards import ExactMatch, MathVerify, ProblemReward, get_verifier
 from gradalign.rewards.expression import (MAX_NUMBERS, CountdownVerifier, InvalidPuzzle, _last_answer_tag,
                                           puzzle_numbers, puzzle_target)
-from gradalign.rewards.verifiers import DEFAULT_MAX_CHARS, cap_completions
+from gradalign.rewards.base import DEFAULT_MAX_CHARS, cap_completions
 
 PER_CALL = 0.5  # seconds; see the module docstring
 TOTAL = 10.0  # seconds, the whole fuzz loop

@@ -11,8 +11,8 @@ import yaml
 from gradalign.bench.regimes import plan_from_args
 from gradalign.cli import build_parser, main, overrides
 from gradalign.config import SCENARIO_FIELDS, SCENARIO_KNOBS, RunConfig
-from gradalign.curriculum import loop
-from gradalign.curriculum.loop import load_problem_sets, make_reward
+from gradalign.curriculum import setup
+from gradalign.curriculum.setup import load_problem_sets, make_reward
 from gradalign.data.io import problems_to_rows
 
 SMALL = dict(pool_size=200, validation_size=8, test_size=8)
@@ -59,7 +59,7 @@ def test_cli_flags_become_overrides_with_any_number_of_names():
 
 def test_each_scenario_gets_exactly_its_own_knobs(monkeypatch):
     seen = {}
-    monkeypatch.setattr(loop, "build_scenario", lambda name, **kw: seen.setdefault(name, kw))
+    monkeypatch.setattr(setup, "build_scenario", lambda name, **kw: seen.setdefault(name, kw))
     for scenario in ["unreliable-rewards", "imbalance", "low-utility", "smollm2-arithmetic", "gsm-symbolic"]:
         load_problem_sets(RunConfig.of(scenario=scenario, corruption="wrong-answer", families=["mul"], target_family="add",
                                     other_families=["sub"], useful_families=["sum3"], **SMALL))

@@ -38,8 +38,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 TAKES_TRL_FLAGS = ("run", "demo", "select", "rollouts")  # the commands that build a RunConfig
-TRL_FLAGS_HELP = ("TRL's own fields are flags too, under TRL's names and parsed by TRL: every GRPOConfig, ModelConfig and "
-                  "`trl grpo` script argument (--model_name_or_path, --learning_rate, --max_completion_length, "
+TRL_FLAGS_HELP = ("TRL's own fields are flags too, under TRL's names and parsed by TRL: every GRPOConfig, "
+                  "ModelConfig and `trl grpo` script argument (--model_name_or_path, --learning_rate, --max_completion_length, "
                   "--num_generations, --use_peft, --report_to, ...; `trl grpo --help` lists them).")
 
 
@@ -110,7 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """GradAlign, GradAlign-z, random and AccGreedy on the default scenario, same GRPO steps, one table and one plot."""
-    from .curriculum.loop import Curriculum, load_problem_sets
+    from .curriculum.loop import Curriculum
+    from .curriculum.setup import load_problem_sets
     from .policy.warmstart import warm_start_info, warm_started_tiny
     from .reports import report
     out = Path(args.output_dir or "runs/demo")
@@ -158,7 +159,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def cmd_rollouts(args: argparse.Namespace) -> int:
     """CROPI's offline rollouts: sample k completions per problem once from the behaviour policy, into a store."""
-    from .curriculum.loop import load_user_set, make_reward
+    from .curriculum.setup import load_user_set, make_reward
     from .curriculum.offline import collect_store
     from .policy.load import load_policy
     cfg = RunConfig.from_sources(args.config, {**overrides(args), "rollouts_per_problem": args.k})

@@ -84,8 +84,8 @@ TRL_DEFAULTS: dict[str, tuple[Any, str]] = {
                             "(TRL: none, peft's per-architecture default)"),
 }
 # Renamed to TRL's names: an old run directory's config.yaml, or an old habit, gets told the new name.
-RENAMED = {"model": "model_name_or_path", "max_new_tokens": "max_completion_length", "pool_split": "dataset_train_split",
-           "pool_config": "dataset_config"}
+RENAMED = {"model": "model_name_or_path", "max_new_tokens": "max_completion_length",
+           "pool_split": "dataset_train_split", "pool_config": "dataset_config"}
 SHARED = ("output_dir", "seed")  # one value for the run and for TRL: RunConfig fields that TRL's trainer receives
 # GRPOConfig fields the round schedule sets itself in `gradalign run`: one trainer per round over exactly the
 # selected problems, a constant learning rate and our AdamW carried across rounds, our loggers (one step count over

@@ -134,7 +134,7 @@ def _exact_scores(case_name: str, model, batch, validation, micro_batch: int, in
 def round_case(micro_batch: int = 256, echo=None) -> Case:
     """Setting (i): a real selection round of the default scenario with the warm-started tiny policy."""
     from ..config import RunConfig
-    from ..curriculum.loop import chunk_order, load_problem_sets, make_reward, round_seed
+    from ..curriculum.setup import chunk_order, load_problem_sets, make_reward, round_seed
     from ..curriculum.round import RoundSelector
     from ..policy.warmstart import warm_started_tiny
     cfg = RunConfig()
@@ -192,12 +192,16 @@ def estimate(projector, case: Case) -> dict:
 
 
 def make_projector(variant: str, dim: int, seed: int, case: Case, micro_batch: int):
-    from ..gradients.projections import gradient_energy, named_projector, needs_energy
-    if needs_energy(variant) and case.shares is None:
-        t = time.perf_counter()
-        case.shares = gradient_energy(case.model, case.validation, micro_batch=micro_batch, power=1.0)
-        case.info["energy_seconds"] = round(time.perf_counter() - t, 3)
-    return named_projector(variant, dim, seed, shares=case.shares)
+    from ..gradients.projections import configured_projector, gradient_energy
+
+    def measure_energy():  # once per case, timed
+        if case.shares is None:
+            t = time.perf_counter()
+            case.shares = gradient_energy(case.model, case.validation, micro_batch=micro_batch)
+            case.info["energy_seconds"] = round(time.perf_counter() - t, 3)
+        return case.shares
+
+    return configured_projector(variant, dim, seed, measure_energy)
 
 
 def run_row(case: Case, variant: str, dim: int, seed: int, max_seconds: float, micro_batch: int) -> dict:

@@ -120,7 +120,8 @@ def run_bench(plan: BenchPlan, echo=print) -> Path:
 def run_cells(plan: BenchPlan, index: int, count: int, echo=print) -> None:
     """The pending cells whose position is `index` modulo `count` (all of them for one process)."""
     from .. import fileio
-    from ..curriculum.loop import Curriculum, load_problem_sets
+    from ..curriculum.loop import Curriculum
+    from ..curriculum.setup import load_problem_sets
     from ..data.regimes import write_scenario
     cells = [(r, m, s) for r in plan.regimes for s in plan.seeds for m in plan.methods]
     scenarios: dict[tuple[str, int], object] = {}  # built once per (regime, seed): every method gets these problems

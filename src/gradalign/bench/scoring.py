@@ -155,8 +155,7 @@ def fabricate_rollouts(tokenizer, n: int, k: int, seed: int) -> Rollouts:
 
 def make_backend(method: str, micro_batch: int, proj_dim: int = 8192):
     if method.startswith("proj-"):  # projected features, timed like the exact signals
-        from ..gradients.projections import get_projector
-        from .fidelity import VARIANTS
+        from ..gradients.projections import VARIANTS, get_projector
         kind, kw = VARIANTS.get(method[len("proj-"):], (None, {}))
         if kind is None or kw.get("allocation") == "energy":
             raise ValueError(f"unknown projection row '{method}' (choose from: proj-factored, proj-khatri-rao, "

@@ -16,197 +16,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from .. import fileio
-from ..config import SCENARIO_KNOBS, RunConfig
-from ..data.io import InputColumns, load_problems, save_problems
-from ..data.problem import DataError, Problem
-from ..data.regimes import Scenario, build_scenario
-from ..distributed import ProcessGroup, block_count, fsdp_requested, launched_world_size, process_group
+from ..config import RunConfig
+from ..data.io import save_problems
+from ..data.problem import Problem
+from ..data.regimes import Scenario
 from ..evaluation import evaluate
-from ..policy.load import apply_peft, load_policy, resolve_device, save_policy
+from ..policy.load import apply_peft, load_policy, save_policy
 from ..reports.loggers import RunLoggers
-from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
 from ..selection.diagnostics import scores_table, selection_diagnostics, write_scores
 from .offline import offline_influence
+from . import records
 from .round import EmptySelectionError, RoundSelection, RoundSelector
+from .setup import (INITIAL_EVAL, check_inputs, chunk_order, join_processes, load_problem_sets, make_reward,
+                    round_seed, warn_long_prompts)
 from .trl_bridge import grpo_steps, new_optimizer, warn_unused_trl_fields
 
 log = logging.getLogger(__name__)
-INITIAL_EVAL = 2**31 - 1  # the "round" whose seed the evaluation before training uses
 CHECKPOINT_TMP = re.compile(r"\.round-\d{3,}-[a-z0-9_]{8}")  # save_checkpoint's mkdtemp names
-
-
-def round_seed(seed: int, r: int) -> int:
-    """Independent, reproducible seed for round r (rollouts, tie-breaks, TRL)."""
-    return int(np.random.SeedSequence([seed, r]).generate_state(1)[0])
-
-
-def chunk_order(n_pool: int, chunk_size: int, seed: int) -> list[np.ndarray]:
-    """Shuffle the pool once and cut it into chunks of M; the last chunk wraps around so every chunk has M."""
-    order = np.random.default_rng(seed).permutation(n_pool)
-    n_chunks = -(-n_pool // chunk_size)
-    padded = np.concatenate([order, order[: n_chunks * chunk_size - n_pool]])
-    return [padded[i * chunk_size:(i + 1) * chunk_size] for i in range(n_chunks)]
-
-
-def load_problem_sets(cfg: RunConfig) -> Scenario:
-    """The pool, validation and test problems: the user's files or `datasets` datasets, or a built-in scenario."""
-    if cfg.pool is None:
-        kw = dict(pool_size=cfg.pool_size, validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed)
-        # each scenario gets exactly its own knobs (config.SCENARIO_KNOBS: builder parameter -> RunConfig field)
-        kw.update({param: getattr(cfg, name) for param, name in SCENARIO_KNOBS.get(cfg.scenario, {}).items()})
-        if "families" in kw:  # unreliable-rewards takes family -> weight; the config lists equal-weight families
-            kw["families"] = dict.fromkeys(kw["families"], 1.0)
-        return build_scenario(cfg.scenario, **kw)
-    validation = load_user_set(cfg, "validation") if cfg.validation else []
-    test = load_user_set(cfg, "test") if cfg.test else []
-    return Scenario("custom", load_user_set(cfg, "pool"), validation, test)
-
-
-def load_user_set(cfg: RunConfig, kind: str) -> list[Problem]:
-    """The `kind` set ("pool", "validation" or "test") the config names: a file, or a `datasets` dataset read with
-    its ``{kind}_split`` and ``{kind}_config`` (the pool's are TRL's `dataset_train_split` and `dataset_config`);
-    both with the config's column mapping."""
-    columns = InputColumns(prompt=cfg.prompt_column, answer=cfg.answer_column, id=cfg.id_column,
-                           source=cfg.source_column)
-    split, config = (("dataset_train_split", "dataset_config") if kind == "pool" else
-                     (f"{kind}_split", f"{kind}_config"))
-    return load_problems(getattr(cfg, kind), split=cfg.value(split), config=cfg.value(config), columns=columns)
-
-
-def check_inputs(cfg: RunConfig, sets: Scenario) -> None:
-    """Refuse what cannot run, before anything is computed."""
-    method = get_method(cfg.method)
-    if "validation" in method.needs and not sets.validation:
-        raise DataError(f"method '{cfg.method}' needs a trusted validation set: set 'validation' to a file or "
-                        f"dataset")
-    if method.needs_rollouts and cfg.chunk_size > len(sets.pool):
-        where = cfg.pool or f"the built-in '{cfg.scenario}' pool"
-        raise DataError(f"{where}: chunk_size {cfg.chunk_size} is larger than the pool ({len(sets.pool)} problems); "
-                        f"lower chunk_size")
-    _check_verifiable(cfg, sets)
-    if _tiny_policy(cfg):
-        _warn_tiny_prompts(cfg, sets)
-
-
-def _tiny_policy(cfg: RunConfig) -> bool:
-    """The built-in tiny policy or one of its checkpoints (a character tokenizer built in code)."""
-    return cfg.model_args.model_name_or_path == "tiny" or Path(cfg.model_args.model_name_or_path, "gradalign_tiny").exists()
-
-
-def _named_sets(cfg: RunConfig, sets: Scenario) -> list[tuple[str, list[Problem]]]:
-    """(how to name it in a message, problems) for every problem set of a run."""
-    def name(path, kind):
-        return path or f"the built-in '{cfg.scenario}' {kind} set"
-    return [(name(cfg.pool, "pool"), sets.pool), (name(cfg.validation, "validation"), sets.validation),
-            (name(cfg.test, "test"), sets.test), *((name(None, f"test-{k}"), ps) for k, ps in sets.extra_tests.items())]
-
-
-def _check_verifiable(cfg: RunConfig, sets: Scenario) -> None:
-    """Every problem must be scorable by the verifier it gets: a known per-problem verifier (`task`), and a
-    countdown puzzle (numbers and target, or a gold expression) wherever countdown scores it."""
-    if cfg.verifier not in ("countdown", "task"):  # exact and math score any answer text
-        return
-    from ..rewards.expression import CountdownVerifier
-    from ..rewards.verifiers import TASK_VERIFIERS
-    for where, problems in _named_sets(cfg, sets):
-        for p in problems:
-            kind = p.metadata.get("verifier", "exact") if cfg.verifier == "task" else cfg.verifier
-            if kind not in TASK_VERIFIERS and cfg.verifier == "task":
-                raise DataError(f"{where}: problem '{p.id}': field 'metadata.verifier' is {kind!r} "
-                                f"(choose from: {', '.join(TASK_VERIFIERS)})")
-            if kind == "countdown":
-                try:
-                    CountdownVerifier.puzzle(p.answer, p.metadata)
-                except ValueError as error:
-                    raise DataError(f"{where}: problem '{p.id}': {error}") from None
-
-
-def _warn_tiny_prompts(cfg: RunConfig, sets: Scenario) -> None:
-    """One warning line per problem set (with a count) for prompts the tiny policy cannot read as written: longer
-    than its context, or with characters outside its alphabet (they become <unk>). Nothing is loaded for this."""
-    from ..policy.tiny import ALPHABET, build_tokenizer, tiny_config
-
-    context = tiny_config(build_tokenizer()).max_position_embeddings
-    alphabet = set(ALPHABET)
-    for where, problems in _named_sets(cfg, sets):
-        long, longest, foreign, first = 0, 0, 0, None
-        for p in problems:
-            text = p.prompt if isinstance(p.prompt, str) else "".join(m["content"] for m in p.prompt)
-            if len(text) + 1 > context:  # one token per character, plus BOS (chat renders to the same tokens)
-                long, longest = long + 1, max(longest, len(text))
-            outside = next((c for c in text if c not in alphabet), None)
-            if outside is not None:
-                foreign += 1
-                first = first or (outside, p.id)
-        if long:
-            log.warning("%s: %d prompts are longer than the tiny policy's %d-token context (one token per character "
-                        "plus BOS; longest %d characters)", where, long, context, longest)
-        if foreign:
-            log.warning("%s: %d prompts contain characters outside the tiny policy's alphabet, read as <unk> "
-                        "(first: %r in problem %r)", where, foreign, first[0], first[1])
-
-
-def warn_long_prompts(cfg: RunConfig, sets: Scenario, model, tokenizer) -> None:
-    """One warning line per problem set (with a count) whose prompts plus `max_new_tokens` do not fit the model's
-    context, once the model and tokenizer are loaded (the tiny policy is checked by characters in check_inputs)."""
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if not context or _tiny_policy(cfg):
-        return
-    from ..policy.rollouts import tokenize_prompts
-    for where, problems in _named_sets(cfg, sets):
-        lengths = [len(ids) for ids in tokenize_prompts(tokenizer, [p.prompt for p in problems])] if problems else []
-        over = [n for n in lengths if n + cfg.grpo.max_completion_length > context]
-        if over:
-            log.warning("%s: %d prompts do not fit the model's %d-token context with max_completion_length %d (longest "
-                        "%d tokens); generation will see them truncated or fail", where, len(over), context,
-                        cfg.grpo.max_completion_length, max(over))
-
-
-def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
-    """What several processes cannot share out, refused before anything is computed."""
-    if world == 1:
-        return
-    method = get_method(cfg.method)
-    if "offline" in method.needs and cfg.offpolicy_fidelity:
-        raise ValueError("config: offpolicy_fidelity (CROPI's on-policy check) runs on one process only: launch it "
-                         "as one process, or turn it off")
-    if (cfg.problems_per_step * cfg.grpo.num_generations) % world:
-        raise ValueError(f"config: problems_per_step × num_generations = {cfg.problems_per_step * cfg.grpo.num_generations}"
-                         f" completions per GRPO step cannot be split evenly over {world} processes")
-    check_blocks(cfg, sets, world)
-
-
-def check_blocks(cfg: RunConfig, sets: Scenario, world: int) -> None:
-    """Every process needs at least one block of `rollout_batch` problems of each list a round rolls out."""
-    method = get_method(cfg.method)
-    lists = {"chunk_size": cfg.chunk_size if method.needs_rollouts else None,
-             "the validation set": len(sets.validation) if "validation" in method.needs else None}
-    for name, n in lists.items():
-        if n is not None and block_count(n, cfg.rollout_batch) < world:
-            raise ValueError(f"{name} ({n} problems) in blocks of rollout_batch {cfg.rollout_batch} gives "
-                             f"{block_count(n, cfg.rollout_batch)} blocks for {world} processes; lower rollout_batch "
-                             f"to at most {max(1, n // world)}")
-
-
-def join_processes(cfg: RunConfig, sets: Scenario) -> ProcessGroup:
-    """This process's group for `cfg` (one process without a launcher), after checking the run can be shared."""
-    if fsdp_requested():
-        raise ValueError("gradalign run and select keep a whole policy on every process (data parallel); to train "
-                         "a model FSDP shards, use GradAlignGRPOTrainer in a TRL script (README: FSDP)")
-    check_sharding(cfg, sets, launched_world_size())
-    return process_group(resolve_device(cfg.device))
-
-
-def make_reward(cfg: RunConfig) -> ProblemReward:
-    """The one reward of a run: training, selection and evaluation all score with it."""
-    kw = {"timeout_seconds": cfg.verifier_timeout} if cfg.verifier in ("math", "task") else {}
-    return ProblemReward(get_verifier(cfg.verifier, **kw), seed=cfg.seed, max_chars=cfg.verifier_max_chars)
 
 
 @dataclass
@@ -218,13 +49,6 @@ class RunResult:
     @property
     def final_accuracy(self) -> float:
         return self.rounds[-1]["test"]["accuracy"] if self.rounds else self.initial["accuracy"]
-
-
-def _summary(x: np.ndarray) -> dict:
-    x = np.asarray(x, dtype=float)
-    if x.size == 0:
-        return {}
-    return {"mean": float(x.mean()), "min": float(x.min()), "max": float(x.max()), "std": float(x.std())}
 
 
 class Curriculum:
@@ -241,6 +65,7 @@ class Curriculum:
         self.reward = make_reward(cfg)
         self.selector = RoundSelector(cfg, self.sets.validation, self.reward, pool=self.sets.pool, group=self.group)
         self.chunks = chunk_order(len(self.sets.pool), cfg.chunk_size, cfg.seed)
+        self.offline = None  # CROPI: the offline stores (`prepare_offline`), made once the policy is loaded
         self.offline_seconds = 0.0
         self.lock = fileio.RunLock(self.out)  # rank 0 holds it while run() works in the directory
 
@@ -249,13 +74,13 @@ class Curriculum:
         return self.out / "checkpoints" / f"round-{r:03d}"
 
     def finished_rounds(self) -> list[dict]:
-        records = []
+        done = []
         for r in range(self.cfg.rounds):
             path = self.checkpoint_dir(r) / "record.json"
             if not path.exists():
                 break
-            records.append(fileio.read_json(path))
-        return records
+            done.append(fileio.read_json(path))
+        return done
 
     def check_run_dir(self) -> None:
         """A run directory is bound to the config of its first file, config.yaml: any other config is refused
@@ -365,7 +190,7 @@ class Curriculum:
         t = time.perf_counter()
         offline = offline_influence(self.cfg, model, tokenizer, self.sets.pool, self.sets.validation, self.reward,
                                     collect=behaviour, group=self.group)
-        self.selector.offline = offline
+        self.offline = offline
         seconds = round(time.perf_counter() - t, 4)
         self.offline_seconds = seconds if behaviour else 0.0  # reported in round 0's timings
         info_path = self.out / "offline.json"
@@ -382,7 +207,7 @@ class Curriculum:
         if self.method.needs_rollouts:
             chunk_index = r % len(self.chunks)
             chunk = [self.sets.pool[i] for i in self.chunks[chunk_index]]
-            selection = self.selector.select(model, tokenizer, chunk, seed)
+            selection = self.selector.select(model, tokenizer, chunk, seed, offline=self.offline)
             chosen = [chunk[i] for i in selection.selected]
         else:  # plain GRPO on the whole pool
             chunk_index, chunk, selection, chosen = None, self.sets.pool, None, list(self.sets.pool)
@@ -412,38 +237,13 @@ class Curriculum:
 
     def round_record(self, r: int, chunk_index, chunk: list[Problem], sel: RoundSelection | None,
                      chosen: list[Problem], train_log: list[dict], test: dict) -> dict:
-        sources = count_values(p.source for p in chosen)
-        corrupted = [p.corrupted for p in chosen]
-        record = {
-            "round": r, "step": (r + 1) * self.cfg.steps_per_round, "method": self.cfg.method, "chunk": chunk_index,
-            "processes": self.group.world_size,
-            "candidates": len(chunk), "selected_count": len(chosen), "selected_ids": [p.id for p in chosen],
-            "selected_by_source": sources,
-            "selected_corrupted_share": float(np.mean(corrupted)) if any(p.corrupted for p in self.sets.pool) else None,
-            "selected_by_utility": count_values(p.metadata.get("utility") for p in chosen) if any(
-                "utility" in p.metadata for p in self.sets.pool) else None,
-            "train": {k: float(np.mean([float(row[k]) for row in train_log if k in row]))
-                      for k in ("loss", "reward", "reward_std", "frac_reward_zero_std") if train_log},
-            "train_log": train_log, "test": test, "timings": {},
-        }
+        record = records.round_record(r=r, step=(r + 1) * self.cfg.steps_per_round, method=self.cfg.method,
+                              processes=self.group.world_size, chunk_index=chunk_index, chunk=chunk, chosen=chosen,
+                              pool=self.sets.pool, train_log=train_log, test=test)
         if sel is not None:
-            cand, chosen_idx = sel.candidates, sel.selected
-            record.update({
-                "pass_rate": _summary(cand.pass_rate), "zero_variance": int(cand.zero_variance.sum()),
-                "pass_rate_histogram": np.histogram(cand.pass_rate, bins=10, range=(0, 1))[0].tolist(),
-                "selected_pass_rate": _summary(cand.pass_rate[chosen_idx]),
-                "scores": {"all": _summary(sel.scores), "selected": _summary(sel.scores[chosen_idx])},
-                "validation": {"zero_variance": sel.validation_zero_variance,
-                               "pass_rate": sel.validation_pass_rate},
-                "fallback": sel.fallback,
-            })
-            for key in ("warmup", "validation_sets", "offpolicy"):
-                if getattr(sel, key) is not None:
-                    record[key] = getattr(sel, key)
-            record["timings"].update(sel.timings)
-            record["diagnostics"] = selection_diagnostics(
-                chunk, cand.pass_rate, cand.completion_length, sel.scores, sel.eligible, chosen_idx,
-                {p.source for p in self.sets.validation})
+            records.add_selection(record, sel, selection_diagnostics(
+                chunk, sel.candidates.pass_rate, sel.candidates.completion_length, sel.scores, sel.eligible,
+                sel.selected, {p.source for p in self.sets.validation}))
         return record
 
     def write_scores(self, r: int, chunk: list[Problem], sel: RoundSelection) -> None:
@@ -476,14 +276,15 @@ class Curriculum:
 
     # ── state: weights + optimiser, saved per round ──────────────────────────────────────────────────────
     def load_state(self, model, n_done: int) -> None:
-        """The weights of the last finished round into `model` (as loaded from cfg.model_args.model_name_or_path), if any."""
+        """The weights of the last finished round into `model` (as loaded from the config's model), if any."""
         if n_done:
             state = load_file(str(self.checkpoint_dir(n_done - 1) / "model.safetensors"))
             missing, unexpected = model.load_state_dict(state, strict=False)
             tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
             if set(missing) - tied or unexpected:
                 raise ValueError(f"{self.checkpoint_dir(n_done - 1)}: checkpoint does not match model "
-                                 f"'{self.cfg.model_args.model_name_or_path}' (missing {sorted(missing)[:3]}, unexpected {unexpected[:3]})")
+                                 f"'{self.cfg.model_args.model_name_or_path}' (missing {sorted(missing)[:3]}, "
+                                 f"unexpected {unexpected[:3]})")
 
     def optimizer(self, model, n_done: int):
         optimizer, scheduler = new_optimizer(model, self.cfg)
@@ -508,33 +309,5 @@ class Curriculum:
                 (self.checkpoint_dir(r - 1) / name).unlink(missing_ok=True)
         self.write_logs(self.finished_rounds())
 
-    def write_logs(self, records: list[dict]) -> None:
-        """rounds.jsonl (one line per round, without the per-step log) and metrics.jsonl (per step and round)."""
-        fileio.write_jsonl(self.out / "rounds.jsonl", [{k: v for k, v in rec.items() if k != "train_log"}
-                                                        for rec in records])
-        metrics = []
-        steps_before = 0
-        for rec in records:
-            for i, row in enumerate(rec.get("train_log", [])):
-                # our step after TRL's row: TRL's own "step" restarts with every round's trainer
-                metrics.append({"round": rec["round"], **{k: float(v) for k, v in row.items() if _is_number(v)},
-                                "step": steps_before + i + 1})
-            steps_before = rec["step"]
-            metrics.append({"round": rec["round"], "step": rec["step"], "test_accuracy": rec["test"]["accuracy"]})
-        fileio.write_jsonl(self.out / "metrics.jsonl", metrics)
-
-
-def count_values(values) -> dict[str, int]:
-    """How often each value occurs (as text), e.g. the sources of a selection."""
-    out: dict[str, int] = {}
-    for v in values:
-        out[str(v)] = out.get(str(v), 0) + 1
-    return out
-
-
-def _is_number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
+    def write_logs(self, finished: list[dict]) -> None:
+        records.write_round_logs(self.out, finished)

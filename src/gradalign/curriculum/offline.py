@@ -21,11 +21,11 @@ from .. import fileio
 from ..config import RunConfig
 from ..distributed import SINGLE, ProcessGroup
 from ..data.problem import DataError, Problem
-from ..gradients.projections import gradient_energy, named_projector, needs_energy
+from ..gradients.projections import configured_projector, gradient_energy
 from ..gradients.surrogate import SurrogateBatch
 from ..policy.rollout_store import RolloutStore, collect_rollouts, rollout_meta
 from ..policy.rollouts import Rollouts, SamplingConfig, sample_rollouts
-from ..selection import Candidates
+from ..selection import Candidates, get_method
 from ..selection.fusion import reciprocal_rank_fusion
 
 log = logging.getLogger(__name__)
@@ -141,18 +141,20 @@ class OfflineInfluence:
     def projector(self, model):
         """One projection for train, validation and every stage: seeded by (seed, parameter names); an energy
         split is measured once, on the validation rollouts, and kept in the run directory."""
+        name = self.cfg.projection_for(get_method(self.cfg.method).projection)
+
+        def measure_energy():  # once per run directory
+            path = Path(self.cfg.output_dir) / "offline" / "projection.json"
+            if path.exists():
+                return fileio.read_json(path)["shares"]
+            shares = gradient_energy(model, popi_batch(self.validation_store.load(pad_id=self.pad_id)),
+                                     self.cfg.micro_batch)
+            if self.writes:
+                fileio.write_json(path, {"projection": name, "shares": shares})
+            return shares
+
         if self._projector is None:
-            name, shares = self.cfg.projection_for("sparse"), None
-            if needs_energy(name):
-                path = Path(self.cfg.output_dir) / "offline" / "projection.json"
-                if path.exists():
-                    shares = fileio.read_json(path)["shares"]
-                else:
-                    batch = popi_batch(self.validation_store.load(pad_id=self.pad_id))
-                    shares = gradient_energy(model, batch, self.cfg.micro_batch, power=1.0)
-                    if self.writes:
-                        fileio.write_json(path, {"projection": name, "shares": shares})
-            self._projector = named_projector(name, self.cfg.projection_dim, self.cfg.seed, shares=shares)
+            self._projector = configured_projector(name, self.cfg.projection_dim, self.cfg.seed, measure_energy)
         return self._projector
 
     def directions(self, model, batch_of=popi_batch, rollouts_of=None) -> Directions | None:

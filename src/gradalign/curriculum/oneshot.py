@@ -23,10 +23,10 @@ from ..data.regimes import Scenario
 from ..policy.load import apply_peft, load_policy
 from ..selection import get_method
 from ..selection.diagnostics import scores_table, write_scores
-from .loop import (check_inputs, count_values, join_processes, load_problem_sets, make_reward, round_seed,
-                   warn_long_prompts)
 from .offline import offline_influence
+from .records import count_values
 from .round import RoundSelection, RoundSelector
+from .setup import check_inputs, join_processes, load_problem_sets, make_reward, round_seed, warn_long_prompts
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def pool_scores(pool: list[Problem], sel: RoundSelection) -> list[dict]:
 
 
 def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShotResult:
-    """Score every problem of the pool with `cfg.model_args.model_name_or_path` (after a warm-up for LearnAlign) and keep the top `n`.
+    """Score every problem of the pool with the config's model (after a warm-up for LearnAlign) and keep the top `n`.
 
     CROPI's offline stores go to `cfg.offline_rollouts` / `cfg.offline_validation`, by default under
     `cfg.output_dir` (the command line puts that beside the output file).
@@ -66,10 +66,11 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
     warn_long_prompts(cfg, sets, model, tokenizer)
     reward = make_reward(cfg)
     selector = RoundSelector(cfg, sets.validation, reward, pool=sets.pool, group=group)
+    offline = None
     if "offline" in get_method(cfg.method).needs:  # one CROPI stage: stores sampled from this model (= β)
-        selector.offline = offline_influence(cfg, model, tokenizer, sets.pool, sets.validation, reward, collect=True,
-                                             group=group)
-    sel = selector.select(model, tokenizer, sets.pool, round_seed(cfg.seed, 0), keep=n)
+        offline = offline_influence(cfg, model, tokenizer, sets.pool, sets.validation, reward, collect=True,
+                                    group=group)
+    sel = selector.select(model, tokenizer, sets.pool, round_seed(cfg.seed, 0), keep=n, offline=offline)
     selected = [sets.pool[i] for i in sel.selected]
     return OneShotResult(selected, pool_scores(sets.pool, sel), sel, time.perf_counter() - start)
 

@@ -18,7 +18,7 @@ from ..config import RunConfig
 from ..data.problem import Problem
 from ..distributed import SINGLE, ProcessGroup, shard_group
 from ..gradients import GradientBackend, get_backend
-from ..gradients.projections import gradient_energy, named_projector, needs_energy
+from ..gradients.projections import configured_projector, gradient_energy
 from ..gradients.signals import EPS, unit
 from ..gradients.surrogate import SurrogateBatch, completion_logps
 from ..policy.load import eval_mode, mixed_precision
@@ -98,16 +98,16 @@ class RoundSelector:
         self.reward = reward
         self.backend = backend or get_backend(cfg.gradient_backend, micro_batch=cfg.micro_batch)
         self.options = SelectionOptions(zero_variance=cfg.zero_variance, passrate_band=tuple(cfg.passrate_band))
-        self.sampling = SamplingConfig(temperature=cfg.grpo.temperature, top_p=cfg.grpo.top_p, max_new_tokens=cfg.grpo.max_completion_length,
+        length = cfg.grpo.max_completion_length
+        self.sampling = SamplingConfig(temperature=cfg.grpo.temperature, top_p=cfg.grpo.top_p, max_new_tokens=length,
                                        prompts_per_batch=cfg.rollout_batch)
         # LearnAlign estimates p(x) under the warmed-up policy itself: temperature 1.0 (paper), no nucleus cut.
         self.feature_sampling = SamplingConfig(temperature=cfg.learnalign_temperature, top_p=1.0,
-                                               max_new_tokens=cfg.grpo.max_completion_length, prompts_per_batch=cfg.rollout_batch)
+                                               max_new_tokens=length, prompts_per_batch=cfg.rollout_batch)
         self.tokenize = tokenize  # prompts -> token ids (default: `tokenize_prompts`, as TRL tokenizes them)
         self.auto_no_direction = auto_no_direction  # what `no_direction: auto` means for this caller
         self.last_direction: torch.Tensor | None = None
         self.last_warmup: dict | None = None
-        self.offline = None  # CROPI: an `offline.OfflineInfluence`, set by the curriculum
 
     def rollouts(self, model, tokenizer, problems: list[Problem], k: int, seed: int, desc: str,
                  sampling: SamplingConfig | None = None, blocks: list[int] | None = None) -> Rollouts:
@@ -138,13 +138,18 @@ class RoundSelector:
             g = self.backend.mean_unit_gradient(model, batch, self.group)
         return unit(g, shard_group(self.group, model)), pass_rates, zero_variance
 
-    def select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None = None) -> RoundSelection:
+    def select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None = None,
+               offline=None) -> RoundSelection:
         """Score `chunk` with the current `model` and pick up to `keep` (default `cfg.keep`) problems (in bf16
-        autocast on GPUs that support it, as training computes)."""
+        autocast on GPUs that support it, as training computes). CROPI scores the rollouts of `offline`, an
+        `offline.OfflineInfluence` made once per run."""
+        if "offline" in self.method.needs and offline is None:
+            raise ValueError(f"method '{self.cfg.method}' scores offline rollouts: pass offline= (offline_influence)")
         with mixed_precision(model), eval_mode(model):  # no dropout in scores, as in the rollouts they score
-            return self._select(model, tokenizer, chunk, seed, keep)
+            return self._select(model, tokenizer, chunk, seed, keep, offline)
 
-    def _select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None) -> RoundSelection:
+    def _select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None, offline
+                ) -> RoundSelection:
         keep = self.cfg.keep if keep is None else keep
         rng = np.random.default_rng(seed)
         needs = self.method.needs
@@ -157,7 +162,7 @@ class RoundSelector:
         t = time.perf_counter()
         blocks, owned = self.group.shard(len(chunk), self.cfg.rollout_batch)  # one process: every block
         if "offline" in needs:  # CROPI: the behaviour policy's rollouts, sampled once, reused at every stage
-            rollouts = self.offline.load([chunk[i].id for i in owned])
+            rollouts = offline.load([chunk[i].id for i in owned])
         else:
             sampling = self.feature_sampling if "features" in needs else self.sampling
             rollouts = self.rollouts(scorer, tokenizer, chunk, self.cfg.rollouts_per_problem, seed, "candidates",
@@ -172,7 +177,7 @@ class RoundSelector:
             method = self._gradient_signals(model, tokenizer, rollouts, cand, seed, result)
         if "features" in needs:
             self._features(scorer, reference, rollouts, cand, result, owned, len(chunk))
-        phi = self._offline_signals(model, rollouts, cand, result) if "offline" in needs else None
+        phi = self._offline_signals(model, offline, rollouts, cand, result) if "offline" in needs else None
         if phi is None and "offline" in needs:  # no validation set gives a direction: the configured fallback
             method = get_method("random")
         cand = result.candidates = self.gather_candidates(cand, owned, [p.id for p in chunk])
@@ -188,8 +193,8 @@ class RoundSelector:
             log.warning("selected %d of %d wanted (%d candidates eligible)", len(result.selected), keep, eligible)
         if phi is not None and self.cfg.offpolicy_fidelity:
             t = time.perf_counter()
-            result.offpolicy = self.offline.fidelity(model, tokenizer, chunk, self.validation, self.reward, phi,
-                                                     result.selected, keep, seed)
+            result.offpolicy = offline.fidelity(model, tokenizer, chunk, self.validation, self.reward, phi,
+                                                result.selected, keep, seed)
             timings["offpolicy_check"] = _seconds_since(t)
         return result
 
@@ -202,15 +207,15 @@ class RoundSelector:
         return Candidates(ids=ids, **self.group.gather_fields(fields, owned, len(ids)))
 
     # ── CROPI: off-policy signals from the offline rollouts ─────────────────────────────────────────────────
-    def _offline_signals(self, model, rollouts: Rollouts, cand: Candidates, result: RoundSelection):
+    def _offline_signals(self, model, offline, rollouts: Rollouts, cand: Candidates, result: RoundSelection):
         """cos(φ(x), φ_v) per validation set at the current policy; None when no set gives a direction."""
         t = time.perf_counter()
-        directions = self.offline.directions(model)
+        directions = offline.directions(model)
         if directions is None:
             _, result.fallback = self._no_direction(len(self.validation))  # raises unless a fallback is configured
             return None
         result.validation_sets = directions.names
-        phi = self.offline.signals(model, rollouts, cand, directions)
+        phi = offline.signals(model, rollouts, cand, directions)
         result.timings["scoring"] = _seconds_since(t)
         return phi
 
@@ -271,12 +276,13 @@ class RoundSelector:
     def projector(self, model, batch: SurrogateBatch, sample: np.ndarray | None = None):
         """The configured projection; energy splits are measured on `sample` (positions in `batch`; default its
         first 64 problems), summed over ranks."""
-        name, shares = self.cfg.projection_for("khatri-rao-energy"), None
-        if needs_energy(name):
-            sample = np.arange(min(batch.num_problems, ENERGY_SAMPLE)) if sample is None else sample
-            part = batch if len(sample) == batch.num_problems else batch.subset(sample)
-            shares = gradient_energy(model, part, self.cfg.micro_batch, power=1.0, group=self.group)
-        return named_projector(name, self.cfg.projection_dim, self.cfg.seed, shares=shares)
+        def measure_energy():
+            chosen = np.arange(min(batch.num_problems, ENERGY_SAMPLE)) if sample is None else sample
+            part = batch if len(chosen) == batch.num_problems else batch.subset(chosen)
+            return gradient_energy(model, part, self.cfg.micro_batch, group=self.group)
+
+        name = self.cfg.projection_for(self.method.projection)
+        return configured_projector(name, self.cfg.projection_dim, self.cfg.seed, measure_energy)
 
     def _gradient_signals(self, model, tokenizer, rollouts: Rollouts, cand: Candidates, seed: int,
                           result: RoundSelection) -> Method:

@@ -47,7 +47,7 @@ from ..distributed import process_group
 from ..reports.loggers import flatten_scalars
 from ..selection import get_method
 from ..selection.diagnostics import selection_diagnostics
-from .loop import check_blocks, chunk_order, round_seed
+from .setup import check_blocks, chunk_order, round_seed
 from .round import NoDirectionError, RoundSelector
 from .trl_bridge import plan_blocks
 

@@ -468,6 +468,12 @@ class OnePassGradients(GradientBackend):
         return ProblemSignals(norms=norms, dots=dots.float(),
                               completion_dots=None if row_dots is None else row_dots.float())
 
+    def squared_norms(self, mb: MicroBatchFactors, fs: list[Factor], shape: tuple[int, int], n: int) -> torch.Tensor:
+        """One parameter's ‖G_i‖² for the problems of a micro-batch (fp64, [n]; 0 for problems not in it)."""
+        norms2 = torch.zeros(n, dtype=torch.float64)
+        self._reduce(mb, fs, torch.zeros(0, *shape, dtype=fs[0].b.dtype), norms2, None)
+        return norms2
+
     def _reduce(self, mb: MicroBatchFactors, fs: list[Factor], D: torch.Tensor, norms2, dots) -> None:
         """Add one parameter's ‖G_i‖² and ⟨G_i, D_k⟩ for the problems of a micro-batch."""
         shape = (D.shape[1], D.shape[2])

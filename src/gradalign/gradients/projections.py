@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -98,12 +99,6 @@ def layout(model) -> list[Block]:
         blocks.append(Block(name, rows, cols, offset))
         offset += rows * cols
     return blocks
-
-
-def architecture_hash(model) -> str:
-    """Hash of the trainable parameters' names and shapes: what a projection depends on besides its seed."""
-    text = json.dumps([[b.name, b.rows, b.cols] for b in layout(model)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _feature_dtype(model) -> torch.dtype:
@@ -610,6 +605,13 @@ def needs_energy(variant: str) -> bool:
     return VARIANTS[variant][1].get("allocation") == "energy"
 
 
+def configured_projector(variant: str, dim: int, seed: int, measure_energy: Callable[[], dict[str, float]]
+                         ) -> Projector:
+    """The projection `variant`, with its energy split from `measure_energy()` (called only by the variants that
+    allocate by energy: the caller decides where the split is measured, cached or read from)."""
+    return named_projector(variant, dim, seed, shares=measure_energy() if needs_energy(variant) else None)
+
+
 def named_projector(variant: str, dim: int, seed: int = 0, shares: dict[str, float] | None = None) -> Projector:
     """The projection called `variant` (see VARIANTS); energy variants take `shares` from `gradient_energy`."""
     if variant not in VARIANTS:
@@ -621,15 +623,14 @@ def named_projector(variant: str, dim: int, seed: int = 0, shares: dict[str, flo
     return get_projector(kind, dim, seed, **kw)
 
 
-def gradient_energy(model, batch: SurrogateBatch, micro_batch: int = 256, pooled: torch.Tensor | None = None,
-                    power: float = 0.5, group: ProcessGroup = SINGLE) -> dict[str, float]:
+def gradient_energy(model, batch: SurrogateBatch, micro_batch: int = 256, power: float = 1.0,
+                    group: ProcessGroup = SINGLE) -> dict[str, float]:
     """Per-parameter allocation weights from exact gradients of `batch` (e.g. the validation batch).
 
     e_p = mean over the batch's live problems of ‖G_{i,p}‖² (the parameter's share of per-problem gradient
-    energy). With `pooled` (a flat direction such as g_V), e_p is multiplied by ‖(g_V)_p‖², so that the weight
-    tracks the variance of the projected inner products ⟨φ_p(x), φ_p(V)⟩ ~ ‖g_p‖²‖v_p‖². Returns e_p^power
-    by name (power 0.5 ⇒ d_p ∝ RMS norm, the allocation that minimises Σ_p var_p / d_p). Sharded (`group`): each
-    rank holds some of the problems; energies and problem counts are summed over ranks.
+    energy). Returns e_p^power by name: power 1 (what the energy projections use) gives each parameter
+    dimensions in proportion to its energy; power 0.5 (d_p ∝ RMS norm) minimises Σ_p var_p / d_p. Sharded
+    (`group`): each rank holds some of the problems; energies and problem counts are summed over ranks.
     """
     from .onepass import OnePassGradients
     named = named_trainable(model)
@@ -642,17 +643,7 @@ def gradient_energy(model, batch: SurrogateBatch, micro_batch: int = 256, pooled
             fs = mb.factors.get(id(p))
             if not fs:
                 continue
-            n2 = torch.zeros(batch.num_problems, dtype=torch.float64)
-            backend._reduce(mb, fs, torch.zeros(0, *matrix_shape(p), dtype=fs[0].b.dtype), n2, None)
-            energy[name] += float(n2.sum())
+            energy[name] += float(backend.squared_norms(mb, fs, matrix_shape(p), batch.num_problems).sum())
     totals = group.sum(torch.tensor([*energy.values(), live], dtype=torch.float64))
     energy, live = dict(zip(energy, totals[:-1].tolist())), float(totals[-1])
-    out = {}
-    offset = 0
-    for name, p in named:
-        e = energy[name] / max(live, 1)
-        if pooled is not None:
-            e *= float(pooled[offset:offset + p.numel()].double().pow(2).sum())
-        offset += p.numel()
-        out[name] = e ** power
-    return out
+    return {name: (energy[name] / max(live, 1)) ** power for name, _ in named}

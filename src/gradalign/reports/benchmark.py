@@ -27,16 +27,18 @@ import numpy as np
 
 from ..fileio import atomic_path, write_text
 from ..selection.diagnostics import LABELS
-from .plots import _EXTRA_COLOURS, MARKERS, METHOD_COLOURS, plot_score_distributions
-from .summary import (DASH, GOOD_MEANS, RunView, _is_number, _secs, _share, diagnostics_labels,
-                      diagnostics_means, load_run, read_json_object, round_diagnostics, time_split)
+from ..curriculum.records import has_rounds, is_number, time_split
+from .plots import EXTRA_COLOURS, MARKERS, METHOD_COLOURS, plot_score_distributions
+from .summary import (DASH, GOOD_MEANS, RunView, diagnostics_labels, diagnostics_means, format_seconds, format_share,
+                      load_run, read_json_object, round_diagnostics)
 
 Stats = tuple[float, float, int]  # (mean, std, n) over seeds
 Curve = tuple[Sequence[float], Sequence[float]]  # (x, y) of one seed
 # the methods every other one is measured against; nonzero-variance because any rollout-based filter drops the
 # zero-variance problems: only the gain over it is a gradient's own
 REFERENCES = ("random", "full", "nonzero-variance")
-BEYOND_PAPER = {"gradalign-z": "gradalign", "gradalign-zcos": "gradalign"}  # our methods, each also measured against the published one
+# our methods, each also measured against the published one
+BEYOND_PAPER = {"gradalign-z": "gradalign", "gradalign-zcos": "gradalign"}
 UTILITIES = ("useful", "trivial", "unsolvable")
 SHARES = ("target", "corrupted", "trivial", "unsolvable")  # table columns, in order
 TIMES = ("rollouts", "scoring", "training", "evaluation", "total")
@@ -99,14 +101,14 @@ def composition(rounds: Sequence[dict], target_sources: Sequence[str]) -> list[d
         by_source = r.get("selected_by_source") if isinstance(r.get("selected_by_source"), dict) else None
         by_utility = r.get("selected_by_utility") if isinstance(r.get("selected_by_utility"), dict) else None
         count = r.get("selected_count")
-        if not _is_number(count):  # older records: the counts themselves add up to it
+        if not is_number(count):  # older records: the counts themselves add up to it
             count = sum((by_source or by_utility or {}).values())
         row: dict[str, Any] = {"round": int(r.get("round", i)), "corrupted": None, "target": None}
         row.update(dict.fromkeys(UTILITIES))
         if count and count > 0:
             if by_source is not None and target_sources:
                 row["target"] = sum(float(by_source.get(s, 0)) for s in target_sources) / count
-            if _is_number(r.get("selected_corrupted_share")):
+            if is_number(r.get("selected_corrupted_share")):
                 row["corrupted"] = float(r["selected_corrupted_share"])
             if by_utility is not None:
                 row.update({u: float(by_utility.get(u, 0)) / count for u in UTILITIES})
@@ -135,7 +137,7 @@ def beyond_spread(a: Stats, b: Stats) -> bool:
 def is_finished(run: RunView) -> bool:
     """All the rounds its config asks for are recorded (a config without `rounds`: any round is the end)."""
     wanted = run.config.get("rounds")
-    return len(run.rounds) >= (int(wanted) if _is_number(wanted) and wanted > 0 else 1)
+    return len(run.rounds) >= (int(wanted) if is_number(wanted) and wanted > 0 else 1)
 
 
 @dataclass
@@ -204,11 +206,6 @@ def _read_regime_json(path: Path, name: str) -> tuple[str, list[str]]:
     return kind, targets
 
 
-def _has_rounds(run_dir: Path) -> bool:
-    path = run_dir / "rounds.jsonl"
-    return path.is_file() and bool(path.read_text().strip())
-
-
 def load_regime(directory: Path, name: str, methods: list[str], seeds: list[int]) -> RegimeView:
     kind, targets = _read_regime_json(directory / "regime.json", name)
     runs: dict[str, dict[int, RunView]] = {m: {} for m in methods}
@@ -216,7 +213,7 @@ def load_regime(directory: Path, name: str, methods: list[str], seeds: list[int]
     for method in methods:
         for seed in seeds:
             cell = directory / method / f"seed-{seed}"
-            if _has_rounds(cell):
+            if has_rounds(cell):
                 runs[method][seed] = load_run(cell)
             else:
                 not_started[method].append(seed)
@@ -417,7 +414,7 @@ def table_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
         body.append([r["method"], _final_text(r["final"]), delta]
                     + [_final_text(r.get("extra", {}).get(name, (math.nan, 0.0, 0))) for name in extras]
                     + [_steps_text(r["steps_to"][ref]) for ref in refs]
-                    + [_share(r["shares"][k]) for k in shares] + [_secs(r["times"][k]) for k in TIMES]
+                    + [format_share(r["shares"][k]) for k in shares] + [format_seconds(r["times"][k]) for k in TIMES]
                     + [_pending_text(r)])
     return header, body
 
@@ -441,10 +438,6 @@ def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str
                       *("| " + " | ".join(cells) + " |" for cells in body)])
 
 
-def markdown_regime_table(rows: Sequence[dict]) -> str:
-    return _markdown_table(*table_cells(rows))
-
-
 def format_bench_table(bench: BenchView) -> str:
     """Terminal summary: per regime, final accuracy, Δ vs random and pending cells per method."""
     lines = []
@@ -460,7 +453,7 @@ def format_bench_table(bench: BenchView) -> str:
 # ── figures ──────────────────────────────────────────────────────────────────────────────────────────────────
 def method_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
     """(colour, marker) per method: the colours `plots.py` gives known methods, spare ones for the rest."""
-    spare = [c for c in _EXTRA_COLOURS + list(METHOD_COLOURS.values())
+    spare = [c for c in EXTRA_COLOURS + list(METHOD_COLOURS.values())
              if c not in {METHOD_COLOURS.get(m) for m in methods}]
     styles = {}
     for i, m in enumerate(methods):
@@ -472,7 +465,7 @@ def method_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
 def time_curve(run: RunView) -> Curve | None:
     """(GRPO steps, cumulative wall time): step 0 at time 0; None when a round lacks `timings.total`."""
     totals = [r.get("timings", {}).get("total") if isinstance(r.get("timings"), dict) else None for r in run.rounds]
-    if not totals or not all(_is_number(t) for t in totals):
+    if not totals or not all(is_number(t) for t in totals):
         return None
     return run.curve()[0], [0.0, *np.cumsum(np.array(totals, dtype=float)).tolist()]
 
@@ -637,7 +630,7 @@ def _setting(bench: BenchView) -> list[str]:
                      f"{get('problems_per_step', '?')} problems per step")
         if get("model_name_or_path"):
             items.append(f"**model**: {get('model_name_or_path')}")
-        if _is_number(get("chunk_size")):
+        if is_number(get("chunk_size")):
             items.append(f"**chunk**: M = {get('chunk_size')} candidates per round, selection ratio "
                          f"q = {get('selection_ratio', '?')}")
     if bench.config:

@@ -13,6 +13,8 @@ import numbers
 from transformers import TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import get_reporting_integration_callbacks
 
+from ..curriculum.records import round_steps
+
 SKIPPED = {"train_log", "selected_ids", "pass_rate_histogram", "selected_by_source", "selected_by_utility"}
 
 
@@ -53,9 +55,9 @@ class RunLoggers:
 
     def log_round(self, record: dict, steps_before: int) -> None:
         """A round's TRL step logs at steps steps_before + 1, ..., then its selection record at the round's step."""
-        for i, row in enumerate(record.get("train_log", [])):
-            self.log(steps_before + i + 1, {k: float(v) for k, v in row.items()
-                                            if isinstance(v, numbers.Real) and k not in ("step", "epoch")})
+        for step, row in round_steps(record, steps_before):
+            self.log(step, {k: float(v) for k, v in row.items()
+                            if isinstance(v, numbers.Real) and k not in ("step", "epoch")})
         self.log(record["step"], flatten_scalars(record))
 
     def close(self) -> None:

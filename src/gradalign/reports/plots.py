@@ -23,14 +23,14 @@ from .summary import RunView
 # Stable colours for the methods people compare most; others take the next free tab10 colour.
 METHOD_COLOURS = {"gradalign": "#1f77b4", "random": "#7f7f7f", "accgreedy": "#d62728", "full": "#2ca02c",
                   "learnalign": "#9467bd", "cropi": "#ff7f0e", "passrate-band": "#8c564b"}
-_EXTRA_COLOURS = ["#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
+EXTRA_COLOURS = ["#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
 
 def _styles(runs: list[RunView]) -> list[tuple[str, str, str]]:
     """(label, colour, marker) per run; labels name the directory too when two runs share a method."""
     used = {METHOD_COLOURS[r.method] for r in runs if r.method in METHOD_COLOURS}
-    spare = [c for c in _EXTRA_COLOURS + list(METHOD_COLOURS.values()) if c not in used]
+    spare = [c for c in EXTRA_COLOURS + list(METHOD_COLOURS.values()) if c not in used]
     methods = [r.method for r in runs]
     taken: set[str] = set()
     styles = []

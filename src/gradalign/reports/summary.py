@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from ..data.problem import one_line
+from ..curriculum.records import ROUNDS_FILE, is_number, read_rounds, time_split
 from ..data.regimes import CORRUPTED_POOLS
 from ..fileio import write_text
 from ..selection.diagnostics import LABELS
@@ -94,42 +95,13 @@ def read_json_object(path: Path, what: str, missing: str | None = None) -> dict:
 def _read_initial(path: Path) -> dict:
     data = read_json_object(path, "the evaluation before training",
                             missing="the evaluation before training was not written")
-    if not _is_number(data.get("accuracy")):
+    if not is_number(data.get("accuracy")):
         raise ValueError(f"{path}: expected an object with a numeric 'accuracy'")
     return data
 
 
-def _read_rounds(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ValueError(f"{path}: missing (not a run directory?)")
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot be read ({one_line(e)})") from None
-    rounds = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {i} is not a JSON object")
-        test = row.get("test")
-        if not _is_number(row.get("step")) or not isinstance(test, dict) or not _is_number(test.get("accuracy")):
-            raise ValueError(f"{path}: line {i} lacks 'step' or 'test.accuracy' (not a round record?)")
-        rounds.append(row)
-    return rounds
-
-
-def _is_number(v: Any) -> bool:
-    """A finite number, or NaN: the accuracy of a run without a test set."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isfinite(v) or math.isnan(v))
-
-
 def is_run_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / "rounds.jsonl").is_file()
+    return (Path(path) / ROUNDS_FILE).is_file()
 
 
 def load_run(run_dir: str | os.PathLike) -> RunView:
@@ -137,7 +109,7 @@ def load_run(run_dir: str | os.PathLike) -> RunView:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir}: not a directory")
-    rounds = _read_rounds(run_dir / "rounds.jsonl")
+    rounds = read_rounds(run_dir / ROUNDS_FILE)
     config = _read_config(run_dir / "config.yaml")
     initial = _read_initial(run_dir / "initial.json")
     method = config.get("method") or (rounds[0].get("method") if rounds else None) or run_dir.name
@@ -168,28 +140,6 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-# How a round's timings add up into the reported wall-time split (one place for every report).
-TIME_GROUPS: dict[str, tuple[str, ...]] = {
-    "rollouts": ("rollouts", "validation_rollouts", "offline_rollouts"),  # CROPI's offline stores: in round 0
-    "scoring": ("scoring", "selection", "warmup"),  # selection cost beyond rollouts, LearnAlign's warm-up included
-    "training": ("training",),
-    "evaluation": ("evaluation",),
-    "total": ("total",),
-}
-
-
-def time_split(rounds: list[dict]) -> dict[str, float | None]:
-    """Wall time summed over rounds per group of TIME_GROUPS (None where no round timed it)."""
-    return {name: _timing_total(list(rounds), keys) for name, keys in TIME_GROUPS.items()}
-
-
-def _timing_total(rounds: list[dict], keys: tuple[str, ...]) -> float | None:
-    """Sum of the given timing keys over rounds; None when no round recorded any of them."""
-    values = [float(r["timings"][k]) for r in rounds for k in keys
-              if isinstance(r.get("timings"), dict) and _is_number(r["timings"].get(k))]
-    return sum(values) if values else None
-
-
 def method_rows(runs: list[RunView]) -> list[dict]:
     """Per run: accuracy before/after/best/Δ, corrupted share of the selections, zero-variance, wall time split."""
     rows = []
@@ -199,7 +149,7 @@ def method_rows(runs: list[RunView]) -> list[dict]:
         after = acc[-1] if run.rounds else None
         best = max(acc[1:]) if run.rounds else None
         shares = run.corrupted_shares
-        zero_var = [float(r["zero_variance"]) for r in run.rounds if _is_number(r.get("zero_variance"))]
+        zero_var = [float(r["zero_variance"]) for r in run.rounds if is_number(r.get("zero_variance"))]
         last_test = run.rounds[-1]["test"] if run.rounds else {}
         rows.append({
             "name": run.name,
@@ -216,7 +166,7 @@ def method_rows(runs: list[RunView]) -> list[dict]:
             "corrupted_mean": _mean(shares),
             "zero_variance_mean": _mean(zero_var),
             "selected_mean": _mean([float(r["selected_count"]) for r in run.rounds
-                                    if _is_number(r.get("selected_count"))]),
+                                    if is_number(r.get("selected_count"))]),
             "fallbacks": [(int(r.get("round", i)), str(r["fallback"])) for i, r in enumerate(run.rounds)
                           if r.get("fallback")],
             **{f"time_{name}": value for name, value in time_split(run.rounds).items()},
@@ -235,11 +185,11 @@ def _delta(x: float | None) -> str:
     return DASH if x is None else f"{x:+.3f}"
 
 
-def _share(x: float | None) -> str:
+def format_share(x: float | None) -> str:
     return DASH if x is None else f"{x:.2f}"
 
 
-def _secs(x: float | None) -> str:
+def format_seconds(x: float | None) -> str:
     if x is None:
         return DASH
     return f"{x:.1f}" if x < 10_000 else f"{x:.0f}"
@@ -253,7 +203,7 @@ def _fit_shares(shares: list[float], width: int) -> str:
     """Per-round shares, "0.22 0.31 0.28"; the middle rounds elided ("0.22 0.31 … 0.25") if it would not fit."""
     if not shares:
         return DASH
-    cells = [_share(s) for s in shares]
+    cells = [format_share(s) for s in shares]
     text = " ".join(cells)
     if len(text) <= width:
         return text
@@ -277,12 +227,12 @@ def format_table(rows: list[dict], width: int = TABLE_WIDTH) -> str:
     w_acc = len("before → after")
     w_delta = 6
     w_mean = 4
-    w_time = max(8, *(len(_secs(r[k])) for r in rows for _, k in times)) if rows else 8
+    w_time = max(8, *(len(format_seconds(r[k])) for r in rows for _, k in times)) if rows else 8
     fixed = 2 + w_acc + 2 + w_delta + 2 + 2 + w_mean + 2 + len(times) * (w_time + 2) - 2
     w_method = max(len("method"), min(w_method, width - fixed - len("0.22 … 0.25")))  # long names are cut
     fixed += w_method
     w_shares = max(len("per round"), width - fixed)
-    w_shares = min(w_shares, max([len("per round")] + [len(" ".join(_share(s) for s in r["corrupted_shares"]))
+    w_shares = min(w_shares, max([len("per round")] + [len(" ".join(format_share(s) for s in r["corrupted_shares"]))
                                                        for r in rows]))
 
     def line(method, acc, delta, shares, mean, tvals):
@@ -294,8 +244,9 @@ def format_table(rows: list[dict], width: int = TABLE_WIDTH) -> str:
     head1 = (f"{'':<{w_method}}  {'test accuracy':<{w_acc}}  {'':>{w_delta}}  "
              f"{'corrupted share':<{w_shares + 2 + w_mean}}  {group_time:>{w_times}}").rstrip()
     head2 = line("method", "before → after", "Δ", "per round", "mean", [name for name, _ in times])
-    body = [line(_cut(r["method"], w_method), _before_after(r), _delta(r["delta"]), _fit_shares(r["corrupted_shares"], w_shares),
-                 _share(r["corrupted_mean"]), [_secs(r[k]) for _, k in times]) for r in rows]
+    body = [line(_cut(r["method"], w_method), _before_after(r), _delta(r["delta"]),
+                 _fit_shares(r["corrupted_shares"], w_shares), format_share(r["corrupted_mean"]),
+                 [format_seconds(r[k]) for _, k in times]) for r in rows]
     rule = "─" * max(len(s) for s in [head1, head2, *body])
     return "\n".join([head1, head2, rule, *body])
 
@@ -306,12 +257,13 @@ def markdown_table(rows: list[dict]) -> str:
     align = ["---"] + ["---:"] * 4 + ["---"] + ["---:"] * 8
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
-        shares = " ".join(_share(s) for s in r["corrupted_shares"]) or DASH
+        shares = " ".join(format_share(s) for s in r["corrupted_shares"]) or DASH
         zero_var = DASH if r["zero_variance_mean"] is None else f"{r['zero_variance_mean']:.1f}"
         cells = [f"**{r['method']}**" if r["name"] == r["method"] else f"**{r['method']}** ({r['name']})",
                  _acc(r["before"]), _acc(r["after"]), _acc(r["best"]), _delta(r["delta"]), shares,
-                 _share(r["corrupted_mean"]), zero_var, _secs(r["time_rollouts"]), _secs(r["time_scoring"]),
-                 _secs(r["time_training"]), _secs(r["time_evaluation"]), _secs(r["time_total"]), str(r["steps"])]
+                 format_share(r["corrupted_mean"]), zero_var,
+                 *(format_seconds(r[f"time_{k}"]) for k in ("rollouts", "scoring", "training", "evaluation", "total")),
+                 str(r["steps"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -330,7 +282,7 @@ def _by_source_table(rows: list[dict]) -> str | None:
         cells = []
         for s in sources:
             b, a = r["by_source_before"].get(s), r["by_source_after"].get(s)
-            cells.append(f"{_acc(b if _is_number(b) else None)} → {_acc(a if _is_number(a) else None)}")
+            cells.append(f"{_acc(b if is_number(b) else None)} → {_acc(a if is_number(a) else None)}")
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -365,8 +317,9 @@ def _essentials(runs: list[RunView]) -> list[str]:
         out.append(f"- **schedule**: {r if r is not None else '?'} rounds × {t if t is not None else '?'} "
                    f"GRPO steps × {b if b is not None else '?'} problems per step")
     m, q = runs[0].config.get("chunk_size"), runs[0].config.get("selection_ratio")
-    if _is_number(m):
-        keep = f", keep floor(M/q) = floor({m}/{q}) = {max(1, int(m) // int(q))} per round" if _is_number(q) and q else ""
+    if is_number(m):
+        keep = (f", keep floor(M/q) = floor({m}/{q}) = {max(1, int(m) // int(q))} per round"
+                if is_number(q) and q else "")
         out.append(f"- **chunk**: M = {get('chunk_size')} candidates per round{keep}")
     if get("rollouts_per_problem") is not None:
         out.append(f"- **rollouts per candidate**: k_r = {get('rollouts_per_problem')}")
@@ -409,7 +362,7 @@ def composition_table(runs: list[RunView]) -> str | None:
     if len(sources) < 2:
         return None
     lines = ["| method | " + " | ".join(sources) + " |", "|---|" + "---:|" * len(sources)]
-    lines += [f"| {m} | " + " | ".join(_share(sh.get(s, 0.0)) for s in sources) + " |" for m, sh in shares]
+    lines += [f"| {m} | " + " | ".join(format_share(sh.get(s, 0.0)) for s in sources) + " |" for m, sh in shares]
     return "\n".join(lines)
 
 
@@ -423,7 +376,7 @@ def offpolicy_table(runs: list[RunView]) -> str | None:
                 cells = [f.get(k) for k in ("cosine_mean", "cosine_median", "share_cosine_above_0.6",
                                               "selection_overlap")]
                 lines.append(f"| {run.method} | {r.get('round')} | {f.get('problems')} | "
-                             + " | ".join(_share(c) if _is_number(c) else DASH for c in cells) + " |")
+                             + " | ".join(format_share(c) if is_number(c) else DASH for c in cells) + " |")
     if not lines:
         return None
     return "\n".join(["| method | stage | problems | cosine mean | median | share > 0.6 | top-N overlap |",
@@ -461,7 +414,7 @@ def round_diagnostics(run: RunView) -> list[dict]:
 
 def _round_mean(values: Iterable[Any]) -> float | None:
     """Mean over rounds, ignoring nulls (and NaN)."""
-    return _mean([float(v) for v in values if _is_number(v) and not math.isnan(v)])
+    return _mean([float(v) for v in values if is_number(v) and not math.isnan(v)])
 
 
 def diagnostics_labels(diags: list[dict]) -> list[str]:
@@ -505,8 +458,9 @@ def diagnostics_table(runs: list[RunView]) -> str | None:
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for run, m in means:
         free = m["label_free"]
-        cells = [_run_name(run), *(_share(m["labels"].get(name, {}).get(k)) for name in labels for k in LABEL_KEYS),
-                 _spread(free["score_std"]), _share(free["positive_share"]), _corr(free["pass_rate_corr"]),
+        cells = [_run_name(run),
+                 *(format_share(m["labels"].get(name, {}).get(k)) for name in labels for k in LABEL_KEYS),
+                 _spread(free["score_std"]), format_share(free["positive_share"]), _corr(free["pass_rate_corr"]),
                  _corr(free["length_corr"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -524,10 +478,10 @@ def format_diagnostics(runs: list[RunView], width: int = TABLE_WIDTH) -> str:
                   f"ρ: score vs pass rate)", width)]
     for run, m in means:
         fig = m["labels"].get(label, {})
-        lines.append(_cut(f"  {_run_name(run):<{w}}  AUC {_share(fig.get('auc')):>4}  good share: "
-                          f"top-k {_share(fig.get('top_good_share')):>4}  "
-                          f"selected {_share(fig.get('selected_good_share')):>4}  "
-                          f"eligible {_share(fig.get('eligible_good_share')):>4}  "
+        lines.append(_cut(f"  {_run_name(run):<{w}}  AUC {format_share(fig.get('auc')):>4}  good share: "
+                          f"top-k {format_share(fig.get('top_good_share')):>4}  "
+                          f"selected {format_share(fig.get('selected_good_share')):>4}  "
+                          f"eligible {format_share(fig.get('eligible_good_share')):>4}  "
                           f"ρ {_corr(m['label_free']['pass_rate_corr']):>5}", width))
     return "\n".join(lines)
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-from gradalign.rewards.verifiers import DEFAULT_MAX_CHARS, Verifier, cap_completions, check_lengths
+from gradalign.rewards.base import DEFAULT_MAX_CHARS, Verifier, cap_completions, check_lengths
 
 CORRUPTION_KINDS = ("coin", "wrong-answer")
 

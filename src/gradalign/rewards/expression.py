@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Iterable, Mapping
 
-from gradalign.rewards.verifiers import DEFAULT_EOS_MARKERS, Verifier, check_lengths
+from gradalign.rewards.base import DEFAULT_EOS_MARKERS, Verifier, check_lengths
 
 logger = logging.getLogger(__name__)
 

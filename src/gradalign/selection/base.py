@@ -59,6 +59,8 @@ class Method:
     needs: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
     needs_rollouts: bool = True  # False only for "full", which trains on the whole pool unscored
+    # what `projection: auto` means for a method that scores projected features ("features" or "offline")
+    projection: str = "khatri-rao-energy"
 
 
 def select(scored: Scored, n: int, rng: np.random.Generator) -> np.ndarray:

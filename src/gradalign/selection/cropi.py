@@ -24,5 +24,6 @@ def cropi(c: Candidates, opts: SelectionOptions) -> Scored:
 
 METHODS = [
     Method("cropi", cropi, frozenset({"offline", "validation"}),
-           "CROPI: off-policy influence from rollouts collected once, rank fusion over validation sets"),
+           "CROPI: off-policy influence from rollouts collected once, rank fusion over validation sets",
+           projection="sparse"),  # the paper's: a random 10% of the coordinates, then a random map
 ]
