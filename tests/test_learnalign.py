@@ -20,7 +20,7 @@ from gradalign.curriculum.round import RoundSelection, RoundSelector
 from gradalign.curriculum.trl_bridge import grpo_steps, new_optimizer
 from gradalign.data.io import load_problems, save_problems
 from gradalign.data.regimes import imbalance
-from gradalign.gradients.store import model_hash
+from gradalign.policy.rollout_store import model_hash
 from gradalign.policy.warmstart import warm_started_tiny
 from gradalign.selection import Candidates, SelectionOptions, get_method, select
 from gradalign.selection.diagnostics import SCORE_COLUMNS

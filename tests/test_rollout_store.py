@@ -10,8 +10,8 @@ import torch
 
 from gradalign.data.problem import Problem
 from gradalign.policy import rollout_store as rs
-from gradalign.policy.rollout_store import (META, RolloutStore, collect_rollouts, concat_rollouts, rollout_meta,
-                                            shard_seed)
+from gradalign.policy.rollout_store import (META, RolloutStore, collect_rollouts, concat_rollouts, model_hash,
+                                            rollout_meta, shard_seed)
 from gradalign.policy.rollouts import Rollouts, SamplingConfig, sample_rollouts
 from gradalign.policy.tiny import build_tiny_model, build_tokenizer
 from gradalign.rewards import ProblemReward, get_verifier
@@ -255,3 +255,11 @@ def test_concat_rewrites_every_padding_position_with_pad_id():
     assert cat.prompt_ids[0].tolist() == [9, 5, 5] and cat.completion_ids[0].tolist() == [6, 6, 9]
     assert cat.sample_logps[0].tolist() == [-0.5, -0.5, 0.0]
     assert torch.equal(cat.prompt_mask, a.prompt_mask) and torch.equal(cat.completion_mask, a.completion_mask)
+
+
+def test_model_hash_tracks_the_trainable_weights():
+    a, b = build_tiny_model(build_tokenizer(), seed=0), build_tiny_model(build_tokenizer(), seed=0)
+    assert model_hash(a) == model_hash(b)  # same weights, same hash: a reopened store accepts the same policy
+    with torch.no_grad():
+        next(b.parameters()).add_(1e-6)  # one step of training changes it: the store refuses a moved policy
+    assert model_hash(a) != model_hash(b)

@@ -56,7 +56,7 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
-# ── store metadata (feature stores, rollout stores): one `meta.json` beside the data ─────────────────────────
+# ── JSON values ─────────────────────────────────────────────────────────────────────────────────────────────
 def jsonable(value):
     """The value as it reads back from JSON (tuples become lists, numpy scalars become Python numbers)."""
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
@@ -65,31 +65,6 @@ def jsonable(value):
 def short(value, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def check_new_meta(meta_file: Path, meta: dict, required: tuple, reserved: tuple, what: str) -> None:
-    """A new store's metadata names what it must and nothing the store maintains, where no store exists yet."""
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise ValueError(f"{meta_file}: metadata needs {', '.join(missing)}")
-    kept = [k for k in reserved if k in meta]
-    if kept:
-        raise ValueError(f"{meta_file}: '{kept[0]}' is maintained by the store; leave it out")
-    if meta_file.exists():
-        raise ValueError(f"{meta_file}: a {what} already exists here (open it, or use another directory)")
-
-
-def read_meta(meta_file: Path, expect: dict | None, what: str) -> dict:
-    """An existing store's metadata; ValueError (one line, naming the file and key) where it differs from `expect`."""
-    if not meta_file.exists():
-        raise ValueError(f"{meta_file}: no {what} here")
-    meta = read_json(meta_file)
-    for key, want in jsonable(expect or {}).items():
-        if key not in meta:
-            raise ValueError(f"{meta_file}: metadata has no '{key}' (expected {want!r})")
-        if meta[key] != want:
-            raise ValueError(f"{meta_file}: metadata '{key}' is {short(meta[key])}, expected {short(want)}")
-    return meta
 
 
 # ── run directories: one process at a time, and no leftovers of killed writes ───────────────────────────────
