@@ -48,6 +48,12 @@ def _csv(kind=str):
     return parse
 
 
+def run_default(name: str):
+    """A RunConfig field's default: the benchmarks measure what a run would use."""
+    from ..config import RunConfig
+    return RunConfig.__dataclass_fields__[name].default
+
+
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gradalign bench scoring` / `python benchmarks/scoring.py`."""
     parser.add_argument("--models", type=_csv(), default=["tiny", "10m"],
@@ -63,13 +69,15 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                              "norms: gradalign-zcos), and projected features "
                              "proj-factored, proj-khatri-rao, proj-sparse, proj-dense "
                              "(default: naive,func,onepass,onepass-z)")
-    parser.add_argument("--proj-dim", type=int, default=8192,
-                        help="feature dimension of the proj-* rows (default: 8192)")
+    parser.add_argument("--proj-dim", type=int, default=run_default("projection_dim"),
+                        help=f"feature dimension of the proj-* rows (default: {run_default('projection_dim')}, "
+                             f"RunConfig's projection_dim)")
     parser.add_argument("--max-naive-chunk", type=int, default=256,
                         help="skip the (slow) naive backend on chunks larger than this (default: 256)")
     parser.add_argument("--out", default="benchmarks/results/scoring.json", help="JSON results file")
-    parser.add_argument("--micro-batch", type=int, default=256,
-                        help="completions per forward/backward, the same for every method (default: 256)")
+    parser.add_argument("--micro-batch", type=int, default=run_default("micro_batch"),
+                        help=f"completions per forward/backward, the same for every method (default: "
+                             f"{run_default('micro_batch')}, RunConfig's micro_batch)")
     parser.add_argument("--memory", choices=["auto", "all", "cheap", "none"], default="auto",
                         help="peak-memory measurement: all methods, only floor and onepass ('cheap'), none, or "
                              "'auto' (all while it costs < 2x the timing, else cheap) (default: auto)")

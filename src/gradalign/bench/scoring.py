@@ -46,18 +46,18 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from ..gradients.onepass import OnePassGradients
-from ..gradients.persample import FuncGradients
-from ..gradients.signals import GradientBackend, NaiveGradients, ProblemSignals, unit
+from ..gradients import get_backend
+from ..gradients.signals import GradientBackend, ProblemSignals, unit
 from ..gradients.surrogate import SurrogateBatch
+from ..policy.load import resolve_device
 from ..policy.rollouts import Rollouts, pad
 from ..policy.tiny import ALPHABET, SPECIAL, build_tiny_model, build_tokenizer
-from . import add_scoring_arguments, machine_info, publish
+from . import add_scoring_arguments, machine_info, publish, run_default
 
 # Model sizes built from a seed with the character tokenizer. "tiny" is the project's default policy.
 MODEL_CONFIGS: dict[str, dict] = {
@@ -65,6 +65,7 @@ MODEL_CONFIGS: dict[str, dict] = {
     "10m": dict(hidden=384, layers=6, heads=6, intermediate=1152),
 }
 METHODS = ("floor", "naive", "func", "onepass", "onepass-z", "onepass-zcos")
+ROW_BACKENDS = {"onepass-z": "onepass", "onepass-zcos": "onepass"}  # rows timing one backend's other outputs
 PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-dense")  # projected features at --proj-dim
 PROMPT_CHARS = (5, 7)  # + BOS: prompts of 6-8 tokens (~7)
 COMPLETION_TOKENS = (3, 6)  # including the final EOS
@@ -153,7 +154,7 @@ def fabricate_rollouts(tokenizer, n: int, k: int, seed: int) -> Rollouts:
                     temperature=1.0)
 
 
-def make_backend(method: str, micro_batch: int, proj_dim: int = 8192):
+def make_backend(method: str, micro_batch: int, proj_dim: int):
     if method.startswith("proj-"):  # projected features, timed like the exact signals
         from ..gradients.projections import VARIANTS, get_projector
         kind, kw = VARIANTS.get(method[len("proj-"):], (None, {}))
@@ -163,17 +164,14 @@ def make_backend(method: str, micro_batch: int, proj_dim: int = 8192):
         return get_projector(kind, proj_dim, seed=0, **kw)
     if method == "floor":
         return GradientBackend(micro_batch=micro_batch)
-    if method == "naive":
-        return NaiveGradients(micro_batch=micro_batch)
-    if method == "func":
-        return FuncGradients(micro_batch=micro_batch)
-    if method in ("onepass", "onepass-z", "onepass-zcos"):
-        return OnePassGradients(micro_batch=micro_batch)
-    raise ValueError(f"unknown scoring backend '{method}' (choose from: {', '.join((*METHODS[1:], *PROJECTION_ROWS))})")
+    if method not in METHODS:
+        raise ValueError(f"unknown scoring backend '{method}' (choose from: "
+                         f"{', '.join((*METHODS[1:], *PROJECTION_ROWS))})")
+    return get_backend(ROW_BACKENDS.get(method, method), micro_batch=micro_batch)
 
 
 def runner(method: str, backend, model, batch: SurrogateBatch, direction: torch.Tensor,
-           micro_batch: int = 256) -> Callable:
+           micro_batch: int) -> Callable:
     """The call that is timed: floor -> flat gradient; proj-* -> features [n, d]; the others -> ProblemSignals."""
     if method == "floor":
         ones = torch.ones(batch.num_problems)
@@ -311,10 +309,10 @@ class Settings:
     repeats: int = 3
     backends: tuple = ("naive", "func", "onepass", "onepass-z")
     max_naive_chunk: int = 256
-    micro_batch: int = 256
+    micro_batch: int = field(default_factory=lambda: run_default("micro_batch"))
     memory: str = "auto"  # auto | all | cheap | none
     seed: int = 0
-    proj_dim: int = 8192  # dimension of the proj-* rows
+    proj_dim: int = field(default_factory=lambda: run_default("projection_dim"))  # dimension of the proj-* rows
 
 
 Key = tuple[str, str]  # (model label, method): one row, one timed call
@@ -476,8 +474,7 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
     """Run the benchmark; write the JSON to `out` (if given) and return it."""
     if threads is not None:
         torch.set_num_threads(threads)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     unknown = [b for b in settings.backends if b not in (*METHODS, *PROJECTION_ROWS)]
     if unknown:
         raise ValueError(f"unknown scoring backend(s) {', '.join(unknown)} "
