@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from gradalign.reports import bench_report
-from gradalign.reports.benchmark import (beyond_spread, composition, format_bench_table, load_bench, mean_curve,
-                                         seed_stats, steps_to_threshold, time_split)
+from gradalign.curriculum.records import time_split
+from gradalign.reports.bench_stats import beyond_spread, composition, mean_curve, seed_stats, steps_to_threshold
+from gradalign.reports.benchmark import format_bench_table, load_bench
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROUNDS, STEPS_PER_ROUND = 3, 4  # curves at GRPO steps 0, 4, 8, 12
@@ -316,7 +317,7 @@ def test_report_shows_selection_diagnostics(bench: Path):
 def test_verdicts_measure_against_nonzero_variance_and_the_published_method():
     """Any rollout-based filter drops zero-variance problems, so every method is also compared with
     nonzero-variance; a method beyond the paper is compared with the published GradAlign."""
-    from gradalign.reports.benchmark import regime_verdict
+    from gradalign.reports.bench_verdicts import regime_verdict
     rows = [{"method": m, "final": stats} for m, stats in [
         ("gradalign", (0.40, 0.01, 5)), ("gradalign-z", (0.50, 0.01, 5)), ("nonzero-variance", (0.45, 0.01, 5))]]
     lines = regime_verdict(rows)

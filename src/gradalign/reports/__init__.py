@@ -1,4 +1,12 @@
-"""Reports: run directories → a result table (terminal + Markdown), `accuracy.png`, `scores.png` and `summary.md`."""
+"""Reports: run directories → a result table (terminal + Markdown), `accuracy.png`, `scores.png` and `summary.md`;
+a regimes benchmark directory → `plots/`, `report.md` and `report.html` (`benchmark.bench_report`).
+
+One job per module: `summary` reads run directories and writes `summary.md`; `plots` draws their figures;
+`styles` gives every method its colour and marker; `markdown` builds pipe tables and links; `blocks` renders a
+report to Markdown and HTML; `bench_views`, `bench_stats`, `bench_verdicts`, `bench_tables` and `bench_figures`
+read, compute, judge, tabulate and draw a benchmark, and `benchmark` writes its report; `loggers` sends training
+metrics to TensorBoard / W&B.
+"""
 
 from __future__ import annotations
 

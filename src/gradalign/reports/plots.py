@@ -18,30 +18,14 @@ import numpy as np
 from ..data.regimes import CORRUPTED_POOLS
 from ..fileio import atomic_path
 from ..selection.diagnostics import LABELS, is_good, read_scores
+from .styles import method_styles
 from .summary import RunView
 
-# Stable colours for the methods people compare most; others take the next free tab10 colour.
-METHOD_COLOURS = {"gradalign": "#1f77b4", "random": "#7f7f7f", "accgreedy": "#d62728", "full": "#2ca02c",
-                  "learnalign": "#9467bd", "cropi": "#ff7f0e", "passrate-band": "#8c564b"}
-EXTRA_COLOURS = ["#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
-
-def _styles(runs: list[RunView]) -> list[tuple[str, str, str]]:
-    """(label, colour, marker) per run; labels name the directory too when two runs share a method."""
-    used = {METHOD_COLOURS[r.method] for r in runs if r.method in METHOD_COLOURS}
-    spare = [c for c in EXTRA_COLOURS + list(METHOD_COLOURS.values()) if c not in used]
+def _run_labels(runs: list[RunView]) -> list[str]:
+    """Per run, its method; with the directory too when two runs share a method."""
     methods = [r.method for r in runs]
-    taken: set[str] = set()
-    styles = []
-    for i, run in enumerate(runs):
-        colour = METHOD_COLOURS.get(run.method)
-        if colour is None or colour in taken:
-            colour = spare.pop(0) if spare else f"C{i % 10}"
-        taken.add(colour)
-        label = run.method if methods.count(run.method) == 1 else f"{run.method} ({run.name})"
-        styles.append((label, colour, MARKERS[i % len(MARKERS)]))
-    return styles
+    return [run.method if methods.count(run.method) == 1 else f"{run.method} ({run.name})" for run in runs]
 
 
 def _title(runs: list[RunView]) -> str:
@@ -71,10 +55,10 @@ def plot_runs(runs: list[RunView], path: str | os.PathLike, dpi: int = 120) -> P
     fig = Figure(figsize=(11.5, 4.6) if with_shares else (6.8, 4.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2 if with_shares else 1, squeeze=False)[0]
-    styles = _styles(runs)
+    styles = list(zip(_run_labels(runs), method_styles([run.method for run in runs])))
 
     ax = axes[0]
-    for run, (label, colour, marker) in zip(runs, styles):
+    for run, (label, (colour, marker)) in zip(runs, styles):
         steps, acc = run.curve()
         ax.plot(steps, acc, color=colour, marker=marker, markersize=6, linewidth=2, label=label)
     ax.set_xlabel("GRPO step")
@@ -86,7 +70,7 @@ def plot_runs(runs: list[RunView], path: str | os.PathLike, dpi: int = 120) -> P
 
     if with_shares:
         ax = axes[1]
-        for run, (label, colour, marker) in zip(runs, styles):
+        for run, (label, (colour, marker)) in zip(runs, styles):
             points = [(int(r.get("round", i)) + 1, float(r["selected_corrupted_share"]))
                       for i, r in enumerate(run.rounds) if r.get("selected_corrupted_share") is not None]
             if points:
@@ -197,7 +181,7 @@ def plot_score_distributions(runs: list[RunView], path: str | os.PathLike, label
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [(name, split) for run, (name, _, _) in zip(runs, _styles(runs))
+    panels = [(name, split) for run, name in zip(runs, _run_labels(runs))
               if (split := score_split(run, labels, validation_sources)) is not None]
     if not panels:
         return None

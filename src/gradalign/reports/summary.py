@@ -22,6 +22,7 @@ from ..curriculum.records import ROUNDS_FILE, is_number, read_rounds, time_split
 from ..data.regimes import CORRUPTED_POOLS
 from ..fileio import write_text
 from ..selection.diagnostics import LABELS
+from .markdown import pipe_table, relative_link
 
 PREFERRED_ORDER = ("gradalign",)  # shown first (table rows, legend); the rest by directory name
 DASH = "—"
@@ -181,7 +182,7 @@ def _acc(x: float | None) -> str:
     return DASH if x is None else f"{x:.3f}"
 
 
-def _delta(x: float | None) -> str:
+def format_delta(x: float | None) -> str:
     return DASH if x is None else f"{x:+.3f}"
 
 
@@ -244,7 +245,7 @@ def format_table(rows: list[dict], width: int = TABLE_WIDTH) -> str:
     head1 = (f"{'':<{w_method}}  {'test accuracy':<{w_acc}}  {'':>{w_delta}}  "
              f"{'corrupted share':<{w_shares + 2 + w_mean}}  {group_time:>{w_times}}").rstrip()
     head2 = line("method", "before → after", "Δ", "per round", "mean", [name for name, _ in times])
-    body = [line(_cut(r["method"], w_method), _before_after(r), _delta(r["delta"]),
+    body = [line(_cut(r["method"], w_method), _before_after(r), format_delta(r["delta"]),
                  _fit_shares(r["corrupted_shares"], w_shares), format_share(r["corrupted_mean"]),
                  [format_seconds(r[k]) for _, k in times]) for r in rows]
     rule = "─" * max(len(s) for s in [head1, head2, *body])
@@ -254,18 +255,17 @@ def format_table(rows: list[dict], width: int = TABLE_WIDTH) -> str:
 def markdown_table(rows: list[dict]) -> str:
     header = ["method", "test acc before", "after", "best", "Δ", "corrupted share / round", "mean corrupted",
               "zero-var (mean)", "rollouts s", "scoring s", "training s", "evaluation s", "total s", "GRPO steps"]
-    align = ["---"] + ["---:"] * 4 + ["---"] + ["---:"] * 8
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    body = []
     for r in rows:
         shares = " ".join(format_share(s) for s in r["corrupted_shares"]) or DASH
         zero_var = DASH if r["zero_variance_mean"] is None else f"{r['zero_variance_mean']:.1f}"
         cells = [f"**{r['method']}**" if r["name"] == r["method"] else f"**{r['method']}** ({r['name']})",
-                 _acc(r["before"]), _acc(r["after"]), _acc(r["best"]), _delta(r["delta"]), shares,
+                 _acc(r["before"]), _acc(r["after"]), _acc(r["best"]), format_delta(r["delta"]), shares,
                  format_share(r["corrupted_mean"]), zero_var,
                  *(format_seconds(r[f"time_{k}"]) for k in ("rollouts", "scoring", "training", "evaluation", "total")),
                  str(r["steps"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return pipe_table(header, body, left=(0, header.index("corrupted share / round")))  # names and a list read left to right
 
 
 def _by_source_table(rows: list[dict]) -> str | None:
@@ -276,15 +276,14 @@ def _by_source_table(rows: list[dict]) -> str | None:
                 sources.append(s)
     if len(sources) < 2:
         return None
-    lines = ["| method | " + " | ".join(f"{s} (before → after)" for s in sources) + " |",
-             "|---|" + "---:|" * len(sources)]
+    body = []
     for r in rows:
-        cells = []
+        cells = [r["method"]]
         for s in sources:
             b, a = r["by_source_before"].get(s), r["by_source_after"].get(s)
             cells.append(f"{_acc(b if is_number(b) else None)} → {_acc(a if is_number(a) else None)}")
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return pipe_table(["method", *(f"{s} (before → after)" for s in sources)], body)
 
 
 def _config_value(runs: list[RunView], key: str) -> Any:
@@ -361,26 +360,23 @@ def composition_table(runs: list[RunView]) -> str | None:
     sources = sorted({s for _, sh in shares for s in sh})
     if len(sources) < 2:
         return None
-    lines = ["| method | " + " | ".join(sources) + " |", "|---|" + "---:|" * len(sources)]
-    lines += [f"| {m} | " + " | ".join(format_share(sh.get(s, 0.0)) for s in sources) + " |" for m, sh in shares]
-    return "\n".join(lines)
+    return pipe_table(["method", *sources], [[m, *(format_share(sh.get(s, 0.0)) for s in sources)] for m, sh in shares])
 
 
 def offpolicy_table(runs: list[RunView]) -> str | None:
     """CROPI with offpolicy_fidelity: per stage, off- vs on-policy gradient cosines and selection overlap."""
-    lines = []
+    body = []
     for run in runs:
         for r in run.rounds:
             f = r.get("offpolicy")
             if isinstance(f, dict):
-                cells = [f.get(k) for k in ("cosine_mean", "cosine_median", "share_cosine_above_0.6",
-                                              "selection_overlap")]
-                lines.append(f"| {run.method} | {r.get('round')} | {f.get('problems')} | "
-                             + " | ".join(format_share(c) if is_number(c) else DASH for c in cells) + " |")
-    if not lines:
+                figures = [f.get(k) for k in ("cosine_mean", "cosine_median", "share_cosine_above_0.6",
+                                                "selection_overlap")]
+                body.append([run.method, str(r.get("round")), str(f.get("problems")),
+                             *(format_share(c) if is_number(c) else DASH for c in figures)])
+    if not body:
         return None
-    return "\n".join(["| method | stage | problems | cosine mean | median | share > 0.6 | top-N overlap |",
-                      "|---|---:|---:|---:|---:|---:|---:|", *lines])
+    return pipe_table(["method", "stage", "problems", "cosine mean", "median", "share > 0.6", "top-N overlap"], body)
 
 
 # ── selection diagnostics: record["diagnostics"] (selection/diagnostics.py) ──────────────────────────────────
@@ -455,15 +451,14 @@ def diagnostics_table(runs: list[RunView]) -> str | None:
         return None
     labels = diagnostics_labels([d for run, _ in means for d in round_diagnostics(run)])
     header = ["method", *(f"{name}: {h}" for name in labels for h in LABEL_HEADERS), *LABEL_FREE_HEADERS]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    body = []
     for run, m in means:
         free = m["label_free"]
-        cells = [_run_name(run),
-                 *(format_share(m["labels"].get(name, {}).get(k)) for name in labels for k in LABEL_KEYS),
-                 _spread(free["score_std"]), format_share(free["positive_share"]), _corr(free["pass_rate_corr"]),
-                 _corr(free["length_corr"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append([_run_name(run),
+                     *(format_share(m["labels"].get(name, {}).get(k)) for name in labels for k in LABEL_KEYS),
+                     _spread(free["score_std"]), format_share(free["positive_share"]), _corr(free["pass_rate_corr"]),
+                     _corr(free["length_corr"])])
+    return pipe_table(header, body)
 
 
 def format_diagnostics(runs: list[RunView], width: int = TABLE_WIDTH) -> str:
@@ -498,7 +493,7 @@ def summary_markdown(directory: str | os.PathLike, runs: list[RunView], plot_pat
         parts += ["## Setup", "", *essentials, ""]
     parts += ["## Results", "", markdown_table(rows), ""]
     if plot_path is not None:
-        parts += [f"![test accuracy and corrupted share per round]({_rel(plot_path, directory)})", ""]
+        parts += [f"![test accuracy and corrupted share per round]({relative_link(plot_path, directory)})", ""]
     by_source = _by_source_table(rows)
     if by_source:
         parts += ["## Test accuracy by source", "", by_source, ""]
@@ -524,10 +519,6 @@ def summary_markdown(directory: str | os.PathLike, runs: list[RunView], plot_pat
     return "\n".join(parts)
 
 
-def _rel(path: str | os.PathLike, directory: Path) -> str:
-    return Path(os.path.relpath(Path(path).resolve(), directory.resolve())).as_posix()
-
-
 def _diagnostics_section(directory: Path, runs: list[RunView], scores_plot: str | os.PathLike | None) -> list[str]:
     """The "Selection diagnostics" table, its legend and the score-distribution figure ([] when neither)."""
     table = diagnostics_table(runs)
@@ -535,7 +526,7 @@ def _diagnostics_section(directory: Path, runs: list[RunView], scores_plot: str 
     if table:
         parts += [table, "", DIAGNOSTICS_HOW_TO_READ, ""]
     if scores_plot is not None:
-        parts += [f"![scores of the eligible candidates, good vs bad]({_rel(scores_plot, directory)})", ""]
+        parts += [f"![scores of the eligible candidates, good vs bad]({relative_link(scores_plot, directory)})", ""]
     return parts
 
 

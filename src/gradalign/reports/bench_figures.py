@@ -1,0 +1,149 @@
+"""The figures of a benchmark report, one pair of PNGs per regime: accuracy vs GRPO step and vs wall time with the
+share of the selection that tells the regime's story, and the score distributions good vs bad."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..curriculum.records import is_number
+from ..fileio import atomic_path
+from ..selection.diagnostics import LABELS
+from .bench_stats import REGIME_LABEL, Curve, composition, mean_curve
+from .bench_views import RegimeView
+from .plots import plot_score_distributions
+from .styles import method_styles
+from .summary import RunView
+
+# The one share per round that tells each regime's story (figure panel c).
+PLOTTED_SHARE = {"imbalance": "target", "unreliable-rewards": "corrupted", "low-utility": "wasted",
+                 "gsm-symbolic": "corrupted"}
+SHARE_LABELS = {"target": "target-task share of selection", "corrupted": "corrupted share of selection",
+                "wasted": "trivial + unsolvable share of selection"}
+
+
+def time_curve(run: RunView) -> Curve | None:
+    """(GRPO steps, cumulative wall time): step 0 at time 0; None when a round lacks `timings.total`."""
+    totals = [r.get("timings", {}).get("total") if isinstance(r.get("timings"), dict) else None for r in run.rounds]
+    if not totals or not all(is_number(t) for t in totals):
+        return None
+    return run.curve()[0], [0.0, *np.cumsum(np.array(totals, dtype=float)).tolist()]
+
+
+def plotted_share_key(regime: RegimeView) -> str | None:
+    """The share plotted per round: the regime's own, or for another regime the first that any run records."""
+    if regime.kind in PLOTTED_SHARE:
+        return PLOTTED_SHARE[regime.kind]
+    rows = [row for runs in regime.runs.values() for run in runs.values()
+            for row in composition(run.rounds, regime.target_sources)]
+    for key in ("corrupted", "wasted", "target"):
+        if any(_share_value(row, key) is not None for row in rows):
+            return key
+    return None
+
+
+def _share_value(row: dict, key: str) -> float | None:
+    if key == "wasted":  # selections that teach nothing: always solved or never solved
+        parts = [row["trivial"], row["unsolvable"]]
+        return None if all(p is None for p in parts) else sum(p or 0.0 for p in parts)
+    return row[key]
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    return (3600.0, "h") if seconds > 7200 else (60.0, "min") if seconds > 120 else (1.0, "s")
+
+
+def _plot_accuracy(ax, regime: RegimeView, styles: dict) -> None:
+    for m, (colour, marker) in styles.items():
+        curves = [run.curve() for run in regime.started(m)]
+        xs, mean, std = mean_curve(curves)
+        if xs.size:
+            ax.plot(xs, mean, color=colour, marker=marker, markersize=5, linewidth=2, label=f"{m} ({len(curves)})")
+            ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Test accuracy, mean ± std over seeds")
+
+
+def _plot_accuracy_vs_time(ax, regime: RegimeView, styles: dict) -> None:
+    series = []
+    for m, (colour, marker) in styles.items():
+        pairs = [(run.curve(), time_curve(run)) for run in regime.started(m)]
+        pairs = [(acc, t) for acc, t in pairs if t is not None]
+        if pairs:
+            _, acc, _ = mean_curve([p[0] for p in pairs])
+            _, seconds, _ = mean_curve([p[1] for p in pairs])
+            series.append((m, colour, marker, seconds, acc))
+    top = max((float(np.nanmax(s[3])) for s in series if s[3].size), default=0.0)
+    scale, unit = _time_unit(top)
+    for m, colour, marker, seconds, acc in series:
+        ax.plot(seconds / scale, acc, color=colour, marker=marker, markersize=5, linewidth=2, label=m)
+    ax.set_xlabel(f"wall time ({unit}, mean cumulative)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Test accuracy vs wall time")
+
+
+def _plot_composition(ax, regime: RegimeView, styles: dict, key: str) -> None:
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    for m, (colour, marker) in styles.items():
+        curves = []
+        for run in regime.started(m):
+            rows = composition(run.rounds, regime.target_sources)
+            curves.append(([row["round"] + 1 for row in rows], [_share_value(row, key) for row in rows]))
+        xs, mean, _ = mean_curve(curves)
+        if xs.size and not np.all(np.isnan(mean)):
+            ax.plot(xs, mean, color=colour, marker=marker, markersize=5, linewidth=2, label=m)
+    ax.set_ylim(0, 1)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel(SHARE_LABELS[key])
+    ax.set_title("What was selected (mean over seeds)")
+
+
+def plot_regime(regime: RegimeView, methods: Sequence[str], path: str | os.PathLike, dpi: int = 110) -> Path | None:
+    """One PNG (atomically) for a regime: accuracy vs step (±std band), vs wall time, and the regime's share
+    per round; panels without data are left out. None when no cell has started."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = [m for m in methods if regime.started(m)]
+    if not shown:
+        return None
+    methods = list(dict.fromkeys(methods))  # a method named twice is still one line, in its own colour
+    styles = dict(zip(methods, method_styles(methods)))  # over all methods: a method looks the same in every regime
+    styles = {m: styles[m] for m in shown}
+    with_time = any(time_curve(run) for m in shown for run in regime.started(m))
+    share_key = plotted_share_key(regime)
+    panels = ["accuracy"] + (["time"] if with_time else []) + (["share"] if share_key else [])
+    fig = Figure(figsize=(5.6 * len(panels), 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        if panel == "accuracy":
+            _plot_accuracy(ax, regime, styles)
+        elif panel == "time":
+            _plot_accuracy_vs_time(ax, regime, styles)
+        else:
+            _plot_composition(ax, regime, styles, share_key)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", frameon=False, fontsize=9)
+    fig.suptitle(f"regime: {regime.name}", fontsize=12)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path
+
+
+def plot_regime_scores(regime: RegimeView, methods: Sequence[str], path: Path) -> Path | None:
+    """Score distributions, good vs bad under the regime's label, of each method's first started seed."""
+    runs = [seeds[min(seeds)] for m in methods if (seeds := regime.runs.get(m))]
+    own = REGIME_LABEL.get(regime.kind)
+    labels = ([own] if own else []) + [name for name in LABELS if name != own]
+    return plot_score_distributions(runs, path, labels, regime.target_sources or None,
+                                    title=f"regime: {regime.name}   ·   scores of the eligible candidates, good vs bad "
+                                          f"(first seed, all rounds pooled)")
