@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from gradalign.bench.regimes import plan_from_args
-from gradalign.cli import build_parser, main, overrides
+from gradalign.cli import build_parser, main
+from gradalign.flags import overrides
 from gradalign.config import SCENARIO_FIELDS, SCENARIO_KNOBS, RunConfig
 from gradalign.curriculum import setup
 from gradalign.curriculum.setup import load_problem_sets, make_reward

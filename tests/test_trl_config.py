@@ -136,7 +136,8 @@ def test_bad_trl_values_are_one_line_errors_naming_the_file_and_key(tmp_path, ca
 
 
 def test_trl_flags_are_parsed_by_trl_and_override_the_yaml(tmp_path):
-    from gradalign.cli import overrides, parse_command_line
+    from gradalign.cli import parse_command_line
+    from gradalign.flags import overrides
     (tmp_path / "run.yaml").write_text("learning_rate: 1.0e-5\nuse_peft: true\nmethod: random\n")
     args = parse_command_line(["run", "--config", str(tmp_path / "run.yaml"), "--learning-rate", "2e-5",
                                "--use_peft", "false", "--report_to", "tensorboard", "--chunk_size", "32"])

@@ -39,7 +39,7 @@ def publish(result: dict, table: str, footer: str, out: str | None, echo: Callab
     return result
 
 
-def _csv(kind=str):
+def csv_list(kind=str):
     def parse(text: str) -> list:
         items = [t.strip() for t in text.split(",") if t.strip()]
         if not items:
@@ -56,14 +56,14 @@ def run_default(name: str):
 
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gradalign bench scoring` / `python benchmarks/scoring.py`."""
-    parser.add_argument("--models", type=_csv(), default=["tiny", "10m"],
+    parser.add_argument("--models", type=csv_list(), default=["tiny", "10m"],
                         help="comma-separated models: tiny, 10m (built from a seed), smollm2-135m (built in); "
                              "NAME+loraR also times a rank-R LoRA copy of NAME, e.g. tiny+lora16 (default: tiny,10m)")
-    parser.add_argument("--chunks", type=_csv(int), default=[64, 256, 1024],
+    parser.add_argument("--chunks", type=csv_list(int), default=[64, 256, 1024],
                         help="comma-separated numbers of problems scored at once (default: 64,256,1024)")
     parser.add_argument("--k", type=int, default=8, help="completions per problem (default: 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default: 3)")
-    parser.add_argument("--backends", type=_csv(), default=["naive", "func", "onepass", "onepass-z"],
+    parser.add_argument("--backends", type=csv_list(), default=["naive", "func", "onepass", "onepass-z"],
                         help="comma-separated per-problem backends to time next to the floor: naive, func, onepass, "
                              "onepass-z (per-completion terms, what gradalign-z scores with), onepass-zcos (terms and "
                              "norms: gradalign-zcos), and projected features "

@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 
 from ..gradients.projections import VARIANTS
-from . import _csv, machine_info, publish
+from . import csv_list, machine_info, publish
 
 DIMS = [512, 2048, 8192, 32768]
 KINDS = ["factored", "factored-energy", "khatri-rao-energy", "sparse", "dense"]
@@ -307,12 +307,12 @@ def run_fidelity(settings: list[str] = SETTINGS, dims: list[int] = DIMS, kinds: 
 
 def add_fidelity_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `gradalign bench fidelity` / `python benchmarks/fidelity.py`."""
-    parser.add_argument("--settings", type=_csv(), default=list(SETTINGS),
+    parser.add_argument("--settings", type=csv_list(), default=list(SETTINGS),
                         help="comma-separated: round (warm-started tiny policy, default scenario), random "
                              "(random-init --random-model, fabricated rollouts) (default: round,random)")
-    parser.add_argument("--dims", type=_csv(int), default=list(DIMS),
+    parser.add_argument("--dims", type=csv_list(int), default=list(DIMS),
                         help="comma-separated projection dimensions (default: 512,2048,8192,32768)")
-    parser.add_argument("--kinds", type=_csv(), default=list(KINDS),
+    parser.add_argument("--kinds", type=csv_list(), default=list(KINDS),
                         help=f"comma-separated projections among {', '.join(VARIANTS)} (default: {','.join(KINDS)})")
     parser.add_argument("--seed", type=int, default=0, help="projection seed (default: 0)")
     parser.add_argument("--max-seconds", type=float, default=45.0,

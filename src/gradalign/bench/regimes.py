@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from . import _csv
+from . import csv_list
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +179,10 @@ def run_workers(plan: BenchPlan) -> None:
 
 def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("regimes", help="every method on the paper's three data regimes, several seeds")
-    parser.add_argument("--regimes", type=_csv(), default=None,
+    parser.add_argument("--regimes", type=csv_list(), default=None,
                         help=f"comma-separated regimes (default: {','.join(REGIMES)}; preset smollm2-gsm: "
                              f"{','.join(REAL_MODEL_REGIMES)})")
-    parser.add_argument("--methods", type=_csv(), default=None,
+    parser.add_argument("--methods", type=csv_list(), default=None,
                         help=f"comma-separated methods (default: quick preset {','.join(QUICK_METHODS)}; "
                              f"standard preset {','.join(STANDARD_METHODS)}; full preset every method of the "
                              f"registry)")
@@ -201,7 +201,7 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
                         help="processes sharing the cells, one thread each (2 on a 2-core machine: about half the "
                              "wall time) (default: 1)")
     parser.add_argument("--out", default="runs/bench-regimes", help="benchmark directory (rerun to resume)")
-    from ..cli import add_config_flags
+    from ..flags import add_config_flags
     from ..config import SCENARIO_FIELDS, RunConfig
     knobs = parser.add_argument_group("scenario knobs (RunConfig fields, over --config; each regime reads its own)")
     add_config_flags(knobs, skip=tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in SCENARIO_FIELDS))

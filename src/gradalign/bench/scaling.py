@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import _csv, publish
+from . import csv_list, publish
 
 # One round at the demo's sizes, smaller test set; rollout_batch 32 gives 8 chunk blocks and 2 validation blocks.
 SIZES = dict(pool_size=512, validation_size=64, test_size=128, chunk_size=256, selection_ratio=8,
@@ -115,7 +115,7 @@ def run_scaling(processes: list[int], out: str, threads: int = 1, device: str = 
 def add_scaling_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("scaling", help="one GradAlign round with 1 and N processes (torchrun): throughput "
                                                    "and the round's time split")
-    parser.add_argument("--processes", type=_csv(int), default=[1, 2],
+    parser.add_argument("--processes", type=csv_list(int), default=[1, 2],
                         help="comma-separated process counts, the first is the baseline (default: 1,2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default: 1)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
