@@ -148,6 +148,7 @@ def test_trl_flags_are_parsed_by_trl_and_override_the_yaml(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "tiny"], "--model is now TRL's --model_name_or_path"),
+    (["--pool-split", "train"], "--pool-split is now TRL's --dataset_train_split"),
     (["--learning_rate", "x"], "argument --learning_rate/--learning-rate: invalid float value: 'x'"),
     (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag 1"),
 ])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import RunConfig
 from .distributed import is_main_process, launched_world_size
-from .flags import add_config_flags, overrides, trl_flags
+from .flags import add_config_flags, overrides, renamed_flag, trl_flags
 
 log = logging.getLogger("gradalign")
 # the published GradAlign, the recommended method (README: "Which method"), and the two baselines everyone compares to
@@ -40,8 +40,9 @@ def setup_logging(verbose: bool = False) -> None:
 
 TAKES_TRL_FLAGS = ("run", "demo", "select", "rollouts")  # the commands that build a RunConfig
 TRL_FLAGS_HELP = ("TRL's own fields are flags too, under TRL's names and parsed by TRL: every GRPOConfig, "
-                  "ModelConfig and `trl grpo` script argument (--model_name_or_path, --learning_rate, --max_completion_length, "
-                  "--num_generations, --use_peft, --report_to, ...; `trl grpo --help` lists them).")
+                  "ModelConfig and `trl grpo` script argument (--model_name_or_path, --learning_rate, "
+                  "--max_completion_length, --num_generations, --use_peft, --report_to, ...; `trl grpo --help` lists "
+                  "them).")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -211,16 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
 def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
     """Our flags, then (for the commands that build a RunConfig) TRL's flags from what is left."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    renamed = next((flag for flag in rest if flag.split("=")[0] in ("--model", "--max-new-tokens")), None)
-    if renamed:  # TRL's parser would read an abbreviation of several of its flags
-        new = {"--model": "--model_name_or_path", "--max-new-tokens": "--max_completion_length"}[renamed.split("=")[0]]
-        parser.error(f"{renamed.split('=')[0]} is now TRL's {new}")
+    renamed = renamed_flag(rest)
+    if renamed:  # before TRL's parser, which would read `--model` as an abbreviation of several of its flags
+        parser.error(renamed)
     if rest and args.command in TAKES_TRL_FLAGS:
         args.trl_flags, rest = trl_flags(rest, args.command)
     if rest:

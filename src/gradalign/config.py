@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+
 def _f(default: Any, help: str, **kw):
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .config import RunConfig
+from .config import RENAMED, RunConfig
 
 
 def parse_bool(text: str) -> bool:
@@ -59,3 +59,10 @@ def overrides(args: argparse.Namespace) -> dict:
     names = {f.name for f in dataclasses.fields(RunConfig)} - {"trl"}
     return {**getattr(args, "trl_flags", {}),
             **{k: v for k, v in vars(args).items() if k in names and v is not None}}
+
+
+def renamed_flag(strings: list[str]) -> str | None:
+    """The error for the first flag of a field renamed to TRL's name (`--model`, `--max-new-tokens`, ...), if any."""
+    old = {spelling: name for name in RENAMED for spelling in (RunConfig.flag(name), f"--{name}")}
+    given = next((s.split("=")[0] for s in strings if s.split("=")[0] in old), None)
+    return f"{given} is now TRL's --{RENAMED[old[given]]}" if given else None

@@ -29,8 +29,8 @@ from ..policy.load import apply_peft, load_policy, save_policy
 from ..reports.loggers import RunLoggers
 from ..selection import get_method
 from ..selection.diagnostics import scores_table, selection_diagnostics, write_scores
-from .offline import offline_influence
 from . import records
+from .offline import offline_influence
 from .round import EmptySelectionError, RoundSelection, RoundSelector
 from .setup import (INITIAL_EVAL, check_inputs, chunk_order, join_processes, load_problem_sets, make_reward,
                     round_seed, warn_long_prompts)

@@ -97,6 +97,8 @@ class OfflineInfluence:
     def projector(self, model):
         """One projection for train, validation and every stage: seeded by (seed, parameter names); an energy
         split is measured once, on the validation rollouts, and kept in the run directory."""
+        if self._projector is not None:
+            return self._projector
         name = self.cfg.projection_for(get_method(self.cfg.method).projection)
 
         def measure_energy():  # once per run directory
@@ -109,8 +111,7 @@ class OfflineInfluence:
                 fileio.write_json(path, {"projection": name, "shares": shares})
             return shares
 
-        if self._projector is None:
-            self._projector = configured_projector(name, self.cfg.projection_dim, self.cfg.seed, measure_energy)
+        self._projector = configured_projector(name, self.cfg.projection_dim, self.cfg.seed, measure_energy)
         return self._projector
 
     def directions(self, model, batch_of=popi_batch, rollouts_of=None) -> Directions | None:

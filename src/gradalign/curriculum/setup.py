@@ -137,8 +137,9 @@ def _warn_tiny_prompts(cfg: RunConfig, sets: Scenario) -> None:
 
 
 def warn_long_prompts(cfg: RunConfig, sets: Scenario, model, tokenizer) -> None:
-    """One warning line per problem set (with a count) whose prompts plus `max_new_tokens` do not fit the model's
-    context, once the model and tokenizer are loaded (the tiny policy is checked by characters in check_inputs)."""
+    """One warning line per problem set (with a count) whose prompts plus `max_completion_length` do not fit the
+    model's context, once the model and tokenizer are loaded (the tiny policy is checked by characters in
+    check_inputs)."""
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if not context or _tiny_policy(cfg):
         return
@@ -160,9 +161,10 @@ def check_sharding(cfg: RunConfig, sets: Scenario, world: int) -> None:
     if "offline" in method.needs and cfg.offpolicy_fidelity:
         raise ValueError("config: offpolicy_fidelity (CROPI's on-policy check) runs on one process only: launch it "
                          "as one process, or turn it off")
-    if (cfg.problems_per_step * cfg.grpo.num_generations) % world:
-        raise ValueError(f"config: problems_per_step × num_generations = {cfg.problems_per_step * cfg.grpo.num_generations}"
-                         f" completions per GRPO step cannot be split evenly over {world} processes")
+    completions = cfg.problems_per_step * cfg.grpo.num_generations
+    if completions % world:
+        raise ValueError(f"config: problems_per_step × num_generations = {completions} completions per GRPO step "
+                         f"cannot be split evenly over {world} processes")
     check_blocks(cfg, sets, world)
 
 

@@ -172,11 +172,12 @@ def round_layout(args: GRPOConfig, steps_per_round: int) -> RoundLayout:
     micro_steps = steps_per_round * args.gradient_accumulation_steps
     if micro_steps % repeat:
         unit = repeat // math.gcd(repeat, args.gradient_accumulation_steps)
+        nearest = unit * max(1, round(steps_per_round / unit))
         raise TrainerArgumentError(
             f"selection=RunConfig(steps_per_round={steps_per_round}) is not a whole number of TRL generations: with "
             f"args.gradient_accumulation_steps={args.gradient_accumulation_steps}, "
             f"args.steps_per_generation={args.steps_per_generation} and args.num_iterations={args.num_iterations} "
-            f"a round must be a multiple of {unit} optimizer steps (pass steps_per_round={unit * max(1, round(steps_per_round / unit))})")
+            f"a round must be a multiple of {unit} optimizer steps (pass steps_per_round={nearest})")
     return RoundLayout(args.generation_batch_size // args.num_generations, args.num_generations, repeat,
                        micro_steps // repeat)
 
@@ -269,8 +270,9 @@ class GradAlignGRPOTrainer(GRPOTrainer):
     Args (in addition to GRPOTrainer's):
         validation_dataset: trusted validation problems, same columns as `train_dataset`.
         selection: a `RunConfig` for the selection knobs (method, chunk_size, selection_ratio,
-            rollouts_per_problem, validation_rollouts, steps_per_round, no_direction, ...). Sampling settings
-            (temperature, top_p, max_new_tokens) are taken from the GRPO args so selection samples like training.
+            rollouts_per_problem, validation_rollouts, steps_per_round, no_direction, ...). TRL's fields selection
+            reads (`FROM_ARGS`: temperature, top_p, max_completion_length, ...) come from `args`, so selection
+            samples like training.
 
     A round is `selection.steps_per_round` optimizer steps whatever `gradient_accumulation_steps`,
     `steps_per_generation`, `generation_batch_size` and `num_iterations` are. Epoch-based training

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Collection, Iterable, NamedTuple
+from typing import Any, Callable, Collection, Iterable, NamedTuple
 
 from .problem import DataError, Problem, Prompt, one_line
 
@@ -139,19 +139,29 @@ def reasoning_gym_problems(task: str, n: int, seed: int, *, exclude: Collection[
     reasoning_gym = require_reasoning_gym(f"task '{task}'")
     max_items = 20 * n + 100  # bounded: a narrow config may not have n distinct prompts
     dataset = reasoning_gym.create_dataset(task, seed=seed, size=max_items, **{**EASY_CONFIGS[task], **task_config})
+    problems = first_distinct(
+        lambda index, count: _from_item(task, dataset[index], f"{id_prefix or task}-{count}", seed, index),
+        max_items, n, exclude)
+    if len(problems) < n:
+        raise ValueError(f"reasoning-gym task '{task}' gave only {len(problems)} distinct new prompts of {n} asked; "
+                         f"ask for fewer or widen its config")
+    return problems
+
+
+def first_distinct(make: Callable[[int, int], Problem], max_items: int, n: int, exclude: Collection[str]
+                   ) -> list[Problem]:
+    """Up to `n` problems `make(index, count)` for index 0, 1, ..., `max_items` - 1 (count: how many were kept
+    before it), skipping those whose `prompt_text` is in `exclude` or already kept."""
     seen = set(exclude)
     problems: list[Problem] = []
     for index in range(max_items):
         if len(problems) == n:
             break
-        problem = _from_item(task, dataset[index], f"{id_prefix or task}-{len(problems)}", seed, index)
+        problem = make(index, len(problems))
         key = prompt_text(problem.prompt)
         if key not in seen:
             seen.add(key)
             problems.append(problem)
-    if len(problems) < n:
-        raise ValueError(f"reasoning-gym task '{task}' gave only {len(problems)} distinct new prompts of {n} asked; "
-                         f"ask for fewer or widen its config")
     return problems
 
 
@@ -175,19 +185,15 @@ def gsm_symbolic_problems(n: int, seed: int, *, exclude: Collection[str] = (),
     reasoning_gym = require_reasoning_gym("task 'gsm_symbolic'")
     max_items = 2 * n + 100  # templates are wide: duplicates are rare
     dataset = reasoning_gym.create_dataset("gsm_symbolic", seed=seed, size=max_items)
-    seen = set(exclude)
-    problems: list[Problem] = []
-    for index in range(max_items):
-        if len(problems) == n:
-            break
+
+    def word_problem(index: int, count: int) -> Problem:
         item = dataset[index]
-        problem = Problem(id=f"{id_prefix or 'gsm_symbolic'}-{len(problems)}", prompt=chat(item["question"]),
-                          answer=str(item["answer"]), source="gsm_symbolic",
-                          metadata={"verifier": "math", "template": int(dataset.task_indices[index]),
-                                    "rg_seed": seed, "rg_index": index})
-        if prompt_text(problem.prompt) not in seen:
-            seen.add(prompt_text(problem.prompt))
-            problems.append(problem)
+        return Problem(id=f"{id_prefix or 'gsm_symbolic'}-{count}", prompt=chat(item["question"]),
+                       answer=str(item["answer"]), source="gsm_symbolic",
+                       metadata={"verifier": "math", "template": int(dataset.task_indices[index]), "rg_seed": seed,
+                                 "rg_index": index})
+
+    problems = first_distinct(word_problem, max_items, n, exclude)
     if len(problems) < n:
         raise ValueError(f"gsm_symbolic gave only {len(problems)} distinct new prompts of {n} asked")
     return problems

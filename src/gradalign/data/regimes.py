@@ -26,6 +26,7 @@ from .tasks import generate, generate_mix
 
 DEFAULT_FAMILIES = {"add": 1.0, "sub": 1.0}
 CORRUPTED_POOLS = ("unreliable-rewards", "gsm-symbolic")  # the scenarios whose pool has corrupt_fraction corrupted
+SINGLE_DIGIT_SHARE = 0.5  # of smollm2-arithmetic's mix (and of gsm-symbolic's arithmetic part)
 UTILITY_LABELS = ("useful", "trivial", "unsolvable")
 FORMATS = ("jsonl", "parquet")
 
@@ -138,7 +139,7 @@ def low_utility(pool_size: int = 2000, validation_size: int = 64, test_size: int
 
 
 def smollm2_arithmetic(pool_size: int = 2000, validation_size: int = 64, test_size: int = 256, seed: int = 0,
-                       single_digit_share: float = 0.5) -> Scenario:
+                       single_digit_share: float = SINGLE_DIGIT_SHARE) -> Scenario:
     """Chat-prompted arithmetic easy enough to give SmolLM2-135M-Instruct a real reward signal; run it with
     verifier "task" (each problem's ``metadata["verifier"]`` says how to score it).
 
@@ -174,7 +175,7 @@ def gsm_symbolic(pool_size: int = 256, validation_size: int = 32, test_size: int
     require_reasoning_gym("scenario 'gsm-symbolic'")
     sizes = {"pool": pool_size, "val": validation_size, "test": test_size}
     n_words = {split: int(round(gsm_share * size)) for split, size in sizes.items()}
-    single_digit = _single_digit_counts({s: sizes[s] - n_words[s] for s in sizes}, 0.5)
+    single_digit = _single_digit_counts({s: sizes[s] - n_words[s] for s in sizes}, SINGLE_DIGIT_SHARE)
     taken: set[str] = set()
     sets = {}
     for split, size in sizes.items():

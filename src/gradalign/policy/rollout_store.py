@@ -301,7 +301,8 @@ def collect_rollouts(store: RolloutStore, model, tokenizer, problems: list[Probl
 
 # ── CROPI's two stores from a run config ────────────────────────────────────────────────────────────────────
 def offline_sampling(cfg: RunConfig) -> SamplingConfig:
-    return SamplingConfig(temperature=cfg.offline_temperature, top_p=1.0, max_new_tokens=cfg.grpo.max_completion_length)
+    return SamplingConfig(temperature=cfg.offline_temperature, top_p=1.0,
+                          max_new_tokens=cfg.grpo.max_completion_length)
 
 
 def store_paths(cfg: RunConfig) -> tuple[Path, Path]:

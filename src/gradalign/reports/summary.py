@@ -265,7 +265,8 @@ def markdown_table(rows: list[dict]) -> str:
                  *(format_seconds(r[f"time_{k}"]) for k in ("rollouts", "scoring", "training", "evaluation", "total")),
                  str(r["steps"])]
         body.append(cells)
-    return pipe_table(header, body, left=(0, header.index("corrupted share / round")))  # names and a list read left to right
+    # names and a list of shares read left to right
+    return pipe_table(header, body, left=(0, header.index("corrupted share / round")))
 
 
 def _by_source_table(rows: list[dict]) -> str | None:
