@@ -253,3 +253,29 @@ def test_each_parameter_is_reduced_as_the_backward_reaches_it(tie):
         assert order[-1] == "model.embed_tokens.weight"
     else:
         assert order[0] == "lm_head.weight" and order[-1] == "model.embed_tokens.weight"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("case", ["zero-rows", "unequal-no-zeros", "equal-no-zeros"])
+def test_per_problem_gradients_pack_only_the_tokens_that_carry_gradient(seed, case):
+    """`_materialised` drops tokens whose output gradient is 0 and packs the rest problem by problem; every way
+    it can take (tokens to drop; unequal counts with none to drop; nothing to drop) must give Σ_t a_t b_tᵀ of each
+    problem, an embedding's one-hot terms included."""
+    from gradalign.gradients.onepass import Factor, _materialised, _segments
+    g = torch.Generator().manual_seed(seed)
+    rows, cols, vocab = 5, 7, 6
+    lengths = [4, 4, 4] if case == "equal-no-zeros" else [3, 6, 1, 4]
+    T = sum(lengths)
+    dense = Factor(torch.randn(T, rows, generator=g), torch.randn(T, cols, generator=g))
+    index = Factor(torch.randint(0, rows, (T,), generator=g), torch.randn(T, cols, generator=g), index=True)
+    if case == "zero-rows":  # padding / unread positions: a zero output gradient
+        dense.a[torch.rand(T, generator=g) < 0.4] = 0
+        index.b[torch.rand(T, generator=g) < 0.4] = 0
+    seg = _segments(torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)), len(lengths))
+    got = _materialised([index, dense], (rows, cols), seg)
+    for i, s in enumerate(seg):
+        want = dense.a[s].double().T @ dense.b[s].double()
+        want.index_add_(0, index.a[s], index.b[s].double())
+        # fp32 sums of at most T products of unit-scale terms: a few T·eps of the largest term's scale
+        tol = 4 * T * torch.finfo(torch.float32).eps * float(want.abs().max().clamp(min=1))
+        assert torch.allclose(got[i].double(), want, atol=tol, rtol=0), (case, i)

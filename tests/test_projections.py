@@ -44,6 +44,8 @@ CASES = {
     "dense-gaussian": ("dense", {"distribution": "gaussian"}),
     "sparse": ("sparse", {"fraction": 0.1}),
     "sparse-half": ("sparse", {"fraction": 0.5}),
+    "sparse-countsketch": ("sparse", {"fraction": 0.1, "sketch": "countsketch"}),
+    "sparse-countsketch-half": ("sparse", {"fraction": 0.5, "sketch": "countsketch"}),
 }
 REL = 1e-5  # fp32 logits in the library; everything else float64 here
 
@@ -65,6 +67,13 @@ def explicit_R(projector, model) -> torch.Tensor:
                 left = torch.eye(b.rows, dtype=torch.float64) if p_out is None else p_out.double()
                 right = torch.eye(b.cols, dtype=torch.float64) if p_in is None else p_in.double()
                 R[off:off + d_out * d_in, cols] = torch.kron(left, right)
+        elif isinstance(projector, SparseProjector) and projector.sketch == "countsketch":
+            idx, scale = projector.subset(b)
+            bucket, sign = projector.hashes(b)
+            assert bucket.min() >= 0 and bucket.max() < projector.dim and set(sign.tolist()) <= {-1.0, 1.0}
+            block = torch.zeros(projector.dim, b.numel, dtype=torch.float64)
+            block[bucket, idx] = sign.double() * scale  # one non-zero per kept coordinate: ±√(n_p / k_p)
+            R[:, cols] = block
         else:
             width = projector.width
             n_blocks = -(-projector._columns(b) // width)
@@ -114,7 +123,7 @@ def test_features_equal_explicit_R_times_exact_gradients(setup, case):
     assert torch.allclose(projector.project_flat(model, units).T, R[:, cols], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", ["factored", "khatri-rao", "dense-rademacher", "sparse"])
+@pytest.mark.parametrize("case", ["factored", "khatri-rao", "dense-rademacher", "sparse", "sparse-countsketch"])
 def test_fp32_model_varied_groups_and_micro_batches(case):
     """fp32 model, random group sizes (unequal token counts per problem), one problem per forward or all at once."""
     model = make_model(tie=False, seed=21)
@@ -215,7 +224,8 @@ def test_bit_identical_in_another_process(tmp_path):
         batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
         v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(1))
         out = {}
-        for kind, kw in [("factored", {}), ("factored", {"sketch": "khatri-rao"}), ("dense", {}), ("sparse", {})]:
+        for kind, kw in [("factored", {}), ("factored", {"sketch": "khatri-rao"}), ("dense", {}), ("sparse", {}),
+                         ("sparse", {"sketch": "countsketch"})]:
             pr = get_projector(kind, 64, seed=11, **kw)
             key = kind + kw.get("sketch", "")
             out[key + "_features"] = pr.features(model, batch).numpy()
@@ -264,7 +274,8 @@ def exact_grads():
     return model, G[[i for i in range(len(ZERO_VARIANCE)) if not ZERO_VARIANCE[i]]]
 
 
-@pytest.mark.parametrize("case", ["factored", "khatri-rao", "dense-rademacher", "dense-gaussian", "sparse"])
+@pytest.mark.parametrize("case", ["factored", "khatri-rao", "dense-rademacher", "dense-gaussian", "sparse",
+                                  "sparse-countsketch"])
 def test_inner_products_are_unbiased(exact_grads, case):
     """Over S seeds, mean ⟨φ_i, φ_j⟩ matches ⟨g_i, g_j⟩ within 6 standard errors and 15% of ‖g_i‖‖g_j‖."""
     model, G = exact_grads

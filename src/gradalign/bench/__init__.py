@@ -67,7 +67,7 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated per-problem backends to time next to the floor: naive, func, onepass, "
                              "onepass-z (per-completion terms, what gradalign-z scores with), onepass-zcos (terms and "
                              "norms: gradalign-zcos), and projected features "
-                             "proj-factored, proj-khatri-rao, proj-sparse, proj-dense "
+                             "proj-factored, proj-khatri-rao, proj-sparse, proj-sparse-countsketch, proj-dense "
                              "(default: naive,func,onepass,onepass-z)")
     parser.add_argument("--proj-dim", type=int, default=run_default("projection_dim"),
                         help=f"feature dimension of the proj-* rows (default: {run_default('projection_dim')}, "

@@ -47,7 +47,7 @@ from ..gradients.projections import VARIANTS
 from . import csv_list, machine_info, publish
 
 DIMS = [512, 2048, 8192, 32768]
-KINDS = ["factored", "factored-energy", "khatri-rao-energy", "sparse", "dense"]
+KINDS = ["factored", "factored-energy", "khatri-rao-energy", "sparse", "sparse-countsketch", "dense"]
 SETTINGS = ["round", "random"]
 TARGET = {"dim": 8192, "spearman": 0.95, "top10": 0.90}  # the targets
 CPU_GFLOPS = 50.0  # single-thread fp32 matmul throughput assumed by the cost estimate (measured ~50-80)

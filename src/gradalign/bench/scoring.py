@@ -66,7 +66,7 @@ MODEL_CONFIGS: dict[str, dict] = {
 }
 METHODS = ("floor", "naive", "func", "onepass", "onepass-z", "onepass-zcos")
 ROW_BACKENDS = {"onepass-z": "onepass", "onepass-zcos": "onepass"}  # rows timing one backend's other outputs
-PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-dense")  # projected features at --proj-dim
+PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-sparse-countsketch", "proj-dense")  # projected features at --proj-dim
 PROMPT_CHARS = (5, 7)  # + BOS: prompts of 6-8 tokens (~7)
 COMPLETION_TOKENS = (3, 6)  # including the final EOS
 ZERO_VARIANCE_FRACTION = 0.1  # a few all-equal groups, as real rollouts have; most carry signal
@@ -160,7 +160,7 @@ def make_backend(method: str, micro_batch: int, proj_dim: int):
         kind, kw = VARIANTS.get(method[len("proj-"):], (None, {}))
         if kind is None or kw.get("allocation") == "energy":
             raise ValueError(f"unknown projection row '{method}' (choose from: proj-factored, proj-khatri-rao, "
-                             f"proj-sparse, proj-dense; energy allocation costs the same as its size-split twin)")
+                             f"proj-sparse, proj-sparse-countsketch, proj-dense; energy allocation costs the same as its size-split twin)")
         return get_projector(kind, proj_dim, seed=0, **kw)
     if method == "floor":
         return GradientBackend(micro_batch=micro_batch)
@@ -444,7 +444,8 @@ def measure_memory(active: dict, rows: dict, memory: str, device: torch.device) 
 def format_table(rows: list[dict], width: int | None = None) -> str:
     """The rows as a text table; `width` of the model column (default: its longest label)."""
     w = width or max([6, *(len(r["model"]) for r in rows)])
-    head = f"{'model':{w}s} {'params':>11s} {'chunk':>6s} {'method':12s} {'seconds':>9s} {'x floor':>8s} " \
+    mw = max([12, *(len(r["method"]) for r in rows)])
+    head = f"{'model':{w}s} {'params':>11s} {'chunk':>6s} {'method':{mw}s} {'seconds':>9s} {'x floor':>8s} " \
            f"{'x full':>7s} {'peak MB':>8s} {'max rel err':>12s}  status"
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -457,7 +458,7 @@ def format_table(rows: list[dict], width: int | None = None) -> str:
         else:
             err = f"{r['max_rel_err']:12.2e}" if r["max_rel_err"] is not None else f"{'-':>12s}"
         status = "" if r["status"] == "ok" else r["status"]
-        lines.append(f"{r['model']:{w}s} {r['params']:11,d} {r['chunk']:6d} {r['method']:12s} {sec} {ratio} {full} "
+        lines.append(f"{r['model']:{w}s} {r['params']:11,d} {r['chunk']:6d} {r['method']:{mw}s} {sec} {ratio} {full} "
                      f"{mem} {err}  {status}".rstrip())
     return "\n".join(lines)
 

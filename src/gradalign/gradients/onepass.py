@@ -49,21 +49,32 @@ MATERIALISE_BUDGET = 2**25  # floats of per-problem gradients formed at once (12
 BLOCK = 4096  # reductions sum fp32 blocks of this many terms, then the blocks in fp64 (fp32 alone drifts ~1e-4)
 
 
+def _blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x [m, L] as whole BLOCK-wide blocks [m, L // BLOCK, BLOCK] (a view, no copy) and the remainder [m, L % BLOCK]."""
+    cut = x.shape[1] - x.shape[1] % BLOCK
+    return x[:, :cut].view(x.shape[0], -1, BLOCK), (x[:, cut:] if cut < x.shape[1] else None)
+
+
 def blocked_inner(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x [m, L], y [k, L] -> x @ y.T in fp64 accuracy at about fp32 speed."""
-    pad = (-x.shape[1]) % BLOCK
-    if pad:
-        x, y = torch.nn.functional.pad(x, (0, pad)), torch.nn.functional.pad(y, (0, pad))
-    xb = x.reshape(x.shape[0], -1, BLOCK).transpose(0, 1)  # [blocks, m, BLOCK]
-    yb = y.reshape(y.shape[0], -1, BLOCK).transpose(0, 1)
-    return torch.bmm(xb, yb.transpose(1, 2)).double().sum(0)
+    xb, xr = _blocks(x)
+    yb, yr = _blocks(y)
+    out = torch.bmm(xb.transpose(0, 1), yb.permute(1, 2, 0)).double().sum(0)  # [blocks, m, k] summed in fp64
+    return out if xr is None else out + (xr @ yr.T).double()
 
 
 def blocked_sq_norms(x: torch.Tensor) -> torch.Tensor:
-    """Row-wise ‖x_i‖² of x [m, L] in fp64 accuracy."""
-    pad = (-x.shape[1]) % BLOCK
-    xb = torch.nn.functional.pad(x, (0, pad)).reshape(x.shape[0], -1, BLOCK) if pad else x.reshape(x.shape[0], -1, BLOCK)
-    return torch.einsum("ibj,ibj->ib", xb, xb).double().sum(1)
+    """Row-wise ‖x_i‖² of x [m, L] in fp64 accuracy: fp32 norms of BLOCK-wide blocks (a plain reduction, ~10× faster
+    than a batched dot product), squared and summed in fp64."""
+    xb, xr = _blocks(x)
+    out = torch.linalg.vector_norm(xb, dim=-1).double().pow(2).sum(1)
+    return out if xr is None else out + torch.linalg.vector_norm(xr, dim=-1).double().pow(2)
+
+
+def exact_math(device: torch.device):
+    """Reductions run in full precision even where the forward autocasts to bf16 (the backward's hooks, and code
+    called inside a scoring forward's autocast, inherit its state)."""
+    return torch.autocast(device.type, enabled=False)
 
 
 @dataclass
@@ -217,30 +228,48 @@ def _segments(token_problem: torch.Tensor, n: int) -> list[slice]:
     return [slice(starts[i], starts[i + 1]) for i in range(n)]
 
 
+def _packed(f: Factor, token_problem: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dense factor's tokens as [m, T_max, rows] and [m, T_max, cols], problem by problem, keeping only the
+    tokens with a_t ≠ 0: padding, and positions whose output the loss never reads (a prompt token's logits, the
+    last block's outputs there), have a zero output gradient and add nothing to G_i. Slots past a problem's last
+    kept token point at a dropped token, whose a_t = 0 (or at an appended zero row), so the product ignores them."""
+    m, a, b = len(lengths), f.a, f.b
+    keep = a.abs().sum(-1) > 0  # exact: a sum of absolute values is 0 only if every entry is
+    if len(set(lengths)) == 1 and bool(keep.all()):  # nothing to drop: the rows as they are
+        return a.view(m, lengths[0], -1), b.view(m, lengths[0], -1)
+    tokens = keep.nonzero().squeeze(1)
+    problem = token_problem[tokens]
+    counts = torch.bincount(problem, minlength=m)
+    slot = torch.arange(len(tokens), device=a.device) - (counts.cumsum(0) - counts)[problem]
+    dropped = (~keep).nonzero()
+    if len(dropped):
+        filler = int(dropped[0])
+    else:  # unequal token counts and nothing to drop
+        a, b = torch.cat([a, a.new_zeros(1, a.shape[1])]), torch.cat([b, b.new_zeros(1, b.shape[1])])
+        filler = a.shape[0] - 1
+    src = torch.full((m, max(int(counts.max()), 1)), filler, dtype=torch.long, device=a.device)
+    src[problem, slot] = tokens
+    return a.index_select(0, src.view(-1)).view(m, src.shape[1], -1), b.index_select(0, src.view(-1)).view(
+        m, src.shape[1], -1)
+
+
 def _materialised(factors: list[Factor], shape: tuple[int, int], seg: list[slice]) -> torch.Tensor:
-    """G_i for the problems of `seg` (consecutive token slices), [len(seg), rows, cols]."""
+    """G_i for the problems of `seg` (consecutive token slices), [len(seg), rows, cols]: one batched matmul per
+    factor over each problem's tokens (the weight-gradient matmul of a backward, split by problem)."""
     rows, cols = shape
-    dtype, device = factors[0].b.dtype, factors[0].b.device
-    lengths = {s.stop - s.start for s in seg}
     start, stop = seg[0].start, seg[-1].stop
-    if len(lengths) == 1:  # equal token counts (the usual equal group sizes): one batched matmul
-        G = torch.zeros(len(seg), rows, cols, dtype=dtype, device=device)
-        T = lengths.pop()
-        for f in factors:
-            b = f.b[start:stop].reshape(len(seg), T, cols)
-            if f.index:
-                offsets = (torch.arange(len(seg), device=device) * rows).repeat_interleave(T)
-                G.view(-1, cols).index_add_(0, f.a[start:stop] + offsets, b.reshape(-1, cols))
-            else:
-                G.baddbmm_(f.a[start:stop].reshape(len(seg), T, rows).transpose(1, 2), b)
-        return G
-    G = torch.zeros(len(seg), rows, cols, dtype=dtype, device=device)
-    for f in factors:
-        for i, s in enumerate(seg):
-            if f.index:
-                G[i].index_add_(0, f.a[s], f.b[s])
-            else:
-                G[i].addmm_(f.a[s].T, f.b[s])
+    lengths = [s.stop - s.start for s in seg]
+    token_problem = torch.repeat_interleave(torch.arange(len(seg), device=factors[0].b.device),
+                                            torch.tensor(lengths, device=factors[0].b.device))
+    G = None
+    for f in sorted(factors, key=lambda f: f.index):  # a dense factor first: its matmul writes G, no zero fill
+        part = Factor(f.a[start:stop], f.b[start:stop], f.index)
+        if f.index:  # one-hot rows: each token's b goes to row id of its problem's G
+            G = part.b.new_zeros(len(seg), rows, cols) if G is None else G
+            G.view(-1, cols).index_add_(0, part.a + token_problem * rows, part.b)
+            continue
+        A, B = _packed(part, token_problem, lengths)
+        G = torch.bmm(A.transpose(1, 2), B) if G is None else G.baddbmm_(A.transpose(1, 2), B)
     return G
 
 
@@ -348,6 +377,7 @@ def backward_factors(model, batch: SurrogateBatch, rows: torch.Tensor, weights: 
     finally:
         capture.close()
     calls, params = capture.calls, capture.params
+    device = loss.device
     owners = [list(params[module].values()) for module, _, _ in calls]
     pending = Counter(id(p) for ps in owners for p in ps)  # calls still to come, per parameter (forward order)
     by_id = {id(p): p for ps in owners for p in ps}
@@ -360,7 +390,8 @@ def backward_factors(model, batch: SurrogateBatch, rows: torch.Tensor, weights: 
         for p in owners[i]:
             pending[id(p)] -= 1
             if pending[id(p)] == 0:
-                on_parameter(p, collected.pop(id(p), []))
+                with exact_math(device):
+                    on_parameter(p, collected.pop(id(p), []))
 
     if any(not y.requires_grad for _, _, y in calls):
         raise NotImplementedError("a module with trainable parameters gave an output without gradient: gradient "
@@ -382,7 +413,8 @@ def backward_factors(model, batch: SurrogateBatch, rows: torch.Tensor, weights: 
     for pid, left in list(pending.items()):  # outputs that do not reach the loss: their hooks never fired
         if left > 0:
             pending[pid] = 0
-            on_parameter(by_id[pid], collected.pop(pid, []))
+            with exact_math(device):
+                on_parameter(by_id[pid], collected.pop(pid, []))
 
 
 def iter_factors(model, batch: SurrogateBatch, micro_batch: int = 256, group: ProcessGroup = SINGLE):
@@ -508,6 +540,12 @@ class OnePassGradients(GradientBackend):
 
 def _token_terms(f: Factor, D: torch.Tensor) -> torch.Tensor:
     """a_tᵀ D_k b_t for every token t and direction k, [T, K]: products in the factors' precision, each token's sum
-    accumulated in fp64 (no fp64 copy of the factors)."""
-    rows = (D[k, f.a] if f.index else f.a @ D[k] for k in range(D.shape[0]))  # one-hot a: D_k's rows of the ids
-    return torch.stack([q.mul_(f.b).sum(-1, dtype=torch.float64) for q in rows], 1)
+    accumulated in fp64 (no fp64 copy of the factors). Tokens with a zero output gradient (see `_packed`) are 0
+    without a product."""
+    keep = (f.b if f.index else f.a).abs().sum(-1) > 0
+    tokens = keep.nonzero().squeeze(1)
+    a, b = f.a.index_select(0, tokens), f.b.index_select(0, tokens)
+    rows = (D[k, a] if f.index else a @ D[k] for k in range(D.shape[0]))  # one-hot a: D_k's rows of the ids
+    out = torch.zeros(f.b.shape[0], D.shape[0], dtype=torch.float64, device=f.b.device)
+    out[tokens] = torch.stack([q.mul_(b).sum(-1, dtype=torch.float64) for q in rows], 1)
+    return out

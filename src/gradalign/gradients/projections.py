@@ -44,7 +44,7 @@ import torch
 
 from ..distributed import SINGLE, ProcessGroup
 from . import onepass
-from .onepass import Factor, MicroBatchFactors, iter_factors, matrix_shape
+from .onepass import Factor, MicroBatchFactors, exact_math, iter_factors, matrix_shape
 from .surrogate import SurrogateBatch
 
 DENSE_BLOCK = 2**22  # random entries generated at once for dense / sparse maps (16 MiB in fp32)
@@ -160,7 +160,8 @@ class Projector:
             for block, (_, p) in zip(blocks, named):
                 fs = mb.factors.get(id(p))
                 if fs:
-                    self._accumulate(block, fs, mb, out)
+                    with exact_math(device):
+                        self._accumulate(block, fs, mb, out)
         return out, (None if vectors is None else self.project_flat(model, vectors))
 
     def project_flat(self, model, vectors: torch.Tensor) -> torch.Tensor:
@@ -174,8 +175,9 @@ class Projector:
         dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
         v = v.to(dtype)
         out = torch.zeros(v.shape[0], self.dim, dtype=dtype, device=v.device)
-        for block in blocks:
-            self._project_block(block, v[:, block.offset:block.offset + block.numel], out)
+        with exact_math(v.device):
+            for block in blocks:
+                self._project_block(block, v[:, block.offset:block.offset + block.numel], out)
         return out[0] if single else out
 
     def metadata(self) -> dict:
@@ -483,15 +485,18 @@ class _BlockJL(Projector):
         for mb in iter_factors(model, batch, micro_batch):
             for block, (_, p) in zip(blocks, named):
                 fs = mb.factors.get(id(p))
-                for part, G in (onepass.per_problem_gradients(fs, (block.rows, block.cols), mb.segments, self.budget)
-                                if fs else ()):
-                    X = self._select(block, G)
-                    gathered[block.name].append((out, mb.problems[part].to(out.device), X))
-                    held += X.numel()
+                with exact_math(device):
+                    for part, G in (onepass.per_problem_gradients(fs, (block.rows, block.cols), mb.segments,
+                                                                  self.budget) if fs else ()):
+                        X = self._select(block, G)
+                        gathered[block.name].append((out, mb.problems[part].to(out.device), X))
+                        held += X.numel()
             if held > GATHER_BUDGET:
-                self._project_gathered(blocks, gathered)
+                with exact_math(device):
+                    self._project_gathered(blocks, gathered)
                 held = 0
-        self._project_gathered(blocks, gathered)
+        with exact_math(device):
+            self._project_gathered(blocks, gathered)
         if flat_out is not None and vectors.dim() == 1:
             flat_out = flat_out[0]
         return out, flat_out
@@ -537,19 +542,30 @@ class DenseProjector(_BlockJL):
 
 
 class SparseProjector(_BlockJL):
-    """CROPI: a fixed random subset of coordinates (fraction of every parameter), then a Gaussian JL map."""
+    """CROPI: a fixed random subset of coordinates (fraction of every parameter), then a random map to d.
+
+    sketch "gaussian" (the paper's): a dense N(0, 1/d) map over the kept coordinates, generated block by block.
+    sketch "countsketch": each kept coordinate c adds s(c)·g_c to feature h(c), with h uniform over [0, d) and
+    s = ±1, both seeded by (seed, parameter name): E[⟨Sx, Sy⟩] = ⟨x, y⟩ with a variance no larger than the
+    Gaussian map's, and O(kept coordinates) per problem instead of O(d · kept). Nothing to generate per call, so
+    each micro-batch's per-problem gradients are sketched as soon as they are formed.
+    """
 
     kind = "sparse"
 
-    def __init__(self, dim: int, seed: int = 0, fraction: float = 0.1, budget: int = onepass.MATERIALISE_BUDGET):
+    def __init__(self, dim: int, seed: int = 0, fraction: float = 0.1, budget: int = onepass.MATERIALISE_BUDGET,
+                 sketch: str = "gaussian"):
         super().__init__(dim, seed, budget)
         if not 0 < fraction <= 1:
             raise ValueError(f"sparse projection: fraction must be in (0, 1] (got {fraction})")
-        self.fraction = float(fraction)
+        if sketch not in ("gaussian", "countsketch"):
+            raise ValueError(f"unknown sparse sketch '{sketch}' (choose from: gaussian, countsketch)")
+        self.fraction, self.sketch = float(fraction), sketch
         self._index: dict[str, tuple[torch.Tensor, float]] = {}
+        self._hashes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _build(self, blocks):
-        self._index = {}
+        self._index, self._hashes = {}, {}
 
     def subset(self, block: Block) -> tuple[torch.Tensor, float]:
         """(sorted coordinates kept of parameter p, the scale √(n_p / k_p) that makes the selection unbiased)."""
@@ -559,6 +575,15 @@ class SparseProjector(_BlockJL):
             self._index[block.name] = (perm[:k].sort().values, math.sqrt(block.numel / k))
         return self._index[block.name]
 
+    def hashes(self, block: Block) -> tuple[torch.Tensor, torch.Tensor]:
+        """CountSketch of parameter p's kept coordinates: (feature index h(c) [k], sign s(c) [k] fp32)."""
+        if block.name not in self._hashes:
+            k = self._columns(block)
+            bucket = torch.randint(0, self.dim, (k,), generator=_generator(self.seed, self.kind, "bucket", block.name))
+            sign = torch.randint(0, 2, (k,), generator=_generator(self.seed, self.kind, "sign", block.name))
+            self._hashes[block.name] = (bucket, sign.float().mul_(2).sub_(1))
+        return self._hashes[block.name]
+
     def _columns(self, block):
         return self.subset(block)[0].numel()
 
@@ -566,8 +591,33 @@ class SparseProjector(_BlockJL):
         idx, scale = self.subset(block)
         return G[:, idx.to(G.device)] * scale
 
+    def _apply(self, block, X, rows, out):
+        if self.sketch == "gaussian":
+            return super()._apply(block, X, rows, out)
+        bucket, sign = self.hashes(block)
+        out[rows] += X.new_zeros(X.shape[0], self.dim).index_add_(1, bucket.to(X.device), X * sign.to(X))
+
+    def features_and_flat(self, model, batch, vectors, micro_batch=256):
+        if self.sketch == "gaussian":  # gather across micro-batches: each random block generated once per call
+            return super().features_and_flat(model, batch, vectors, micro_batch)
+        return Projector.features_and_flat(self, model, batch, vectors, micro_batch)
+
+    def _accumulate(self, block, fs, mb, out):
+        """A micro-batch's per-problem gradients of parameter p, sketched at once (countsketch)."""
+        for part, G in onepass.per_problem_gradients(fs, (block.rows, block.cols), mb.segments, self.budget):
+            self._apply(block, self._select(block, G), mb.problems[part].to(out.device), out)
+
+    def cost(self, model, n_problems: int) -> dict:
+        if self.sketch == "gaussian":
+            return super().cost(model, n_problems)
+        cols = sum(self._columns(b) for b in self.bind(model))  # one hash and one sign per kept coordinate
+        return {"random_entries": 2 * cols, "gflop": 2.0 * n_problems * cols / 1e9}
+
     def metadata(self) -> dict:
-        return {**super().metadata(), "fraction": self.fraction, "distribution": "gaussian", "block_width": self.width}
+        meta = {**super().metadata(), "fraction": self.fraction}
+        if self.sketch == "gaussian":  # as before the countsketch option: stores made then still reopen
+            return {**meta, "distribution": "gaussian", "block_width": self.width}
+        return {**meta, "sketch": self.sketch}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -596,6 +646,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "khatri-rao": ("factored", {"sketch": "khatri-rao"}),
     "khatri-rao-energy": ("factored", {"sketch": "khatri-rao", "allocation": "energy"}),
     "sparse": ("sparse", {"fraction": 0.1}),
+    "sparse-countsketch": ("sparse", {"fraction": 0.1, "sketch": "countsketch"}),
     "dense": ("dense", {"distribution": "rademacher"}),
     "dense-gaussian": ("dense", {"distribution": "gaussian"}),
 }
