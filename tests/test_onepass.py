@@ -258,10 +258,10 @@ def test_each_parameter_is_reduced_as_the_backward_reaches_it(tie):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("case", ["zero-rows", "unequal-no-zeros", "equal-no-zeros"])
 def test_per_problem_gradients_pack_only_the_tokens_that_carry_gradient(seed, case):
-    """`_materialised` drops tokens whose output gradient is 0 and packs the rest problem by problem; every way
+    """`materialised` drops tokens whose output gradient is 0 and packs the rest problem by problem; every way
     it can take (tokens to drop; unequal counts with none to drop; nothing to drop) must give Σ_t a_t b_tᵀ of each
     problem, an embedding's one-hot terms included."""
-    from gradalign.gradients.onepass import Factor, _materialised, _segments
+    from gradalign.gradients.onepass import Factor, _segments, materialised
     g = torch.Generator().manual_seed(seed)
     rows, cols, vocab = 5, 7, 6
     lengths = [4, 4, 4] if case == "equal-no-zeros" else [3, 6, 1, 4]
@@ -272,7 +272,7 @@ def test_per_problem_gradients_pack_only_the_tokens_that_carry_gradient(seed, ca
         dense.a[torch.rand(T, generator=g) < 0.4] = 0
         index.b[torch.rand(T, generator=g) < 0.4] = 0
     seg = _segments(torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)), len(lengths))
-    got = _materialised([index, dense], (rows, cols), seg)
+    got = materialised([index, dense], (rows, cols), seg)
     for i, s in enumerate(seg):
         want = dense.a[s].double().T @ dense.b[s].double()
         want.index_add_(0, index.a[s], index.b[s].double())

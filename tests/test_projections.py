@@ -177,11 +177,16 @@ def test_equal_group_sizes_take_the_batched_path():
 def test_factored_never_materialises_per_problem_gradients(setup, monkeypatch):
     model, batch, G = setup
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("per-problem gradient materialised")
+    full_shapes = {(b.rows, b.cols) for b in layout(model)}
+    materialised = onepass.materialised
 
-    monkeypatch.setattr(onepass, "_materialised", refuse)
-    monkeypatch.setattr(onepass, "per_problem_gradients", refuse)
+    def refuse(factors, shape, segments):  # the Kronecker sums per problem are [d_out, d_in], never a parameter's
+        if tuple(shape) in full_shapes:
+            raise AssertionError("per-problem gradient materialised")
+        return materialised(factors, shape, segments)
+
+    monkeypatch.setattr(onepass, "materialised", refuse)
+    monkeypatch.setattr(onepass, "per_problem_gradients", lambda *a, **k: refuse(None, next(iter(full_shapes)), None))
     for sketch in ("kronecker", "khatri-rao"):
         feats = FactoredProjector(64, seed=0, sketch=sketch).features(model, batch)
         assert feats.abs().sum() > 0

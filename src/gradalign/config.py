@@ -100,6 +100,11 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _YAML_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+def names_list(default) -> bool:
+    """Whether a list field holds names (strings, any count): its default is a list of strings, or empty."""
+    return isinstance(default, list) and all(isinstance(x, str) for x in default)
+
+
 @dataclass
 class RunConfig:
     # ── run ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -168,6 +173,10 @@ class RunConfig:
     gradient_backend: str = _f("onepass", "Per-problem gradient signals: onepass (exact, one forward+backward) "
                                "or naive (exact, one full gradient per problem; the reference).")
     micro_batch: int = _f(256, "Completions per forward/backward when computing gradient signals.")
+    score_parameters: list = _f([], "Score only these parameters (every method that scores gradients): globs over "
+                                "module-qualified names (lm_head.*, *.lora_*) and last_blocks:K (the last K blocks). "
+                                "Cheaper and approximate: `gradalign bench subset` measures cost and fidelity. "
+                                "Empty (default): the whole trainable model.")
     projection: str = _f("auto", "Projected features (LearnAlign, CROPI): auto (LearnAlign khatri-rao-energy, "
                          "recommended by `gradalign bench fidelity`; CROPI sparse, the paper's), khatri-rao-energy, "
                          "khatri-rao, factored, factored-energy, sparse or dense.")
@@ -250,7 +259,7 @@ class RunConfig:
             ok, what = number and math.isfinite(value), "a finite number" if number else "a number"
         elif base is str:
             ok, what = isinstance(value, str) and value != "", "a non-empty string" + (" or null" if optional else "")
-        elif base is list and default and all(isinstance(x, str) for x in default):
+        elif base is list and names_list(default):
             ok = isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value)
             what = "a list of names"
         elif base is dict:
@@ -295,6 +304,11 @@ class RunConfig:
         for name, allowed in CHOICES.items():
             if self.value(name) not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)} (got '{self.value(name)}')")
+        from .gradients.scope import check_patterns
+        try:
+            check_patterns(self.score_parameters)
+        except ValueError as e:
+            raise ConfigError("score_parameters", str(e).removeprefix("score_parameters: ")) from None
         if not DEVICE.fullmatch(self.device):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N (got '{self.device}')")
         from .gradients.projections import VARIANTS

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .config import RENAMED, RunConfig
+from .config import RENAMED, RunConfig, names_list
 
 
 def parse_bool(text: str) -> bool:
@@ -33,7 +33,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         kind = {bool: parse_bool, int: int, float: float}.get(type(default), str)
         text = f"{helps[f.name]} (default: {default})".replace("%", "%%")  # argparse %-formats help strings
         kwargs = dict(dest=f.name, default=None, help=text)
-        if isinstance(default, list) and default and all(isinstance(x, str) for x in default):
+        if names_list(default):
             parser.add_argument(*flags, nargs="+", metavar="NAME", **kwargs)  # lists of names: any count
         elif isinstance(default, list):
             parser.add_argument(*flags, nargs=len(default), type=float, metavar="X", **kwargs)

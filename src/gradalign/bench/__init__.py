@@ -65,7 +65,8 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default: 3)")
     parser.add_argument("--backends", type=csv_list(), default=["naive", "func", "onepass", "onepass-z"],
                         help="comma-separated per-problem backends to time next to the floor: naive, func, onepass, "
-                             "onepass-z (per-completion terms, what gradalign-z scores with), onepass-zcos (terms and "
+                             "onepass-z (per-completion terms, what gradalign-z scores with), learnalign (LearnAlign's "
+                             "features, warm-up excluded), onepass-zcos (terms and "
                              "norms: gradalign-zcos), and projected features "
                              "proj-factored, proj-khatri-rao, proj-sparse, proj-sparse-countsketch, proj-dense "
                              "(default: naive,func,onepass,onepass-z)")

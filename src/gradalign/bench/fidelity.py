@@ -106,6 +106,7 @@ class Case:
     live: np.ndarray  # bool: non-zero-variance candidates
     info: dict = field(default_factory=dict)
     shares: dict | None = None  # energy allocation weights (measured lazily)
+    problems: list = field(default_factory=list)  # the candidates (a real round: their labels, e.g. corrupted)
 
 
 def _exact_scores(case_name: str, model, batch, validation, micro_batch: int, info: dict, echo) -> tuple:
@@ -131,15 +132,16 @@ def _exact_scores(case_name: str, model, batch, validation, micro_batch: int, in
     return g_v, exact, live
 
 
-def round_case(micro_batch: int = 256, echo=None) -> Case:
-    """Setting (i): a real selection round of the default scenario with the warm-started tiny policy."""
+def round_case(micro_batch: int = 256, echo=None, cfg=None) -> Case:
+    """Setting (i): a real selection round of the default scenario with the warm-started tiny policy (or of
+    `cfg`'s scenario with its policy)."""
     from ..config import RunConfig
     from ..curriculum.setup import chunk_order, load_problem_sets, make_reward, round_seed
     from ..curriculum.round import RoundSelector
-    from ..policy.warmstart import warm_started_tiny
-    cfg = RunConfig()
+    from ..policy.load import load_policy
+    cfg = cfg or RunConfig()
     t = time.perf_counter()
-    model, tokenizer = warm_started_tiny()
+    model, tokenizer = load_policy(cfg.value("model_name_or_path"), cfg.device)  # tiny: the cached warm start
     model.eval()
     sets = load_problem_sets(cfg)
     selector = RoundSelector(cfg, sets.validation, make_reward(cfg))
@@ -150,11 +152,13 @@ def round_case(micro_batch: int = 256, echo=None) -> Case:
     cand = selector.rollouts(model, tokenizer, chunk, cfg.rollouts_per_problem, seed, "candidates")
     val = selector.rollouts(model, tokenizer, sets.validation, cfg.validation_rollouts, seed + 1, "validation")
     info["rollout_seconds"] = round(time.perf_counter() - t, 3)
-    info.update(model="tiny (warm-started)", scenario=cfg.scenario, k=cfg.rollouts_per_problem,
+    name = cfg.value("model_name_or_path")
+    info.update(model="tiny (warm-started)" if name == "tiny" else name, scenario=cfg.scenario,
+                k=cfg.rollouts_per_problem,
                 k_validation=cfg.validation_rollouts, advantage_scale=cfg.advantage_scale, round=0)
     batch, validation = selector.batch(cand), selector.batch(val)
     g_v, exact, live = _exact_scores("round", model, batch, validation, micro_batch, info, echo)
-    return Case("round", model, batch, validation, g_v, exact, live, info)
+    return Case("round", model, batch, validation, g_v, exact, live, info, problems=chunk)
 
 
 def random_case(model_name: str = "10m", n_problems: int = 128, k: int = 4, n_validation: int = 64,

@@ -11,7 +11,9 @@ scoring is timed) it measures, side by side in one process and interleaved withi
   onepass  `OnePassGradients.problem_signals` (the exact one-pass scorer: what GradAlign's cosine needs);
   onepass-z  the same pass keeping every completion's term of the dot instead of the norms (`per_completion=True,
            with_norms=False`): what `gradalign-z` needs. Its ratio to `onepass` is the method's extra cost;
-  onepass-zcos  both (per-completion terms and norms): what `gradalign-zcos` needs.
+  onepass-zcos  both (per-completion terms and norms): what `gradalign-zcos` needs;
+  learnalign  LearnAlign's features (`round.learnalign_features`): reference log-probs for the KL term, the energy
+           split on the first 64 problems, khatri-rao-energy features at --proj-dim (the warm-up is not timed).
 
 LoRA: a model named `NAME+loraR` (e.g. `tiny+lora16`, `smollm2-135m+lora16`) is benchmarked twice in one process,
 as the full model and as a copy wrapped in a rank-R LoRA adapter on every Linear but the head (peft; lora_B
@@ -64,7 +66,7 @@ MODEL_CONFIGS: dict[str, dict] = {
     "tiny": {},
     "10m": dict(hidden=384, layers=6, heads=6, intermediate=1152),
 }
-METHODS = ("floor", "naive", "func", "onepass", "onepass-z", "onepass-zcos")
+METHODS = ("floor", "naive", "func", "onepass", "onepass-z", "onepass-zcos", "learnalign")
 ROW_BACKENDS = {"onepass-z": "onepass", "onepass-zcos": "onepass"}  # rows timing one backend's other outputs
 PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-sparse-countsketch", "proj-dense")  # projected features at --proj-dim
 PROMPT_CHARS = (5, 7)  # + BOS: prompts of 6-8 tokens (~7)
@@ -155,6 +157,10 @@ def fabricate_rollouts(tokenizer, n: int, k: int, seed: int) -> Rollouts:
 
 
 def make_backend(method: str, micro_batch: int, proj_dim: int):
+    if method == "learnalign":  # what LearnAlign's round computes from its rollouts (`round.learnalign_features`)
+        from ..config import RunConfig
+        from ..curriculum.round import RoundSelector
+        return RoundSelector(RunConfig(method="learnalign", micro_batch=micro_batch, projection_dim=proj_dim), [], None)
     if method.startswith("proj-"):  # projected features, timed like the exact signals
         from ..gradients.projections import VARIANTS, get_projector
         kind, kw = VARIANTS.get(method[len("proj-"):], (None, {}))
@@ -170,6 +176,23 @@ def make_backend(method: str, micro_batch: int, proj_dim: int):
     return get_backend(ROW_BACKENDS.get(method, method), micro_batch=micro_batch)
 
 
+def map_x_floor(projector, model, batch: SurrogateBatch) -> float:
+    """The projection's own multiply-adds over the floor's (3 matmuls per Linear weight and token: the forward, the
+    input gradient, the weight gradient): what the map adds to a one-pass backward however well it is coded. A
+    dense d × P map costs d·P per problem; a factored map (rank-one rows) costs (rows + cols)·d_p per token."""
+    from ..gradients.projections import FactoredProjector
+    tokens = batch.rollouts.group.numel() * (batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1])
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    blocks = projector.bind(model)
+    if isinstance(projector, FactoredProjector):
+        per_token = sum((b.rows + b.cols) * o if projector.sketch == "khatri-rao" else b.rows * o + b.cols * i + o * i
+                        for b, (_, o, i) in zip(blocks, projector.plan))
+        madds = tokens * per_token
+    else:
+        madds = projector.cost(model, len(batch.live_problems()))["gflop"] / 2 * 1e9
+    return madds / (3 * tokens * linear)
+
+
 def runner(method: str, backend, model, batch: SurrogateBatch, direction: torch.Tensor,
            micro_batch: int) -> Callable:
     """The call that is timed: floor -> flat gradient; proj-* -> features [n, d]; the others -> ProblemSignals."""
@@ -178,6 +201,10 @@ def runner(method: str, backend, model, batch: SurrogateBatch, direction: torch.
         return lambda: backend.combined_gradient(model, batch, ones)
     if method.startswith("proj-"):
         return lambda: backend.features(model, batch, micro_batch)
+    if method == "learnalign":  # the reference is the scored model itself: the KL term's cost, at θ_s = θ
+        from ..curriculum.round import learnalign_features
+        live = ~batch.rollouts.zero_variance()
+        return lambda: learnalign_features(model, model, batch.rollouts, live, backend.projector, backend.cfg)
     if method in ("onepass-z", "onepass-zcos"):
         return lambda: backend.problem_signals(model, batch, direction, per_completion=True,
                                                with_norms=method == "onepass-zcos")
@@ -359,6 +386,8 @@ def variant_rows(label: str, model, batch: SurrogateBatch, warm_batch: Surrogate
             row["status"] = f"skipped (chunk > --max-naive-chunk {s.max_naive_chunk})"
             continue
         backend = make_backend(method, s.micro_batch, s.proj_dim)
+        if method.startswith("proj-"):
+            row["map_x_floor"] = map_x_floor(backend, model, batch)
         active[label, method] = (runner(method, backend, model, batch, direction, s.micro_batch),
                                  runner(method, backend, model, warm_batch, direction, s.micro_batch))
 
@@ -458,6 +487,8 @@ def format_table(rows: list[dict], width: int | None = None) -> str:
         else:
             err = f"{r['max_rel_err']:12.2e}" if r["max_rel_err"] is not None else f"{'-':>12s}"
         status = "" if r["status"] == "ok" else r["status"]
+        if r.get("map_x_floor") is not None:
+            status = (f"map alone {r['map_x_floor']:.2f}x floor (multiply-adds) " + status).strip()
         lines.append(f"{r['model']:{w}s} {r['params']:11,d} {r['chunk']:6d} {r['method']:{mw}s} {sec} {ratio} {full} "
                      f"{mem} {err}  {status}".rstrip())
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from ..data.problem import Problem
 from ..distributed import SINGLE, ProcessGroup, shard_group
 from ..gradients import GradientBackend, get_backend
 from ..gradients.projections import configured_projector, gradient_energy
+from ..gradients.scope import scoring_scope
 from ..gradients.signals import EPS, unit
 from ..gradients.surrogate import SurrogateBatch, completion_logps
 from ..policy.load import eval_mode, mixed_precision
@@ -69,6 +70,29 @@ def reference_logps(model, rollouts: Rollouts, micro_batch: int) -> torch.Tensor
     rows = torch.arange(rollouts.group.numel())
     with torch.no_grad():
         return torch.cat([completion_logps(model, rollouts, r).float().cpu() for r in rows.split(micro_batch)])
+
+
+def learnalign_features(scorer, reference, rollouts: Rollouts, live: np.ndarray, projector_for, cfg: RunConfig,
+                        energy_sample: np.ndarray | None = None) -> np.ndarray:
+    """LearnAlign's unit projected GRPO gradients ĝ(x) at `scorer`, [n, projection_dim] (zero rows where not `live`).
+
+    Group-normalised advantages, GRPO's sequence-mean aggregation and, with a `reference` (the policy a warm-up
+    started from; at that policy itself the term would vanish), the KL term against it. `projector_for(model,
+    batch, energy_sample)` builds the projection (energy split measured on `energy_sample`, positions among the
+    live problems); every rank builds it, live problems or not, as its energy split is summed over ranks.
+    """
+    idx = np.flatnonzero(live)
+    features = np.zeros((len(live), cfg.projection_dim), dtype=np.float32)
+    sub = rollouts.select_problems(idx)
+    kl = reference is not None and cfg.kl_beta > 0 and len(idx) > 0
+    batch = SurrogateBatch(sub, sub.advantages("group"), aggregation="sequence-mean",
+                           reference_logps=reference_logps(reference, sub, cfg.micro_batch) if kl else None,
+                           kl_beta=cfg.kl_beta if kl else 0.0)
+    projector = projector_for(scorer, batch, energy_sample)
+    if len(idx):
+        phi = projector.features(scorer, batch, cfg.micro_batch).float()
+        features[idx] = (phi / (phi.norm(dim=1, keepdim=True) + EPS)).cpu().numpy()
+    return features
 
 
 def by_problem(rollouts: Rollouts, values: np.ndarray) -> np.ndarray:
@@ -172,12 +196,17 @@ class RoundSelector:
                           zero_variance=rollouts.zero_variance(), completion_length=rollouts.mean_lengths())
         result = RoundSelection(np.zeros(0, dtype=int), cand, np.zeros(len(chunk)), timings,
                                 warmup=self.last_warmup if "warmup" in needs else None)
-        method = self.method
+        method, scope = self.method, self.cfg.score_parameters  # scope: the parameters scored (all by default)
         if "gradients" in needs:
-            method = self._gradient_signals(model, tokenizer, rollouts, cand, seed, result)
+            with scoring_scope(model, scope):
+                method = self._gradient_signals(model, tokenizer, rollouts, cand, seed, result)
         if "features" in needs:
-            self._features(scorer, reference, rollouts, cand, result, owned, len(chunk))
-        phi = self._offline_signals(model, offline, rollouts, cand, result) if "offline" in needs else None
+            with scoring_scope(scorer, scope):
+                self._features(scorer, reference, rollouts, cand, result, owned, len(chunk))
+        phi = None
+        if "offline" in needs:
+            with scoring_scope(model, scope):
+                phi = self._offline_signals(model, offline, rollouts, cand, result)
         if phi is None and "offline" in needs:  # no validation set gives a direction: the configured fallback
             method = get_method("random")
         cand = result.candidates = self.gather_candidates(cand, owned, [p.id for p in chunk])
@@ -193,8 +222,9 @@ class RoundSelector:
             log.warning("selected %d of %d wanted (%d candidates eligible)", len(result.selected), keep, eligible)
         if phi is not None and self.cfg.offpolicy_fidelity:
             t = time.perf_counter()
-            result.offpolicy = offline.fidelity(model, tokenizer, chunk, self.validation, self.reward, phi,
-                                                result.selected, keep, seed)
+            with scoring_scope(model, scope):
+                result.offpolicy = offline.fidelity(model, tokenizer, chunk, self.validation, self.reward, phi,
+                                                    result.selected, keep, seed)
             timings["offpolicy_check"] = _seconds_since(t)
         return result
 
@@ -243,27 +273,11 @@ class RoundSelector:
 
     def _features(self, scorer, reference, rollouts: Rollouts, cand: Candidates, result: RoundSelection,
                   owned: np.ndarray, n_chunk: int) -> None:
-        """Unit projected GRPO gradients ĝ(x) at the scoring policy, for the non-zero-variance candidates.
-
-        Group-normalised advantages, GRPO's sequence-mean aggregation and, after a warm-up, the KL term against the
-        policy the warm-up started from (at that policy itself it would vanish). Zero-variance rows stay 0: their
-        V is 0, so they score 0 and add nothing to the pool direction.
-        """
+        """`learnalign_features` of the non-zero-variance candidates. Zero-variance rows stay 0: their V is 0, so they
+        score 0 and add nothing to the pool direction."""
         t = time.perf_counter()
-        cfg = self.cfg
-        live = np.flatnonzero(~cand.zero_variance)
-        features = np.zeros((len(cand), cfg.projection_dim), dtype=np.float32)
-        sub = rollouts.select_problems(live)
-        kl = reference is not None and cfg.kl_beta > 0 and len(live) > 0
-        batch = SurrogateBatch(sub, sub.advantages("group"), aggregation="sequence-mean",
-                               reference_logps=reference_logps(reference, sub, cfg.micro_batch) if kl else None,
-                               kl_beta=cfg.kl_beta if kl else 0.0)
-        # Every rank builds the projector, live problems or not: its energy split is summed over ranks.
-        projector = self.projector(scorer, batch, self._energy_sample(cand, owned, n_chunk))
-        if len(live):
-            phi = projector.features(scorer, batch, cfg.micro_batch).float()
-            features[live] = (phi / (phi.norm(dim=1, keepdim=True) + EPS)).cpu().numpy()
-        cand.features = features
+        cand.features = learnalign_features(scorer, reference, rollouts, ~cand.zero_variance, self.projector,
+                                            self.cfg, self._energy_sample(cand, owned, n_chunk))
         result.timings["scoring"] = _seconds_since(t)
 
     def _energy_sample(self, cand: Candidates, owned: np.ndarray, n_chunk: int) -> np.ndarray:

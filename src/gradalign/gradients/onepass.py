@@ -39,6 +39,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..distributed import SINGLE, ProcessGroup, fsdp_sharded, reshard, shard_group
+from .scope import excluded_uses
 from .signals import GradientBackend, NaiveGradients, ProblemSignals, full_parameter, parameter_views, trainable
 from .surrogate import SurrogateBatch, weighted_surrogate
 
@@ -149,11 +150,12 @@ class ActivationCapture:
             raise NotImplementedError(f"one-pass factors do not cover the modules holding {missing[:3]} "
                                       f"(supported: {SUPPORTED}); use gradient_backend: naive")
         for module in model.modules():
-            own = {n: p for n, p in module.named_parameters(recurse=False) if p.requires_grad}
+            left_out = excluded_uses(module)  # a tied embedding's use outside `score_parameters` (gradients.scope)
+            own = {n: p for n, p in module.named_parameters(recurse=False) if p.requires_grad and n not in left_out}
             if own and _factored(module):
                 self.params[module] = own
                 self.handles.append(module.register_forward_hook(self._keep))
-            elif isinstance(module, nn.Embedding) and not any(p.requires_grad for p in module.parameters()):
+            elif isinstance(module, nn.Embedding) and not own:
                 # A frozen embedding (LoRA) feeds no trainable parameter, but TRL's enable_input_require_grads (PEFT +
                 # gradient checkpointing) marks its output as needing a gradient: the backward must still stop here.
                 self.handles.append(module.register_forward_hook(_detach_output))
@@ -228,13 +230,19 @@ def _segments(token_problem: torch.Tensor, n: int) -> list[slice]:
     return [slice(starts[i], starts[i + 1]) for i in range(n)]
 
 
+def carrying_tokens(f: Factor) -> torch.Tensor:
+    """[T] bool: the tokens whose term a_t b_tᵀ can be non-zero. Padding, and positions whose output the loss never
+    reads (a prompt token's logits, the last block's outputs there), have a zero output gradient: a_t = 0 (an
+    embedding's b_t = 0). Exact: a sum of absolute values is 0 only if every entry is."""
+    return (f.b if f.index else f.a).abs().sum(-1) > 0
+
+
 def _packed(f: Factor, token_problem: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """A dense factor's tokens as [m, T_max, rows] and [m, T_max, cols], problem by problem, keeping only the
-    tokens with a_t ≠ 0: padding, and positions whose output the loss never reads (a prompt token's logits, the
-    last block's outputs there), have a zero output gradient and add nothing to G_i. Slots past a problem's last
-    kept token point at a dropped token, whose a_t = 0 (or at an appended zero row), so the product ignores them."""
+    `carrying_tokens`. Slots past a problem's last kept token point at a dropped token, whose a_t = 0 (or at an
+    appended zero row), so the product ignores them."""
     m, a, b = len(lengths), f.a, f.b
-    keep = a.abs().sum(-1) > 0  # exact: a sum of absolute values is 0 only if every entry is
+    keep = carrying_tokens(f)
     if len(set(lengths)) == 1 and bool(keep.all()):  # nothing to drop: the rows as they are
         return a.view(m, lengths[0], -1), b.view(m, lengths[0], -1)
     tokens = keep.nonzero().squeeze(1)
@@ -253,7 +261,7 @@ def _packed(f: Factor, token_problem: torch.Tensor, lengths: list[int]) -> tuple
         m, src.shape[1], -1)
 
 
-def _materialised(factors: list[Factor], shape: tuple[int, int], seg: list[slice]) -> torch.Tensor:
+def materialised(factors: list[Factor], shape: tuple[int, int], seg: list[slice]) -> torch.Tensor:
     """G_i for the problems of `seg` (consecutive token slices), [len(seg), rows, cols]: one batched matmul per
     factor over each problem's tokens (the weight-gradient matmul of a backward, split by problem)."""
     rows, cols = shape
@@ -442,7 +450,7 @@ def per_problem_gradients(fs: list[Factor], shape: tuple[int, int], segments: li
     step = max(1, budget // size)
     for start in range(0, len(segments), step):
         part = segments[start:start + step]
-        yield slice(start, start + len(part)), _materialised(fs, shape, part).reshape(len(part), -1)
+        yield slice(start, start + len(part)), materialised(fs, shape, part).reshape(len(part), -1)
 
 
 class OnePassGradients(GradientBackend):
@@ -540,10 +548,8 @@ class OnePassGradients(GradientBackend):
 
 def _token_terms(f: Factor, D: torch.Tensor) -> torch.Tensor:
     """a_tᵀ D_k b_t for every token t and direction k, [T, K]: products in the factors' precision, each token's sum
-    accumulated in fp64 (no fp64 copy of the factors). Tokens with a zero output gradient (see `_packed`) are 0
-    without a product."""
-    keep = (f.b if f.index else f.a).abs().sum(-1) > 0
-    tokens = keep.nonzero().squeeze(1)
+    accumulated in fp64 (no fp64 copy of the factors). Tokens outside `carrying_tokens` are 0 without a product."""
+    tokens = carrying_tokens(f).nonzero().squeeze(1)
     a, b = f.a.index_select(0, tokens), f.b.index_select(0, tokens)
     rows = (D[k, a] if f.index else a @ D[k] for k in range(D.shape[0]))  # one-hot a: D_k's rows of the ids
     out = torch.zeros(f.b.shape[0], D.shape[0], dtype=torch.float64, device=f.b.device)

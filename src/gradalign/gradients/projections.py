@@ -106,14 +106,16 @@ def _feature_dtype(model) -> torch.dtype:
     return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
-def _segment_sums(A: torch.Tensor, B: torch.Tensor, segments: list[slice]) -> torch.Tensor:
-    """Σ_{t∈s} A_tᵀ ⊗ B_t for each token slice s: [len(segments), A.shape[1], B.shape[1]]."""
-    lengths = {s.stop - s.start for s in segments}
-    start, stop, m = segments[0].start, segments[-1].stop, len(segments)
-    if len(lengths) == 1:  # equal token counts: one batched matmul
-        T = lengths.pop()
-        return torch.bmm(A[start:stop].reshape(m, T, -1).transpose(1, 2), B[start:stop].reshape(m, T, -1))
-    return torch.stack([A[s].T @ B[s] for s in segments])
+def _token_problems(segments: list[slice], device) -> torch.Tensor:
+    """[T] each token's problem, as a position in `segments` (consecutive token slices)."""
+    lengths = torch.tensor([s.stop - s.start for s in segments], device=device)
+    return torch.repeat_interleave(torch.arange(len(segments), device=device), lengths)
+
+
+def _live_tokens(f: Factor, problem_of: torch.Tensor) -> tuple[Factor, torch.Tensor]:
+    """The factor's tokens whose term can be non-zero (`onepass.carrying_tokens`), and their problems."""
+    keep = onepass.carrying_tokens(f).nonzero().squeeze(1)
+    return Factor(f.a.index_select(0, keep), f.b.index_select(0, keep), f.index), problem_of.index_select(0, keep)
 
 
 class Projector:
@@ -381,27 +383,22 @@ class FactoredProjector(Projector):
         p_out, p_in = self.matrices(block)
         dtype, device = fs[0].b.dtype, fs[0].b.device
         rows = mb.problems.to(out.device)
-        if self.sketch == "khatri-rao":  # Σ_t (U a_t) ⊙ (V b_t), in column chunks to bound memory
-            T = mb.segments[-1].stop
-            step = max(1, self.CHUNK // max(T, 1))
-            for c0 in range(0, d_out, step):
-                ut = p_out[c0:c0 + step].T.to(device=device, dtype=dtype)
-                vt = p_in[c0:c0 + step].T.to(device=device, dtype=dtype)
-                total = None
-                for f in fs:
-                    prod = self._left(f, ut, block.rows, dtype) * (f.b @ vt)
-                    part = _segment_sums(prod, torch.ones(T, 1, dtype=dtype, device=device), mb.segments)[..., 0]
-                    total = part if total is None else total + part
-                out[rows, offset + c0:offset + c0 + ut.shape[1]] += total
+        if self.sketch == "khatri-rao":  # Σ_t (U a_t) ⊙ (V b_t) per problem, in column chunks to bound memory
+            problem_of = _token_problems(mb.segments, device)
+            for f in fs:
+                f, problem = _live_tokens(f, problem_of)  # tokens with a zero output gradient add nothing
+                step = max(1, self.CHUNK // max(len(problem), 1))
+                for c0 in range(0, d_out, step):
+                    ut = p_out[c0:c0 + step].T.to(device=device, dtype=dtype)
+                    prod = self._left(f, ut, block.rows, dtype) * (f.b @ p_in[c0:c0 + step].T.to(device, dtype))
+                    sums = prod.new_zeros(len(mb.segments), ut.shape[1]).index_add_(0, problem, prod)
+                    out[rows, offset + c0:offset + c0 + ut.shape[1]] += sums
             return
         pt_out = None if p_out is None else p_out.T.to(device=device, dtype=dtype)
         pt_in = None if p_in is None else p_in.T.to(device=device, dtype=dtype)
-        total = None
-        for f in fs:
-            A = self._left(f, pt_out, block.rows, dtype)
-            B = f.b if pt_in is None else f.b @ pt_in
-            part = _segment_sums(A, B, mb.segments)
-            total = part if total is None else total + part
+        projected = [Factor(self._left(f, pt_out, block.rows, dtype), f.b if pt_in is None else f.b @ pt_in)
+                     for f in fs]  # per token (P_out a_t)(P_in b_t)ᵀ: per problem, G_i of these smaller factors
+        total = onepass.materialised(projected, (d_out, d_in), mb.segments)
         out[rows, offset:offset + d_out * d_in] += total.reshape(len(mb.segments), -1)
 
     def _project_block(self, block, G, out):
