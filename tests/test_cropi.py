@@ -13,7 +13,8 @@ from gradalign.cli import main
 from gradalign.config import RunConfig
 from gradalign.curriculum import loop
 from gradalign.curriculum.loop import Curriculum
-from gradalign.curriculum.offline import on_policy_batch, popi_batch
+from gradalign.curriculum.offline import offline_influence, on_policy_batch, popi_batch, projected
+from gradalign.curriculum.setup import load_problem_sets, make_reward
 from gradalign.data.io import load_problems, save_problems
 from gradalign.data.regimes import imbalance
 from gradalign.gradients import get_projector
@@ -190,3 +191,22 @@ def test_one_cropi_stage_as_a_one_shot_selection(tmp_path):
     zero = {pid for pid, z in zip(rollouts.problem_ids, rollouts.zero_variance()) if z}
     chosen = [p.id for p in load_problems(out)]
     assert 1 <= len(chosen) <= 6 and not set(chosen) & zero
+
+
+@pytest.mark.parametrize("projection", ["sparse-countsketch", "sparse", "khatri-rao"])
+def test_a_validation_direction_is_the_mean_of_its_problems_projected_gradients(tmp_path, projection):
+    """φ_v is computed as R(mean gradient) from one backward; it must equal the mean of the set's per-problem
+    projected POPI gradients (zero-variance problems counted as zero rows), the paper's definition."""
+    cfg = tiny_cfg(tmp_path, projection=projection)
+    model, tokenizer = warm_started_tiny()
+    sets = load_problem_sets(cfg)
+    influence = offline_influence(cfg, model, tokenizer, sets.pool, sets.validation, make_reward(cfg), collect=True)
+    directions = influence.directions(model)
+    assert directions is not None
+    for name, vector in zip(directions.names, directions.vectors):
+        r = influence.validation_store.load(influence.sets[name], pad_id=tokenizer.pad_token_id)
+        assert r.zero_variance().any() and not r.zero_variance().all()  # both kinds of rows are counted
+        want = projected(model, influence.projector(model), popi_batch(r), ~r.zero_variance(), cfg.micro_batch).mean(0)
+        # two fp32 orders of summing the same terms (a per-problem reduction vs one backward's weight gradient):
+        # a few hundred fp32 ulps of the vector's scale; a wrong weight or a missing problem moves it by >= 1/n
+        assert torch.linalg.norm(vector - want) <= 1e-4 * torch.linalg.norm(want), name

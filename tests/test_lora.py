@@ -228,7 +228,7 @@ def test_projected_features_of_a_lora_adapter():
     shares = gradient_energy(model, batch)
     assert set(shares) == {b.name for b in layout(model)}
     loose = {"dense": 0.2, "khatri-rao-energy": 0.5}
-    for variant in ("dense", "khatri-rao-energy", "khatri-rao", "factored", "sparse"):
+    for variant in ("dense", "khatri-rao-energy", "khatri-rao", "factored", "sparse", "sparse-countsketch"):
         projector = named_projector(variant, 2048, seed=5, shares=shares)
         phi = projector.features(model, batch)
         assert phi.shape == (batch.num_problems, 2048)

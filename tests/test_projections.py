@@ -386,6 +386,8 @@ def test_bad_arguments():
         SparseProjector(8, fraction=0)
     with pytest.raises(ValueError, match="rademacher, gaussian"):
         DenseProjector(8, distribution="uniform")
+    with pytest.raises(ValueError, match="unknown sparse sketch 'srht' \\(choose from: gaussian, countsketch\\)"):
+        SparseProjector(8, sketch="srht")
     model = make_model(tie=True, seed=0)
     with pytest.raises(ValueError, match="coordinates"):
         DenseProjector(8).project_flat(model, torch.zeros(5))

@@ -178,8 +178,9 @@ class RunConfig:
                                 "Cheaper and approximate: `gradalign bench subset` measures cost and fidelity. "
                                 "Empty (default): the whole trainable model.")
     projection: str = _f("auto", "Projected features (LearnAlign, CROPI): auto (LearnAlign khatri-rao-energy, "
-                         "recommended by `gradalign bench fidelity`; CROPI sparse, the paper's), khatri-rao-energy, "
-                         "khatri-rao, factored, factored-energy, sparse or dense.")
+                         "recommended by `gradalign bench fidelity`; CROPI sparse-countsketch, the paper's 10% of "
+                         "the coordinates with a CountSketch map), khatri-rao-energy, khatri-rao, factored, "
+                         "factored-energy, sparse (the paper's Gaussian map), sparse-countsketch or dense.")
     projection_dim: int = _f(8192, "Dimension d of the projected features.")
     # ── LearnAlign (METHODS.md §2) ───────────────────────────────────────────────────────────────────────
     warmup_problems: int = _f(64, "LearnAlign: random pool problems the warm-up GRPO trains on (paper: 300 of 7.5k).")

@@ -22,6 +22,7 @@ from ..config import RunConfig
 from ..distributed import SINGLE, ProcessGroup
 from ..data.problem import Problem
 from ..gradients.projections import configured_projector, gradient_energy
+from ..gradients.signals import GradientBackend
 from ..gradients.surrogate import SurrogateBatch
 from ..policy.rollout_store import RolloutStore, offline_sampling, open_stores
 from ..policy.rollouts import Rollouts, sample_rollouts
@@ -115,17 +116,23 @@ class OfflineInfluence:
         return self._projector
 
     def directions(self, model, batch_of=popi_batch, rollouts_of=None) -> Directions | None:
-        """φ_v = mean projected gradient of each set's problems (sets whose groups all agree are dropped)."""
+        """φ_v = mean projected gradient of each set's problems (sets whose groups all agree are dropped). R is
+        linear, so that is R applied to the set's mean gradient: one training-style backward over its live
+        problems and one projected vector, instead of a projected gradient per problem."""
         names, vectors = [], []
+        backend = GradientBackend(micro_batch=self.cfg.micro_batch)
         for name, ids in self.sets.items():
             rollouts = rollouts_of(ids) if rollouts_of else self.validation_store.load(ids, pad_id=self.pad_id)
-            phi = projected(model, self.projector(model), batch_of(rollouts), ~rollouts.zero_variance(),
-                            self.cfg.micro_batch)
-            if phi.abs().sum() == 0:
+            live = np.flatnonzero(~rollouts.zero_variance())
+            mean = None
+            if len(live):  # zero-variance problems have a zero gradient: they count in the mean, not in the pass
+                mean = backend.combined_gradient(model, batch_of(rollouts).subset(live),
+                                                 torch.full((len(live),), 1.0 / rollouts.num_problems))
+            if mean is None or not mean.abs().sum() > 0:
                 log.warning("validation set '%s': every group is zero-variance; it gives no direction", name)
                 continue
             names.append(name)
-            vectors.append(phi.mean(0))
+            vectors.append(self.projector(model).project_flat(model, mean).float().cpu())
         return Directions(names, torch.stack(vectors)) if vectors else None
 
     def signals(self, model, rollouts: Rollouts, cand: Candidates, directions: Directions) -> torch.Tensor:
