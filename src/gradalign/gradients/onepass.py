@@ -230,6 +230,12 @@ def _segments(token_problem: torch.Tensor, n: int) -> list[slice]:
     return [slice(starts[i], starts[i + 1]) for i in range(n)]
 
 
+def token_problems(segments: list[slice], device) -> torch.Tensor:
+    """[T] each token's problem, as a position in `segments` (consecutive token slices)."""
+    lengths = torch.tensor([s.stop - s.start for s in segments], device=device)
+    return torch.repeat_interleave(torch.arange(len(segments), device=device), lengths)
+
+
 def carrying_tokens(f: Factor) -> torch.Tensor:
     """[T] bool: the tokens whose term a_t b_tᵀ can be non-zero. Padding, and positions whose output the loss never
     reads (a prompt token's logits, the last block's outputs there), have a zero output gradient: a_t = 0 (an
@@ -267,8 +273,7 @@ def materialised(factors: list[Factor], shape: tuple[int, int], seg: list[slice]
     rows, cols = shape
     start, stop = seg[0].start, seg[-1].stop
     lengths = [s.stop - s.start for s in seg]
-    token_problem = torch.repeat_interleave(torch.arange(len(seg), device=factors[0].b.device),
-                                            torch.tensor(lengths, device=factors[0].b.device))
+    token_problem = token_problems(seg, factors[0].b.device)
     G = None
     for f in sorted(factors, key=lambda f: f.index):  # a dense factor first: its matmul writes G, no zero fill
         part = Factor(f.a[start:stop], f.b[start:stop], f.index)

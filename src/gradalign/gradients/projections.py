@@ -106,12 +106,6 @@ def _feature_dtype(model) -> torch.dtype:
     return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
-def _token_problems(segments: list[slice], device) -> torch.Tensor:
-    """[T] each token's problem, as a position in `segments` (consecutive token slices)."""
-    lengths = torch.tensor([s.stop - s.start for s in segments], device=device)
-    return torch.repeat_interleave(torch.arange(len(segments), device=device), lengths)
-
-
 def _live_tokens(f: Factor, problem_of: torch.Tensor) -> tuple[Factor, torch.Tensor]:
     """The factor's tokens whose term can be non-zero (`onepass.carrying_tokens`), and their problems."""
     keep = onepass.carrying_tokens(f).nonzero().squeeze(1)
@@ -384,7 +378,7 @@ class FactoredProjector(Projector):
         dtype, device = fs[0].b.dtype, fs[0].b.device
         rows = mb.problems.to(out.device)
         if self.sketch == "khatri-rao":  # Σ_t (U a_t) ⊙ (V b_t) per problem, in column chunks to bound memory
-            problem_of = _token_problems(mb.segments, device)
+            problem_of = onepass.token_problems(mb.segments, device)
             for f in fs:
                 f, problem = _live_tokens(f, problem_of)  # tokens with a zero output gradient add nothing
                 step = max(1, self.CHUNK // max(len(problem), 1))
