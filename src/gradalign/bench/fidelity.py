@@ -101,8 +101,8 @@ class Case:
     model: object
     batch: object  # SurrogateBatch of the candidates
     validation: object  # SurrogateBatch of the validation problems
-    g_v: object  # flat pooled validation gradient
-    exact: np.ndarray  # exact cosines of all candidates
+    g_v: object  # flat pooled validation gradient (None without exact scores)
+    exact: np.ndarray | None  # exact cosines of all candidates (None: not computed)
     live: np.ndarray  # bool: non-zero-variance candidates
     info: dict = field(default_factory=dict)
     shares: dict | None = None  # energy allocation weights (measured lazily)
@@ -132,9 +132,9 @@ def _exact_scores(case_name: str, model, batch, validation, micro_batch: int, in
     return g_v, exact, live
 
 
-def round_case(micro_batch: int = 256, echo=None, cfg=None) -> Case:
+def round_case(micro_batch: int = 256, echo=None, cfg=None, exact: bool = True) -> Case:
     """Setting (i): a real selection round of the default scenario with the warm-started tiny policy (or of
-    `cfg`'s scenario with its policy)."""
+    `cfg`'s scenario with its policy); `exact=False` leaves out the exact scores (g_v and exact stay None)."""
     from ..config import RunConfig
     from ..curriculum.setup import chunk_order, load_problem_sets, make_reward, round_seed
     from ..curriculum.round import RoundSelector
@@ -157,8 +157,10 @@ def round_case(micro_batch: int = 256, echo=None, cfg=None) -> Case:
                 k=cfg.rollouts_per_problem,
                 k_validation=cfg.validation_rollouts, advantage_scale=cfg.advantage_scale, round=0)
     batch, validation = selector.batch(cand), selector.batch(val)
-    g_v, exact, live = _exact_scores("round", model, batch, validation, micro_batch, info, echo)
-    return Case("round", model, batch, validation, g_v, exact, live, info, problems=chunk)
+    if not exact:
+        return Case("round", model, batch, validation, None, None, ~cand.zero_variance(), info, problems=chunk)
+    g_v, scores, live = _exact_scores("round", model, batch, validation, micro_batch, info, echo)
+    return Case("round", model, batch, validation, g_v, scores, live, info, problems=chunk)
 
 
 def random_case(model_name: str = "10m", n_problems: int = 128, k: int = 4, n_validation: int = 64,

@@ -105,8 +105,11 @@ def compare(case, scores: np.ndarray, full: np.ndarray, keep: int) -> dict:
 def bench_model(name: str, scopes: dict[str, list[str]] | None, repeats: int, seed: int, echo) -> list[dict]:
     from .fidelity import round_case
     cfg = round_config(name, seed)
-    case = round_case(cfg.micro_batch, echo, cfg=cfg)
+    case = round_case(cfg.micro_batch, echo, cfg=cfg, exact=False)  # the whole model's call below scores it
     model = case.model
+    if echo:
+        echo(f"[{name}] {case.batch.num_problems} candidates ({int(case.live.sum())} live), "
+             f"{case.validation.num_problems} validation problems; rollouts {case.info['rollout_seconds']:.0f} s")
     scopes = scopes or default_scopes(model)
     calls = {"whole model": None, **scopes}
     times: dict[str, list[float]] = {label: [] for label in calls}
