@@ -279,3 +279,26 @@ def test_per_problem_gradients_pack_only_the_tokens_that_carry_gradient(seed, ca
         # fp32 sums of at most T products of unit-scale terms: a few T·eps of the largest term's scale
         tol = 4 * T * torch.finfo(torch.float32).eps * float(want.abs().max().clamp(min=1))
         assert torch.allclose(got[i].double(), want, atol=tol, rtol=0), (case, i)
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_the_gram_form_chosen_for_few_tokens_equals_forming_each_gradient(tie, monkeypatch):
+    """Where a problem's tokens are few next to a matrix's size, `_reduce` takes the Gram form (norms from two small
+    batched matmuls, dots from one token-level matmul). Forced for every dense parameter here, it must give what
+    forming each G_i gives, to the exact backends' tolerance."""
+    from gradalign.gradients import onepass
+    model = make_model(tie=tie, seed=21)
+    rollouts = random_rollouts(4, vocab=model.config.vocab_size, n_problems=10)
+    batch = SurrogateBatch(rollouts, rollouts.advantages("group"))
+    dirs = torch.randn(2, n_params(model), generator=torch.Generator().manual_seed(5))
+    formed = OnePassGradients(micro_batch=16).problem_signals(model, batch, dirs)
+    taken = []
+    monkeypatch.setattr(onepass, "GRAM_TOKENS", 1e9)  # every dense parameter "has few tokens"
+    monkeypatch.setattr(OnePassGradients, "_reduce_gram",
+                        lambda self, *a, f=OnePassGradients._reduce_gram: taken.append(1) or f(self, *a))
+    gram = OnePassGradients(micro_batch=16).problem_signals(model, batch, dirs)
+    assert taken
+    live = formed.norms > 0
+    np.testing.assert_allclose(gram.norms[live].numpy(), formed.norms[live].numpy(), rtol=REL)
+    scale = (formed.norms[:, None] * dirs.norm(dim=1)[None, :]).numpy()
+    assert np.all(np.abs((gram.dots - formed.dots).numpy()) <= REL * scale)

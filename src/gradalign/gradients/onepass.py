@@ -286,6 +286,18 @@ def materialised(factors: list[Factor], shape: tuple[int, int], seg: list[slice]
     return G
 
 
+GRAM_TOKENS = 0.25  # the Gram form pays when a problem's tokens T < GRAM_TOKENS · rows·cols / (rows + cols)
+
+
+def _gram_pays(fs: list[Factor], shape: tuple[int, int], segments: list[slice]) -> bool:
+    """Whether a parameter's problems have so few tokens that forming each G_i (a matmul with an inner dimension of
+    T) costs more than the Gram form's T² (rows + cols) plus one token-level matmul (measured on SmolLM2-135M with
+    ~40 tokens a problem: benchmarks/README.md)."""
+    rows, cols = shape
+    tokens = sum(int(carrying_tokens(f).sum()) for f in fs) / max(len(segments), 1)
+    return tokens < GRAM_TOKENS * rows * cols / (rows + cols)
+
+
 def _gram_norm2(factors: list[Factor], s: slice) -> torch.Tensor:
     total = torch.zeros((), dtype=torch.float64, device=factors[0].b.device)
     for f in factors:
@@ -520,19 +532,45 @@ class OnePassGradients(GradientBackend):
         return norms2
 
     def _reduce(self, mb: MicroBatchFactors, fs: list[Factor], D: torch.Tensor, norms2, dots) -> None:
-        """Add one parameter's ‖G_i‖² and ⟨G_i, D_k⟩ for the problems of a micro-batch."""
+        """Add one parameter's ‖G_i‖² and ⟨G_i, D_k⟩ for the problems of a micro-batch: from each problem's G_i, or,
+        where that is too large or its few tokens make the per-problem matmuls inefficient (`_gram_pays`), from the
+        Gram form, with the dots from one token-level matmul."""
+        if not mb.segments:  # an FSDP rank's padding pass: no problems
+            return
         shape = (D.shape[1], D.shape[2])
-        if not self.force_gram and shape[0] * shape[1] <= self.budget:
-            for part, G in per_problem_gradients(fs, shape, mb.segments, self.budget):
-                sel = mb.problems[part]
-                norms2[sel] += blocked_sq_norms(G).cpu()
-                if D.shape[0]:
-                    dots[sel] += blocked_inner(G, D.reshape(D.shape[0], -1).to(G.device, G.dtype)).cpu()
-        else:  # too large to form per problem: Gram form, problem by problem
-            for j, s in enumerate(mb.segments):
+        dense = not any(f.index for f in fs)
+        if self.force_gram or shape[0] * shape[1] > self.budget or (dense and _gram_pays(fs, shape, mb.segments)):
+            if dense:
+                self._reduce_gram(mb, fs, D, norms2, dots)
+                return
+            for j, s in enumerate(mb.segments):  # an embedding's one-hot factor: problem by problem
                 norms2[mb.problems[j]] += _gram_norm2(fs, s).cpu()
                 if D.shape[0]:
                     dots[mb.problems[j]] += _gram_dots(fs, D.to(fs[0].b.device, fs[0].b.dtype), s).cpu()
+            return
+        for part, G in per_problem_gradients(fs, shape, mb.segments, self.budget):
+            sel = mb.problems[part]
+            norms2[sel] += blocked_sq_norms(G).cpu()
+            if D.shape[0]:
+                dots[sel] += blocked_inner(G, D.reshape(D.shape[0], -1).to(G.device, G.dtype)).cpu()
+
+    def _reduce_gram(self, mb: MicroBatchFactors, fs: list[Factor], D: torch.Tensor, norms2, dots) -> None:
+        """Dense factors only: ‖G_i‖² = Σ_{f,h} Σ_{s,t} (a_s·a_t)(b_s·b_t) over each problem's packed tokens (two
+        small batched matmuls per pair of factors), ⟨G_i, D_k⟩ = Σ_{t∈i} a_tᵀ D_k b_t from one matmul over all tokens."""
+        lengths = [s.stop - s.start for s in mb.segments]
+        token_problem = token_problems(mb.segments, fs[0].b.device)
+        packed = [_packed(f, token_problem, lengths) for f in fs]
+        total = torch.zeros(len(lengths), dtype=torch.float64, device=fs[0].b.device)
+        for A, B in packed:
+            for A2, B2 in packed:
+                total += (torch.bmm(A, A2.transpose(1, 2)) * torch.bmm(B, B2.transpose(1, 2))).sum((1, 2),
+                                                                                                   dtype=torch.float64)
+        norms2[mb.problems] += total.cpu()
+        if D.shape[0]:
+            D = D.to(fs[0].b.device, fs[0].b.dtype)
+            per_token = sum(_token_terms(f, D) for f in fs)  # [T, K] fp64
+            dots[mb.problems] += per_token.new_zeros(len(lengths), D.shape[0]).index_add_(
+                0, token_problem, per_token).cpu()
 
     def _reduce_rows(self, mb: MicroBatchFactors, fs: list[Factor], D: torch.Tensor, norms2, dots, row_dots) -> None:
         """`_reduce` that also keeps every completion's term ⟨G_j, D_k⟩ = Σ_{t∈j} a_tᵀ D_k b_t, per token (one
