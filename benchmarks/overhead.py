@@ -1,6 +1,7 @@
-"""Overhead benchmark; `python benchmarks/overhead.py ARGS` is `gradalign bench overhead ARGS` (see README.md)."""
+"""Overhead benchmark; `python benchmarks/overhead.py ARGS` is `gradalign bench overhead ARGS` (see README.md), with the
+CLI's logging and one-line errors."""
 import sys
 
-from gradalign.bench.overhead import main
+from gradalign.cli import main
 
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(["bench", "overhead", *sys.argv[1:]]))

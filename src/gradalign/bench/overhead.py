@@ -207,9 +207,3 @@ def add_overhead_parser(subparsers) -> argparse.ArgumentParser:
     add_overhead_arguments(parser)
     parser.set_defaults(func=run_from_args)
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python benchmarks/overhead.py ARGS`: `gradalign bench overhead ARGS`, with the CLI's logging and errors."""
-    from ..cli import main as cli_main
-    return cli_main(["bench", "overhead", *(argv or [])])
