@@ -20,7 +20,9 @@ gradients' inner products: E_R ⟨R g(x), R g(y)⟩ = ⟨g(x), g(y)⟩ (every R 
             derived from (seed, parameter name, block index), and applied to the materialised G_i.
   sparse    CROPI: a fixed random subset of each parameter's coordinates (fraction f, default 10%, exactly
             k_p = max(1, round(f·n_p)) coordinates drawn without replacement and scaled by √(n_p / k_p), so
-            the selection is unbiased), then a Gaussian N(0, 1/d) JL map to d generated like `dense`.
+            the selection is unbiased), then a Gaussian N(0, 1/d) JL map to d generated like `dense` (the
+            paper's), or a CountSketch (`sketch="countsketch"`: each kept coordinate adds ±its value to one
+            seeded feature; CROPI's default, as faithful at d >= 8192 and at the cost of exact scoring).
 
 Determinism: every random matrix comes from a torch CPU generator seeded with sha256(seed, kind, parameter
 *name*, role, block) — never Python's salted `hash`, never `id(param)` — so the same seed and the same
