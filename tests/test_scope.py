@@ -143,3 +143,15 @@ def test_a_round_scores_in_the_configured_scope(tmp_path):
     assert not np.allclose(scoped.candidates.cos_val[live], full.candidates.cos_val[live])
     assert np.isfinite(scoped.candidates.cos_val).all()
     assert np.array_equal(scoped.candidates.pass_rate, full.candidates.pass_rate)  # the same rollouts
+
+
+def test_a_pattern_that_names_nothing_is_refused_before_the_first_round(tmp_path, capsys):
+    """Checked against the loaded model (after any LoRA wrapping) before anything is rolled out or written."""
+    from gradalign.cli import main
+    out = tmp_path / "run"
+    code = main(["run", "--output-dir", str(out), "--pool-size", "40", "--validation-size", "8", "--test-size", "8",
+                 "--chunk-size", "16", "--rounds", "1", "--score-parameters", "decoder.*"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert "'score_parameters'" in err[0] and "matched no trainable parameter" in err[0], err
+    assert not (out / "rounds.jsonl").exists()

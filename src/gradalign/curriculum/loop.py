@@ -32,8 +32,8 @@ from ..selection.diagnostics import scores_table, selection_diagnostics, write_s
 from . import records
 from .offline import offline_influence
 from .round import EmptySelectionError, RoundSelection, RoundSelector
-from .setup import (INITIAL_EVAL, check_inputs, chunk_order, join_processes, load_problem_sets, make_reward,
-                    round_seed, warn_long_prompts)
+from .setup import (INITIAL_EVAL, check_inputs, check_scope, chunk_order, join_processes, load_problem_sets,
+                    make_reward, round_seed, warn_long_prompts)
 from .trl_bridge import grpo_steps, new_optimizer, warn_unused_trl_fields
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ class Curriculum:
         self.check_run_dir()
         model, tokenizer = load_policy(self.cfg.model_args.model_name_or_path, self.cfg.device, self.group)
         model = apply_peft(model, self.cfg)  # use_peft: train and score a LoRA adapter only
+        check_scope(self.cfg, model)
         warn_long_prompts(self.cfg, self.sets, model, tokenizer)
         if self.group.is_main:
             warn_unused_trl_fields(self.cfg)

@@ -26,7 +26,8 @@ from ..selection.diagnostics import scores_table, write_scores
 from .offline import offline_influence
 from .records import count_values
 from .round import RoundSelection, RoundSelector
-from .setup import check_inputs, join_processes, load_problem_sets, make_reward, round_seed, warn_long_prompts
+from .setup import (check_inputs, check_scope, join_processes, load_problem_sets, make_reward, round_seed,
+                    warn_long_prompts)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
     start = time.perf_counter()
     model, tokenizer = load_policy(cfg.model_args.model_name_or_path, cfg.device, group)
     model = apply_peft(model, cfg)  # use_peft: score (and warm up) a LoRA adapter only
+    check_scope(cfg, model)
     warn_long_prompts(cfg, sets, model, tokenizer)
     reward = make_reward(cfg)
     selector = RoundSelector(cfg, sets.validation, reward, pool=sets.pool, group=group)

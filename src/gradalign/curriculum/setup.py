@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import SCENARIO_KNOBS, RunConfig
+from ..config import SCENARIO_KNOBS, ConfigError, RunConfig
 from ..data.io import InputColumns, load_problems
 from ..data.problem import DataError, Problem
 from ..data.regimes import Scenario, build_scenario
@@ -134,6 +134,17 @@ def _warn_tiny_prompts(cfg: RunConfig, sets: Scenario) -> None:
         if foreign:
             log.warning("%s: %d prompts contain characters outside the tiny policy's alphabet, read as <unk> "
                         "(first: %r in problem %r)", where, foreign, first[0], first[1])
+
+
+def check_scope(cfg: RunConfig, model) -> None:
+    """`score_parameters` must name trainable parameters of this model (after any LoRA wrapping): refused in one
+    line once the model is loaded, before the first round rolls anything out."""
+    if cfg.score_parameters:
+        from ..gradients.scope import resolve
+        try:
+            resolve(model, cfg.score_parameters)
+        except ValueError as e:
+            raise ConfigError("score_parameters", str(e).removeprefix("score_parameters ")) from None
 
 
 def warn_long_prompts(cfg: RunConfig, sets: Scenario, model, tokenizer) -> None:
