@@ -222,6 +222,11 @@ def test_streamed_datasets_are_refused_at_construction(tmp_path, scenario):
                              validation_dataset=rows(scenario.validation), selection=RunConfig.of(**SELECTION))
 
 
+def test_score_parameters_naming_nothing_is_refused_at_construction(tmp_path, scenario):
+    with pytest.raises(TrainerArgumentError, match=r"score_parameters=\.\.\.\): \['decoder\.\*'\] matched no trainable"):
+        trainer(tmp_path, scenario, selection={"score_parameters": ["decoder.*"]})
+
+
 def test_sampling_errors_name_the_grpo_argument(tmp_path, scenario):
     with pytest.raises(TrainerArgumentError, match=r"args\.top_p must be in \(0, 1\]"):
         trainer(tmp_path, scenario, top_p=0.0)

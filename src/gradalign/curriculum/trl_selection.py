@@ -47,7 +47,7 @@ from ..distributed import process_group
 from ..reports.loggers import flatten_scalars
 from ..selection import get_method
 from ..selection.diagnostics import selection_diagnostics
-from .setup import check_blocks, chunk_order, round_seed
+from .setup import check_blocks, check_scope, chunk_order, round_seed
 from .round import NoDirectionError, RoundSelector
 from .trl_bridge import plan_blocks
 
@@ -293,6 +293,10 @@ class GradAlignGRPOTrainer(GRPOTrainer):
         self.layout = round_layout(grpo_args, self.selection.steps_per_round)
         bound.pop("self", None)
         super().__init__(**bound)
+        try:
+            check_scope(self.selection, self.model)  # the model as TRL holds it (LoRA-wrapped with peft_config)
+        except ConfigError as e:
+            raise TrainerArgumentError(f"selection=RunConfig({e.key}=...): {e.detail}") from None
         self.pool = dataset_problems(self.train_dataset, "train")
         validation = dataset_problems(validation_dataset, "validation") if validation_dataset is not None else []
         reward = TrainerReward(self, {"train": self.train_dataset, "validation": validation_dataset})
