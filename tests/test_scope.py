@@ -108,6 +108,8 @@ def test_scope_is_restored_after_an_error_and_refuses_bad_patterns():
     with pytest.raises(ValueError, match="tied to a scored parameter"):  # the embedding's use without the head's
         with scoring_scope(model, ["model.embed_tokens.*"]):
             pass
+    with pytest.raises(ValueError, match="tied to a scored parameter"):  # found by resolve, before any round
+        resolve(model, ["model.embed_tokens.*"])
     with pytest.raises(ValueError, match="last_blocks:K with K >= 1"):
         resolve(model, ["last_blocks:0"])
     assert decoder_blocks(model) == ["model.layers.0", "model.layers.1"]

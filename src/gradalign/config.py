@@ -305,11 +305,11 @@ class RunConfig:
         for name, allowed in CHOICES.items():
             if self.value(name) not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)} (got '{self.value(name)}')")
-        from .gradients.scope import check_patterns
+        from .gradients.scope import ScopeError, check_patterns
         try:
             check_patterns(self.score_parameters)
-        except ValueError as e:
-            raise ConfigError("score_parameters", str(e).removeprefix("score_parameters: ")) from None
+        except ScopeError as e:
+            raise ConfigError("score_parameters", e.detail) from None
         if not DEVICE.fullmatch(self.device):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N (got '{self.device}')")
         from .gradients.projections import VARIANTS

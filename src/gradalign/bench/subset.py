@@ -139,9 +139,9 @@ def bench_model(name: str, scopes: dict[str, list[str]] | None, repeats: int, se
 
 
 def scored_parameter_count(model, patterns: list[str] | None) -> int:
-    from ..gradients.scope import scoring_scope
-    with scoring_scope(model, patterns):
-        return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+    from ..gradients.scope import resolve
+    scored = resolve(model, patterns).scored if patterns else [p for p in model.parameters() if p.requires_grad]
+    return sum(p.numel() for p in scored)
 
 
 def _cell(value, fmt: str) -> str:

@@ -137,14 +137,14 @@ def _warn_tiny_prompts(cfg: RunConfig, sets: Scenario) -> None:
 
 
 def check_scope(cfg: RunConfig, model) -> None:
-    """`score_parameters` must name trainable parameters of this model (after any LoRA wrapping): refused in one
-    line once the model is loaded, before the first round rolls anything out."""
+    """`score_parameters` must give a scope on this model (after any LoRA wrapping): refused in one line once the
+    model is loaded, before the first round rolls anything out."""
     if cfg.score_parameters:
-        from ..gradients.scope import resolve
+        from ..gradients.scope import ScopeError, resolve
         try:
             resolve(model, cfg.score_parameters)
-        except ValueError as e:
-            raise ConfigError("score_parameters", str(e).removeprefix("score_parameters ")) from None
+        except ScopeError as e:
+            raise ConfigError("score_parameters", e.detail) from None
 
 
 def warn_long_prompts(cfg: RunConfig, sets: Scenario, model, tokenizer) -> None:

@@ -24,6 +24,7 @@ import contextlib
 import fnmatch
 import re
 import weakref
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -33,26 +34,35 @@ LAST_BLOCKS = re.compile(r"last_blocks:(?P<k>[1-9][0-9]*)")
 _EXCLUDED: "weakref.WeakKeyDictionary[nn.Module, frozenset[str]]" = weakref.WeakKeyDictionary()
 
 
+class ScopeError(ValueError):
+    """`score_parameters` that cannot be used; `detail` is the message without the field's name (the config and
+    the run name the field themselves)."""
+
+    def __init__(self, detail: str):
+        self.detail = detail
+        super().__init__(f"score_parameters: {detail}")
+
+
 def excluded_uses(module: nn.Module) -> frozenset[str]:
     """Names of `module`'s own trainable parameters whose use in it is left out of the current scoring scope."""
     return _EXCLUDED.get(module, frozenset())
 
 
 def check_patterns(patterns: list[str]) -> None:
-    """A ValueError naming the first malformed pattern (empty, or `last_blocks:` without a positive count)."""
+    """A ScopeError naming the first malformed pattern (empty, or `last_blocks:` without a positive count)."""
     for p in patterns:
         if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"score_parameters: every pattern must be a non-empty string (got {p!r})")
+            raise ScopeError(f"every pattern must be a non-empty string (got {p!r})")
         if p.startswith("last_blocks") and not LAST_BLOCKS.fullmatch(p):
-            raise ValueError(f"score_parameters: '{p}' must be last_blocks:K with K >= 1 (e.g. last_blocks:8)")
+            raise ScopeError(f"'{p}' must be last_blocks:K with K >= 1 (e.g. last_blocks:8)")
 
 
 def decoder_blocks(model: nn.Module) -> list[str]:
     """Module names of the model's decoder blocks, in order: the children of its longest ModuleList."""
     lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
     if not lists:
-        raise ValueError("score_parameters: last_blocks:K needs a model whose blocks are an nn.ModuleList "
-                         "(model.layers in transformers' decoders); name the parameters with globs instead")
+        raise ScopeError("last_blocks:K needs a model whose blocks are an nn.ModuleList (model.layers in "
+                         "transformers' decoders); name the parameters with globs instead")
     name, blocks = max(lists, key=lambda item: len(item[1]))
     return [f"{name}.{i}" if name else str(i) for i in range(len(blocks))]
 
@@ -75,21 +85,37 @@ def parameter_uses(model: nn.Module):
                 yield module, local, f"{mname}.{local}" if mname else local, p
 
 
-def resolve(model: nn.Module, patterns: list[str]) -> tuple[dict[nn.Module, set[str]], list[str]]:
-    """({module: local names of its scored uses}, the qualified names scored); ValueError if nothing matches."""
+@dataclass
+class Scope:
+    """What `patterns` mean for one model: the parameters scored, those frozen while scoring, and the uses of a
+    scored (tied) parameter that are left out, by module."""
+
+    scored: list[nn.Parameter]
+    frozen: list[nn.Parameter]
+    excluded: dict[nn.Module, frozenset[str]]
+
+
+def resolve(model: nn.Module, patterns: list[str]) -> Scope:
+    """The scope `patterns` give on `model`; ScopeError if nothing matches, or if a tied weight's use left out is
+    not an embedding's (its output could not be cut off from the loss)."""
     check_patterns(patterns)
     globs = _globs(model, patterns)
-    scored: dict[nn.Module, set[str]] = {}
-    names = []
-    for module, local, name, _ in parameter_uses(model):
-        if any(fnmatch.fnmatchcase(name, g) for g in globs):
-            scored.setdefault(module, set()).add(local)
-            names.append(name)
-    if not names:
-        examples = [name for _, _, name, _ in parameter_uses(model)][-3:]
-        raise ValueError(f"score_parameters {patterns} matched no trainable parameter (names look like: "
-                         f"{', '.join(examples)})")
-    return scored, names
+    uses = list(parameter_uses(model))
+    matched = {(module, local) for module, local, name, _ in uses if any(fnmatch.fnmatchcase(name, g) for g in globs)}
+    if not matched:
+        examples = [name for _, _, name, _ in uses][-3:]
+        raise ScopeError(f"{patterns} matched no trainable parameter (names look like: {', '.join(examples)})")
+    scored = {id(p): p for module, local, _, p in uses if (module, local) in matched}
+    excluded: dict[nn.Module, set[str]] = {}
+    for module, local, name, p in uses:
+        if id(p) in scored and (module, local) not in matched:  # a tied weight's use left out
+            if not isinstance(module, nn.Embedding):
+                raise ScopeError(f"{name} is tied to a scored parameter; leaving out a tied weight's use is "
+                                 f"supported for an embedding only (score the head, not the embedding), so match "
+                                 f"{name} too or neither")
+            excluded.setdefault(module, set()).add(local)
+    frozen = [p for p in {id(p): p for _, _, _, p in uses}.values() if id(p) not in scored]
+    return Scope(list(scored.values()), frozen, {m: frozenset(n) for m, n in excluded.items()})
 
 
 def _detach_output(module, inputs, output):
@@ -104,31 +130,21 @@ def scoring_scope(model: nn.Module, patterns: list[str] | None):
         yield model
         return
     if fsdp_sharded(model):
-        raise ValueError("score_parameters cannot narrow an FSDP-sharded model's scoring (its parameters are "
-                         "flattened shards); score the whole model, or a LoRA adapter")
-    scored, _ = resolve(model, patterns)
-    scored_ids = {id(p) for module, local, _, p in parameter_uses(model) if local in scored.get(module, ())}
-    frozen = [p for p in {id(p): p for p in model.parameters() if p.requires_grad}.values()
-              if id(p) not in scored_ids]
-    handles, excluded = [], {}
-    for module, local, name, p in parameter_uses(model):
-        if id(p) in scored_ids and local not in scored.get(module, ()):  # a tied weight's use left out
-            if not isinstance(module, nn.Embedding):
-                raise ValueError(f"score_parameters: {name} is tied to a scored parameter; leaving out a tied "
-                                 f"weight's use is supported for an embedding only (score the head, not the "
-                                 f"embedding), so match {name} too or neither")
-            excluded.setdefault(module, set()).add(local)
+        raise ScopeError("cannot narrow an FSDP-sharded model's scoring (its parameters are flattened shards); "
+                         "score the whole model, or a LoRA adapter")
+    scope = resolve(model, patterns)
+    handles = []
     try:
-        for p in frozen:
+        for p in scope.frozen:
             p.requires_grad_(False)
-        for module, names in excluded.items():
-            _EXCLUDED[module] = frozenset(names)
+        for module, names in scope.excluded.items():
+            _EXCLUDED[module] = names
             handles.append(module.register_forward_hook(_detach_output))  # the backward ends at the head's input
         yield model
     finally:
         for h in handles:
             h.remove()
-        for module in excluded:
+        for module in scope.excluded:
             _EXCLUDED.pop(module, None)
-        for p in frozen:
+        for p in scope.frozen:
             p.requires_grad_(True)
