@@ -223,7 +223,8 @@ def test_streamed_datasets_are_refused_at_construction(tmp_path, scenario):
 
 
 def test_score_parameters_naming_nothing_is_refused_at_construction(tmp_path, scenario):
-    with pytest.raises(TrainerArgumentError, match=r"score_parameters=\.\.\.\): \['decoder\.\*'\] matched no trainable"):
+    with pytest.raises(TrainerArgumentError,
+                       match=r"score_parameters=\.\.\.\): \['decoder\.\*'\] matched no trainable"):
         trainer(tmp_path, scenario, selection={"score_parameters": ["decoder.*"]})
 
 

@@ -123,8 +123,7 @@ def _exact_scores(case_name: str, model, batch, validation, micro_batch: int, in
                 validation_problems=validation.num_problems,
                 validation_live=int((~validation.rollouts.zero_variance()).sum()),
                 exact_cos_mean=float(exact[live].mean()), exact_cos_std=float(exact[live].std()),
-                tokens=int(batch.rollouts.group.numel() * (batch.rollouts.prompt_ids.shape[1]
-                                                          + batch.rollouts.completion_ids.shape[1])))
+                tokens=int(batch.rollouts.group.numel() * batch.rollouts.seq_len))
     if echo:
         echo(f"[{case_name}] {info['params']:,d} parameters; {info['live']}/{info['candidates']} live candidates, "
              f"{info['validation_live']}/{info['validation_problems']} live validation problems; exact cosines "

@@ -68,7 +68,8 @@ MODEL_CONFIGS: dict[str, dict] = {
 }
 METHODS = ("floor", "naive", "func", "onepass", "onepass-z", "onepass-zcos", "learnalign")
 ROW_BACKENDS = {"onepass-z": "onepass", "onepass-zcos": "onepass"}  # rows timing one backend's other outputs
-PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-sparse-countsketch", "proj-dense")  # projected features at --proj-dim
+# projected features at --proj-dim
+PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-sparse-countsketch", "proj-dense")
 PROMPT_CHARS = (5, 7)  # + BOS: prompts of 6-8 tokens (~7)
 COMPLETION_TOKENS = (3, 6)  # including the final EOS
 ZERO_VARIANCE_FRACTION = 0.1  # a few all-equal groups, as real rollouts have; most carry signal
@@ -165,8 +166,8 @@ def make_backend(method: str, micro_batch: int, proj_dim: int):
         from ..gradients.projections import VARIANTS, get_projector
         kind, kw = VARIANTS.get(method[len("proj-"):], (None, {}))
         if kind is None or kw.get("allocation") == "energy":
-            raise ValueError(f"unknown projection row '{method}' (choose from: proj-factored, proj-khatri-rao, "
-                             f"proj-sparse, proj-sparse-countsketch, proj-dense; energy allocation costs the same as its size-split twin)")
+            raise ValueError(f"unknown projection row '{method}' (choose from: {', '.join(PROJECTION_ROWS)}; energy "
+                             f"allocation costs the same as its size-split twin)")
         return get_projector(kind, proj_dim, seed=0, **kw)
     if method == "floor":
         return GradientBackend(micro_batch=micro_batch)
@@ -181,7 +182,7 @@ def map_x_floor(projector, model, batch: SurrogateBatch) -> float:
     input gradient, the weight gradient): what the map adds to a one-pass backward however well it is coded. A
     dense d × P map costs d·P per problem; a factored map (rank-one rows) costs (rows + cols)·d_p per token."""
     from ..gradients.projections import FactoredProjector
-    tokens = batch.rollouts.group.numel() * (batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1])
+    tokens = batch.rollouts.group.numel() * batch.rollouts.seq_len
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     blocks = projector.bind(model)
     if isinstance(projector, FactoredProjector):

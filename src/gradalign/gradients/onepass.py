@@ -86,10 +86,16 @@ class Factor:
     a: torch.Tensor  # [T, rows] or [T] ids
     b: torch.Tensor  # [T, cols]
     index: bool = False
+    carrying: torch.Tensor | None = None  # [T] bool, `carrying_tokens` once it is computed
 
     def exact(self) -> "Factor":
         """In fp32 (fp64 models keep fp64): reductions never run in bf16."""
-        return Factor(self.a if self.index else _exact(self.a), _exact(self.b), self.index)
+        return Factor(self.a if self.index else _exact(self.a), _exact(self.b), self.index, self.carrying)
+
+    def tokens(self, start: int, stop: int) -> "Factor":
+        """The terms of tokens [start, stop) (their `carrying` mask too, where it is known)."""
+        return Factor(self.a[start:stop], self.b[start:stop], self.index,
+                      None if self.carrying is None else self.carrying[start:stop])
 
 
 class FactorsByParameter(Mapping):
@@ -239,8 +245,10 @@ def token_problems(segments: list[slice], device) -> torch.Tensor:
 def carrying_tokens(f: Factor) -> torch.Tensor:
     """[T] bool: the tokens whose term a_t b_tᵀ can be non-zero. Padding, and positions whose output the loss never
     reads (a prompt token's logits, the last block's outputs there), have a zero output gradient: a_t = 0 (an
-    embedding's b_t = 0). Exact: a sum of absolute values is 0 only if every entry is."""
-    return (f.b if f.index else f.a).abs().sum(-1) > 0
+    embedding's b_t = 0). Exact: a sum of absolute values is 0 only if every entry is. Computed once per factor."""
+    if f.carrying is None:
+        f.carrying = (f.b if f.index else f.a).abs().sum(-1) > 0
+    return f.carrying
 
 
 def _packed(f: Factor, token_problem: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,7 +284,7 @@ def materialised(factors: list[Factor], shape: tuple[int, int], seg: list[slice]
     token_problem = token_problems(seg, factors[0].b.device)
     G = None
     for f in sorted(factors, key=lambda f: f.index):  # a dense factor first: its matmul writes G, no zero fill
-        part = Factor(f.a[start:stop], f.b[start:stop], f.index)
+        part = f.tokens(start, stop)
         if f.index:  # one-hot rows: each token's b goes to row id of its problem's G
             G = part.b.new_zeros(len(seg), rows, cols) if G is None else G
             G.view(-1, cols).index_add_(0, part.a + token_problem * rows, part.b)
@@ -370,7 +378,7 @@ def passes(model, batch: SurrogateBatch, micro_batch: int, group: ProcessGroup =
 
     An FSDP-sharded model makes as many passes on every rank; a rank's extra passes run one row with zero weight
     and have no problems, so their consumers still join each parameter's gathers."""
-    seq_len = batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1]
+    seq_len = batch.rollouts.seq_len
     rows_by_problem = batch.rows_by_problem()
     parts = micro_batches(batch, micro_batch)
     for i in range(shard_group(group, model).max(len(parts))):
@@ -503,7 +511,7 @@ class OnePassGradients(GradientBackend):
         norms2 = torch.zeros(n, dtype=torch.float64) if with_norms or not per_completion else None
         dots = torch.zeros(n, k_dir, dtype=torch.float64)
         row_dots = torch.zeros(batch.rollouts.group.numel(), k_dir, dtype=torch.float64) if per_completion else None
-        seq_len = batch.rollouts.prompt_ids.shape[1] + batch.rollouts.completion_ids.shape[1]
+        seq_len = batch.rollouts.seq_len
         params = trainable(model)
         views = dict(zip(map(id, params), parameter_views(params, directions))) if k_dir else {}
         for problems, rows, weights, segments in passes(model, batch, self.micro_batch, group):
@@ -556,7 +564,8 @@ class OnePassGradients(GradientBackend):
 
     def _reduce_gram(self, mb: MicroBatchFactors, fs: list[Factor], D: torch.Tensor, norms2, dots) -> None:
         """Dense factors only: ‖G_i‖² = Σ_{f,h} Σ_{s,t} (a_s·a_t)(b_s·b_t) over each problem's packed tokens (two
-        small batched matmuls per pair of factors), ⟨G_i, D_k⟩ = Σ_{t∈i} a_tᵀ D_k b_t from one matmul over all tokens."""
+        small batched matmuls per pair of factors), ⟨G_i, D_k⟩ = Σ_{t∈i} a_tᵀ D_k b_t from one matmul over all
+        tokens."""
         lengths = [s.stop - s.start for s in mb.segments]
         token_problem = token_problems(mb.segments, fs[0].b.device)
         packed = [_packed(f, token_problem, lengths) for f in fs]

@@ -50,6 +50,11 @@ class Rollouts:
     def num_problems(self) -> int:
         return len(self.problem_ids)
 
+    @property
+    def seq_len(self) -> int:
+        """Tokens per row of a forward over the rollouts: the padded prompt, then the padded completion."""
+        return self.prompt_ids.shape[1] + self.completion_ids.shape[1]
+
     def per_problem_mean(self, values: torch.Tensor) -> np.ndarray:
         """Mean over each problem's completions of a per-row value, [n]; NaN rows are left out (as TRL's nanmean)."""
         values = values.float()
