@@ -25,15 +25,15 @@ from ..data.io import save_problems
 from ..data.problem import Problem
 from ..data.regimes import Scenario
 from ..evaluation import evaluate
-from ..policy.load import apply_peft, load_policy, save_policy
+from ..policy.load import save_policy
 from ..reports.loggers import RunLoggers
 from ..selection import get_method
 from ..selection.diagnostics import scores_table, selection_diagnostics, write_scores
 from . import records
 from .offline import offline_influence
 from .round import EmptySelectionError, RoundSelection, RoundSelector
-from .setup import (INITIAL_EVAL, check_inputs, check_scope, chunk_order, join_processes, load_problem_sets,
-                    make_reward, round_seed, warn_long_prompts)
+from .setup import (INITIAL_EVAL, check_inputs, chunk_order, join_processes, load_problem_sets, load_run_policy,
+                    make_reward, round_seed)
 from .trl_bridge import grpo_steps, new_optimizer, warn_unused_trl_fields
 
 log = logging.getLogger(__name__)
@@ -147,10 +147,7 @@ class Curriculum:
         """Refuse what cannot run (a changed config, a bad model, a busy or unwritable directory) before anything
         is written; then work in the directory holding its lock, released however the run ends."""
         self.check_run_dir()
-        model, tokenizer = load_policy(self.cfg.model_args.model_name_or_path, self.cfg.device, self.group)
-        model = apply_peft(model, self.cfg)  # use_peft: train and score a LoRA adapter only
-        check_scope(self.cfg, model)
-        warn_long_prompts(self.cfg, self.sets, model, tokenizer)
+        model, tokenizer = load_run_policy(self.cfg, self.sets, self.group)
         if self.group.is_main:
             warn_unused_trl_fields(self.cfg)
         self.take_lock()

@@ -20,14 +20,12 @@ from ..config import RunConfig
 from ..data.io import save_problems
 from ..data.problem import Problem
 from ..data.regimes import Scenario
-from ..policy.load import apply_peft, load_policy
 from ..selection import get_method
 from ..selection.diagnostics import scores_table, write_scores
 from .offline import offline_influence
 from .records import count_values
 from .round import RoundSelection, RoundSelector
-from .setup import (check_inputs, check_scope, join_processes, load_problem_sets, make_reward, round_seed,
-                    warn_long_prompts)
+from .setup import check_inputs, join_processes, load_problem_sets, load_run_policy, make_reward, round_seed
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +60,7 @@ def select_once(cfg: RunConfig, n: int, sets: Scenario | None = None) -> OneShot
     check_inputs(whole_pool, sets)
     group = join_processes(whole_pool, sets)
     start = time.perf_counter()
-    model, tokenizer = load_policy(cfg.model_args.model_name_or_path, cfg.device, group)
-    model = apply_peft(model, cfg)  # use_peft: score (and warm up) a LoRA adapter only
-    check_scope(cfg, model)
-    warn_long_prompts(cfg, sets, model, tokenizer)
+    model, tokenizer = load_run_policy(cfg, sets, group)
     reward = make_reward(cfg)
     selector = RoundSelector(cfg, sets.validation, reward, pool=sets.pool, group=group)
     offline = None

@@ -16,7 +16,7 @@ from ..data.io import InputColumns, load_problems
 from ..data.problem import DataError, Problem
 from ..data.regimes import Scenario, build_scenario
 from ..distributed import ProcessGroup, block_count, fsdp_requested, launched_world_size, process_group
-from ..policy.load import resolve_device
+from ..policy.load import apply_peft, load_policy, resolve_device
 from ..rewards import ProblemReward, get_verifier
 from ..selection import get_method
 
@@ -134,6 +134,16 @@ def _warn_tiny_prompts(cfg: RunConfig, sets: Scenario) -> None:
         if foreign:
             log.warning("%s: %d prompts contain characters outside the tiny policy's alphabet, read as <unk> "
                         "(first: %r in problem %r)", where, foreign, first[0], first[1])
+
+
+def load_run_policy(cfg: RunConfig, sets: Scenario, group: ProcessGroup):
+    """(model, tokenizer) of a run or a one-shot selection: the policy, wrapped in its LoRA adapter with `use_peft`
+    (only the adapter trains and is scored), `score_parameters` checked against it, long prompts warned about."""
+    model, tokenizer = load_policy(cfg.model_args.model_name_or_path, cfg.device, group)
+    model = apply_peft(model, cfg)
+    check_scope(cfg, model)
+    warn_long_prompts(cfg, sets, model, tokenizer)
+    return model, tokenizer
 
 
 def check_scope(cfg: RunConfig, model) -> None:
