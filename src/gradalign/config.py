@@ -60,13 +60,14 @@ class ConfigError(ValueError):
 POSITIVE_INTS = ("lora_r", "lora_alpha", "chunk_size", "selection_ratio", "rollouts_per_problem", "rollout_batch",
                  "validation_rollouts", "rounds", "steps_per_round", "problems_per_step", "num_generations",
                  "max_completion_length", "num_iterations", "projection_dim", "warmup_problems", "warmup_steps",
-                 "offline_validation_rollouts", "validation_per_set", "micro_batch", "pool_size")
+                 "offline_validation_rollouts", "validation_per_set", "micro_batch", "pool_size",
+                 "validation_every")
 # learning_rate 0 is a frozen run (the tests use it to compare sharded sampling with one process)
 NON_NEGATIVE = ("seed", "validation_size", "test_size", "eval_samples", "weight_decay", "beta", "kl_beta",
                 "learning_rate")
 POSITIVE = ("temperature", "max_grad_norm", "epsilon", "learnalign_temperature", "offline_temperature")
 CHOICES = {"advantage_scale": ("none", "group"), "validation_direction": ("pooled", "mean-unit"),
-           "zero_variance": ("exclude", "score-zero"), "no_direction": ("auto", "error", "random", "previous"),
+           "zero_variance": ("exclude", "score-zero"), "schedule": ("rounds", "batch"), "no_direction": ("auto", "error", "random", "previous"),
            # TRL 1.x's loss types that run with its default token-level importance sampling (luspo needs sequence)
            "loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo"),
            "scale_rewards": ("group", "batch", "none")}
@@ -98,6 +99,22 @@ SCHEDULE_OWNED = ("per_device_train_batch_size", "gradient_accumulation_steps", 
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # YAML 1.1 (PyYAML) reads `1e-4` (no dot) as a string; a float key given that spelling means the number
 _YAML_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+# TRL generation settings our selection sampler does not apply: with any of them set, selection rollouts are not
+# samples of training's distribution and cannot be trained on (`replay_obstacle`).
+GENERATION_DEFAULTS = {"top_k": (0, None), "min_p": (None,), "repetition_penalty": (1.0,),
+                       "generation_kwargs": (None, {}), "use_vllm": (False,),
+                       "use_transformers_continuous_batching": (False,), "chat_template_kwargs": (None, {}),
+                       "cast_lm_head_to_fp32": (False,)}
+
+
+def replay_obstacle(cfg: "RunConfig") -> str | None:
+    """Why training cannot consume selection rollouts under this config (None: it can)."""
+    for name, defaults in GENERATION_DEFAULTS.items():
+        if name in cfg.trl and cfg.trl[name] not in defaults:
+            return f"are sampled without TRL's '{name}' (set to {cfg.trl[name]!r})"
+    return None
 
 
 def names_list(default) -> bool:
@@ -206,6 +223,18 @@ class RunConfig:
     rounds: int = _f(8, "R: selection rounds.")
     steps_per_round: int = _f(8, "T: GRPO steps on each round's selection.")
     problems_per_step: int = _f(16, "B: problems per GRPO step (each with num_generations completions).")
+    schedule: str = _f("rounds", "rounds (METHODS.md §1: select floor(M/q) of a chunk, then steps_per_round steps on "
+                       "them) or batch (select inside every generation batch: roll out ceil(oversample * B) fresh "
+                       "problems with num_generations completions each, train on the best B with those very "
+                       "completions; the validation direction is measured once per round). batch applies to methods "
+                       "that score their candidates' on-policy rollouts; the others keep their own schedule.")
+    oversample: float = _f(2.0, "schedule batch: candidates rolled out per GRPO step, as a multiple of B (>= 1).")
+    validation_every: int = _f(1, "schedule batch: rounds between measurements of the validation direction (1: every "
+                               "round); in between the steps score against the last one. A resumed run measures it "
+                               "again at its first round.")
+    reuse_rollouts: bool = _f(True, "Train on the selected problems' selection rollouts where they are on-policy "
+                              "(the round's first GRPO step, same weights and sampling settings) instead of sampling "
+                              "them again.")
     # ── evaluation ───────────────────────────────────────────────────────────────────────────────────────
     eval_samples: int = _f(4, "Test metric: k > 0 is mean@k sampled at the training temperature; 0 is greedy pass@1.")
     device: str = _f("auto", "auto, cpu or cuda.")
@@ -315,6 +344,17 @@ class RunConfig:
         from .gradients.projections import VARIANTS
         if self.projection != "auto" and self.projection not in VARIANTS:
             raise ConfigError("projection", f"must be auto or one of {', '.join(VARIANTS)} (got '{self.projection}')")
+        if self.oversample < 1:
+            raise ConfigError("oversample", f"must be >= 1 (got {self.oversample!r}): each step trains on B of the "
+                                            f"candidates it rolled out")
+        reason = replay_obstacle(self)
+        if self.schedule == "batch" and reason:
+            raise ConfigError("schedule", f"batch trains on its selection rollouts, which {reason}; use schedule "
+                                          f"rounds")
+        if self.schedule != "batch" and self.validation_every != 1:
+            raise ConfigError("validation_every", f"applies to schedule batch only (got {self.validation_every} with "
+                                                  f"schedule {self.schedule}): the published round measures the "
+                                                  f"direction every round")
         if self.steps_per_round % self.value("num_iterations"):
             raise ConfigError("steps_per_round", f"must be a multiple of 'num_iterations' (got {self.steps_per_round} "
                                                  f"and {self.value('num_iterations')})")

@@ -45,7 +45,8 @@ PRESETS: dict[str, dict] = {
                         max_completion_length=64, eval_samples=0, micro_batch=8, rollout_batch=32),
 }
 QUICK_METHODS = ["gradalign", "learnalign", "cropi", "random", "accgreedy", "full"]
-STANDARD_METHODS = ["gradalign", "gradalign-z", "gradalign-zcos", "learnalign", "cropi", "random", "accgreedy", "nonzero-variance", "full"]
+STANDARD_METHODS = ["gradalign", "gradalign-z", "gradalign-zcos", "learnalign", "cropi", "random", "accgreedy", "nonzero-variance",
+                    "full", "gradalign@batch", "gradalign-z@batch", "nonzero-variance@batch"]
 DEFAULT_METHODS = {"quick": QUICK_METHODS, "standard": STANDARD_METHODS,  # full: every method of the registry
                    "smollm2-gsm": ["gradalign", "gradalign-z", "random"]}
 DEFAULT_SEEDS = {"standard": 5, "smollm2-gsm": 2}  # the others: 3
@@ -67,8 +68,14 @@ class BenchPlan:
 
     def config(self, regime: str, method: str, seed: int):
         from ..config import RunConfig
-        return RunConfig.of(**{**PRESETS[self.preset], **self.overrides, "scenario": regime, "method": method,
+        return RunConfig.of(**{**PRESETS[self.preset], **self.overrides, "scenario": regime, **arm(method),
                             "seed": seed, "output_dir": str(self.cell(regime, method, seed))})
+
+
+def arm(spec: str) -> dict:
+    """A benchmark arm's config fields: `METHOD` (its default schedule) or `METHOD@SCHEDULE` (e.g. gradalign@batch)."""
+    method, _, schedule = spec.partition("@")
+    return {"method": method, **({"schedule": schedule} if schedule else {})}
 
 
 def finished(cell: Path, rounds: int) -> bool:
@@ -82,9 +89,12 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     from ..selection import REGISTRY
     methods = args.methods or DEFAULT_METHODS.get(args.preset, list(REGISTRY))
     regimes = args.regimes or DEFAULT_REGIMES.get(args.preset, REGIMES)
-    unknown = [m for m in methods if m not in REGISTRY] + [r for r in regimes if r not in REGIMES + REAL_MODEL_REGIMES]
+    from ..config import CHOICES
+    unknown = ([m for m in methods if arm(m)["method"] not in REGISTRY or arm(m).get("schedule", "rounds")
+                not in CHOICES["schedule"]] + [r for r in regimes if r not in REGIMES + REAL_MODEL_REGIMES])
     if unknown:
-        raise ValueError(f"bench regimes: unknown method or regime '{unknown[0]}' (methods: {', '.join(REGISTRY)}; "
+        raise ValueError(f"bench regimes: unknown method or regime '{unknown[0]}' (methods: {', '.join(REGISTRY)}, "
+                         f"each optionally @{'/@'.join(CHOICES['schedule'])}; "
                          f"regimes: {', '.join(REGIMES + REAL_MODEL_REGIMES)})")
     overrides: dict = {}
     if args.config:

@@ -30,11 +30,14 @@ from ..reports.loggers import RunLoggers
 from ..selection import get_method
 from ..selection.diagnostics import scores_table, selection_diagnostics, write_scores
 from . import records
+from .batch import BatchRound
+from .ledger import Ledger
 from .offline import offline_influence
-from .round import EmptySelectionError, RoundSelection, RoundSelector
+from .round import EmptySelectionError, RoundSelection, RoundSelector, seconds_since
+from ..config import replay_obstacle
 from .setup import (INITIAL_EVAL, check_inputs, chunk_order, join_processes, load_problem_sets, load_run_policy,
                     make_reward, round_seed)
-from .trl_bridge import grpo_steps, new_optimizer, warn_unused_trl_fields
+from .trl_bridge import Replay, grpo_steps, new_optimizer, warn_unused_trl_fields
 
 log = logging.getLogger(__name__)
 CHECKPOINT_TMP = re.compile(r"\.round-\d{3,}-[a-z0-9_]{8}")  # save_checkpoint's mkdtemp names
@@ -65,8 +68,13 @@ class Curriculum:
         self.reward = make_reward(cfg)
         self.selector = RoundSelector(cfg, self.sets.validation, self.reward, pool=self.sets.pool, group=self.group)
         self.chunks = chunk_order(len(self.sets.pool), cfg.chunk_size, cfg.seed)
+        self.batch = BatchRound(cfg, self.selector, self.sets.pool) if BatchRound.applies(cfg, self.selector) else None
+        if self.batch and self.group.sharded:
+            raise ValueError("config: 'schedule' batch runs in one process (select inside each generation batch of one "
+                             "trainer); use schedule rounds with torchrun")
         self.offline = None  # CROPI: the offline stores (`prepare_offline`), made once the policy is loaded
         self.offline_seconds = 0.0
+        self.offline_ledger = Ledger()
         self.lock = fileio.RunLock(self.out)  # rank 0 holds it while run() works in the directory
 
     # ── run directory ────────────────────────────────────────────────────────────────────────────────────
@@ -190,6 +198,10 @@ class Curriculum:
                                     collect=behaviour, group=self.group)
         self.offline = offline
         seconds = round(time.perf_counter() - t, 4)
+        if behaviour:  # what the behaviour policy sampled, booked in round 0's ledger
+            for store in (offline.pool, offline.validation_store):
+                rollouts = store.load()
+                self.offline_ledger.generate("offline", rollouts.group.numel(), rollouts.generated_tokens)
         self.offline_seconds = seconds if behaviour else 0.0  # reported in round 0's timings
         info_path = self.out / "offline.json"
         if self.group.is_main and (behaviour or not info_path.exists()):
@@ -202,36 +214,70 @@ class Curriculum:
     def run_round(self, r: int, model, tokenizer, optimizer, scheduler) -> dict:
         cfg, seed = self.cfg, round_seed(self.cfg.seed, r)
         start = time.perf_counter()
-        if self.method.needs_rollouts:
-            chunk_index = r % len(self.chunks)
-            chunk = [self.sets.pool[i] for i in self.chunks[chunk_index]]
-            selection = self.selector.select(model, tokenizer, chunk, seed, offline=self.offline)
-            chosen = [chunk[i] for i in selection.selected]
-        else:  # plain GRPO on the whole pool
-            chunk_index, chunk, selection, chosen = None, self.sets.pool, None, list(self.sets.pool)
-        if not chosen:
-            raise EmptySelectionError(f"round {r}: no candidate was eligible for selection (all {len(chunk)} "
-                                      f"zero-variance?); try zero_variance: score-zero or a larger chunk_size")
+        ledger, timings = Ledger(), {}
+        if self.batch:  # selection inside every generation batch of the round's trainer
+            chunk, selection, chosen, train_log = self.batch.run(r, model, tokenizer, optimizer, scheduler, seed,
+                                                                 ledger, timings)
+            chunk_index = None
+        else:
+            chunk_index, chunk, selection, chosen = self.select_round(r, model, tokenizer, seed)
+            if selection is not None:
+                ledger.add(selection.ledger)
+            t = time.perf_counter()
+            train_log = grpo_steps(model, tokenizer, chosen, cfg.steps_per_round, cfg, self.reward, optimizer,
+                                   scheduler, seed, ledger=ledger, replay=self.replay(selection))
+            timings["training"] = seconds_since(t)
         if self.group.is_main:
             save_problems(self.out / "selected" / f"round-{r:03d}.jsonl", chosen)
             if selection is not None:
                 self.write_scores(r, chunk, selection)
         t = time.perf_counter()
-        train_log = grpo_steps(model, tokenizer, chosen, cfg.steps_per_round, cfg, self.reward, optimizer, scheduler,
-                               seed)
-        t_train = time.perf_counter() - t
-        t = time.perf_counter()
         test = self.evaluate(model, tokenizer, seed)
         record = self.round_record(r, chunk_index, chunk, selection, chosen, train_log, test)
-        record["timings"].update(training=round(t_train, 4), evaluation=round(time.perf_counter() - t, 4),
-                                 total=round(time.perf_counter() - start, 4))
+        record["timings"].update(timings, evaluation=seconds_since(t), total=seconds_since(start))
         if r == 0 and self.offline_seconds:  # CROPI's one-time offline rollouts belong to the run's cost
             record["timings"]["offline_rollouts"] = self.offline_seconds
             record["timings"]["total"] = round(record["timings"]["total"] + self.offline_seconds, 4)
+            ledger.add(self.offline_ledger)
+        record["cost"] = self.group_ledger(ledger).to_dict()
+        if self.batch:
+            record["batch"] = self.batch.summary
         if self.group.is_main:
             self.save_checkpoint(r, model, optimizer, record)
         self.group.barrier()  # a resumed rank must find the checkpoint its rounds.jsonl promises
         return record
+
+    def select_round(self, r: int, model, tokenizer, seed: int):
+        """The published round: score the next chunk, keep floor(M/q); `full` keeps the whole pool unscored."""
+        if not self.method.needs_rollouts:  # plain GRPO on the whole pool
+            return None, self.sets.pool, None, list(self.sets.pool)
+        chunk_index = r % len(self.chunks)
+        chunk = [self.sets.pool[i] for i in self.chunks[chunk_index]]
+        selection = self.selector.select(model, tokenizer, chunk, seed, offline=self.offline)
+        chosen = [chunk[i] for i in selection.selected]
+        if not chosen:
+            raise EmptySelectionError(f"round {r}: no candidate was eligible for selection (all {len(chunk)} "
+                                      f"zero-variance?); try zero_variance: score-zero or a larger chunk_size")
+        return chunk_index, chunk, selection, chosen
+
+    def replay(self, selection: RoundSelection | None) -> Replay | None:
+        """The selected problems' selection rollouts, for the round's first GRPO step (same weights; k_r >=
+        num_generations, of which it takes the first num_generations), when reuse is on and possible."""
+        k = self.cfg.grpo.num_generations
+        if (not self.cfg.reuse_rollouts or selection is None or selection.rollouts is None or self.group.sharded
+                or self.cfg.rollouts_per_problem < k or replay_obstacle(self.cfg)):
+            return None
+        return Replay(selection.rollouts.completion_groups(selection.selected, k))
+
+    def group_ledger(self, ledger: Ledger) -> Ledger:
+        """The round's ledger summed over processes (each counted what it generated and passed itself)."""
+        if not self.group.sharded:
+            return ledger
+        parts = self.group.gather_to_main(ledger.to_dict())
+        total = Ledger()
+        for part in parts or []:
+            total.add(Ledger(part["generated"], part["reused"], part["forward_backward_tokens"]))
+        return total
 
     def round_record(self, r: int, chunk_index, chunk: list[Problem], sel: RoundSelection | None,
                      chosen: list[Problem], train_log: list[dict], test: dict) -> dict:

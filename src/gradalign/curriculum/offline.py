@@ -71,6 +71,7 @@ def cosines(phi: torch.Tensor, directions: torch.Tensor) -> np.ndarray:
 class Directions:
     names: list[str]  # validation set (source) of each row
     vectors: torch.Tensor  # [V, d] mean projected gradient of each set
+    tokens: int = 0  # prompt and completion tokens the sets' backward passes read (the cost ledger)
 
 
 class OfflineInfluence:
@@ -119,13 +120,14 @@ class OfflineInfluence:
         """φ_v = mean projected gradient of each set's problems (sets whose groups all agree are dropped). R is
         linear, so that is R applied to the set's mean gradient: one training-style backward over its live
         problems and one projected vector, instead of a projected gradient per problem."""
-        names, vectors = [], []
+        names, vectors, tokens = [], [], 0
         backend = GradientBackend(micro_batch=self.cfg.micro_batch)
         for name, ids in self.sets.items():
             rollouts = rollouts_of(ids) if rollouts_of else self.validation_store.load(ids, pad_id=self.pad_id)
             live = np.flatnonzero(~rollouts.zero_variance())
             mean = None
             if len(live):  # zero-variance problems have a zero gradient: they count in the mean, not in the pass
+                tokens += rollouts.select_problems(live).tokens
                 mean = backend.combined_gradient(model, batch_of(rollouts).subset(live),
                                                  torch.full((len(live),), 1.0 / rollouts.num_problems))
             if mean is None or not mean.abs().sum() > 0:
@@ -133,7 +135,7 @@ class OfflineInfluence:
                 continue
             names.append(name)
             vectors.append(self.projector(model).project_flat(model, mean).float().cpu())
-        return Directions(names, torch.stack(vectors)) if vectors else None
+        return Directions(names, torch.stack(vectors), tokens) if vectors else None
 
     def signals(self, model, rollouts: Rollouts, cand: Candidates, directions: Directions) -> torch.Tensor:
         """Fill cand.cos_sets from the off-policy gradients at `model`; returns φ (for the fidelity check)."""

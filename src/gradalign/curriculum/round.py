@@ -27,6 +27,7 @@ from ..policy.rollouts import Rollouts, SamplingConfig, sample_rollouts
 from ..rewards import ProblemReward
 from ..selection import Candidates, Method, SelectionOptions, get_method, select
 from ..selection.base import Scored
+from .ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,16 @@ class NoDirectionError(RuntimeError):
 
 class EmptySelectionError(RuntimeError):
     """No candidate of a round was eligible: there is nothing to train on."""
+
+
+@dataclass
+class Direction:
+    """ĝ_V under one policy (None: every validation group was zero-variance) and what its rollouts showed."""
+
+    vector: torch.Tensor | None
+    pass_rates: np.ndarray
+    zero_variance: np.ndarray
+    seconds: float
 
 
 @dataclass
@@ -56,6 +67,8 @@ class RoundSelection:
     warmup: dict | None = None  # LearnAlign: the warm-up's problems, steps and mean training reward
     validation_sets: list[str] | None = None  # CROPI: the validation sets that gave a direction
     offpolicy: dict | None = None  # CROPI with offpolicy_fidelity: agreement with on-policy gradients
+    ledger: Ledger = field(default_factory=Ledger)  # what this selection generated and scored
+    rollouts: Rollouts | None = None  # the candidates' on-policy rollouts (None: offline, warm-up or none), for reuse
 
     @property
     def eligible(self) -> np.ndarray:
@@ -106,7 +119,7 @@ def by_problem(rollouts: Rollouts, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _seconds_since(start: float) -> float:
+def seconds_since(start: float) -> float:
     return round(time.perf_counter() - start, 4)
 
 
@@ -141,11 +154,21 @@ class RoundSelector:
     def batch(self, rollouts: Rollouts) -> SurrogateBatch:
         return SurrogateBatch(rollouts, rollouts.advantages(self.cfg.advantage_scale))
 
-    def validation_direction(self, model, tokenizer, seed: int
-                             ) -> tuple[torch.Tensor | None, np.ndarray, np.ndarray]:
+    def validation_direction(self, model, tokenizer, seed: int, ledger: Ledger | None = None) -> Direction:
         """ĝ_V from fresh validation rollouts of the current policy (None if every group is zero-variance), and
-        every validation problem's pass rate and zero-variance flag. Sharded: each rank rolls out its blocks; the
-        gradient is summed over ranks."""
+        every validation problem's pass rate and zero-variance flag, counted into `ledger`. Sharded: each rank rolls
+        out its blocks; the gradient is summed over ranks."""
+        t = time.perf_counter()
+        vector, pass_rates, zero_variance = self._validation_direction(model, tokenizer, seed, ledger or Ledger())
+        return Direction(vector, pass_rates, zero_variance, seconds_since(t))
+
+    def measure_direction(self, model, tokenizer, seed: int, ledger: Ledger) -> Direction:
+        """`validation_direction` as a selection computes it (autocast, no dropout, the scored parameters), for
+        callers that reuse one direction across several selections."""
+        with mixed_precision(model), eval_mode(model), scoring_scope(model, self.cfg.score_parameters):
+            return self.validation_direction(model, tokenizer, seed, ledger)
+
+    def _validation_direction(self, model, tokenizer, seed: int, ledger: Ledger):
         n = len(self.validation)
         blocks, owned = self.group.shard(n, self.cfg.rollout_batch)
         rollouts = self.rollouts(model, tokenizer, self.validation, self.cfg.validation_rollouts, seed, "validation",
@@ -153,8 +176,10 @@ class RoundSelector:
         whole = self.group.gather_fields({"pass_rates": rollouts.pass_rates(),
                                           "zero_variance": rollouts.zero_variance()}, owned, n)
         pass_rates, zero_variance = whole["pass_rates"], whole["zero_variance"]
+        ledger.generate("validation", rollouts.group.numel(), rollouts.generated_tokens)
         if zero_variance.all():
             return None, pass_rates, zero_variance
+        ledger.pass_through("scoring", rollouts.tokens)
         batch = self.batch(rollouts)
         if self.cfg.validation_direction == "pooled":
             g = self.backend.pooled_gradient(model, batch, self.group)
@@ -163,43 +188,59 @@ class RoundSelector:
         return unit(g, shard_group(self.group, model)), pass_rates, zero_variance
 
     def select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None = None,
-               offline=None) -> RoundSelection:
+               offline=None, k: int | None = None, direction: Direction | None = None) -> RoundSelection:
         """Score `chunk` with the current `model` and pick up to `keep` (default `cfg.keep`) problems (in bf16
-        autocast on GPUs that support it, as training computes). CROPI scores the rollouts of `offline`, an
-        `offline.OfflineInfluence` made once per run."""
+        autocast on GPUs that support it, as training computes), from `k` rollouts each (default
+        `cfg.rollouts_per_problem`). `direction`: a validation direction measured earlier (default: measured now).
+        CROPI scores the rollouts of `offline`, an `offline.OfflineInfluence` made once per run."""
         if "offline" in self.method.needs and offline is None:
             raise ValueError(f"method '{self.cfg.method}' scores offline rollouts: pass offline= (offline_influence)")
         with mixed_precision(model), eval_mode(model):  # no dropout in scores, as in the rollouts they score
-            return self._select(model, tokenizer, chunk, seed, keep, offline)
+            return self._select(model, tokenizer, chunk, seed, keep, offline, k or self.cfg.rollouts_per_problem,
+                                direction)
 
-    def _select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None, offline
-                ) -> RoundSelection:
+    @property
+    def on_policy(self) -> bool:
+        """Whether the method's candidate rollouts are samples of the policy itself with the training sampling
+        settings (not a warm-up's, LearnAlign's temperature or CROPI's offline ones): training may reuse them."""
+        return self.method.reads_rollouts and not {"warmup", "features", "offline"} & self.method.needs
+
+    def _select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None, offline, k: int,
+                direction: Direction | None) -> RoundSelection:
         keep = self.cfg.keep if keep is None else keep
         rng = np.random.default_rng(seed)
         needs = self.method.needs
         timings: dict[str, float] = {}
         scorer, reference = model, None
+        ledger = Ledger()
         if "warmup" in needs:  # LearnAlign: score with θ_s, a briefly GRPO-trained copy of the current policy
             t = time.perf_counter()
-            scorer, reference = self.warm_up(model, tokenizer, chunk, seed), model
-            timings["warmup"] = _seconds_since(t)
+            scorer, reference = self.warm_up(model, tokenizer, chunk, seed, ledger), model
+            timings["warmup"] = seconds_since(t)
         t = time.perf_counter()
         blocks, owned = self.group.shard(len(chunk), self.cfg.rollout_batch)  # one process: every block
-        if "offline" in needs:  # CROPI: the behaviour policy's rollouts, sampled once, reused at every stage
-            rollouts = offline.load([chunk[i].id for i in owned])
+        if not self.method.reads_rollouts:  # a uniform draw: nothing to sample
+            rollouts = None
+            n = len(owned)
+            cand = Candidates(ids=[chunk[i].id for i in owned], pass_rate=np.full(n, np.nan),
+                              zero_variance=np.zeros(n, dtype=bool), completion_length=np.full(n, np.nan))
         else:
-            sampling = self.feature_sampling if "features" in needs else self.sampling
-            rollouts = self.rollouts(scorer, tokenizer, chunk, self.cfg.rollouts_per_problem, seed, "candidates",
-                                     sampling, blocks=blocks)
-        timings["rollouts"] = _seconds_since(t)
-        cand = Candidates(ids=[chunk[i].id for i in owned], pass_rate=rollouts.pass_rates(),
-                          zero_variance=rollouts.zero_variance(), completion_length=rollouts.mean_lengths())
+            if "offline" in needs:  # CROPI: the behaviour policy's rollouts, sampled once, reused at every stage
+                rollouts = offline.load([chunk[i].id for i in owned])
+            else:
+                sampling = self.feature_sampling if "features" in needs else self.sampling
+                rollouts = self.rollouts(scorer, tokenizer, chunk, k, seed, "candidates", sampling, blocks=blocks)
+                ledger.generate("candidates", rollouts.group.numel(), rollouts.generated_tokens)
+            cand = Candidates(ids=[chunk[i].id for i in owned], pass_rate=rollouts.pass_rates(),
+                              zero_variance=rollouts.zero_variance(), completion_length=rollouts.mean_lengths())
+        timings["rollouts"] = seconds_since(t)
         result = RoundSelection(np.zeros(0, dtype=int), cand, np.zeros(len(chunk)), timings,
-                                warmup=self.last_warmup if "warmup" in needs else None)
+                                warmup=self.last_warmup if "warmup" in needs else None, ledger=ledger,
+                                rollouts=rollouts if self.on_policy else None)
         method, scope = self.method, self.cfg.score_parameters  # scope: the parameters scored (all by default)
         if "gradients" in needs:
             with scoring_scope(model, scope):
-                method = self._gradient_signals(model, tokenizer, rollouts, cand, seed, result)
+                method = self._gradient_signals(model, tokenizer, rollouts, cand, seed, result, direction)
         if "features" in needs:
             with scoring_scope(scorer, scope):
                 self._features(scorer, reference, rollouts, cand, result, owned, len(chunk))
@@ -217,7 +258,7 @@ class RoundSelector:
             decision = scored.scores, select(scored, len(chunk), rng), int(scored.eligible.sum())
         result.scores, result.ranking, eligible = self.group.broadcast(decision)  # ranking: all eligible, best first
         result.selected = result.ranking[:keep]
-        timings["selection"] = _seconds_since(t)
+        timings["selection"] = seconds_since(t)
         if len(result.selected) < keep:
             log.warning("selected %d of %d wanted (%d candidates eligible)", len(result.selected), keep, eligible)
         if phi is not None and self.cfg.offpolicy_fidelity:
@@ -225,7 +266,7 @@ class RoundSelector:
             with scoring_scope(model, scope):
                 result.offpolicy = offline.fidelity(model, tokenizer, chunk, self.validation, self.reward, phi,
                                                     result.selected, keep, seed)
-            timings["offpolicy_check"] = _seconds_since(t)
+            timings["offpolicy_check"] = seconds_since(t)
         return result
 
     def gather_candidates(self, local: Candidates, owned: np.ndarray, ids: list[str]) -> Candidates:
@@ -245,14 +286,17 @@ class RoundSelector:
             _, result.fallback = self._no_direction(len(self.validation))  # raises unless a fallback is configured
             return None
         result.validation_sets = directions.names
+        result.ledger.pass_through("scoring", directions.tokens)
         phi = offline.signals(model, rollouts, cand, directions)
-        result.timings["scoring"] = _seconds_since(t)
+        result.ledger.pass_through("scoring", rollouts.select_problems(np.flatnonzero(~cand.zero_variance)).tokens)
+        result.timings["scoring"] = seconds_since(t)
         return phi
 
     # ── LearnAlign: warm-up and projected features ───────────────────────────────────────────────────────
-    def warm_up(self, model, tokenizer, chunk: list[Problem], seed: int):
+    def warm_up(self, model, tokenizer, chunk: list[Problem], seed: int, ledger: Ledger | None = None):
         """θ_s: `warmup_steps` GRPO steps on a seeded random subset of the pool, trained on a copy of `model`
-        with its own fresh optimiser (the policy itself is untouched)."""
+        with its own fresh optimiser (the policy itself is untouched); its cost is booked as `warmup` in
+        `ledger`."""
         source = self.pool or chunk
         rng = np.random.default_rng([seed, 1])
         subset = [source[i] for i in rng.choice(len(source), min(self.cfg.warmup_problems, len(source)),
@@ -264,7 +308,11 @@ class RoundSelector:
         optimizer, scheduler = new_optimizer(scorer, self.cfg)
         mu = self.cfg.grpo.num_iterations  # TRL reuses each generation batch mu times: whole multiples of mu
         steps = max(mu, self.cfg.warmup_steps - self.cfg.warmup_steps % mu)
-        train_log = grpo_steps(scorer, tokenizer, subset, steps, self.cfg, self.reward, optimizer, scheduler, seed)
+        spent = Ledger()
+        train_log = grpo_steps(scorer, tokenizer, subset, steps, self.cfg, self.reward, optimizer, scheduler, seed,
+                               ledger=spent)
+        if ledger is not None:
+            ledger.add(spent, as_phase="warmup")
         self.last_warmup = {"problems": len(subset), "steps": steps,
                             "reward": float(np.mean([row["reward"] for row in train_log if "reward" in row] or [0]))}
         del optimizer, scheduler
@@ -278,7 +326,8 @@ class RoundSelector:
         t = time.perf_counter()
         cand.features = learnalign_features(scorer, reference, rollouts, ~cand.zero_variance, self.projector,
                                             self.cfg, self._energy_sample(cand, owned, n_chunk))
-        result.timings["scoring"] = _seconds_since(t)
+        result.ledger.pass_through("scoring", rollouts.select_problems(np.flatnonzero(~cand.zero_variance)).tokens)
+        result.timings["scoring"] = seconds_since(t)
 
     def _energy_sample(self, cand: Candidates, owned: np.ndarray, n_chunk: int) -> np.ndarray:
         """Which of this rank's live candidates measure the energy split: those among the chunk's first 64 live
@@ -299,26 +348,30 @@ class RoundSelector:
         return configured_projector(name, self.cfg.projection_dim, self.cfg.seed, measure_energy)
 
     def _gradient_signals(self, model, tokenizer, rollouts: Rollouts, cand: Candidates, seed: int,
-                          result: RoundSelection) -> Method:
-        """Fill the candidates' gradient fields; returns the method to score with (a fallback may replace it)."""
+                          result: RoundSelection, measured: Direction | None = None) -> Method:
+        """Fill the candidates' gradient fields; returns the method to score with (a fallback may replace it).
+        `measured`: a direction measured earlier (its rollouts were counted then), else measured now."""
         t = time.perf_counter()
         directions = []
         if "validation" in self.method.needs:
-            direction, val_pass_rates, val_zero_variance = self.validation_direction(model, tokenizer, seed + 1)
+            d = measured or self.validation_direction(model, tokenizer, seed + 1, result.ledger)
+            direction, val_pass_rates, val_zero_variance = d.vector, d.pass_rates, d.zero_variance
             result.validation_zero_variance = int(val_zero_variance.sum())
             result.validation_pass_rate = float(np.nanmean(val_pass_rates)) if len(val_pass_rates) else float("nan")
-            result.timings["validation_rollouts"] = _seconds_since(t)
+            result.timings["validation_rollouts"] = d.seconds if measured is None else 0.0
             if direction is None:
                 direction, fallback = self._no_direction(len(self.validation))
                 result.fallback = fallback
                 if direction is None:  # fallback "random": score nothing this round
-                    result.timings["scoring"] = _seconds_since(t) - result.timings["validation_rollouts"]
+                    result.timings["scoring"] = seconds_since(t) - result.timings["validation_rollouts"]
                     return get_method("random")
             self.last_direction = direction
             directions.append(direction)
         t_score = time.perf_counter()
         batch = self.batch(rollouts)
+        result.ledger.pass_through("scoring", rollouts.tokens)
         if "self" in self.method.needs:
+            result.ledger.pass_through("scoring", rollouts.tokens)  # the chunk's own pooled gradient: one more pass
             directions.append(unit(self.backend.pooled_gradient(model, batch, self.group),
                                    shard_group(self.group, model)))
         stacked = torch.stack(directions) if directions else torch.zeros(0, 0)
@@ -337,7 +390,7 @@ class RoundSelector:
             cand.completion_dots = by_problem(rollouts, signals.completion_dots[:, 0].numpy())
         if "self" in self.method.needs:
             cand.cos_self = signals.cosines(col).numpy()
-        result.timings["scoring"] = _seconds_since(t_score)
+        result.timings["scoring"] = seconds_since(t_score)
         return self.method
 
     def _no_direction(self, n_validation: int) -> tuple[torch.Tensor | None, str]:

@@ -27,6 +27,7 @@ from ..data.problem import Problem
 from ..distributed import world_size
 from ..policy.load import bf16_compute
 from ..rewards import ProblemReward
+from .ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +95,62 @@ def plan_blocks(n_items: int, block_size: int, n_blocks: int, rng: np.random.Gen
     return [stream[i * block_size:(i + 1) * block_size] for i in range(n_blocks)]
 
 
-class ScheduledGRPOTrainer(GRPOTrainer):
-    """A GRPOTrainer whose training prompts follow `schedule` (blocks of dataset indices, one per generation)."""
+class Replay:
+    """Selection completions that a generation trains on instead of sampling its own.
 
-    def __init__(self, *args, schedule: list[list[int]], **kwargs):
-        self.schedule = schedule
+    Keyed by prompt token ids, valid only for the generation at optimizer step `step` (the weights they were
+    sampled with). A generation takes them only when every prompt it asks for has enough of them: all or nothing,
+    so a batch never mixes replayed and fresh groups by accident."""
+
+    def __init__(self, groups: dict[tuple[int, ...], list[list[int]]], step: int = 0):
+        self.groups, self.step = groups, step
+
+    def take(self, prompt_ids: list[list[int]]) -> list[list[int]] | None:
+        wanted: dict[tuple[int, ...], int] = {}
+        for ids in prompt_ids:
+            wanted[tuple(ids)] = wanted.get(tuple(ids), 0) + 1
+        if any(len(self.groups.get(key, ())) < n for key, n in wanted.items()):
+            return None
+        return [self.groups[tuple(ids)].pop(0) for ids in prompt_ids]
+
+
+class ScheduledGRPOTrainer(GRPOTrainer):
+    """A GRPOTrainer whose training prompts follow `schedule` (blocks of dataset indices, one per generation).
+
+    `replay` hands the first generation selection's own completions (`Replay`); `pick_batch(trainer)`, when given,
+    chooses each generation's problems at the moment TRL generates (current weights) and returns their dataset
+    indices and the `Replay` of their rollouts: the schedule's blocks are then placeholders of the right size.
+    Everything generated, replayed and trained on is counted into `ledger`."""
+
+    def __init__(self, *args, schedule: list[list[int]], replay: Replay | None = None, pick_batch=None,
+                 ledger: Ledger | None = None, **kwargs):
+        self.schedule, self.replay, self.pick_batch = schedule, replay, pick_batch
+        self.ledger = ledger if ledger is not None else Ledger()
         super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, dataset=None) -> Sampler:
         return ScheduleSampler(self.schedule, self.num_generations, self.num_iterations * self.args.steps_per_generation)
+
+    def _generate_and_score_completions(self, inputs):
+        if self.pick_batch is not None and self.model.training:
+            indices, self.replay = self.pick_batch(self)
+            inputs = [self.train_dataset[int(i)] for i in indices for _ in range(self.num_generations)]
+        out = super()._generate_and_score_completions(inputs)
+        if self.model.training:  # every generation batch is trained on num_iterations times
+            tokens = int(out["prompt_mask"].sum()) + int(out["completion_mask"].sum())
+            self.ledger.pass_through("training", tokens * self.num_iterations)
+        return out
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
+        if self.replay is not None and self.state.global_step == self.replay.step and images is None:
+            completions = self.replay.take(prompt_ids)
+            if completions is not None:
+                self.ledger.reuse(len(completions), sum(map(len, completions)))
+                return completions, None  # as TRL's padded path: no sampling log-probs
+        completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
+                                                                 num_generations, **kw)
+        self.ledger.generate("training", len(completion_ids), sum(map(len, completion_ids)))
+        return completion_ids, logprobs
 
 
 def bf16_autocast(use_cpu: bool) -> bool:
@@ -146,15 +194,16 @@ def grpo_args(cfg: RunConfig, seed: int, max_steps: int, output_dir: str | None 
 
 
 def train_round(model, tokenizer, problems: Sequence[Problem], schedule: list[list[int]], reward: ProblemReward,
-                args: GRPOConfig, optimizer: torch.optim.Optimizer, scheduler, seen: list | None = None
-                ) -> list[dict]:
-    """Run GRPO steps over `schedule` with the given optimiser (its state carries across rounds).
+                args: GRPOConfig, optimizer: torch.optim.Optimizer, scheduler, seen: list | None = None,
+                **trainer_kw) -> list[dict]:
+    """Run GRPO steps over `schedule` with the given optimiser (its state carries across rounds); `trainer_kw`:
+    `ScheduledGRPOTrainer`'s replay, pick_batch and ledger.
 
     Returns TRL's per-step logs (loss, reward, ...).
     """
     trainer = ScheduledGRPOTrainer(
         model=model, reward_funcs=[TRLReward(reward, seen)], args=args, train_dataset=problems_dataset(problems),
-        processing_class=tokenizer, optimizers=(optimizer, scheduler), schedule=schedule,
+        processing_class=tokenizer, optimizers=(optimizer, scheduler), schedule=schedule, **trainer_kw,
     )
     trainer.remove_callback(PrinterCallback)  # our records keep TRL's logs; do not print a dict per step
     trainer.train()
@@ -171,13 +220,14 @@ def new_optimizer(model, cfg: RunConfig):
 
 
 def grpo_steps(model, tokenizer, problems: Sequence[Problem], steps: int, cfg: RunConfig, reward: ProblemReward,
-               optimizer, scheduler, seed: int) -> list[dict]:
-    """`steps` GRPO steps of B problems drawn in seeded passes over `problems` (TRL, our schedule)."""
+               optimizer, scheduler, seed: int, **trainer_kw) -> list[dict]:
+    """`steps` GRPO steps of B problems drawn in seeded passes over `problems` (TRL, our schedule); `trainer_kw` as
+    `train_round`'s."""
     blocks = plan_blocks(len(problems), cfg.problems_per_step, steps // cfg.grpo.num_iterations,
                          np.random.default_rng(seed))
     use_cpu = next(model.parameters()).device.type == "cpu"
     args = grpo_args(cfg, seed=seed % 2**31, max_steps=steps, use_cpu=use_cpu)
     try:
-        return train_round(model, tokenizer, problems, blocks, reward, args, optimizer, scheduler)
+        return train_round(model, tokenizer, problems, blocks, reward, args, optimizer, scheduler, **trainer_kw)
     finally:
         shutil.rmtree(args.output_dir, ignore_errors=True)

@@ -102,6 +102,27 @@ class Rollouts:
             adv = adv / (std[self.group] + eps)
         return adv.float()
 
+    @property
+    def generated_tokens(self) -> int:
+        """Completion tokens sampled (up to and including EOS)."""
+        return int(self.completion_mask.sum())
+
+    @property
+    def tokens(self) -> int:
+        """Prompt and completion tokens of every row, padding excluded: what one forward+backward over them reads."""
+        return int(self.prompt_mask.sum()) + self.generated_tokens
+
+    def completion_groups(self, problems, k: int) -> dict[tuple[int, ...], list[list[int]]]:
+        """The first `k` completions (token ids up to and including EOS) of each of `problems`, keyed by the prompt's
+        token ids: what a TRL generation of those prompts would have sampled (`trl_bridge.Replay`)."""
+        groups: dict[tuple[int, ...], list[list[int]]] = {}
+        for p in problems:
+            rows = self.rows_of_problems([p])[:k].tolist()
+            key = tuple(self.prompt_ids[rows[0]][self.prompt_mask[rows[0]].bool()].tolist())
+            groups.setdefault(key, []).extend(
+                self.completion_ids[r][self.completion_mask[r].bool()].tolist() for r in rows)
+        return groups
+
     def rows_of_problems(self, problems) -> torch.Tensor:
         """Completion rows of the given problems, in row order: what `select_problems` keeps."""
         wanted = {int(p) for p in problems}

@@ -59,6 +59,7 @@ class Method:
     needs: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
     needs_rollouts: bool = True  # False only for "full", which trains on the whole pool unscored
+    reads_rollouts: bool = True  # False for a uniform draw ("random"): its chunk is not rolled out
     # what `projection: auto` means for a method that scores projected features ("features" or "offline")
     projection: str = "khatri-rao-energy"
 

@@ -27,7 +27,7 @@ def nonzero_variance(c: Candidates, opts: SelectionOptions) -> Scored:
 
 
 METHODS = [
-    Method("random", random, description="uniform from the current chunk, seeded"),
+    Method("random", random, description="uniform from the current chunk, seeded", reads_rollouts=False),
     Method("accgreedy", accgreedy, description="closest pass rate to 0.5 first"),
     Method("passrate-band", passrate_band, description="uniform among a <= p <= b (default 0.2-0.8)"),
     Method("nonzero-variance", nonzero_variance, description="uniform among 0 < p < 1"),

@@ -1,0 +1,129 @@
+"""`schedule: batch`: selection inside every generation batch (DAPO's dynamic sampling, generalised to any scorer).
+
+At each GRPO generation the round's trainer asks `BatchRound.pick` for its problems. It rolls out the next
+ceil(oversample × B) problems of the pool's seeded stream with `num_generations` completions each, at the current
+weights and the training sampling settings; scores them with the method (the validation direction is measured once
+per round); and trains on the best B with those very completions (`trl_bridge.Replay`). Nothing is trained twice
+per selection, and the only generations spent on selection alone are the candidates not kept and the validation
+rollouts. When fewer than B candidates are eligible (zero-variance groups), the step is filled up with the next
+candidates in stream order: their advantages are 0, as in plain GRPO, and the round record counts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from ..config import RunConfig
+from ..data.problem import Problem
+from ..selection import Candidates
+from .ledger import Ledger
+from .round import RoundSelection, RoundSelector, seconds_since
+from .setup import round_seed
+from .trl_bridge import Replay, grpo_steps
+
+
+class BatchRound:
+    """One round of the batch schedule: `steps_per_round` GRPO steps, each on the best B of its own candidates."""
+
+    def __init__(self, cfg: RunConfig, selector: RoundSelector, pool: list[Problem]):
+        self.cfg, self.selector, self.pool = cfg, selector, pool
+        self.per_step = math.ceil(cfg.oversample * cfg.problems_per_step)
+        self.generations = cfg.steps_per_round // cfg.grpo.num_iterations  # one selection per generation batch
+        self.order = np.random.default_rng(cfg.seed).permutation(len(pool))  # the pool's stream, as chunk_order's
+        self.summary: dict = {}
+        self.direction = None  # the last measured validation direction (`validation_every`)
+
+    @staticmethod
+    def applies(cfg: RunConfig, selector: RoundSelector) -> bool:
+        """The batch schedule runs methods that score their candidates' on-policy rollouts; the others (random, full,
+        LearnAlign's warm-up, CROPI's offline rollouts) keep their own schedule."""
+        return cfg.schedule == "batch" and selector.method.needs_rollouts and selector.on_policy
+
+    def candidates(self, r: int) -> list[Problem]:
+        """Round r's candidates: the next generations × per_step problems of the stream (wrapping around)."""
+        n = self.generations * self.per_step
+        return [self.pool[i] for i in np.resize(np.roll(self.order, -r * n), n)]
+
+    def run(self, r: int, model, tokenizer, optimizer, scheduler, seed: int, ledger: Ledger, timings: dict
+            ) -> tuple[list[Problem], RoundSelection, list[Problem], list[dict]]:
+        """Train the round; returns its candidates, the steps' selections merged, the trained problems and TRL's
+        step logs. `ledger` and `timings` (training: the trainer's time less the selections inside it) are filled."""
+        cfg, B, k = self.cfg, self.cfg.problems_per_step, self.cfg.grpo.num_generations
+        chunk = self.candidates(r)
+        direction = measured = None
+        if "validation" in self.selector.method.needs:  # once per round at most: the steps reuse it
+            if self.direction is None or r % cfg.validation_every == 0:
+                self.direction = measured = self.selector.measure_direction(model, tokenizer, seed + 1, ledger)
+            direction = self.direction
+        steps: list[tuple[RoundSelection, np.ndarray]] = []
+        spent = [0.0]
+
+        def pick(trainer):
+            t = time.perf_counter()
+            s = len(steps)
+            part = chunk[s * self.per_step:(s + 1) * self.per_step]
+            sel = self.selector.select(model, tokenizer, part, round_seed(seed, s + 1), keep=B, k=k,
+                                       direction=direction)
+            picked = fill_up(sel.selected, len(part), B)
+            ledger.add(sel.ledger)
+            steps.append((sel, picked))
+            spent[0] += time.perf_counter() - t
+            return s * self.per_step + picked, Replay(sel.rollouts.completion_groups(picked, k),
+                                                      step=trainer.state.global_step)
+
+        t = time.perf_counter()
+        train_log = grpo_steps(model, tokenizer, chunk, cfg.steps_per_round, cfg, self.selector.reward, optimizer,
+                               scheduler, seed, ledger=ledger, pick_batch=pick)
+        timings["training"] = round(seconds_since(t) - spent[0], 4)
+        merged = merge_steps([sel for sel, _ in steps], self.per_step, measured)
+        trained = np.concatenate([s * self.per_step + picked for s, (_, picked) in enumerate(steps)])
+        self.summary = {"steps": len(steps), "candidates_per_step": self.per_step, "problems_per_step": B,
+                        "filled": int(sum(len(p) - len(sel.selected) for sel, p in steps))}
+        return chunk, merged, [chunk[i] for i in trained], train_log
+
+
+def fill_up(selected: np.ndarray, n: int, size: int) -> np.ndarray:
+    """The selection, then the other candidates in their order until `size` (a step trains on B groups)."""
+    chosen = set(int(i) for i in selected)
+    rest = [i for i in range(n) if i not in chosen]
+    return np.concatenate([np.asarray(selected, dtype=int), np.asarray(rest[:max(0, size - len(selected))], dtype=int)])
+
+
+def merge_steps(selections: list[RoundSelection], per_step: int, direction) -> RoundSelection:
+    """The round's view of its steps' selections: candidates and scores in stream order, selections and rankings as
+    indices into the round's candidates, timings added up (`direction`: the one this round measured, counted once)."""
+    offsets = [s * per_step for s in range(len(selections))]
+    cands = [sel.candidates for sel in selections]
+    fields = {}
+    for f in dataclasses.fields(Candidates):
+        values = [getattr(c, f.name) for c in cands]
+        if f.name == "ids":
+            fields[f.name] = [i for v in values for i in v]
+        elif all(v is not None for v in values):
+            fields[f.name] = _stack(values)
+    timings: dict[str, float] = {}
+    for sel in selections:
+        for key, value in sel.timings.items():
+            timings[key] = round(timings.get(key, 0.0) + value, 4)
+    if direction is not None:
+        timings["validation_rollouts"] = direction.seconds
+    first = selections[0]
+    return RoundSelection(
+        selected=np.concatenate([o + sel.selected for o, sel in zip(offsets, selections)]),
+        candidates=Candidates(**fields), scores=np.concatenate([sel.scores for sel in selections]), timings=timings,
+        validation_zero_variance=first.validation_zero_variance, validation_pass_rate=first.validation_pass_rate,
+        fallback=next((sel.fallback for sel in selections if sel.fallback), None),
+        ranking=np.concatenate([o + sel.ranking for o, sel in zip(offsets, selections)]))
+
+
+def _stack(values: list[np.ndarray]) -> np.ndarray:
+    """Concatenate per-candidate arrays; [n, k] ones padded with NaN to the widest k."""
+    if values[0].ndim == 1:
+        return np.concatenate(values)
+    width = max(v.shape[1] for v in values)
+    return np.concatenate([np.pad(v.astype(float), ((0, 0), (0, width - v.shape[1])), constant_values=np.nan)
+                           for v in values])
