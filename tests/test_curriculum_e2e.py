@@ -27,9 +27,9 @@ def recording_train_round(calls: list):
     """Wrap the loop's TRL call so the test sees every problem id TRL's reward function was asked to score."""
     real = trl_bridge.train_round
 
-    def wrapper(model, tokenizer, problems, schedule, reward, args, optimizer, scheduler, seen=None):
+    def wrapper(model, tokenizer, problems, schedule, reward, args, optimizer, scheduler, seen=None, **kw):
         seen = []
-        out = real(model, tokenizer, problems, schedule, reward, args, optimizer, scheduler, seen)
+        out = real(model, tokenizer, problems, schedule, reward, args, optimizer, scheduler, seen, **kw)
         calls.append({"problems": [p.id for p in problems], "schedule": schedule, "seen": seen})
         return out
     return wrapper

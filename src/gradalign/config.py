@@ -63,7 +63,7 @@ POSITIVE_INTS = ("lora_r", "lora_alpha", "chunk_size", "selection_ratio", "rollo
                  "offline_validation_rollouts", "validation_per_set", "micro_batch", "pool_size",
                  "validation_every")
 # learning_rate 0 is a frozen run (the tests use it to compare sharded sampling with one process)
-NON_NEGATIVE = ("seed", "validation_size", "test_size", "eval_samples", "weight_decay", "beta", "kl_beta",
+NON_NEGATIVE = ("sequential_rollouts", "seed", "validation_size", "test_size", "eval_samples", "weight_decay", "beta", "kl_beta",
                 "learning_rate")
 POSITIVE = ("temperature", "max_grad_norm", "epsilon", "learnalign_temperature", "offline_temperature")
 CHOICES = {"advantage_scale": ("none", "group"), "validation_direction": ("pooled", "mean-unit"),
@@ -175,6 +175,11 @@ class RunConfig:
     chunk_size: int = _f(256, "M: candidates scored per round (reference 5120).")
     selection_ratio: int = _f(8, "q: keep the top floor(M/q) of each chunk (reference 20).")
     rollouts_per_problem: int = _f(8, "k_r: completions per candidate at selection time.")
+    sequential_rollouts: int = _f(0, "Sequential sampling of candidates: sample this many completions first and "
+                                  "the rest of the group only for candidates whose first ones disagree (those that "
+                                  "agree are zero-variance at this count, and not eligible); 0 (default): the whole "
+                                  "group at once. >= 2, and below the group size (rollouts_per_problem; "
+                                  "num_generations under schedule batch).")
     rollout_batch: int = _f(64, "Problems per generate call; also the unit of rollout seeding and of sharding "
                             "across processes (each process owns whole blocks; results do not depend on their number).")
     validation_rollouts: int = _f(8, "k_v: completions per validation problem.")
@@ -351,6 +356,11 @@ class RunConfig:
         if self.schedule == "batch" and reason:
             raise ConfigError("schedule", f"batch trains on its selection rollouts, which {reason}; use schedule "
                                           f"rounds")
+        group = self.value("num_generations") if self.schedule == "batch" else self.rollouts_per_problem
+        if self.sequential_rollouts and not 2 <= self.sequential_rollouts < group:
+            raise ConfigError("sequential_rollouts", f"must be 0 (off) or in [2, {group - 1}]: at least two completions "
+                                                     f"can disagree, and fewer than the group's {group} (got "
+                                                     f"{self.sequential_rollouts})")
         if self.schedule != "batch" and self.validation_every != 1:
             raise ConfigError("validation_every", f"applies to schedule batch only (got {self.validation_every} with "
                                                   f"schedule {self.schedule}): the published round measures the "

@@ -23,7 +23,7 @@ from ..gradients.scope import scoring_scope
 from ..gradients.signals import EPS, unit
 from ..gradients.surrogate import SurrogateBatch, completion_logps
 from ..policy.load import eval_mode, mixed_precision
-from ..policy.rollouts import Rollouts, SamplingConfig, sample_rollouts
+from ..policy.rollouts import Rollouts, SamplingConfig, add_completions, sample_rollouts
 from ..rewards import ProblemReward
 from ..selection import Candidates, Method, SelectionOptions, get_method, select
 from ..selection.base import Scored
@@ -151,6 +151,21 @@ class RoundSelector:
         return sample_rollouts(model, tokenizer, problems, k, self.reward, sampling or self.sampling, seed, desc=desc,
                                blocks=blocks, shards=shard_group(self.group, model), tokenize=self.tokenize)
 
+    def candidate_rollouts(self, model, tokenizer, chunk: list[Problem], k: int, seed: int,
+                           sampling: SamplingConfig, blocks: list[int]) -> Rollouts:
+        """k completions per candidate; with `sequential_rollouts` k0, k0 first and the other k - k0 only for the
+        candidates whose first k0 disagree (the others keep k0, zero-variance)."""
+        k0 = self.cfg.sequential_rollouts
+        first = self.rollouts(model, tokenizer, chunk, k0 if 0 < k0 < k else k, seed, "candidates", sampling,
+                              blocks=blocks)
+        disagree = np.flatnonzero(~first.zero_variance())
+        if not 0 < k0 < k or not len(disagree):
+            return first
+        by_id = {p.id: p for p in chunk}
+        more = self.rollouts(model, tokenizer, [by_id[first.problem_ids[i]] for i in disagree], k - k0,
+                             int(np.random.SeedSequence([seed, 2]).generate_state(1)[0]), "candidates", sampling)
+        return add_completions(first, more, disagree, tokenizer.pad_token_id)
+
     def batch(self, rollouts: Rollouts) -> SurrogateBatch:
         return SurrogateBatch(rollouts, rollouts.advantages(self.cfg.advantage_scale))
 
@@ -229,7 +244,7 @@ class RoundSelector:
                 rollouts = offline.load([chunk[i].id for i in owned])
             else:
                 sampling = self.feature_sampling if "features" in needs else self.sampling
-                rollouts = self.rollouts(scorer, tokenizer, chunk, k, seed, "candidates", sampling, blocks=blocks)
+                rollouts = self.candidate_rollouts(scorer, tokenizer, chunk, k, seed, sampling, blocks)
                 ledger.generate("candidates", rollouts.group.numel(), rollouts.generated_tokens)
             cand = Candidates(ids=[chunk[i].id for i in owned], pass_rate=rollouts.pass_rates(),
                               zero_variance=rollouts.zero_variance(), completion_length=rollouts.mean_lengths())

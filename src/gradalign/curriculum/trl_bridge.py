@@ -99,19 +99,19 @@ class Replay:
     """Selection completions that a generation trains on instead of sampling its own.
 
     Keyed by prompt token ids, valid only for the generation at optimizer step `step` (the weights they were
-    sampled with). A generation takes them only when every prompt it asks for has enough of them: all or nothing,
-    so a batch never mixes replayed and fresh groups by accident."""
+    sampled with). A prompt takes them only when there are as many as the generation asks for: all or nothing per
+    prompt, so a group never mixes replayed and fresh completions."""
 
     def __init__(self, groups: dict[tuple[int, ...], list[list[int]]], step: int = 0):
         self.groups, self.step = groups, step
 
-    def take(self, prompt_ids: list[list[int]]) -> list[list[int]] | None:
+    def take(self, prompt_ids: list[list[int]]) -> list[list[int] | None]:
+        """A completion for each row, None where its prompt has too few (those rows must be generated)."""
         wanted: dict[tuple[int, ...], int] = {}
         for ids in prompt_ids:
             wanted[tuple(ids)] = wanted.get(tuple(ids), 0) + 1
-        if any(len(self.groups.get(key, ())) < n for key, n in wanted.items()):
-            return None
-        return [self.groups[tuple(ids)].pop(0) for ids in prompt_ids]
+        enough = {key for key, n in wanted.items() if len(self.groups.get(key, ())) >= n}
+        return [self.groups[tuple(ids)].pop(0) if tuple(ids) in enough else None for ids in prompt_ids]
 
 
 class ScheduledGRPOTrainer(GRPOTrainer):
@@ -142,15 +142,21 @@ class ScheduledGRPOTrainer(GRPOTrainer):
         return out
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
+        completions: list = [None] * len(prompt_ids)
         if self.replay is not None and self.state.global_step == self.replay.step and images is None:
             completions = self.replay.take(prompt_ids)
-            if completions is not None:
-                self.ledger.reuse(len(completions), sum(map(len, completions)))
-                return completions, None  # as TRL's padded path: no sampling log-probs
-        completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
-                                                                 num_generations, **kw)
-        self.ledger.generate("training", len(completion_ids), sum(map(len, completion_ids)))
-        return completion_ids, logprobs
+        replayed = [c for c in completions if c is not None]
+        self.ledger.reuse(len(replayed), sum(map(len, replayed)))
+        missing = [i for i, c in enumerate(completions) if c is None]
+        logprobs = None  # as TRL's padded path; a generation that mixes in replayed rows keeps none either
+        if missing:
+            fresh, fresh_logprobs = super()._generate_single_turn([prompt_ids[i] for i in missing], images,
+                                                                  multimodal_fields, num_generations, **kw)
+            self.ledger.generate("training", len(fresh), sum(map(len, fresh)))
+            for i, c in zip(missing, fresh):
+                completions[i] = c
+            logprobs = fresh_logprobs if len(missing) == len(prompt_ids) else None
+        return completions, logprobs
 
 
 def bf16_autocast(use_cpu: bool) -> bool:

@@ -34,7 +34,7 @@ from ..config import RunConfig
 from ..data.problem import DataError
 from ..fileio import atomic_path, jsonable, read_json, short, write_json
 from ..rewards import ProblemReward
-from .rollouts import Rollouts, SamplingConfig, sample_rollouts
+from .rollouts import Rollouts, SamplingConfig, sample_rollouts, stack_rows
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,6 @@ REQUIRED = ("model", "model_hash", "k", "temperature", "top_p", "max_new_tokens"
 RESERVED = ("logps", "shards", "store_format")  # maintained by the store itself
 LOGPS = "sampling: log-probs of the tempered, top-p-truncated distribution the tokens were drawn from"
 TENSORS = ("group", "prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "sample_logps", "rewards")
-
-
-def _padded(t: torch.Tensor, mask: torch.Tensor, width: int, value: float, side: str) -> torch.Tensor:
-    """`t` [N, w] widened to [N, width] on the left or right, every position outside `mask` set to `value`."""
-    t = t.masked_fill(mask == 0, value)
-    extra = width - t.shape[1]
-    fill = torch.full((t.shape[0], extra), value, dtype=t.dtype)
-    return torch.cat([fill, t] if side == "left" else [t, fill], 1)
 
 
 def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
@@ -62,33 +54,16 @@ def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
     """
     if not parts:
         raise ValueError("no rollouts to concatenate")
-    temps = {p.temperature for p in parts}
-    if len(temps) > 1:
-        raise ValueError(f"cannot concatenate rollouts sampled at different temperatures: {sorted(temps)}")
     seen: set[str] = set()
     for pid in (pid for p in parts for pid in p.problem_ids):
         if pid in seen:
             raise ValueError(f"problem '{pid}' appears in more than one rollout set")
         seen.add(pid)
-    p_width = max(p.prompt_ids.shape[1] for p in parts)
-    c_width = max(p.completion_ids.shape[1] for p in parts)
     offsets = [0]
     for p in parts[:-1]:
         offsets.append(offsets[-1] + p.num_problems)
-    return Rollouts(
-        problem_ids=[pid for p in parts for pid in p.problem_ids],
-        group=torch.cat([p.group + off for p, off in zip(parts, offsets)]),
-        prompt_ids=torch.cat([_padded(p.prompt_ids, p.prompt_mask, p_width, pad_id, "left") for p in parts]),
-        prompt_mask=torch.cat([_padded(p.prompt_mask, p.prompt_mask, p_width, 0, "left") for p in parts]),
-        completion_ids=torch.cat([_padded(p.completion_ids, p.completion_mask, c_width, pad_id, "right")
-                                  for p in parts]),
-        completion_mask=torch.cat([_padded(p.completion_mask, p.completion_mask, c_width, 0, "right")
-                                   for p in parts]),
-        sample_logps=torch.cat([_padded(p.sample_logps, p.completion_mask, c_width, 0.0, "right") for p in parts]),
-        rewards=torch.cat([p.rewards for p in parts]),
-        completions=[text for p in parts for text in p.completions],
-        temperature=parts[0].temperature,
-    )
+    return stack_rows(parts, [p.group + off for p, off in zip(parts, offsets)],
+                      [pid for p in parts for pid in p.problem_ids], pad_id)
 
 
 # ── what defines a store: its metadata, checked when it is reopened ─────────────────────────────────────────

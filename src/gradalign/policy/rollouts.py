@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -128,6 +129,14 @@ class Rollouts:
         wanted = {int(p) for p in problems}
         return torch.tensor([i for i, g in enumerate(self.group.tolist()) if g in wanted], dtype=torch.long)
 
+    def take_rows(self, rows: torch.Tensor) -> "Rollouts":
+        """The given completion rows, in that order (the problem list unchanged)."""
+        return dataclasses.replace(
+            self, group=self.group[rows], prompt_ids=self.prompt_ids[rows], prompt_mask=self.prompt_mask[rows],
+            completion_ids=self.completion_ids[rows], completion_mask=self.completion_mask[rows],
+            sample_logps=self.sample_logps[rows], rewards=self.rewards[rows],
+            completions=[self.completions[i] for i in rows.tolist()])
+
     def select_problems(self, rows: list[int] | np.ndarray) -> "Rollouts":
         """The rollouts of a subset of problems (in the given order)."""
         rows = [int(r) for r in rows]
@@ -141,6 +150,45 @@ class Rollouts:
             sample_logps=self.sample_logps[keep], rewards=self.rewards[keep],
             completions=[self.completions[i] for i in keep.tolist()], temperature=self.temperature,
         )
+
+
+def _padded(t: torch.Tensor, mask: torch.Tensor, width: int, value: float, side: str) -> torch.Tensor:
+    """`t` [N, w] widened to [N, width] on the left or right, every position outside `mask` set to `value`."""
+    t = t.masked_fill(mask == 0, value)
+    extra = width - t.shape[1]
+    fill = torch.full((t.shape[0], extra), value, dtype=t.dtype)
+    return torch.cat([fill, t] if side == "left" else [t, fill], 1)
+
+
+def stack_rows(parts: list[Rollouts], groups: list[torch.Tensor], problem_ids: list[str], pad_id: int) -> Rollouts:
+    """The rows of several `Rollouts` as one, re-padded to the widest prompt / completion, with `groups[i]` the
+    problem index (into `problem_ids`) of each row of `parts[i]`."""
+    temps = {p.temperature for p in parts}
+    if len(temps) > 1:
+        raise ValueError(f"cannot concatenate rollouts sampled at different temperatures: {sorted(temps)}")
+    p_width = max(p.prompt_ids.shape[1] for p in parts)
+    c_width = max(p.completion_ids.shape[1] for p in parts)
+    return Rollouts(
+        problem_ids=list(problem_ids), group=torch.cat(groups),
+        prompt_ids=torch.cat([_padded(p.prompt_ids, p.prompt_mask, p_width, pad_id, "left") for p in parts]),
+        prompt_mask=torch.cat([_padded(p.prompt_mask, p.prompt_mask, p_width, 0, "left") for p in parts]),
+        completion_ids=torch.cat([_padded(p.completion_ids, p.completion_mask, c_width, pad_id, "right")
+                                  for p in parts]),
+        completion_mask=torch.cat([_padded(p.completion_mask, p.completion_mask, c_width, 0, "right")
+                                   for p in parts]),
+        sample_logps=torch.cat([_padded(p.sample_logps, p.completion_mask, c_width, 0.0, "right") for p in parts]),
+        rewards=torch.cat([p.rewards for p in parts]),
+        completions=[text for p in parts for text in p.completions],
+        temperature=parts[0].temperature,
+    )
+
+
+def add_completions(first: Rollouts, more: Rollouts, problems: np.ndarray, pad_id: int) -> Rollouts:
+    """`first` with the rows of `more` (rollouts of `first`'s problems at positions `problems`) added to their
+    groups; each problem's rows stay together, `first`'s before `more`'s."""
+    merged = stack_rows([first, more], [first.group, torch.as_tensor(problems, dtype=torch.long)[more.group]],
+                        first.problem_ids, pad_id)
+    return merged.take_rows(torch.argsort(merged.group, stable=True))
 
 
 def tokenize_prompts(tokenizer, prompts: list) -> list[list[int]]:

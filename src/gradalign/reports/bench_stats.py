@@ -12,6 +12,7 @@ import numpy as np
 
 from ..curriculum.records import is_number, time_split
 from .bench_views import RegimeView
+from .cost import reaches
 from .summary import RunView, diagnostics_labels, diagnostics_means, round_diagnostics
 
 Stats = tuple[float, float, int]  # (mean, std, n) over seeds
@@ -27,7 +28,6 @@ REGIME_LABEL = {"unreliable-rewards": "corrupted", "imbalance": "target", "low-u
                 "gsm-symbolic": "corrupted"}
 DIAGNOSTIC_COLUMNS = (("eligible_good_share", "eligible good share"), ("auc", "AUC (good vs bad)"),
                       ("top_good_share", "top-k good share"), ("selected_good_share", "selected good share"))
-THRESHOLD_TOLERANCE = 1e-9  # a seed that ends exactly at the mean of equal finals must count as reaching it
 
 
 # ── over seeds ───────────────────────────────────────────────────────────────────────────────────────────────
@@ -43,10 +43,10 @@ def seed_stats(values: Iterable[float | None]) -> Stats:
 def steps_to_threshold(steps: Sequence[float], accs: Sequence[float], threshold: float) -> int | None:
     """The first GRPO step (> 0: step 0 is before training) whose accuracy is >= threshold; None if never.
 
-    Ties count as reached, with a 1e-9 tolerance so that float noise in a mean does not decide them.
+    Ties count as reached (`cost.reaches`: a tolerance, so that float noise in a mean does not decide them).
     """
     for step, acc in zip(steps, accs):
-        if step > 0 and acc is not None and not math.isnan(acc) and acc >= threshold - THRESHOLD_TOLERANCE:
+        if step > 0 and reaches(acc, threshold):
             return int(step)
     return None
 
@@ -145,8 +145,14 @@ def regime_rows(regime: RegimeView, methods: Sequence[str]) -> list[dict]:
     """One row per method: final accuracy over finished seeds, Δ vs random, steps to the references' finals,
     selection shares, mean wall-time split, and pending cells."""
     finals = {m: final_stats(regime.finished(m)) for m in methods}
-    thresholds = {ref: finals[ref][0] if ref in finals and finals[ref][2] else None for ref in REFERENCES}
+    thresholds = reference_thresholds(finals)
     return [_method_row(regime, m, finals[m], thresholds) for m in methods]
+
+
+def reference_thresholds(finals: dict[str, Stats]) -> dict[str, float | None]:
+    """Each reference's mean final accuracy over its finished seeds: the targets others are timed to (None for a
+    reference not run or without finished seeds)."""
+    return {ref: finals[ref][0] if ref in finals and finals[ref][2] else None for ref in REFERENCES}
 
 
 def _method_row(regime: RegimeView, method: str, final: Stats, thresholds: dict[str, float | None]) -> dict:

@@ -1,0 +1,192 @@
+"""Selection rollouts that training consumes (`reuse_rollouts`), the batch schedule, and the cost ledger they fill:
+through the real TRL GRPOTrainer on the warm-started tiny policy, checked against what TRL actually trained on."""
+
+import math
+
+import numpy as np
+import pytest
+from trl import GRPOTrainer
+
+from gradalign.config import RunConfig
+from gradalign.curriculum import ledger as ledger_mod
+from gradalign.curriculum import trl_bridge
+from gradalign.curriculum.loop import Curriculum
+from gradalign.curriculum.round import RoundSelector
+from gradalign.curriculum.trl_bridge import Replay
+
+pytestmark = pytest.mark.slow
+
+K, B, T = 4, 4, 2  # num_generations, problems per step, steps per round
+
+
+def tiny_cfg(tmp_path, name="run", **kw) -> RunConfig:
+    base = dict(output_dir=str(tmp_path / name), pool_size=64, validation_size=8, test_size=16, chunk_size=32,
+                selection_ratio=4, rollouts_per_problem=K, validation_rollouts=K, rounds=2, steps_per_round=T,
+                problems_per_step=B, num_generations=K, eval_samples=0, method="gradalign-z")
+    return RunConfig.of(**{**base, **kw})
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records every selection, every generation TRL trained on (prompt ids, completion ids, step) and every call
+    that really generated (TRL's own `_generate_single_turn`)."""
+    seen = {"selections": [], "trained": [], "generate_calls": 0}
+    select = RoundSelector.select
+    monkeypatch.setattr(RoundSelector, "select",
+                        lambda self, *a, **kw: seen["selections"].append(select(self, *a, **kw))
+                        or seen["selections"][-1])
+    ours = trl_bridge.ScheduledGRPOTrainer._generate_single_turn
+
+    def recording(self, prompt_ids, *a, **kw):
+        completions, logprobs = ours(self, prompt_ids, *a, **kw)
+        seen["trained"].append((list(map(tuple, prompt_ids)), [list(c) for c in completions], self.state.global_step))
+        return completions, logprobs
+    monkeypatch.setattr(trl_bridge.ScheduledGRPOTrainer, "_generate_single_turn", recording)
+    trl_generate = GRPOTrainer._generate_single_turn
+
+    def counting(self, *a, **kw):
+        seen["generate_calls"] += 1
+        return trl_generate(self, *a, **kw)
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", counting)
+    return seen
+
+
+def sampled(selection, problems) -> dict[tuple, list[list[int]]]:
+    """What selection sampled for `problems` (indices into its chunk), by prompt: the independent reading of the
+    rollouts (masks applied here, not by `completion_groups`)."""
+    r = selection.rollouts
+    out = {}
+    for p in problems:
+        rows = [i for i, g in enumerate(r.group.tolist()) if g == int(p)]
+        key = tuple(r.prompt_ids[rows[0]][r.prompt_mask[rows[0]] == 1].tolist())
+        out.setdefault(key, []).extend(r.completion_ids[i][r.completion_mask[i] == 1].tolist() for i in rows)
+    return out
+
+
+def trained_groups(prompt_ids, completions) -> dict[tuple, list[list[int]]]:
+    out = {}
+    for key, c in zip(prompt_ids, completions):
+        out.setdefault(key, []).append(c)
+    return out
+
+
+def test_the_first_step_trains_on_the_selection_rollouts_and_generates_nothing_for_them(tmp_path, spy):
+    result = Curriculum(tiny_cfg(tmp_path)).run()
+    assert len(spy["selections"]) == 2 and len(spy["trained"]) == 2 * T
+    assert spy["generate_calls"] == 2 * (T - 1)  # one generation per round is the selection's own rollouts
+    for r, (selection, record) in enumerate(zip(spy["selections"], result.rounds)):
+        prompts, completions, step = spy["trained"][r * T]
+        assert step == 0  # the round's first step: the weights the selection sampled with
+        groups, selected = trained_groups(prompts, completions), sampled(selection, selection.selected)
+        assert len(groups) == B and all(groups[key] == selected[key] for key in groups)
+        cost = record["cost"]
+        assert cost["reused"]["completions"] == B * K
+        assert cost["reused"]["tokens"] == sum(len(c) for c in completions)
+        assert cost["generated"]["training"]["completions"] == (T - 1) * B * K
+        later = spy["trained"][r * T + 1][1]
+        assert cost["generated"]["training"]["tokens"] == sum(len(c) for c in later)
+        assert cost["generated"]["candidates"]["completions"] == 32 * K
+        assert cost["generated"]["validation"]["completions"] == 8 * K
+
+
+def test_reuse_off_samples_every_training_step(tmp_path, spy):
+    result = Curriculum(tiny_cfg(tmp_path, reuse_rollouts=False)).run()
+    assert spy["generate_calls"] == 2 * T
+    for record in result.rounds:
+        assert record["cost"]["reused"]["completions"] == 0
+        assert record["cost"]["generated"]["training"]["completions"] == T * B * K
+
+
+def test_fewer_selection_rollouts_than_a_training_group_are_not_reused(tmp_path, spy):
+    result = Curriculum(tiny_cfg(tmp_path, rollouts_per_problem=2, rounds=1)).run()
+    assert spy["generate_calls"] == T and result.rounds[0]["cost"]["reused"]["completions"] == 0
+
+
+def test_the_batch_schedule_trains_each_step_on_its_best_candidates_with_their_own_rollouts(tmp_path, spy):
+    cfg = tiny_cfg(tmp_path, schedule="batch", oversample=2.0)
+    result = Curriculum(cfg).run()
+    per_step = math.ceil(2.0 * B)
+    assert spy["generate_calls"] == 0  # training never samples: every group is a selection's
+    assert len(spy["selections"]) == len(spy["trained"]) == 2 * T
+    for selection, (prompts, completions, step) in zip(spy["selections"], spy["trained"]):
+        assert len(selection.candidates) == per_step
+        groups, picked = trained_groups(prompts, completions), selection.selected
+        assert len(groups) == B
+        if len(picked) == B:  # otherwise filled up with zero-variance candidates (counted in the record)
+            assert groups == sampled(selection, picked)
+        others = np.setdiff1d(np.flatnonzero(~selection.candidates.zero_variance), picked)
+        if len(others):  # the best-scored eligible candidates, by the method's own scores
+            assert selection.scores[picked].min() >= selection.scores[others].max()
+    for r, record in enumerate(result.rounds):
+        cost = record["cost"]
+        assert record["batch"]["steps"] == T and record["candidates"] == T * per_step
+        assert cost["generated"]["candidates"]["completions"] == T * per_step * K
+        assert cost["generated"]["training"]["completions"] == 0
+        assert cost["reused"]["completions"] == T * B * K
+        assert cost["generated"]["validation"]["completions"] == 8 * K  # measured once per round
+        assert len(record["selected_ids"]) == T * B
+    expected = (2 * T * (per_step - B) * K + 2 * 8 * K) / (2 * T * B * K)
+    assert ledger_mod.selection_per_training(result.rounds) == pytest.approx(expected)
+
+
+def test_a_stale_direction_is_measured_every_validation_every_rounds(tmp_path, spy):
+    result = Curriculum(tiny_cfg(tmp_path, schedule="batch", validation_every=2, rounds=3)).run()
+    measured = [r["cost"]["generated"]["validation"]["completions"] for r in result.rounds]
+    assert measured == [8 * K, 0, 8 * K]
+
+
+def test_methods_without_scores_sample_nothing_for_selection(tmp_path, spy):
+    for method in ("random", "full"):
+        result = Curriculum(tiny_cfg(tmp_path, name=method, method=method, schedule="batch", rounds=1)).run()
+        cost = result.rounds[0]["cost"]
+        assert sum(c["completions"] for p, c in cost["generated"].items() if p != "training") == 0
+        assert cost["generated"]["training"]["completions"] == T * B * K
+        assert ledger_mod.selection_per_training(result.rounds) == 0
+
+
+def test_sequential_sampling_completes_only_the_groups_that_disagree(tmp_path, spy):
+    result = Curriculum(tiny_cfg(tmp_path, sequential_rollouts=2, rounds=1)).run()
+    selection = spy["selections"][0]
+    r = selection.rollouts
+    sizes = np.bincount(r.group.numpy(), minlength=r.num_problems)
+    rewards = [r.rewards[r.group == i].tolist() for i in range(r.num_problems)]
+    first_disagree = np.array([len(set(x[:2])) > 1 for x in rewards])  # each group's first two rows: the first pass
+    assert np.array_equal(sizes, np.where(first_disagree, K, 2))
+    assert np.array_equal(selection.candidates.zero_variance, ~first_disagree)
+    assert sizes[selection.selected].min() == K  # only complete groups are eligible, so training can reuse them
+    cost = result.rounds[0]["cost"]
+    assert cost["generated"]["candidates"]["completions"] == int(sizes.sum()) < 32 * K
+    assert cost["reused"]["completions"] == B * K and spy["generate_calls"] == T - 1
+
+
+def test_a_batch_filled_up_with_short_groups_generates_only_their_completions(tmp_path, spy):
+    result = Curriculum(tiny_cfg(tmp_path, schedule="batch", sequential_rollouts=2, oversample=1.0, rounds=1,
+                                 scenario="low-utility")).run()
+    record = result.rounds[0]
+    filled, cost = record["batch"]["filled"], record["cost"]
+    assert filled > 0  # low utility: most candidates solve or fail both first completions
+    assert cost["generated"]["training"]["completions"] == filled * K  # their groups had 2 of the K a step needs
+    assert cost["reused"]["completions"] + cost["generated"]["training"]["completions"] == T * B * K
+
+
+def test_replay_is_all_or_nothing_per_prompt():
+    groups = {(1, 2): [[5, 0], [6, 0]], (3,): [[7, 0]]}
+    replay = Replay({k: list(v) for k, v in groups.items()})
+    assert replay.take([[1, 2], [1, 2], [3], [3]]) == [[5, 0], [6, 0], None, None]  # (3,) has one of the two
+    assert replay.groups == {(1, 2): [], (3,): [[7, 0]]}  # the refused prompt kept its completion
+    assert replay.take([[3], [9]]) == [[7, 0], None]
+    assert replay.take([[1, 2]]) == [None]
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(oversample=0.5), "'oversample' must be >= 1"),
+    (dict(schedule="sometimes"), "'schedule' must be one of rounds, batch"),
+    (dict(schedule="batch", top_k=5), "'schedule' batch trains on its selection rollouts, which are sampled without "
+                                      "TRL's 'top_k'"),
+    (dict(validation_every=2), "'validation_every' applies to schedule batch only"),
+    (dict(schedule="batch", validation_every=0), "'validation_every' must be >= 1"),
+])
+def test_bad_schedule_options_are_refused_in_one_line(values, message):
+    with pytest.raises(ValueError) as e:
+        RunConfig.of(**values)
+    assert message in str(e.value) and "\n" not in str(e.value)
