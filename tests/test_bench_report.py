@@ -198,7 +198,8 @@ def test_report_tables_verdicts_and_files(bench: Path):
     for name in ("imbalance", "low-utility"):
         assert (bench / "plots" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     page = (bench / "report.html").read_text()
-    assert "<table" in page and page.count("data:image/png;base64,") == 2 and 'src="plots/' not in page
+    # per regime: the results figure and the time-to-accuracy figure
+    assert "<table" in page and page.count("data:image/png;base64,") == 4 and 'src="plots/' not in page
     assert "<td>0.460 ± 0.014 (2)</td>" in page and "<strong>preset</strong>: quick" in page
     assert not list(bench.rglob(".*.tmp"))  # atomic writes left nothing behind
 
@@ -310,7 +311,7 @@ def test_report_shows_selection_diagnostics(bench: Path):
     assert "Selection diagnostics" not in md.split("## Regime: low-utility")[1]
     assert not (bench / "plots" / "low-utility-scores.png").exists()
     page = (bench / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<td>0.75 ± 0.07 (2)</td>" in page
+    assert page.count("data:image/png;base64,") == 5 and "<td>0.75 ± 0.07 (2)</td>" in page  # 2 × 2 + scores
     assert "<strong>Selection diagnostics</strong>" in page
 
 

@@ -1,5 +1,6 @@
-"""The figures of a benchmark report, one pair of PNGs per regime: accuracy vs GRPO step and vs wall time with the
-share of the selection that tells the regime's story, and the score distributions good vs bad."""
+"""The figures of a benchmark report, three PNGs per regime: accuracy vs GRPO step and vs wall time with the share
+of the selection that tells the regime's story; time to accuracy (accuracy vs cumulative cost: wall time without
+evaluation, generated tokens); and the score distributions good vs bad."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import numpy as np
 from ..curriculum.records import is_number
 from ..fileio import atomic_path
 from ..selection.diagnostics import LABELS
+from .bench_cost import BUDGET, seed_curves, time_to_accuracy
 from .bench_stats import REGIME_LABEL, Curve, composition, mean_curve
+from .cost import AXES
 from .bench_views import RegimeView
 from .plots import plot_score_distributions
 from .styles import method_styles
@@ -105,6 +108,14 @@ def _plot_composition(ax, regime: RegimeView, styles: dict, key: str) -> None:
     ax.set_title("What was selected (mean over seeds)")
 
 
+def _styles(methods: Sequence[str], shown: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """(colour, marker) of each shown method, assigned over all methods: a method looks the same in every regime
+    and figure (a method named twice is still one line, in its own colour)."""
+    methods = list(dict.fromkeys(methods))
+    styles = dict(zip(methods, method_styles(methods)))
+    return {m: styles[m] for m in shown}
+
+
 def plot_regime(regime: RegimeView, methods: Sequence[str], path: str | os.PathLike, dpi: int = 110) -> Path | None:
     """One PNG (atomically) for a regime: accuracy vs step (±std band), vs wall time, and the regime's share
     per round; panels without data are left out. None when no cell has started."""
@@ -114,9 +125,7 @@ def plot_regime(regime: RegimeView, methods: Sequence[str], path: str | os.PathL
     shown = [m for m in methods if regime.started(m)]
     if not shown:
         return None
-    methods = list(dict.fromkeys(methods))  # a method named twice is still one line, in its own colour
-    styles = dict(zip(methods, method_styles(methods)))  # over all methods: a method looks the same in every regime
-    styles = {m: styles[m] for m in shown}
+    styles = _styles(methods, shown)
     with_time = any(time_curve(run) for m in shown for run in regime.started(m))
     share_key = plotted_share_key(regime)
     panels = ["accuracy"] + (["time"] if with_time else []) + (["share"] if share_key else [])
@@ -147,3 +156,64 @@ def plot_regime_scores(regime: RegimeView, methods: Sequence[str], path: Path) -
     return plot_score_distributions(runs, path, labels, regime.target_sources or None,
                                     title=f"regime: {regime.name}   ·   scores of the eligible candidates, good vs bad "
                                           f"(first seed, all rounds pooled)")
+
+
+# ── time to accuracy: accuracy against cumulative cost ───────────────────────────────────────────────────────
+def _count_unit(count: float) -> tuple[float, str]:
+    return (1e6, "M") if count > 2e6 else (1e3, "k") if count > 2e3 else (1.0, "")
+
+
+def _plot_accuracy_vs_cost(ax, regime: RegimeView, styles: dict, axis: str, tta: dict) -> None:
+    """Seed-mean accuracy (±std band) against seed-mean cumulative cost; the reference targets as horizontal lines
+    in their method's colour, the budget method's mean total cost as a vertical line."""
+    series = []
+    for m, (colour, marker) in styles.items():
+        curves = seed_curves(regime.started(m), axis)
+        if curves:
+            _, acc, std = mean_curve([(steps, a) for steps, _, a in curves])
+            _, cost, _ = mean_curve([(steps, c) for steps, c, _ in curves])
+            series.append((f"{m} ({len(curves)})", colour, marker, cost, acc, std))
+    top = max((float(np.nanmax(s[3])) for s in series if s[3].size), default=0.0)
+    scale, unit = _time_unit(top) if axis == "seconds" else _count_unit(top)
+    for label, colour, marker, cost, acc, std in series:
+        ax.plot(cost / scale, acc, color=colour, marker=marker, markersize=5, linewidth=2, label=label)
+        ax.fill_between(cost / scale, acc - std, acc + std, color=colour, alpha=0.12, linewidth=0)
+    for ref, target in tta["targets"].items():
+        ax.axhline(target, color=styles.get(ref, ("#444444", ""))[0], linestyle=":", linewidth=1.2)
+    if tta["budget"][axis] is not None:
+        ax.axvline(tta["budget"][axis] / scale, color=styles.get(BUDGET, ("#444444", ""))[0], linestyle="--",
+                   linewidth=1.0)
+    if axis == "seconds":
+        ax.set_xlabel(f"wall time ({unit}, mean cumulative, evaluation excluded)")
+    else:
+        ax.set_xlabel(f"generated tokens ({unit + ', ' if unit else ''}mean cumulative, selection included)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"Test accuracy vs {AXES[axis]}")
+
+
+def plot_regime_cost(regime: RegimeView, methods: Sequence[str], path: str | os.PathLike,
+                     dpi: int = 110) -> Path | None:
+    """One PNG (atomically) for a regime's time to accuracy: accuracy against cumulative wall time and against
+    cumulative generated tokens (that panel only when some cell recorded the ledger); dotted lines at the
+    references' final accuracy, dashed at full's mean total cost. None when no cell has started."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = [m for m in methods if regime.started(m)]
+    if not shown:
+        return None
+    styles = _styles(methods, shown)
+    axes = [axis for axis in AXES if any(seed_curves(regime.started(m), axis) for m in shown)]
+    tta = time_to_accuracy(regime, methods)
+    fig = Figure(figsize=(6.4 * len(axes), 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, axis in zip(fig.subplots(1, len(axes), squeeze=False)[0], axes):
+        _plot_accuracy_vs_cost(ax, regime, styles, axis, tta)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", frameon=False, fontsize=9)
+    fig.suptitle(f"regime: {regime.name}   ·   time to accuracy (dotted: final accuracy of "
+                 f"{' / '.join(tta['targets']) or 'the references'}; dashed: {BUDGET}'s total cost)", fontsize=11)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path

@@ -1,14 +1,16 @@
-"""The tables of a benchmark report as text cells: a regime's results and diagnostics (header + rows, rendered to
-Markdown or HTML by `blocks`), and the terminal summary `format_bench_table`."""
+"""The tables of a benchmark report as text cells: a regime's results, diagnostics, cost and time to accuracy (header +
+rows, rendered to Markdown or HTML by `blocks`), and the terminal summary `format_bench_table`."""
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
+from .bench_cost import BUDGET, TIME_STATS as COST_TIMES
 from .bench_stats import DIAGNOSTIC_COLUMNS, REFERENCES, SHARES, TIMES, Stats, regime_rows
 from .bench_views import BenchView
-from .summary import DASH, format_delta, format_seconds, format_share
+from .cost import AXES
+from .summary import DASH, format_count, format_delta, format_seconds, format_share
 
 
 def _stats_text(stats: Stats, digits: int = 3, signed: bool = False) -> str:
@@ -82,3 +84,71 @@ def format_bench_table(bench: BenchView) -> str:
             lines.append(f"  {r['method']:<{width}}  {_stats_text(r['final']):<22}  {_delta_text(r):>8}  "
                          f"{_pending_text(r)}")
     return "\n".join(lines)
+
+
+# ── cost and time to accuracy (bench_cost) ───────────────────────────────────────────────────────────────────
+def _spent_text(stats: Stats, seeds: int, fmt: Callable[[float, float], str]) -> str:
+    """"mean ± std", with the number of seeds only when some finished seed did not record it (— when none did)."""
+    mean, std, n = stats
+    if not n:
+        return DASH
+    return f"{fmt(mean, mean)} ± {fmt(std, mean)}" + (f" ({n})" if n != seeds else "")
+
+
+def _ratio(x: float, like: float) -> str:
+    return f"{x:.2f}"
+
+
+def _seconds(x: float, like: float) -> str:
+    return format_seconds(x)
+
+
+COST_COLUMNS = (("selection_per_training", "selection per training generation", _ratio),
+                ("selection_tokens", "generated tokens: selection", format_count),
+                ("training_tokens", "generated tokens: training", format_count),
+                ("fb_selection", "forward+backward tokens: selection", format_count),
+                ("fb_training", "forward+backward tokens: training", format_count),
+                *((f"time_{k}", f"{k} s", _seconds) for k in COST_TIMES))
+
+
+def cost_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, cell rows) of a regime's cost table: mean ± std over the finished seeds."""
+    header = ["method", "seeds", *(head for _, head, _ in COST_COLUMNS)]
+    body = [[r["method"], str(r["seeds"]), *(_spent_text(r[k], r["seeds"], fmt) for k, _, fmt in COST_COLUMNS)]
+            for r in rows]
+    return header, body
+
+
+def _axis_value(axis: str, x: float | None, like: float | None = None) -> str:
+    return format_seconds(x) if axis == "seconds" else format_count(x, like)
+
+
+def _crossing_text(axis: str, c: dict) -> str:
+    """"mean ± std (reached/seeds)" of the cost at the lasting crossing."""
+    if not c["seeds"]:
+        return DASH
+    mean, std, _ = c["cost"]
+    if not c["reached"]:
+        return f"{DASH} (0/{c['seeds']})"
+    return f"{_axis_value(axis, mean)} ± {_axis_value(axis, std, mean)} ({c['reached']}/{c['seeds']})"
+
+
+def time_to_accuracy_cells(tta: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, cell rows) of a regime's time-to-accuracy table: per reference target, the cost to reach it for
+    good per seed and on the seed-mean curve; then the accuracy at the budget method's total cost."""
+    header = ["method"]
+    for ref, target in tta["targets"].items():
+        header += [f"s to {ref} ({target:.3f})", f"tokens to {ref}", f"mean curve to {ref}: s / tokens"]
+    budget = {axis: b for axis, b in tta["budget"].items() if b is not None}
+    header += [f"accuracy at {BUDGET}'s {AXES[axis]} ({_axis_value(axis, b)}{' s' if axis == 'seconds' else ''})"
+               for axis, b in budget.items()]
+    body = []
+    for r in tta["rows"]:
+        cells = [r["method"]]
+        for ref in tta["targets"]:
+            to = r["to"][ref]
+            cells += [_crossing_text(axis, to[axis]) for axis in AXES]
+            cells.append(" / ".join(_axis_value(axis, to[axis]["on_mean"]) for axis in AXES))
+        cells += [_stats_text(r["at_budget"][axis]) for axis in budget]
+        body.append(cells)
+    return header, body

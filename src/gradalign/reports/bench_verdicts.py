@@ -1,10 +1,14 @@
-"""The verdicts of a benchmark report: plain sentences saying which method beats which beyond the seed spread."""
+"""The verdicts of a benchmark report: plain sentences saying which method beats which beyond the seed spread, on
+final accuracy and on time to accuracy."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from .bench_cost import BUDGET
 from .bench_stats import REFERENCES, Stats, beyond_spread, spread_margin
+from .cost import AXES
+from .summary import format_count, format_seconds
 
 # our methods, each also measured against the published one
 BEYOND_PAPER = {"gradalign-z": "gradalign", "gradalign-zcos": "gradalign"}
@@ -58,3 +62,105 @@ def regime_verdict(rows: Sequence[dict]) -> list[str]:
             said.add(frozenset((a, b)))
             lines.append(compare_sentence(a, by_method[a]["final"], b, by_method[b]["final"]))
     return lines + [best_sentence(rows)]
+
+
+# ── time to accuracy (bench_cost.time_to_accuracy) ───────────────────────────────────────────────────────────
+def _cost_text(axis: str, value: float) -> str:
+    return f"{format_seconds(value)} s" if axis == "seconds" else f"{format_count(value)} tokens"
+
+
+def _share_of(cost: Stats, total: Stats) -> str:
+    """A crossing's cost as a share of a reference's mean total cost, "41% ± 6%" ("41%" for one seed: no spread)."""
+    share = f"{100 * cost[0] / total[0]:.0f}%"
+    return share + (f" ± {100 * cost[1] / total[0]:.0f}%" if cost[2] > 1 else "")
+
+
+def _cost_judgement(cost: Stats, total: Stats, ref: str) -> str:
+    """Whether reaching the target cost less or more than the reference's whole run, beyond the seed spread."""
+    if cost[2] < 2 or total[2] < 2:
+        return "one seed cannot show a difference"
+    if beyond_spread(cost, total):
+        return f"{'less' if cost[0] < total[0] else 'more'} than {ref}'s, beyond the seed spread"
+    return f"within the seed spread of {ref}'s"
+
+
+def _comparable_axes(to: dict, totals: dict) -> list[str]:
+    """The cost axes on which a method has finished seeds and the reference a positive total cost."""
+    return [axis for axis in AXES if to[axis]["seeds"] and totals[axis][2] and totals[axis][0] > 0]
+
+
+def reach_sentence(method: str, ref: str, target: float, to: dict, totals: dict) -> str | None:
+    """How much of `ref`'s total cost `method` needed to reach `ref`'s final accuracy for good, per cost axis,
+    judged beyond the seed spread only when every seed reached it (the others have no cost to average); None
+    without finished seeds or when no seed reached it (`never_sentence` names those)."""
+    axes = _comparable_axes(to, totals)
+    if not axes or not to[axes[0]]["reached"]:
+        return None
+    reached, seeds = to[axes[0]]["reached"], to[axes[0]]["seeds"]
+    head = f"{method} reaches {ref}'s final accuracy ({target:.3f}) for good in {reached}/{seeds} seeds"
+    clauses = []
+    for axis in axes:
+        c = to[axis]
+        if not c["reached"]:
+            continue
+        text = f"{_share_of(c['cost'], totals[axis])} of {ref}'s {AXES[axis]}"
+        if (c["reached"], c["seeds"]) != (reached, seeds):
+            text += f" ({c['reached']}/{c['seeds']} seeds)"
+        if reached == seeds:
+            text += f" ({_cost_judgement(c['cost'], totals[axis], ref)})"
+        clauses.append(text)
+    if reached == seeds:
+        return f"{head}, at {' and '.join(clauses)}."
+    missed = seeds - reached
+    return (f"{head} only, at {' and '.join(clauses)} where it does; {missed} seed{'s' if missed > 1 else ''} never "
+            f"stay{'s' if missed == 1 else ''} at or above it, so no verdict on its cost.")
+
+
+def never_sentence(ref: str, target: float, never: Sequence[tuple[str, int]]) -> str | None:
+    """One sentence naming the methods, each with its number of finished seeds, of which no seed reached `ref`'s
+    final accuracy for good."""
+    if not never:
+        return None
+    names = ", ".join(f"{method} (0/{seeds} seeds)" for method, seeds in never)
+    return f"Never at or above {ref}'s final accuracy ({target:.3f}) to the end: {names}."
+
+
+def budget_sentence(method: str, ref: str, at: dict, budget: dict, final: Stats) -> str | None:
+    """`method`'s accuracy at `ref`'s mean total cost, per cost axis, against `ref`'s final accuracy; None
+    without anything to compare."""
+    axes = [axis for axis in AXES if budget[axis] is not None and at[axis][2]]
+    if not axes or not final[2]:
+        return None
+    clauses = []
+    for axis in axes:
+        s = at[axis]
+        delta = s[0] - final[0]
+        if s[2] < 2 or final[2] < 2:
+            judged = "one seed cannot show a difference"
+        elif beyond_spread(s, final):
+            judged = f"{'above' if delta > 0 else 'below'} it beyond the seed spread ±{spread_margin(s, final):.3f}"
+        else:
+            judged = f"no difference beyond the seed spread ±{spread_margin(s, final):.3f}"
+        clauses.append(f"{s[0]:.3f} ± {s[1]:.3f} by {AXES[axis]} (Δ {delta:+.3f}, {judged})")
+    costs = ", ".join(_cost_text(axis, budget[axis]) for axis in axes)
+    return (f"{method} at {ref}'s total cost ({costs}) vs {ref}'s final accuracy ({final[0]:.3f} ± {final[1]:.3f}): "
+            + "; ".join(clauses) + ".")
+
+
+def time_to_accuracy_verdict(tta: dict) -> list[str]:
+    """Per reference target, each other method's cost to reach it; then each method's accuracy at the budget
+    method's total cost."""
+    lines = []
+    for ref, target in tta["targets"].items():
+        never = []
+        for row in (r for r in tta["rows"] if r["method"] != ref):
+            to, totals = row["to"][ref], tta["totals"][ref]
+            axes = _comparable_axes(to, totals)
+            if axes and not to[axes[0]]["reached"]:
+                never.append((row["method"], to[axes[0]]["seeds"]))
+            lines.append(reach_sentence(row["method"], ref, target, to, totals))
+        lines.append(never_sentence(ref, target, never))
+    for row in tta["rows"]:
+        if row["method"] != BUDGET:
+            lines.append(budget_sentence(row["method"], BUDGET, row["at_budget"], tta["budget"], tta["budget_final"]))
+    return [line for line in lines if line]

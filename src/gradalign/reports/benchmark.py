@@ -15,10 +15,11 @@ from typing import Sequence
 
 from ..curriculum.records import is_number
 from ..fileio import write_text
-from .bench_figures import plot_regime, plot_regime_scores
+from .bench_cost import TARGETS, cost_rows, time_to_accuracy
+from .bench_figures import plot_regime, plot_regime_cost, plot_regime_scores
 from .bench_stats import diagnostic_rows, diagnostics_label, has_diagnostics, regime_rows
-from .bench_tables import diagnostics_cells, format_bench_table, table_cells
-from .bench_verdicts import regime_verdict
+from .bench_tables import cost_cells, diagnostics_cells, format_bench_table, table_cells, time_to_accuracy_cells
+from .bench_verdicts import regime_verdict, time_to_accuracy_verdict
 from .bench_views import BenchView, RegimeView, load_bench
 from .blocks import Block, to_html, to_markdown
 from .summary import DASH, GOOD_MEANS
@@ -40,6 +41,22 @@ HOW_TO_READ = (
     "of thumb, not a significance test, and one seed cannot show a difference. **Pending** cells have not "
     "finished; running ones appear in the curves (which stop at the last step all seeds reached) but not in "
     "the table."
+)
+
+COST_HOW_TO_READ = (
+    "**Cost** is what a method spent on selection and training, summed over rounds (test evaluation is left out: "
+    "every method pays it alike), as mean ± std over the finished seeds: **selection per training generation** "
+    "counts the completions generated only to choose problems (candidates, validation, warm-up, offline; less "
+    "those training reused) per completion training consumed; generated tokens split the same way; "
+    "forward+backward tokens went through a backward pass for selection (scoring, warm-up) or for training. "
+    "**Time to accuracy** reads each seed's test accuracy against its cumulative cost: wall time, or generated "
+    "tokens (selection's included). Per-round accuracy is noisy, so a seed reaches a target (the seed-mean final "
+    "accuracy of full or random) at the first round after which its accuracy stays at or above the target to its "
+    "last round; the table gives the cost at that round as mean ± std over the seeds that reached it (how many did "
+    "in brackets; the others have no cost to average), and the same rule on the seed-mean curve (mean cost vs mean "
+    "accuracy per round). **Accuracy at full's cost** is each seed's accuracy interpolated at full's mean total cost "
+    "(its final accuracy if its run cost less). The verdicts compare a crossing's cost with the reference's total "
+    "cost, and the accuracy at full's cost with full's final accuracy, by the same seed-spread rule."
 )
 
 DIAGNOSTICS_LEGEND = (
@@ -106,27 +123,57 @@ def _diagnostics_blocks(regime: RegimeView, methods: Sequence[str], score_plot: 
     return blocks
 
 
+def _cost_blocks(regime: RegimeView, methods: Sequence[str], cost_plot: Path | None) -> list[Block]:
+    """The regime's cost table, its time-to-accuracy table with verdicts, and the time-to-accuracy figure (no tables
+    before a cell has finished; no time to accuracy before a reference has)."""
+    rows = cost_rows(regime, methods)
+    figure: list[Block] = [] if cost_plot is None else [
+        ("img", f"{regime.name}: test accuracy vs cumulative wall time and generated tokens", cost_plot)]
+    if not any(r["seeds"] for r in rows):
+        return figure
+    blocks: list[Block] = [("p", f"**Cost** ({regime.name}), mean ± std over the finished seeds:"),
+                           ("table", *cost_cells(rows))]
+    tta = time_to_accuracy(regime, methods)
+    header, body = time_to_accuracy_cells(tta)
+    if len(header) == 1:  # nothing to time against yet: a column of names would say nothing
+        blocks.append(("p", f"**Time to accuracy** ({regime.name}): no reference ({', '.join(TARGETS)}) has "
+                            f"finished seeds yet."))
+    else:
+        blocks += [("p", f"**Time to accuracy** ({regime.name}): cost to reach a reference's final accuracy for "
+                         f"good, and accuracy at full's total cost (*How to read this*)."),
+                   ("table", header, body)]
+    verdicts = time_to_accuracy_verdict(tta)
+    if verdicts:
+        blocks.append(("ul", verdicts))
+    return blocks + figure
+
+
 def report_blocks(bench: BenchView, plots: dict[str, Path | None],
-                  score_plots: dict[str, Path | None] | None = None) -> list[Block]:
+                  score_plots: dict[str, Path | None] | None = None,
+                  cost_plots: dict[str, Path | None] | None = None) -> list[Block]:
     """The whole report: the benchmark's setting and progress, how to read it, then per regime its blocks."""
     blocks: list[Block] = [("h1", f"Data-regimes benchmark: {bench.path.resolve().name}"),
                            ("ul", _setting(bench) + [_progress(bench)]),
-                           ("h2", "How to read this"), ("p", HOW_TO_READ)]
+                           ("h2", "How to read this"), ("p", HOW_TO_READ), ("p", COST_HOW_TO_READ)]
     for name, regime in bench.regimes.items():
         blocks += _regime_blocks(regime, bench.methods, plots.get(name))
         blocks += _diagnostics_blocks(regime, bench.methods, (score_plots or {}).get(name))
+        blocks += _cost_blocks(regime, bench.methods, (cost_plots or {}).get(name))
     return blocks
 
 
 def bench_report(directory: str | os.PathLike) -> Path:
-    """Write `plots/<regime>.png` (and `plots/<regime>-scores.png` where cells have scores files), `report.md`
-    and a standalone `report.html` into a benchmark directory (all atomically); returns the path of `report.md`."""
+    """Write `plots/<regime>.png`, `plots/<regime>-cost.png` (and `plots/<regime>-scores.png` where cells have
+    scores files), `report.md` and a standalone `report.html` into a benchmark directory (all atomically); returns
+    the path of `report.md`."""
     bench = load_bench(directory)
     plots = {name: plot_regime(regime, bench.methods, bench.path / "plots" / _plot_name(name))
              for name, regime in bench.regimes.items()}
     score_plots = {name: plot_regime_scores(regime, bench.methods, bench.path / "plots" / _plot_name(name, "-scores"))
                    for name, regime in bench.regimes.items()}
-    blocks = report_blocks(bench, plots, score_plots)
+    cost_plots = {name: plot_regime_cost(regime, bench.methods, bench.path / "plots" / _plot_name(name, "-cost"))
+                  for name, regime in bench.regimes.items()}
+    blocks = report_blocks(bench, plots, score_plots, cost_plots)
     md_path = bench.path / "report.md"
     write_text(md_path, to_markdown(blocks, bench.path))
     write_text(bench.path / "report.html", to_html(blocks))

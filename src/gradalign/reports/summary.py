@@ -22,6 +22,7 @@ from ..curriculum.records import ROUNDS_FILE, is_number, read_rounds, time_split
 from ..data.regimes import CORRUPTED_POOLS
 from ..fileio import write_text
 from ..selection.diagnostics import LABELS
+from .cost import run_cost
 from .markdown import pipe_table, relative_link
 
 PREFERRED_ORDER = ("gradalign",)  # shown first (table rows, legend); the rest by directory name
@@ -171,6 +172,7 @@ def method_rows(runs: list[RunView]) -> list[dict]:
             "fallbacks": [(int(r.get("round", i)), str(r["fallback"])) for i, r in enumerate(run.rounds)
                           if r.get("fallback")],
             **{f"time_{name}": value for name, value in time_split(run.rounds).items()},
+            "cost": run_cost(run.rounds),
             "by_source_before": dict(run.initial.get("by_source") or {}),
             "by_source_after": dict(last_test.get("by_source") or {}),
         })
@@ -194,6 +196,21 @@ def format_seconds(x: float | None) -> str:
     if x is None:
         return DASH
     return f"{x:.1f}" if x < 10_000 else f"{x:.0f}"
+
+
+def format_count(x: float | None, like: float | None = None) -> str:
+    """A count in a few digits, 812, 52.3k, 1.21M, in the unit of `like` when given (a std beside its mean)."""
+    if x is None or math.isnan(x):
+        return DASH
+    size = abs(like if like is not None and not math.isnan(like) else x)
+    for scale, suffix, digits in ((1e9, "G", 2), (1e6, "M", 2), (1e3, "k", 1)):
+        if size >= scale:
+            return f"{x / scale:.{digits}f}{suffix}"
+    return f"{x:.0f}"
+
+
+def format_ratio(x: float | None) -> str:
+    return DASH if x is None else f"{x:.2f}"
 
 
 def _before_after(row: dict) -> str:
@@ -250,6 +267,70 @@ def format_table(rows: list[dict], width: int = TABLE_WIDTH) -> str:
                  [format_seconds(r[k]) for _, k in times]) for r in rows]
     rule = "─" * max(len(s) for s in [head1, head2, *body])
     return "\n".join([head1, head2, rule, *body])
+
+
+# The cost ledger's columns (reports/cost.py: run_cost), grouped as the terminal heads them.
+COST_GROUPS = (("completions", (("selection", "selection_completions"), ("training", "training_completions"),
+                                ("reused", "reused_completions"))),
+               ("", (("sel/train", "selection_per_training"),)),
+               ("generated tokens", (("selection", "selection_tokens"), ("training", "training_tokens"))),
+               ("fwd+bwd tokens", (("selection", "fb_selection"), ("training", "fb_training"))))
+COST_LEGEND = "selection: generated only to choose problems; training: consumed by training, reused included"
+COST_MARKDOWN_NAMES = {"sel/train": "selection per training", "fwd+bwd tokens": "forward+backward tokens"}
+
+
+def cost_cell(cost: dict | None, key: str) -> str:
+    """One ledger figure of a run as text (— for a run recorded before the ledger)."""
+    if cost is None:
+        return DASH
+    return format_ratio(cost[key]) if key == "selection_per_training" else format_count(cost[key])
+
+
+def format_cost_table(rows: list[dict], width: int = TABLE_WIDTH) -> str:
+    """The runs' cost ledgers as a terminal table that fits `width` ("" when no run recorded a ledger)."""
+    if not any(r["cost"] for r in rows):
+        return ""
+    columns = [(head, key) for _, cols in COST_GROUPS for head, key in cols]
+    cells = [[cost_cell(r["cost"], key) for _, key in columns] for r in rows]
+    widths = [max(len(head), *(len(c[i]) for c in cells)) for i, (head, _) in enumerate(columns)]
+    first = 0
+    for label, cols in COST_GROUPS:  # a group's label must fit over its columns
+        last = first + len(cols) - 1
+        widths[last] += max(0, len(label) - (sum(widths[first:last + 1]) + 2 * (len(cols) - 1)))
+        first = last + 1
+    names = [r["method"] for r in rows]  # as the results table above names them
+    fixed = sum(w + 2 for w in widths)
+    w_method = max(len("method"), min(max(len(n) for n in names), width - fixed))
+
+    def line(method: str, values: list[str]) -> str:
+        return (f"{method:<{w_method}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, widths))).rstrip()
+
+    groups, first = [], 0
+    for label, cols in COST_GROUPS:
+        span = sum(widths[first:first + len(cols)]) + 2 * (len(cols) - 1)
+        groups.append(f"{label:<{span}}")
+        first += len(cols)
+    head1 = (f"{'':<{w_method}}  " + "  ".join(groups)).rstrip()
+    head2 = line("method", [head for head, _ in columns])
+    body = [line(_cut(name, w_method), c) for name, c in zip(names, cells)]
+    rule = "─" * max(len(s) for s in [head1, head2, *body])
+    return "\n".join(["cost ledger, summed over rounds", head1, head2, rule, *body, _cut(COST_LEGEND, width)])
+
+
+def cost_markdown_table(rows: list[dict]) -> str | None:
+    """The runs' cost ledgers as a pipe table (None when no run recorded a ledger)."""
+    if not any(r["cost"] for r in rows):
+        return None
+    name = lambda text: COST_MARKDOWN_NAMES.get(text, text)  # noqa: E731
+    header = ["method", *(f"{name(group)}: {head}" if group else name(head)
+                          for group, cols in COST_GROUPS for head, _ in cols)]
+    keys = [key for _, cols in COST_GROUPS for _, key in cols]
+    return pipe_table(header, [[_row_name(r), *(cost_cell(r["cost"], k) for k in keys)] for r in rows])
+
+
+def _row_name(row: dict) -> str:
+    """A `method_rows` row's method, with its directory when that says more (e.g. a schedule: `gradalign-z@batch`)."""
+    return row["method"] if row["name"] == row["method"] else f"{row['method']} ({row['name']})"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -344,6 +425,17 @@ HOW_TO_READ_CLEAN = (
     "Δ is after − before. This scenario has no corrupted rewards, so the corrupted share (the fraction of "
     "selected problems whose rewards are coin flips) does not apply and shows as —. Wall time is summed over "
     "rounds: rollouts include the validation rollouts, scoring includes the selection itself."
+)
+
+
+COST_HOW_TO_READ = (
+    "Summed over rounds; test evaluation is not a cost (every method pays it alike). **Selection** completions "
+    "were generated only to choose problems (candidates, validation, warm-up and offline rollouts, less those "
+    "training reused); **training** completions are those training consumed, the reused selection completions "
+    "included; **selection per training** is their ratio (random and full generate none for selection). "
+    "Generated tokens are split the same way (they add up to all tokens generated). **Forward+backward** tokens "
+    "(prompt + completion) went through a backward pass: for selection (scoring and LearnAlign's warm-up) and "
+    "for training. — for a run recorded before the cost ledger existed."
 )
 
 
@@ -495,6 +587,9 @@ def summary_markdown(directory: str | os.PathLike, runs: list[RunView], plot_pat
     parts += ["## Results", "", markdown_table(rows), ""]
     if plot_path is not None:
         parts += [f"![test accuracy and corrupted share per round]({relative_link(plot_path, directory)})", ""]
+    cost = cost_markdown_table(rows)
+    if cost:
+        parts += ["## Cost", "", cost, "", COST_HOW_TO_READ, ""]
     by_source = _by_source_table(rows)
     if by_source:
         parts += ["## Test accuracy by source", "", by_source, ""]

@@ -1,0 +1,104 @@
+"""The cost side of a benchmark report, per regime and over seeds: what each method spent (the ledger and the
+wall-time split) and time to accuracy, on both cost axes (`cost.AXES`: wall time without evaluation, generated
+tokens with selection's included):
+- the cost at which a method reaches a reference's final accuracy for good (`cost.lasting_crossing`), per seed and
+  on the seed-mean curve, with how many seeds reached it;
+- its accuracy at full's mean total cost (`cost.accuracy_at_cost`).
+
+Pure functions of the finished cells, like `bench_stats`; nothing here formats or draws.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..curriculum.records import time_split
+from .bench_stats import REFERENCES, Stats, final_stats, mean_curve, reference_thresholds, seed_stats
+from .bench_views import RegimeView
+from .cost import AXES, accuracy_at_cost, cost_curve, lasting_crossing, run_cost
+from .summary import RunView
+
+LEDGER_STATS = ("selection_per_training", "selection_tokens", "training_tokens", "fb_selection", "fb_training")
+TIME_STATS = ("rollouts", "scoring", "training")
+TARGETS = tuple(ref for ref in ("full", "random") if ref in REFERENCES)  # whose final accuracy is timed
+BUDGET = "full"  # the method at whose total cost every method's accuracy is read
+
+SeedCurve = tuple[list[int], list[float], list[float]]  # (GRPO steps, cumulative cost, test accuracy)
+
+
+# ── what each method spent ───────────────────────────────────────────────────────────────────────────────────
+def cost_rows(regime: RegimeView, methods: Sequence[str]) -> list[dict]:
+    """One row per method: over its finished seeds, the Stats of each LEDGER_STATS figure (seeds recorded before
+    the ledger left out) and of the wall-time split's TIME_STATS."""
+    rows = []
+    for m in methods:
+        runs = regime.finished(m)
+        costs = [run_cost(run.rounds) for run in runs]
+        rows.append({"method": m, "seeds": len(runs),
+                     **{k: seed_stats(c[k] if c else None for c in costs) for k in LEDGER_STATS},
+                     **{f"time_{k}": seed_stats(time_split(run.rounds)[k] for run in runs) for k in TIME_STATS}})
+    return rows
+
+
+# ── time to accuracy ─────────────────────────────────────────────────────────────────────────────────────────
+def seed_curves(runs: Sequence[RunView], axis: str) -> list[SeedCurve]:
+    """Each run's accuracy curve with its cumulative cost on `axis`; runs that cannot count it are left out."""
+    out = []
+    for run in runs:
+        costs = cost_curve(run.rounds, axis)
+        if costs is not None:
+            steps, accs = run.curve()
+            out.append((steps, costs, accs))
+    return out
+
+
+def mean_cost_curve(curves: Sequence[SeedCurve]) -> tuple[list[float], list[float]]:
+    """(mean cumulative cost, mean accuracy) per step over seeds, at the steps every seed has."""
+    _, costs, _ = mean_curve([(steps, c) for steps, c, _ in curves])
+    _, accs, _ = mean_curve([(steps, a) for steps, _, a in curves])
+    return costs.tolist(), accs.tolist()
+
+
+def crossing(curves: Sequence[SeedCurve], target: float) -> dict:
+    """Cost to reach `target` for good: `cost` the Stats over the seeds that reached it (the others have no cost),
+    `reached` / `seeds` how many did, `on_mean` the cost where the seed-mean curve reaches it (None if it does
+    not)."""
+    costs = [c[i] for _, c, a in curves if (i := lasting_crossing(a, target)) is not None]
+    mean_costs, mean_accs = mean_cost_curve(curves)
+    i = lasting_crossing(mean_accs, target)
+    return {"cost": seed_stats(costs), "reached": len(costs), "seeds": len(curves),
+            "on_mean": mean_costs[i] if i is not None else None}
+
+
+def total_cost(curves: Sequence[SeedCurve]) -> Stats:
+    """Stats over seeds of the whole run's cost."""
+    return seed_stats(c[-1] for _, c, _ in curves)
+
+
+def accuracy_at(curves: Sequence[SeedCurve], budget: float | None) -> Stats:
+    """Stats over seeds of the accuracy at cumulative cost `budget` (a seed that ended cheaper: its final)."""
+    if budget is None:
+        return seed_stats([])
+    return seed_stats(accuracy_at_cost(c, a, budget) for _, c, a in curves)
+
+
+def time_to_accuracy(regime: RegimeView, methods: Sequence[str]) -> dict:
+    """The regime's time to accuracy over finished seeds:
+    - `targets`: ref → its seed-mean final accuracy (TARGETS run with finished seeds only);
+    - `totals`: ref → axis → Stats of its total cost (the yardstick of "X% of full's wall time");
+    - `budget`: axis → full's mean total cost (None without finished `full` seeds); `budget_final`: full's final
+      accuracy Stats;
+    - `rows`: per method, `to[ref][axis]` (`crossing`) and `at_budget[axis]` (accuracy Stats at the budget)."""
+    finals = {ref: final_stats(regime.finished(ref)) for ref in TARGETS if ref in methods}
+    thresholds = reference_thresholds(finals)
+    targets = {ref: thresholds[ref] for ref in TARGETS if thresholds.get(ref) is not None}
+    curves = {m: {axis: seed_curves(regime.finished(m), axis) for axis in AXES} for m in methods}
+    totals = {ref: {axis: total_cost(curves[ref][axis]) for axis in AXES} for ref in targets}
+    budget = {axis: totals[BUDGET][axis][0] if BUDGET in totals and totals[BUDGET][axis][2] else None
+              for axis in AXES}
+    rows = [{"method": m, "seeds": len(regime.finished(m)),
+             "to": {ref: {axis: crossing(curves[m][axis], t) for axis in AXES} for ref, t in targets.items()},
+             "at_budget": {axis: accuracy_at(curves[m][axis], budget[axis]) for axis in AXES}}
+            for m in methods]
+    return {"targets": targets, "totals": totals, "budget": budget,
+            "budget_final": finals.get(BUDGET, seed_stats([])), "rows": rows}
