@@ -129,10 +129,12 @@ def test_the_batch_schedule_trains_each_step_on_its_best_candidates_with_their_o
     assert ledger_mod.selection_per_training(result.rounds) == pytest.approx(expected)
 
 
-def test_a_stale_direction_is_measured_every_validation_every_rounds(tmp_path, spy):
-    result = Curriculum(tiny_cfg(tmp_path, schedule="batch", validation_every=2, rounds=3)).run()
+@pytest.mark.parametrize("schedule", ["rounds", "batch"])
+def test_a_stale_direction_is_measured_every_validation_every_rounds(tmp_path, spy, schedule):
+    result = Curriculum(tiny_cfg(tmp_path, schedule=schedule, validation_every=2, rounds=3)).run()
     measured = [r["cost"]["generated"]["validation"]["completions"] for r in result.rounds]
     assert measured == [8 * K, 0, 8 * K]
+    assert [r["timings"]["validation_rollouts"] > 0 for r in result.rounds] == [True, False, True]
 
 
 def test_methods_without_scores_sample_nothing_for_selection(tmp_path, spy):
@@ -183,8 +185,7 @@ def test_replay_is_all_or_nothing_per_prompt():
     (dict(schedule="sometimes"), "'schedule' must be one of rounds, batch"),
     (dict(schedule="batch", top_k=5), "'schedule' batch trains on its selection rollouts, which are sampled without "
                                       "TRL's 'top_k'"),
-    (dict(validation_every=2), "'validation_every' applies to schedule batch only"),
-    (dict(schedule="batch", validation_every=0), "'validation_every' must be >= 1"),
+    (dict(validation_every=0), "'validation_every' must be >= 1"),
 ])
 def test_bad_schedule_options_are_refused_in_one_line(values, message):
     with pytest.raises(ValueError) as e:

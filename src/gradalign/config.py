@@ -234,9 +234,9 @@ class RunConfig:
                        "completions; the validation direction is measured once per round). batch applies to methods "
                        "that score their candidates' on-policy rollouts; the others keep their own schedule.")
     oversample: float = _f(2.0, "schedule batch: candidates rolled out per GRPO step, as a multiple of B (>= 1).")
-    validation_every: int = _f(1, "schedule batch: rounds between measurements of the validation direction (1: every "
-                               "round); in between the steps score against the last one. A resumed run measures it "
-                               "again at its first round.")
+    validation_every: int = _f(1, "Rounds between measurements of the validation direction (1, default: every round, "
+                               "as METHODS.md §1); in between, selections score against the last one. A resumed run "
+                               "measures it again at its first round.")
     reuse_rollouts: bool = _f(True, "Train on the selected problems' selection rollouts where they are on-policy "
                               "(the round's first GRPO step, same weights and sampling settings) instead of sampling "
                               "them again.")
@@ -361,10 +361,6 @@ class RunConfig:
             raise ConfigError("sequential_rollouts", f"must be 0 (off) or in [2, {group - 1}]: at least two completions "
                                                      f"can disagree, and fewer than the group's {group} (got "
                                                      f"{self.sequential_rollouts})")
-        if self.schedule != "batch" and self.validation_every != 1:
-            raise ConfigError("validation_every", f"applies to schedule batch only (got {self.validation_every} with "
-                                                  f"schedule {self.schedule}): the published round measures the "
-                                                  f"direction every round")
         if self.steps_per_round % self.value("num_iterations"):
             raise ConfigError("steps_per_round", f"must be a multiple of 'num_iterations' (got {self.steps_per_round} "
                                                  f"and {self.value('num_iterations')})")

@@ -35,7 +35,6 @@ class BatchRound:
         self.generations = cfg.steps_per_round // cfg.grpo.num_iterations  # one selection per generation batch
         self.order = np.random.default_rng(cfg.seed).permutation(len(pool))  # the pool's stream, as chunk_order's
         self.summary: dict = {}
-        self.direction = None  # the last measured validation direction (`validation_every`)
 
     @staticmethod
     def applies(cfg: RunConfig, selector: RoundSelector) -> bool:
@@ -54,11 +53,7 @@ class BatchRound:
         step logs. `ledger` and `timings` (training: the trainer's time less the selections inside it) are filled."""
         cfg, B, k = self.cfg, self.cfg.problems_per_step, self.cfg.grpo.num_generations
         chunk = self.candidates(r)
-        direction = measured = None
-        if "validation" in self.selector.method.needs:  # once per round at most: the steps reuse it
-            if self.direction is None or r % cfg.validation_every == 0:
-                self.direction = measured = self.selector.measure_direction(model, tokenizer, seed + 1, ledger)
-            direction = self.direction
+        direction, measured = self.selector.round_direction(r, model, tokenizer, seed, ledger)  # the steps share it
         steps: list[tuple[RoundSelection, np.ndarray]] = []
         spent = [0.0]
 

@@ -220,9 +220,7 @@ class Curriculum:
                                                                  ledger, timings)
             chunk_index = None
         else:
-            chunk_index, chunk, selection, chosen = self.select_round(r, model, tokenizer, seed)
-            if selection is not None:
-                ledger.add(selection.ledger)
+            chunk_index, chunk, selection, chosen = self.select_round(r, model, tokenizer, seed, ledger, timings)
             t = time.perf_counter()
             train_log = grpo_steps(model, tokenizer, chosen, cfg.steps_per_round, cfg, self.reward, optimizer,
                                    scheduler, seed, ledger=ledger, replay=self.replay(selection))
@@ -247,13 +245,19 @@ class Curriculum:
         self.group.barrier()  # a resumed rank must find the checkpoint its rounds.jsonl promises
         return record
 
-    def select_round(self, r: int, model, tokenizer, seed: int):
-        """The published round: score the next chunk, keep floor(M/q); `full` keeps the whole pool unscored."""
+    def select_round(self, r: int, model, tokenizer, seed: int, ledger: Ledger, timings: dict):
+        """The published round: score the next chunk, keep floor(M/q); `full` keeps the whole pool unscored. The
+        selection's cost goes into `ledger`, and the validation direction's seconds into `timings` when this round
+        measured it (`validation_every`)."""
         if not self.method.needs_rollouts:  # plain GRPO on the whole pool
             return None, self.sets.pool, None, list(self.sets.pool)
         chunk_index = r % len(self.chunks)
         chunk = [self.sets.pool[i] for i in self.chunks[chunk_index]]
-        selection = self.selector.select(model, tokenizer, chunk, seed, offline=self.offline)
+        direction, measured = self.selector.round_direction(r, model, tokenizer, seed, ledger)
+        selection = self.selector.select(model, tokenizer, chunk, seed, offline=self.offline, direction=direction)
+        ledger.add(selection.ledger)
+        if measured is not None:
+            selection.timings["validation_rollouts"] = measured.seconds
         chosen = [chunk[i] for i in selection.selected]
         if not chosen:
             raise EmptySelectionError(f"round {r}: no candidate was eligible for selection (all {len(chunk)} "

@@ -144,6 +144,7 @@ class RoundSelector:
         self.tokenize = tokenize  # prompts -> token ids (default: `tokenize_prompts`, as TRL tokenizes them)
         self.auto_no_direction = auto_no_direction  # what `no_direction: auto` means for this caller
         self.last_direction: torch.Tensor | None = None
+        self.direction: Direction | None = None  # the last `round_direction` measured (`validation_every`)
         self.last_warmup: dict | None = None
 
     def rollouts(self, model, tokenizer, problems: list[Problem], k: int, seed: int, desc: str,
@@ -182,6 +183,18 @@ class RoundSelector:
         callers that reuse one direction across several selections."""
         with mixed_precision(model), eval_mode(model), scoring_scope(model, self.cfg.score_parameters):
             return self.validation_direction(model, tokenizer, seed, ledger)
+
+    def round_direction(self, r: int, model, tokenizer, seed: int, ledger: Ledger
+                        ) -> tuple[Direction | None, Direction | None]:
+        """(the direction round r scores against, the one it measured or None): measured at rounds that are
+        multiples of `validation_every` (and at a resumed run's first round), reused in between; (None, None)
+        for methods without a validation direction."""
+        if "validation" not in self.method.needs:
+            return None, None
+        measured = None
+        if self.direction is None or r % self.cfg.validation_every == 0:
+            self.direction = measured = self.measure_direction(model, tokenizer, seed + 1, ledger)
+        return self.direction, measured
 
     def _validation_direction(self, model, tokenizer, seed: int, ledger: Ledger):
         n = len(self.validation)
