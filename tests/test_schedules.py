@@ -191,3 +191,17 @@ def test_bad_schedule_options_are_refused_in_one_line(values, message):
     with pytest.raises(ValueError) as e:
         RunConfig.of(**values)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_warm_ups_and_offline_rollouts_are_booked_as_selection(tmp_path):
+    learn = Curriculum(tiny_cfg(tmp_path, name="learnalign", method="learnalign", rounds=1, warmup_problems=8,
+                                warmup_steps=2)).run().rounds[0]["cost"]
+    assert learn["generated"]["warmup"]["completions"] == 2 * B * K  # the warm-up's own GRPO steps
+    assert learn["forward_backward_tokens"]["warmup"] > 0 and learn["generated"]["candidates"]["completions"] == 32 * K
+    assert learn["reused"]["completions"] == 0  # LearnAlign scores a warmed-up copy's rollouts: not the policy's
+    cropi = Curriculum(tiny_cfg(tmp_path, name="cropi", method="cropi", rounds=2, offline_validation_rollouts=4)).run()
+    first, second = (r["cost"] for r in cropi.rounds)
+    assert first["generated"]["offline"]["completions"] == 64 * K + 8 * 4  # the whole pool and validation, once
+    assert second["generated"]["offline"]["completions"] == 0
+    assert first["generated"]["candidates"]["completions"] == 0 and first["reused"]["completions"] == 0
+    assert first["forward_backward_tokens"]["scoring"] > 0

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from .. import fileio
-from ..config import RunConfig
+from ..config import RunConfig, replay_obstacle
 from ..data.io import save_problems
 from ..data.problem import Problem
 from ..data.regimes import Scenario
@@ -34,7 +34,6 @@ from .batch import BatchRound
 from .ledger import Ledger
 from .offline import offline_influence
 from .round import EmptySelectionError, RoundSelection, RoundSelector, seconds_since
-from ..config import replay_obstacle
 from .setup import (INITIAL_EVAL, check_inputs, chunk_order, join_processes, load_problem_sets, load_run_policy,
                     make_reward, round_seed)
 from .trl_bridge import Replay, grpo_steps, new_optimizer, warn_unused_trl_fields
@@ -200,8 +199,7 @@ class Curriculum:
         seconds = round(time.perf_counter() - t, 4)
         if behaviour:  # what the behaviour policy sampled, booked in round 0's ledger
             for store in (offline.pool, offline.validation_store):
-                rollouts = store.load()
-                self.offline_ledger.generate("offline", rollouts.group.numel(), rollouts.generated_tokens)
+                self.offline_ledger.generate("offline", *store.generated())
         self.offline_seconds = seconds if behaviour else 0.0  # reported in round 0's timings
         info_path = self.out / "offline.json"
         if self.group.is_main and (behaviour or not info_path.exists()):
@@ -220,7 +218,7 @@ class Curriculum:
                                                                  ledger, timings)
             chunk_index = None
         else:
-            chunk_index, chunk, selection, chosen = self.select_round(r, model, tokenizer, seed, ledger, timings)
+            chunk_index, chunk, selection, chosen = self.select_round(r, model, tokenizer, seed, ledger)
             t = time.perf_counter()
             train_log = grpo_steps(model, tokenizer, chosen, cfg.steps_per_round, cfg, self.reward, optimizer,
                                    scheduler, seed, ledger=ledger, replay=self.replay(selection))
@@ -245,9 +243,9 @@ class Curriculum:
         self.group.barrier()  # a resumed rank must find the checkpoint its rounds.jsonl promises
         return record
 
-    def select_round(self, r: int, model, tokenizer, seed: int, ledger: Ledger, timings: dict):
+    def select_round(self, r: int, model, tokenizer, seed: int, ledger: Ledger):
         """The published round: score the next chunk, keep floor(M/q); `full` keeps the whole pool unscored. The
-        selection's cost goes into `ledger`, and the validation direction's seconds into `timings` when this round
+        selection's cost goes into `ledger`, and the validation direction's seconds into its timings when this round
         measured it (`validation_every`)."""
         if not self.method.needs_rollouts:  # plain GRPO on the whole pool
             return None, self.sets.pool, None, list(self.sets.pool)

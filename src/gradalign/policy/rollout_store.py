@@ -191,6 +191,14 @@ class RolloutStore:
         row = {pid: r for r, pid in enumerate(merged.problem_ids)}
         return merged.select_problems([row[i] for i in ids])
 
+    def generated(self) -> tuple[int, int]:
+        """(completions, completion tokens) the store holds, read one shard at a time (the cost ledger)."""
+        completions = tokens = 0
+        for name in self.meta["shards"]:
+            shard = self._read_shard(name)
+            completions, tokens = completions + shard.group.numel(), tokens + shard.generated_tokens
+        return completions, tokens
+
     def __len__(self) -> int:
         return sum(len(ids) for ids in self._shard_ids)
 
