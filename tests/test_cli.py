@@ -161,9 +161,10 @@ def test_demo_writes_table_plot_and_summary(tmp_path, capsys):
                  "16", *TINY, "--rounds", "2"])
     assert code == 0
     printed = capsys.readouterr().out
-    for method in ("gradalign", "gradalign-z", "random", "accgreedy"):
+    for method in ("gradalign", "gradalign-z", "random", "accgreedy", "full"):
         assert method in printed and (out / method / "rounds.jsonl").exists()
     assert "corrupted share" in printed and "one seed on one machine" in printed
+    assert "cost ledger" in printed  # what selection generated against what training consumed
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| **gradalign** |" in (out / "summary.md").read_text()
 
