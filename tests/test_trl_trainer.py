@@ -94,6 +94,11 @@ def test_a_round_is_steps_per_round_optimizer_steps_whatever_the_batching(tmp_pa
     assert len(t.generations) == 8 * a.gradient_accumulation_steps // (a.steps_per_generation * a.num_iterations)
     assert all(len(g) == a.generation_batch_size for _, g in t.generations)  # one process: the whole batch
     assert_trained_on_selections(t, 4)
+    for h in t.selection_history:  # each round's selection cost, in its record
+        sel = t.selection
+        assert h["cost"]["generated"]["candidates"]["completions"] == len(t.chunks[0]) * sel.rollouts_per_problem
+        assert h["cost"]["generated"]["validation"]["completions"] == len(t.selector.validation) * \
+            sel.validation_rollouts
 
 
 def test_a_round_that_is_not_whole_generations_is_refused_naming_the_arguments(tmp_path, scenario):

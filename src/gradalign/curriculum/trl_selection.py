@@ -350,7 +350,8 @@ class GradAlignGRPOTrainer(GRPOTrainer):
                 "validation_pass_rate": result.validation_pass_rate, "fallback": result.fallback,
                 "diagnostics": selection_diagnostics(chunk, cand.pass_rate, cand.completion_length, result.scores,
                                                      result.eligible, result.selected, set()),
-                "timings": result.timings}
+                "timings": result.timings,
+                "cost": result.ledger.to_dict()}  # what selection generated and scored (training: TRL's num_tokens)
 
     def record_round(self, record: dict) -> None:
         """Keep a round: in `selection_history`, in output_dir/selection_history.jsonl, and for the next log."""
