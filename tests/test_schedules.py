@@ -205,3 +205,18 @@ def test_warm_ups_and_offline_rollouts_are_booked_as_selection(tmp_path):
     assert second["generated"]["offline"]["completions"] == 0
     assert first["generated"]["candidates"]["completions"] == 0 and first["reused"]["completions"] == 0
     assert first["forward_backward_tokens"]["scoring"] > 0
+
+
+def test_scoring_inside_the_trainer_leaves_the_training_step_untouched(tmp_path, monkeypatch):
+    """A batch step whose selection scored gradients trains exactly as one whose selection scored nothing, when
+    both train on the same problems with the same rollouts: scoring leaves no gradient, mode or state behind."""
+    import torch
+    from gradalign.curriculum import batch as batch_mod
+    monkeypatch.setattr(batch_mod, "fill_up", lambda selected, n, size: np.arange(size))  # same problems for both
+    weights = {}
+    for method in ("gradalign-z", "nonzero-variance"):
+        Curriculum(tiny_cfg(tmp_path, name=method, method=method, schedule="batch", rounds=1)).run()
+        from safetensors.torch import load_file
+        weights[method] = load_file(str(tmp_path / method / "checkpoints/round-000/model.safetensors"))
+    a, b = weights.values()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
