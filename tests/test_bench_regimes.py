@@ -74,6 +74,25 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "unknown config key 'not_a_field'" in capsys.readouterr().err
 
 
+def test_arms_name_a_method_and_a_variant_of_its_schedule(tmp_path, capsys):
+    plan = regimes.BenchPlan(out=__import__("pathlib").Path("x"), regimes=regimes.REGIMES, methods=[], seeds=[0],
+                             preset="standard", overrides={})
+    batch = plan.config("imbalance", "gradalign-z@batch", 0)
+    assert (batch.method, batch.schedule) == ("gradalign-z", "batch")
+    assert batch.output_dir.endswith("imbalance/gradalign-z@batch/seed-0")
+    lean = plan.config("imbalance", "gradalign@lean", 0)
+    assert (lean.method, lean.schedule, lean.chunk_size, lean.keep) == ("gradalign", "rounds", 128, 32)
+    # lean's selection completions per training completion, by construction: candidates + the validation direction
+    # every validation_every rounds, less the first step's reused groups, per round of training
+    training = lean.steps_per_round * lean.problems_per_step * lean.value("num_generations")
+    selection = (lean.chunk_size * lean.rollouts_per_problem
+                 + lean.validation_size * lean.validation_rollouts / lean.validation_every
+                 - lean.problems_per_step * lean.value("num_generations"))
+    assert selection / training == 1.0
+    assert main(["bench", "regimes", "--methods", "gradalign@often", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown variant '@often' in 'gradalign@often' (choose from: @batch, @lean)" in capsys.readouterr().err
+
+
 def test_presets_are_valid_configs():
     for preset in regimes.PRESETS:
         plan = regimes.BenchPlan(out=__import__("pathlib").Path("x"), regimes=regimes.REGIMES,
