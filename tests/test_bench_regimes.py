@@ -102,7 +102,7 @@ def test_presets_are_valid_configs():
 
 
 def test_standard_preset_defaults_and_seed_offset():
-    """The standard preset runs its 8 methods on 5 seeds at the demo's sizes; --first-seed moves the seeds."""
+    """The standard preset runs its arms on 5 seeds at the demo's sizes; --first-seed moves the seeds."""
     import argparse
 
     from gradalign.bench.regimes import STANDARD_METHODS, add_regimes_parser, plan_from_args
@@ -110,7 +110,8 @@ def test_standard_preset_defaults_and_seed_offset():
     add_regimes_parser(parser.add_subparsers())
     plan = plan_from_args(parser.parse_args(["regimes", "--preset", "standard"]))
     assert plan.methods == STANDARD_METHODS and plan.seeds == [0, 1, 2, 3, 4]
-    assert {"gradalign", "gradalign-z", "nonzero-variance", "full"} <= set(plan.methods)
+    assert {"gradalign", "gradalign-z", "nonzero-variance", "full", "gradalign-z@batch", "nonzero-variance@batch",
+            "gradalign@lean"} <= set(plan.methods)
     cfg = plan.config("imbalance", "gradalign", 0)
     assert cfg.rounds * cfg.steps_per_round == 64 and cfg.chunk_size == 256
     plan = plan_from_args(parser.parse_args(["regimes", "--seeds", "2", "--first-seed", "5"]))
