@@ -279,7 +279,7 @@ def test_seeds_without_a_ledger_and_a_running_reference(cost_bench: Path):
         truncate(reg / "random" / f"seed-{s}", 2)
     md = bench_report(cost_bench).read_text()
     assert f"| {Z} | 3 | 4.75 ± 0.00 (2) |" in md and "| s to random" not in md
-    assert "**Time to accuracy** (unreliable-rewards): no reference (full, random) has finished seeds yet." in md
+    assert "**Time to accuracy** (unreliable-rewards): no reference (full, random, nonzero-variance) has finished seeds yet." in md
     for s in range(3):  # nothing finished: no cost tables at all, the figure of the rounds so far still shown
         truncate(reg / Z / f"seed-{s}", 2)
     md = bench_report(cost_bench).read_text()
