@@ -63,11 +63,12 @@ POSITIVE_INTS = ("lora_r", "lora_alpha", "chunk_size", "selection_ratio", "rollo
                  "offline_validation_rollouts", "validation_per_set", "micro_batch", "pool_size",
                  "validation_every")
 # learning_rate 0 is a frozen run (the tests use it to compare sharded sampling with one process)
-NON_NEGATIVE = ("sequential_rollouts", "seed", "validation_size", "test_size", "eval_samples", "weight_decay", "beta", "kl_beta",
-                "learning_rate")
+NON_NEGATIVE = ("sequential_rollouts", "seed", "validation_size", "test_size", "eval_samples", "weight_decay", "beta",
+                "kl_beta", "learning_rate")
 POSITIVE = ("temperature", "max_grad_norm", "epsilon", "learnalign_temperature", "offline_temperature")
 CHOICES = {"advantage_scale": ("none", "group"), "validation_direction": ("pooled", "mean-unit"),
-           "zero_variance": ("exclude", "score-zero"), "schedule": ("rounds", "batch"), "no_direction": ("auto", "error", "random", "previous"),
+           "zero_variance": ("exclude", "score-zero"), "schedule": ("rounds", "batch"),
+           "no_direction": ("auto", "error", "random", "previous"),
            # TRL 1.x's loss types that run with its default token-level importance sampling (luspo needs sequence)
            "loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo"),
            "scale_rewards": ("group", "batch", "none")}
@@ -358,9 +359,9 @@ class RunConfig:
                                           f"rounds")
         group = self.value("num_generations") if self.schedule == "batch" else self.rollouts_per_problem
         if self.sequential_rollouts and not 2 <= self.sequential_rollouts < group:
-            raise ConfigError("sequential_rollouts", f"must be 0 (off) or in [2, {group - 1}]: at least two completions "
-                                                     f"can disagree, and fewer than the group's {group} (got "
-                                                     f"{self.sequential_rollouts})")
+            raise ConfigError("sequential_rollouts", f"must be 0 (off) or in [2, {group - 1}]: at least two "
+                                                     f"completions can disagree, and fewer than the group's {group} "
+                                                     f"(got {self.sequential_rollouts})")
         if self.steps_per_round % self.value("num_iterations"):
             raise ConfigError("steps_per_round", f"must be a multiple of 'num_iterations' (got {self.steps_per_round} "
                                                  f"and {self.value('num_iterations')})")

@@ -23,7 +23,7 @@ REGIMES = ["unreliable-rewards", "imbalance", "low-utility"]
 REAL_MODEL_REGIMES = ["gsm-symbolic"]  # SmolLM2-135M's word problems with coin-flip rewards (preset smollm2-gsm)
 # Sized for 2 CPU cores: "quick" finishes in under 15 minutes with its methods (a smoke test: 16 GRPO steps decide
 # nothing); "standard" is the benchmark that decides: the demo's sizes (64 GRPO steps, chunk 256 -> 32), its 13
-# arms (8 methods; 3 also under schedule batch, 2 under the lean round), 5 seeds, about 90 minutes with 2 workers;
+# arms (8 methods; 3 also under schedule batch, 2 under the lean round), 5 seeds, about 80 minutes with 2 workers;
 # "full" is the same sizes with every method of the registry.
 DEMO_SIZES = dict(pool_size=2000, validation_size=64, test_size=256, chunk_size=256, selection_ratio=8,
                   rollouts_per_problem=8, validation_rollouts=8, rounds=8, steps_per_round=8, problems_per_step=16,
@@ -47,8 +47,9 @@ PRESETS: dict[str, dict] = {
 }
 QUICK_METHODS = ["gradalign", "learnalign", "cropi", "random", "accgreedy", "full"]
 # gradalign-zcos (an ablation: it sat between the cosine and z everywhere) is left to the full preset
-STANDARD_METHODS = ["gradalign", "gradalign-z", "learnalign", "cropi", "random", "accgreedy", "nonzero-variance", "full",
-                    "gradalign@batch", "gradalign-z@batch", "nonzero-variance@batch", "gradalign@lean", "gradalign-z@lean"]
+STANDARD_METHODS = ["gradalign", "gradalign-z", "learnalign", "cropi", "random", "accgreedy", "nonzero-variance",
+                    "full", "gradalign@batch", "gradalign-z@batch", "nonzero-variance@batch", "gradalign@lean",
+                    "gradalign-z@lean"]
 DEFAULT_METHODS = {"quick": QUICK_METHODS, "standard": STANDARD_METHODS,  # full: every method of the registry
                    "smollm2-gsm": ["gradalign", "gradalign-z", "random"]}
 DEFAULT_SEEDS = {"standard": 5, "smollm2-gsm": 2}  # the others: 3
@@ -216,10 +217,10 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
                         help="seeds are FIRST..FIRST+N-1 (default: 0); e.g. check a result on seeds it was not seen on")
     parser.add_argument("--preset", choices=list(PRESETS), default="quick",
                         help="quick: a smoke test, under 15 minutes on 2 CPU cores; standard: the benchmark that "
-                             "decides (the demo's sizes, 13 arms, 5 seeds, about 90 minutes with --workers 2); full: the "
-                             "demo's sizes with every method; smollm2-gsm: SmolLM2-135M on gsm-symbolic word problems with "
-                             "coin-flip rewards, gradalign, gradalign-z and random, 2 seeds, about 2 hours "
-                             "(default: quick)")
+                             "decides (the demo's sizes, 13 arms, 5 seeds, about 80 minutes with --workers 2); full: "
+                             "the demo's sizes with every method; smollm2-gsm: SmolLM2-135M on gsm-symbolic word "
+                             "problems with coin-flip rewards, gradalign, gradalign-z and random, 2 seeds, about 2 "
+                             "hours (default: quick)")
     parser.add_argument("--config", help="YAML of RunConfig fields overriding the preset (sizes, model, ...)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes sharing the cells, one thread each (2 on a 2-core machine: about half the "

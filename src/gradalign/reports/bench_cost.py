@@ -20,7 +20,8 @@ from .summary import RunView
 
 LEDGER_STATS = ("selection_per_training", "selection_tokens", "training_tokens", "fb_selection", "fb_training")
 TIME_STATS = ("rollouts", "scoring", "training")
-TARGETS = tuple(ref for ref in ("full", "random", "nonzero-variance") if ref in REFERENCES)  # whose final accuracy is timed
+# whose final accuracy is timed
+TARGETS = tuple(ref for ref in ("full", "random", "nonzero-variance") if ref in REFERENCES)
 BUDGET = "full"  # the method at whose total cost every method's accuracy is read
 
 SeedCurve = tuple[list[int], list[float], list[float]]  # (GRPO steps, cumulative cost, test accuracy)
