@@ -140,7 +140,7 @@ def plot_regime(regime: RegimeView, methods: Sequence[str], path: str | os.PathL
         else:
             _plot_composition(ax, regime, styles, share_key)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="best", frameon=False, fontsize=9)
+        _legend(ax)
     fig.suptitle(f"regime: {regime.name}", fontsize=12)
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -210,10 +210,16 @@ def plot_regime_cost(regime: RegimeView, methods: Sequence[str], path: str | os.
     for ax, axis in zip(fig.subplots(1, len(axes), squeeze=False)[0], axes):
         _plot_accuracy_vs_cost(ax, regime, styles, axis, tta)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="best", frameon=False, fontsize=9)
+        _legend(ax)
     fig.suptitle(f"regime: {regime.name}   ·   time to accuracy (dotted: final accuracy of "
                  f"{' / '.join(tta['targets']) or 'the references'}; dashed: {BUDGET}'s total cost)", fontsize=11)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return path
+
+
+def _legend(ax) -> None:
+    """The panel's legend, when it has a labelled line (a regime with nothing finished has none)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", frameon=False, fontsize=9)
