@@ -37,9 +37,22 @@ class Ledger:
     reused: dict[str, int] = field(default_factory=_counts)
     forward_backward: dict[str, int] = field(default_factory=lambda: {p: 0 for p in FORWARD_BACKWARD_PHASES})
 
+    @classmethod
+    def from_dict(cls, cost: dict) -> "Ledger":
+        """The ledger a record's `cost` (`to_dict`) holds; missing parts count 0."""
+        ledger = cls()
+        for phase, c in cost.get("generated", {}).items():
+            ledger.generate(phase, c.get("completions", 0), c.get("tokens", 0))
+        for phase, tokens in cost.get("forward_backward_tokens", {}).items():
+            ledger.pass_through(phase, tokens)
+        reused = cost.get("reused", {})
+        ledger.reuse(reused.get("completions", 0), reused.get("tokens", 0))
+        return ledger
+
     def generate(self, phase: str, completions: int, tokens: int) -> None:
-        self.generated[phase]["completions"] += int(completions)
-        self.generated[phase]["tokens"] += int(tokens)
+        counts = self.generated.setdefault(phase, _counts())
+        counts["completions"] += int(completions)
+        counts["tokens"] += int(tokens)
 
     def reuse(self, completions: int, tokens: int) -> None:
         self.reused["completions"] += int(completions)
@@ -47,7 +60,7 @@ class Ledger:
 
     def pass_through(self, phase: str, tokens: int) -> None:
         """`tokens` went through one forward+backward in `phase`."""
-        self.forward_backward[phase] += int(tokens)
+        self.forward_backward[phase] = self.forward_backward.get(phase, 0) + int(tokens)
 
     def add(self, other: "Ledger", as_phase: str | None = None) -> None:
         """Add `other`'s counts; `as_phase` books all of its generation and passes under one phase (a LearnAlign
@@ -67,22 +80,12 @@ class Ledger:
 def totals(rounds: Iterable[dict]) -> dict:
     """The rounds' ledgers added up, with the derived figures every report shows (None without any ledger:
     records written before it existed)."""
-    total, seen = Ledger(), False
-    for rec in rounds:
-        cost = rec.get("cost")
-        if not isinstance(cost, dict):
-            continue
-        seen = True
-        for phase, c in cost.get("generated", {}).items():
-            total.generated.setdefault(phase, _counts())
-            total.generate(phase, c.get("completions", 0), c.get("tokens", 0))
-        for phase, tokens in cost.get("forward_backward_tokens", {}).items():
-            total.forward_backward.setdefault(phase, 0)
-            total.pass_through(phase, tokens)
-        reused = cost.get("reused", {})
-        total.reuse(reused.get("completions", 0), reused.get("tokens", 0))
-    if not seen:
+    costs = [rec["cost"] for rec in rounds if isinstance(rec.get("cost"), dict)]
+    if not costs:
         return None
+    total = Ledger()
+    for cost in costs:
+        total.add(Ledger.from_dict(cost))
     out = total.to_dict()
     out.update(selection_completions=selection_only(total.generated, total.reused, "completions"),
                selection_tokens=selection_only(total.generated, total.reused, "tokens"),

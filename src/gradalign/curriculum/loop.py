@@ -278,7 +278,7 @@ class Curriculum:
         parts = self.group.gather_to_main(ledger.to_dict())
         total = Ledger()
         for part in parts or []:
-            total.add(Ledger(part["generated"], part["reused"], part["forward_backward_tokens"]))
+            total.add(Ledger.from_dict(part))
         return total
 
     def round_record(self, r: int, chunk_index, chunk: list[Problem], sel: RoundSelection | None,
