@@ -1,4 +1,4 @@
-"""The three regime builders: realised shares, seeding, corruption, disjoint sets, and files written to disk."""
+"""The regime builders (the three regimes and the mixed pool): realised shares, seeding, corruption, disjoint sets, and files written to disk."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from gradalign.data.regimes import (
     build_scenario,
     imbalance,
     low_utility,
+    mixed,
     problem_sets,
     unreliable_rewards,
     write_scenario,
@@ -38,6 +39,7 @@ BUILDERS = {
     "unreliable-wrong": lambda seed: unreliable_rewards(**SMALL, corruption="wrong-answer", seed=seed),
     "imbalance": lambda seed: imbalance(**SMALL, seed=seed),
     "low-utility": lambda seed: low_utility(**SMALL, seed=seed),
+    "mixed": lambda seed: mixed(**SMALL, seed=seed),
 }
 
 
@@ -102,6 +104,25 @@ def test_same_seed_same_scenario_other_seed_other_pool(builder):
     assert all_rows(first) == all_rows(again)
     assert first.params == again.params
     assert {p.prompt for p in first.pool} != {p.prompt for p in other.pool}
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_mixed_pool_carries_every_regime_with_its_labels(seed):
+    """400 problems: useful 0.5 = 200 (target 0.1 of the pool = 40, the others 80 each), half of the useful ones
+    corrupted (50 coin, 50 wrong-answer), the rest 100 trivial + 100 unsolvable; validation and test: clean target."""
+    sc = mixed(pool_size=400, validation_size=16, test_size=24, seed=seed)
+    useful = [p for p in sc.pool if p.metadata["utility"] == "useful"]
+    assert Counter(p.metadata["utility"] for p in sc.pool) == {"useful": 200, "trivial": 100, "unsolvable": 100}
+    assert Counter(p.source for p in useful) == {"sub": 40, "add": 80, "sum3": 80}
+    assert Counter(p.metadata.get("corruption") for p in sc.pool if p.corrupted) == {"coin": 50, "wrong-answer": 50}
+    assert all(p.metadata["utility"] == "useful" for p in sc.pool if p.corrupted)  # low-value problems stay clean
+    assert {p.source for p in sc.validation} == {p.source for p in sc.test} == {"sub"}
+    assert {p.source for p in sc.extra_tests["other-tasks"]} == {"add", "sum3"}
+
+
+def test_mixed_refuses_a_target_larger_than_its_useful_share():
+    with pytest.raises(ValueError, match="target_share .* must not exceed useful_share"):
+        mixed(**SMALL, target_share=0.4, useful_share=0.3)
 
 
 # ----------------------------------------------------------------------------------------------- corruption

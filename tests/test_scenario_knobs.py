@@ -61,9 +61,9 @@ def test_cli_flags_become_overrides_with_any_number_of_names():
 def test_each_scenario_gets_exactly_its_own_knobs(monkeypatch):
     seen = {}
     monkeypatch.setattr(setup, "build_scenario", lambda name, **kw: seen.setdefault(name, kw))
-    for scenario in ["unreliable-rewards", "imbalance", "low-utility", "smollm2-arithmetic", "gsm-symbolic"]:
+    for scenario in ["unreliable-rewards", "imbalance", "low-utility", "smollm2-arithmetic", "gsm-symbolic", "mixed"]:
         load_problem_sets(RunConfig.of(scenario=scenario, corruption="wrong-answer", families=["mul"], target_family="add",
-                                    other_families=["sub"], useful_families=["sum3"], **SMALL))
+                                    other_families=["sub"], useful_families=["sum3"], useful_share=0.3, **SMALL))
     base = {"pool_size", "validation_size", "test_size", "seed"}
     assert set(seen["smollm2-arithmetic"]) == base
     for scenario, knobs in SCENARIO_KNOBS.items():
@@ -72,6 +72,23 @@ def test_each_scenario_gets_exactly_its_own_knobs(monkeypatch):
     assert seen["unreliable-rewards"]["corruption"] == "wrong-answer"
     assert seen["imbalance"]["target"] == "add" and seen["imbalance"]["others"] == ["sub"]
     assert seen["low-utility"]["useful"] == ["sum3"]
+    assert seen["mixed"]["useful_share"] == 0.3 and seen["mixed"]["corruption"] == "wrong-answer"
+
+
+def test_knobs_left_unset_take_each_scenario_default(monkeypatch):
+    """`useful_share` and `corruption` default to None in the config: each builder's own default applies (0.2 and
+    none for low-utility, 0.5 and half coin / half wrong-answer for mixed), not one value for every scenario."""
+    seen = {}
+    monkeypatch.setattr(setup, "build_scenario", lambda name, **kw: seen.setdefault(name, kw))
+    for scenario in ["low-utility", "mixed", "unreliable-rewards"]:
+        load_problem_sets(RunConfig.of(scenario=scenario, **SMALL))
+    assert "useful_share" not in seen["low-utility"] and "useful_share" not in seen["mixed"]
+    assert "corruption" not in seen["mixed"] and "corruption" not in seen["unreliable-rewards"]
+    monkeypatch.undo()
+    pool = load_problem_sets(RunConfig.of(scenario="mixed", pool_size=400, validation_size=8, test_size=8)).pool
+    useful = [p for p in pool if p.metadata["utility"] == "useful"]
+    assert len(useful) == 200 and sum(p.corrupted for p in useful) == 100
+    assert sum(p.metadata.get("corruption") == "coin" for p in pool) == 50
 
 
 def test_wrong_answer_corruption_end_to_end():

@@ -38,6 +38,9 @@ SCENARIO_KNOBS: dict[str, dict[str, str]] = {
     "imbalance": {"target": "target_family", "target_share": "target_share", "others": "other_families"},
     "low-utility": {"useful_share": "useful_share", "trivial_share": "trivial_share", "useful": "useful_families"},
     "gsm-symbolic": {"corrupt_fraction": "corrupt_fraction", "corruption": "corruption", "gsm_share": "gsm_share"},
+    "mixed": {"target": "target_family", "target_share": "target_share", "others": "other_families",
+              "useful_share": "useful_share", "trivial_share": "trivial_share", "corrupt_fraction": "corrupt_fraction",
+              "corruption": "corruption"},
 }
 SCENARIO_FIELDS = tuple(dict.fromkeys(name for knobs in SCENARIO_KNOBS.values() for name in knobs.values()))
 
@@ -130,7 +133,7 @@ class RunConfig:
     seed: int = _f(0, "One seed for chunking, sampling, scenario building, tie-breaks and TRL.")
     # ── data ─────────────────────────────────────────────────────────────────────────────────────────────
     scenario: str = _f("unreliable-rewards", "Built-in scenario used when `pool` is not given "
-                       "(unreliable-rewards, imbalance, low-utility; smollm2-arithmetic and gsm-symbolic for "
+                       "(unreliable-rewards, imbalance, low-utility, mixed: all three at once; smollm2-arithmetic and gsm-symbolic for "
                        "--model_name_or_path smollm2-135m with --verifier task).")
     pool: str | None = _f(None, "Pool file (.jsonl/.json/.parquet, TRL or verl layout), or a `datasets` dataset "
                           "(hub id or save_to_disk directory).")
@@ -139,20 +142,24 @@ class RunConfig:
     pool_size: int = _f(2000, "Built-in scenarios: pool size.")
     validation_size: int = _f(64, "Built-in scenarios: validation set size.")
     test_size: int = _f(256, "Built-in scenarios: test set size.")
-    corrupt_fraction: float = _f(0.5, "unreliable-rewards and gsm-symbolic: share of the pool with corrupted rewards.")
-    corruption: str = _f("coin", "unreliable-rewards and gsm-symbolic: how a corrupted problem is rewarded: coin "
-                         "(a fair coin per completion) or wrong-answer (the verifier against a fixed wrong answer).")
+    corrupt_fraction: float = _f(0.5, "unreliable-rewards and gsm-symbolic: share of the pool with corrupted rewards "
+                                 "(mixed: share of its useful part).")
+    corruption: str | None = _f(None, "unreliable-rewards, gsm-symbolic and mixed: how a corrupted problem is "
+                                "rewarded: coin (a fair coin per completion), wrong-answer (the verifier against a "
+                                "fixed wrong answer) or mixed (half each) (default: the scenario's: mixed for mixed, "
+                                "else coin).")
     families: list = _f(["add", "sub"], "unreliable-rewards: task families of every set, in equal shares.")
-    target_family: str = _f("sub", "imbalance: the target task family (a small share of the pool; validation and "
-                            "test are this family only).")
-    other_families: list = _f(["add", "sum3"], "imbalance: the other task families, sharing the rest of the pool "
-                              "equally (and held out as the forgetting test).")
-    target_share: float = _f(0.1, "imbalance: share of the pool from the target family.")
+    target_family: str = _f("sub", "imbalance and mixed: the target task family (a small share of the pool; "
+                            "validation and test are this family only).")
+    other_families: list = _f(["add", "sum3"], "imbalance and mixed: the other task families, sharing the rest of "
+                              "the pool (mixed: of its useful part) equally (and held out as the forgetting test).")
+    target_share: float = _f(0.1, "imbalance and mixed: share of the pool from the target family.")
     useful_families: list = _f(["add", "sub"], "low-utility: the useful task families (validation and test are "
                                "these only).")
-    useful_share: float = _f(0.2, "low-utility: share of the pool from the useful families.")
-    trivial_share: float = _f(0.5, "low-utility: share of the rest of the pool that is trivial (answer 0); the "
-                              "remainder is unsolvable.")
+    useful_share: float | None = _f(None, "low-utility and mixed: share of the pool from the useful (task) families "
+                                    "(default: the scenario's: 0.2 for low-utility, 0.5 for mixed).")
+    trivial_share: float = _f(0.5, "low-utility and mixed: share of the rest of the pool that is trivial (answer "
+                              "0); the remainder is unsolvable.")
     gsm_share: float = _f(0.5, "gsm-symbolic: share of every set that is GSM8K-style word problems (the rest is "
                           "smollm2-arithmetic's mix).")
     verifier: str = _f("exact", "Verifier used for training AND selection: exact, math (math-verify), countdown "
@@ -285,7 +292,7 @@ class RunConfig:
         optional = type(None) in typing.get_args(kind)
         if value is None and optional:
             return
-        base = str if optional else kind
+        base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
         if base is bool:
             ok, what = isinstance(value, bool), "true or false"
         elif base is int:
@@ -293,6 +300,7 @@ class RunConfig:
         elif base is float:
             number = isinstance(value, numbers.Real) and not isinstance(value, bool)
             ok, what = number and math.isfinite(value), "a finite number" if number else "a number"
+            what += " or null" if optional else ""
         elif base is str:
             ok, what = isinstance(value, str) and value != "", "a non-empty string" + (" or null" if optional else "")
         elif base is list and names_list(default):
@@ -440,12 +448,12 @@ class RunConfig:
     def _validate_scenario_knobs(self) -> None:
         """Ranges and names of the scenario knobs (their types are checked with every field's, in `validate`)."""
         from .data.tasks import FAMILIES
-        from .rewards.corruption import CORRUPTION_KINDS
-        if self.corruption not in CORRUPTION_KINDS:
-            raise ConfigError("corruption", f"must be one of {', '.join(CORRUPTION_KINDS)} (got '{self.corruption}')")
+        from .data.regimes import POOL_CORRUPTIONS
+        if self.corruption is not None and self.corruption not in POOL_CORRUPTIONS:
+            raise ConfigError("corruption", f"must be one of {', '.join(POOL_CORRUPTIONS)} (got '{self.corruption}')")
         for name in ("corrupt_fraction", "target_share", "useful_share", "trivial_share", "gsm_share"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(name, f"must be a number in [0, 1] (got {value!r})")
         for name in ("target_family", "families", "other_families", "useful_families"):
             value = getattr(self, name)

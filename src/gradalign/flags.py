@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 
 from .config import RENAMED, RunConfig, names_list
 
@@ -24,6 +25,7 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
     """One `--flag` per RunConfig field (also spelled `--flag_name`, as TRL's flags are); defaults are None so YAML
     values are only overridden when given. TRL's own flags are parsed by TRL's dataclasses (`trl_flags`)."""
     helps = RunConfig.fields_help()
+    hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
         if f.name in skip or f.name == "trl":
             continue
@@ -31,7 +33,10 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         flags = [flag, f"--{f.name}"] if "_" in f.name else [flag]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = {bool: parse_bool, int: int, float: float}.get(type(default), str)
-        text = f"{helps[f.name]} (default: {default})".replace("%", "%%")  # argparse %-formats help strings
+        if default is None and float in typing.get_args(hints[f.name]):  # `float | None`: a number when given
+            kind = float
+        text = helps[f.name] if "(default:" in helps[f.name] else f"{helps[f.name]} (default: {default})"
+        text = text.replace("%", "%%")  # argparse %-formats help strings
         kwargs = dict(dest=f.name, default=None, help=text)
         if names_list(default):
             parser.add_argument(*flags, nargs="+", metavar="NAME", **kwargs)  # lists of names: any count

@@ -42,7 +42,9 @@ def load_problem_sets(cfg: RunConfig) -> Scenario:
     if cfg.pool is None:
         kw = dict(pool_size=cfg.pool_size, validation_size=cfg.validation_size, test_size=cfg.test_size, seed=cfg.seed)
         # each scenario gets exactly its own knobs (config.SCENARIO_KNOBS: builder parameter -> RunConfig field)
-        kw.update({param: getattr(cfg, name) for param, name in SCENARIO_KNOBS.get(cfg.scenario, {}).items()})
+        # (a knob left None takes the scenario's own default)
+        kw.update({param: getattr(cfg, name) for param, name in SCENARIO_KNOBS.get(cfg.scenario, {}).items()
+                   if getattr(cfg, name) is not None})
         if "families" in kw:  # unreliable-rewards takes family -> weight; the config lists equal-weight families
             kw["families"] = dict.fromkeys(kw["families"], 1.0)
         return build_scenario(cfg.scenario, **kw)

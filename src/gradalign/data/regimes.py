@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..fileio import write_json
+from ..rewards.corruption import CORRUPTION_KINDS
 from .external import (REASONING_GYM_TASKS, SINGLE_DIGIT_COUNT, gsm_symbolic_problems, prompt_text,
                        reasoning_gym_problems, require_reasoning_gym, single_digit_arithmetic)
 from .io import save_problems
@@ -28,6 +29,7 @@ DEFAULT_FAMILIES = {"add": 1.0, "sub": 1.0}
 CORRUPTED_POOLS = ("unreliable-rewards", "gsm-symbolic")  # the scenarios whose pool has corrupt_fraction corrupted
 SINGLE_DIGIT_SHARE = 0.5  # of smollm2-arithmetic's mix (and of gsm-symbolic's arithmetic part)
 UTILITY_LABELS = ("useful", "trivial", "unsolvable")
+POOL_CORRUPTIONS = (*CORRUPTION_KINDS, "mixed")  # "mixed": half coin flips, half wrong answers
 FORMATS = ("jsonl", "parquet")
 
 
@@ -74,15 +76,18 @@ def unreliable_rewards(pool_size: int = 2000, validation_size: int = 64, test_si
 
 
 def corrupt(pool: list[Problem], fraction: float, corruption: str, seed: int) -> None:
-    """Mark a seeded `fraction` of the pool corrupted (in place): its rewards become coin flips ("coin") or the
-    verifier against a fixed wrong answer ("wrong-answer"; integer answers)."""
-    if corruption not in ("coin", "wrong-answer"):
-        raise ValueError(f"unknown corruption '{corruption}' (choose from: coin, wrong-answer)")
+    """Mark a seeded `fraction` of the pool corrupted (in place): its rewards become coin flips ("coin"), the
+    verifier against a fixed wrong answer ("wrong-answer"; integer answers), or half each ("mixed")."""
+    if corruption not in POOL_CORRUPTIONS:
+        raise ValueError(f"unknown corruption '{corruption}' (choose from: {', '.join(POOL_CORRUPTIONS)})")
     rng = random.Random(f"corrupt:{seed}")
-    for p in rng.sample(pool, int(round(fraction * len(pool)))):
+    chosen = rng.sample(pool, int(round(fraction * len(pool))))
+    kinds = CORRUPTION_KINDS if corruption == "mixed" else (corruption,)
+    for i, p in enumerate(chosen):
+        kind = kinds[i % len(kinds)]  # the sample is in random order: alternating kinds split it at random
         p.metadata["corrupted"] = True
-        p.metadata["corruption"] = corruption
-        if corruption == "wrong-answer":
+        p.metadata["corruption"] = kind
+        if kind == "wrong-answer":
             p.metadata["wrong_answer"] = str(int(p.answer) + rng.choice([-10, -2, -1, 1, 2, 10]))
 
 
@@ -119,23 +124,64 @@ def low_utility(pool_size: int = 2000, validation_size: int = 64, test_size: int
     _check_share("useful_share", useful_share, "low-utility")
     _check_share("trivial_share", trivial_share, "low-utility")
     n_useful = int(round(useful_share * pool_size))
-    n_trivial = int(round(trivial_share * (pool_size - n_useful)))
-    parts = {"useful": generate_mix({f: 1.0 for f in useful}, n_useful, seed, "pool")}
-    taken = {p.prompt for p in parts["useful"]}  # `24-24=` is both trivial and a subtraction: keep one
+    useful_part = generate_mix({f: 1.0 for f in useful}, n_useful, seed, "pool")
+    pool = _with_low_value(useful_part, pool_size, trivial_share, seed, "low-utility")
+    validation, test = _held_out({f: 1.0 for f in useful}, validation_size, test_size, seed, {p.prompt for p in pool})
+    return Scenario("low-utility", pool, validation, test, params=params)
+
+
+def _with_low_value(useful: list[Problem], pool_size: int, trivial_share: float, seed: int,
+                    scenario: str) -> list[Problem]:
+    """`useful` filled up to `pool_size` with trivial (`trivial_share` of the rest) and unsolvable problems, every
+    problem labelled in ``metadata["utility"]``, shuffled."""
+    n_trivial = int(round(trivial_share * (pool_size - len(useful))))
+    parts = {"useful": useful}
+    taken = {p.prompt for p in useful}  # `24-24=` is both trivial and a subtraction: keep one
     parts["trivial"] = generate("trivial", n_trivial, seed, "pool-trivial", exclude=taken, split=None)
     if len(parts["trivial"]) < n_trivial:
-        raise ValueError(f"low-utility: the pool needs {n_trivial} trivial problems but the trivial family has only "
+        raise ValueError(f"{scenario}: the pool needs {n_trivial} trivial problems but the trivial family has only "
                          f"{len(parts['trivial'])} distinct prompts left; lower pool_size or trivial_share")
     taken |= {p.prompt for p in parts["trivial"]}
-    parts["unsolvable"] = generate("hard", pool_size - n_useful - n_trivial, seed, "pool-hard", exclude=taken)
+    parts["unsolvable"] = generate("hard", pool_size - len(useful) - n_trivial, seed, "pool-hard", exclude=taken)
     pool = []
     for label, problems in parts.items():
         for p in problems:
             p.metadata["utility"] = label
         pool += problems
     random.Random(seed).shuffle(pool)
-    validation, test = _held_out({f: 1.0 for f in useful}, validation_size, test_size, seed, {p.prompt for p in pool})
-    return Scenario("low-utility", pool, validation, test, params=params)
+    return pool
+
+
+def mixed(pool_size: int = 2000, validation_size: int = 64, test_size: int = 256, target: str = "sub",
+          target_share: float = 0.1, others: tuple[str, ...] = ("add", "sum3"), useful_share: float = 0.5,
+          trivial_share: float = 0.5, corrupt_fraction: float = 0.5, corruption: str = "mixed",
+          seed: int = 0) -> Scenario:
+    """The three regimes in one pool, as real pools mix them: a minority target task, unreliable rewards and
+    low-value problems.
+
+    `useful_share` of the pool comes from the task families: the target family (`target_share` of the pool) and
+    the `others` sharing the rest of that part; `corrupt_fraction` of those gets unreliable rewards (`corruption`;
+    "mixed": half coin flips, half a fixed wrong answer). The rest of the pool is trivial (`trivial_share` of it)
+    or unsolvable. Every pool problem carries all three labels (source, ``corrupted``, ``utility``). Validation and
+    test are the clean target family; `extra_tests["other-tasks"]` holds out the others, as in `imbalance`.
+    """
+    params = dict(locals())
+    for name in ("target_share", "useful_share", "trivial_share", "corrupt_fraction"):
+        _check_share(name, params[name], "mixed")
+    if target_share > useful_share:
+        raise ValueError(f"mixed: target_share ({target_share}) must not exceed useful_share ({useful_share}): the "
+                         f"target family is part of the useful share")
+    if not others or target in others:
+        raise ValueError(f"mixed: others must name families other than the target '{target}' (got {list(others)})")
+    rest = (useful_share - target_share) / useful_share if useful_share else 0.0
+    families = {target: 1.0 - rest, **{f: rest / len(others) for f in others}}
+    useful = generate_mix(families, int(round(useful_share * pool_size)), seed, "pool")
+    corrupt(useful, corrupt_fraction, corruption, seed)
+    pool = _with_low_value(useful, pool_size, trivial_share, seed, "mixed")
+    taken = {p.prompt for p in pool}
+    validation, test = _held_out({target: 1.0}, validation_size, test_size, seed, taken)
+    other_tests = generate_mix({f: 1.0 for f in others}, test_size, seed + 3, "test-other", exclude=taken)
+    return Scenario("mixed", pool, validation, test, extra_tests={"other-tasks": other_tests}, params=params)
 
 
 def smollm2_arithmetic(pool_size: int = 2000, validation_size: int = 64, test_size: int = 256, seed: int = 0,
@@ -218,7 +264,7 @@ def _arithmetic_set(split: str, size: int, n_single_digit: int, seed: int, taken
 
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "unreliable-rewards": unreliable_rewards, "imbalance": imbalance, "low-utility": low_utility,
-    "smollm2-arithmetic": smollm2_arithmetic, "gsm-symbolic": gsm_symbolic,
+    "mixed": mixed, "smollm2-arithmetic": smollm2_arithmetic, "gsm-symbolic": gsm_symbolic,
 }
 
 

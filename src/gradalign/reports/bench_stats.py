@@ -25,7 +25,7 @@ SHARES = ("target", "corrupted", "trivial", "unsolvable")  # table columns, in o
 TIMES = ("rollouts", "scoring", "training", "evaluation", "total")
 # The label whose diagnostics tell each regime's story (selection/diagnostics.py: what counts as good).
 REGIME_LABEL = {"unreliable-rewards": "corrupted", "imbalance": "target", "low-utility": "utility",
-                "gsm-symbolic": "corrupted"}
+                "mixed": "corrupted", "gsm-symbolic": "corrupted"}
 DIAGNOSTIC_COLUMNS = (("eligible_good_share", "eligible good share"), ("auc", "AUC (good vs bad)"),
                       ("top_good_share", "top-k good share"), ("selected_good_share", "selected good share"))
 
