@@ -10,7 +10,7 @@ import pytest
 
 from gradalign.selection import REGISTRY, Candidates, SelectionOptions, get_method, select
 
-GRADIENT_METHODS = ["gradalign", "gradalign-z", "gradalign-zcos", "gradalign-dot", "negalign", "norm", "selfalign", "align-x-learnability"]
+GRADIENT_METHODS = ["gradalign", "gradalign-z", "gradalign-lfdr", "gradalign-zcos", "gradalign-dot", "negalign", "norm", "selfalign", "align-x-learnability"]
 UNIFORM_METHODS = ["random", "passrate-band", "nonzero-variance"]
 ALL_METHODS = GRADIENT_METHODS + ["accgreedy"] + UNIFORM_METHODS + ["full"]
 

@@ -19,7 +19,7 @@ from . import csv_list
 
 log = logging.getLogger(__name__)
 
-REGIMES = ["unreliable-rewards", "imbalance", "low-utility"]
+REGIMES = ["unreliable-rewards", "imbalance", "low-utility", "mixed"]  # mixed: the three at once, one pool
 REAL_MODEL_REGIMES = ["gsm-symbolic"]  # SmolLM2-135M's word problems with coin-flip rewards (preset smollm2-gsm)
 # Sized for 2 CPU cores: "quick" finishes in under 15 minutes with its methods (a smoke test: 16 GRPO steps decide
 # nothing); "standard" is the benchmark that decides: the demo's sizes (64 GRPO steps, chunk 256 -> 32), its 13
@@ -129,9 +129,7 @@ def run_bench(plan: BenchPlan, echo=print) -> Path:
     """Run every pending cell (in `plan.workers` processes), then write the report; returns the report's path."""
     from .. import fileio
     from ..policy.warmstart import warm_started_tiny
-    fileio.write_json(plan.out / "bench.json", {"preset": plan.preset, "regimes": plan.regimes,
-                                                "methods": plan.methods, "seeds": plan.seeds,
-                                                "config": {**PRESETS[plan.preset], **plan.overrides}})
+    fileio.write_json(plan.out / "bench.json", bench_settings(plan))
     if plan.config(plan.regimes[0], plan.methods[0], 0).model_args.model_name_or_path == "tiny":
         warm_started_tiny()  # trained once and cached, outside every cell's timings
     if plan.workers == 1:
@@ -140,6 +138,22 @@ def run_bench(plan: BenchPlan, echo=print) -> Path:
         run_workers(plan)
     from ..reports.benchmark import bench_report
     return bench_report(plan.out)
+
+
+def bench_settings(plan: BenchPlan) -> dict:
+    """bench.json: what the report covers. Cells added to an existing benchmark of the same preset and settings
+    (another arm, regime or seed) extend it: the report keeps what was there and shows the new cells beside it."""
+    settings = {"preset": plan.preset, "regimes": plan.regimes, "methods": plan.methods, "seeds": plan.seeds,
+                "config": {**PRESETS[plan.preset], **plan.overrides}}
+    path = plan.out / "bench.json"
+    if not path.exists():
+        return settings
+    import json
+    old = json.loads(path.read_text())
+    if (old.get("preset"), old.get("config")) != (settings["preset"], settings["config"]):
+        return settings
+    merged = {key: list(dict.fromkeys([*old.get(key, []), *settings[key]])) for key in ("regimes", "methods", "seeds")}
+    return {**settings, **merged}
 
 
 def run_cells(plan: BenchPlan, index: int, count: int, echo=print) -> None:

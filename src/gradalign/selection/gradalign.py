@@ -8,6 +8,7 @@ from .base import Candidates, Method, Scored, SelectionOptions, gradient_eligibi
 
 GRADIENTS = frozenset({"gradients", "validation"})
 DEGENERATE = 1e-4  # terms equal to this relative precision (identical completions): no evidence, z = 0
+CENTRAL_NULL_MASS = 0.6827  # P(|z| < 1) under N(0, 1)
 
 
 def _gradient_score(values: np.ndarray, c: Candidates, opts: SelectionOptions) -> Scored:
@@ -82,10 +83,54 @@ def gradalign_zcos(c: Candidates, opts: SelectionOptions) -> Scored:
     return _gradient_score(np.minimum(a, b) + 1e-9 * np.maximum(a, b), c, opts)
 
 
+def local_fdr(z: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Efron's local false discovery rate of each z: the probability that its group's rewards are exchangeable noise
+    given z, P(null | z) = π0 φ(z) / f(z), capped at 1.
+
+    The null is known by construction: under exchangeable rewards the permutation z has mean 0 and variance 1,
+    taken as N(0, 1). f is a Gaussian kernel density of the `among` candidates' z, with Silverman's bandwidth at
+    the null's scale, h = 1.06 n^(-1/5); the null is smoothed by the same kernel (N(0, 1 + h²)) so both are
+    compared at one resolution. π0, the null share of the round, comes from the central band |z| < 1, where the
+    null puts 68.3% of its mass and signal little (capped at 1): a round without noise gets a small π0 and gates
+    almost nothing out; a round of coin flips a large one.
+    """
+    x = z[among]
+    n = len(x)
+    if n < 2:
+        return np.ones_like(z, dtype=float)
+    h = 1.06 * n ** -0.2
+    f = np.exp(-0.5 * ((z[:, None] - x[None, :]) / h) ** 2).sum(1) / (n * h * np.sqrt(2 * np.pi))
+    s2 = 1.0 + h * h
+    null = np.exp(-0.5 * z * z / s2) / np.sqrt(2 * np.pi * s2)
+    pi0 = min(1.0, float(np.mean(np.abs(x) < 1.0)) / CENTRAL_NULL_MASS)
+    return np.clip(pi0 * null / np.maximum(f, 1e-300), 0.0, 1.0)
+
+
+def signal_gate(c: Candidates, opts: SelectionOptions) -> np.ndarray:
+    """The candidates whose rewards follow the validation direction more likely than not: z > 0 and local FDR < ½."""
+    z = permutation_z(c.completion_rewards, c.completion_dots)
+    return (z > 0) & (local_fdr(z, gradient_eligibility(c, opts)) < 0.5)
+
+
+def gradalign_lfdr(c: Candidates, opts: SelectionOptions) -> Scored:
+    """The dot ⟨g(x), ĝ_V⟩ (first-order gain on the validation loss), first among the candidates that pass
+    `signal_gate`, then among the rest. z asks whether a group's rewards follow the direction at all (coin flips:
+    z ~ N(0, 1) whatever the gradient's size); the dot asks how much the update helps (the target task of a skewed
+    pool, where z ranks every consistent problem alike). Both come from the per-completion terms (the dot is their
+    sum), so no per-problem norm is formed: the pass costs what gradalign-z's does. Scores: the dot scaled into
+    [-1, 1] by the largest |dot| of the eligible, plus 2 for the gated candidates (so they come first)."""
+    eligible = gradient_eligibility(c, opts)
+    scale = float(np.abs(c.dot_val[eligible]).max(initial=0.0)) or 1.0
+    return _gradient_score(c.dot_val / scale + 2.0 * signal_gate(c, opts), c, opts)
+
+
 METHODS = [
     Method("gradalign", gradalign, GRADIENTS, "top by cos(g(x), g_V)"),
     Method("gradalign-z", gradalign_z, GRADIENTS | {"completions"},
            "top by the z-score of <g(x), ĝ_V> against permutations of the group's rewards: √(k-1)·corr(A, w)"),
+    Method("gradalign-lfdr", gradalign_lfdr, GRADIENTS | {"completions"},
+           "top by <g(x), ĝ_V>, first among the candidates whose rewards follow ĝ_V more likely than not "
+           "(gradalign-z's z > 0 and its local false discovery rate < 1/2 against the permutation null N(0, 1))"),
     Method("gradalign-zcos", gradalign_zcos, GRADIENTS | {"completions", "norms"},
            "top by min(percentile rank of cos(g(x), g_V), percentile rank of gradalign-z's z): both must agree"),
     Method("gradalign-dot", gradalign_dot, GRADIENTS, "top by <g(x), ĝ_V>"),
