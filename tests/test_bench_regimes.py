@@ -128,3 +128,18 @@ def test_two_workers_share_the_cells_and_write_one_report(tmp_path, capsys):
             assert len(rounds) == 2
     printed = capsys.readouterr().out
     assert "report.md" in printed and (out / "report.md").exists()
+
+
+def test_new_cells_extend_an_existing_benchmark(tmp_path):
+    """Running another arm (or regime, or seed) into a benchmark directory of the same preset and settings adds it
+    to bench.json, so the report shows it beside what was there; other settings start a new benchmark."""
+    def plan(methods, regimes_, seeds, overrides):
+        return regimes.BenchPlan(tmp_path, regimes_, methods, seeds, "quick", overrides)
+
+    first = plan(["random", "full"], ["imbalance"], [0, 1], {"pool_size": 48})
+    (tmp_path / "bench.json").write_text(json.dumps(regimes.bench_settings(first)))
+    added = regimes.bench_settings(plan(["gradalign-lfdr", "full"], ["mixed"], [1, 2], {"pool_size": 48}))
+    assert added["methods"] == ["random", "full", "gradalign-lfdr"]
+    assert added["regimes"] == ["imbalance", "mixed"] and added["seeds"] == [0, 1, 2]
+    other = regimes.bench_settings(plan(["gradalign-lfdr"], ["mixed"], [1], {"pool_size": 64}))
+    assert other["methods"] == ["gradalign-lfdr"] and other["regimes"] == ["mixed"] and other["seeds"] == [1]

@@ -210,12 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.overhead import add_overhead_parser
     from .bench.subset import add_subset_parser
     from .bench.savings import add_savings_parser
+    from .bench.separation import add_separation_parser
     add_fidelity_parser(bench_sub)  # `gradalign bench fidelity`: projected vs exact scores
     add_regimes_parser(bench_sub)  # `gradalign bench regimes`: methods × data regimes × seeds
     add_scaling_parser(bench_sub)  # `gradalign bench scaling`: one round with 1 and N processes
     add_overhead_parser(bench_sub)  # `gradalign bench overhead`: selection cost per round against training
     add_subset_parser(bench_sub)  # `gradalign bench subset`: score_parameters' cost and fidelity
     add_savings_parser(bench_sub)  # `gradalign bench savings`: fewer selection rollouts vs selection quality
+    add_separation_parser(bench_sub)  # `gradalign bench separation`: round-0 scores, good vs bad, per method
     return parser
 
 
