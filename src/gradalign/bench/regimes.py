@@ -19,11 +19,12 @@ from . import csv_list
 
 log = logging.getLogger(__name__)
 
-REGIMES = ["unreliable-rewards", "imbalance", "low-utility", "mixed"]  # mixed: the three at once, one pool
+PAPER_REGIMES = ["unreliable-rewards", "imbalance", "low-utility"]  # every preset's default
+REGIMES = [*PAPER_REGIMES, "mixed"]  # mixed: the three at once in one pool (--regimes mixed)
 REAL_MODEL_REGIMES = ["gsm-symbolic"]  # SmolLM2-135M's word problems with coin-flip rewards (preset smollm2-gsm)
 # Sized for 2 CPU cores: "quick" finishes in under 15 minutes with its methods (a smoke test: 16 GRPO steps decide
-# nothing); "standard" is the benchmark that decides: the demo's sizes (64 GRPO steps, chunk 256 -> 32), its 13
-# arms (8 methods; 3 also under schedule batch, 2 under the lean round), 5 seeds, about 80 minutes with 2 workers;
+# nothing); "standard" is the benchmark that decides: the demo's sizes (64 GRPO steps, chunk 256 -> 32), its 14
+# arms (9 methods; 3 also under schedule batch, 2 under the lean round), 5 seeds, about 90 minutes with 2 workers;
 # "full" is the same sizes with every method of the registry.
 DEMO_SIZES = dict(pool_size=2000, validation_size=64, test_size=256, chunk_size=256, selection_ratio=8,
                   rollouts_per_problem=8, validation_rollouts=8, rounds=8, steps_per_round=8, problems_per_step=16,
@@ -47,13 +48,13 @@ PRESETS: dict[str, dict] = {
 }
 QUICK_METHODS = ["gradalign", "learnalign", "cropi", "random", "accgreedy", "full"]
 # gradalign-zcos (an ablation: it sat between the cosine and z everywhere) is left to the full preset
-STANDARD_METHODS = ["gradalign", "gradalign-z", "learnalign", "cropi", "random", "accgreedy", "nonzero-variance",
+STANDARD_METHODS = ["gradalign-lfdr", "gradalign", "gradalign-z", "learnalign", "cropi", "random", "accgreedy", "nonzero-variance",
                     "full", "gradalign@batch", "gradalign-z@batch", "nonzero-variance@batch", "gradalign@lean",
                     "gradalign-z@lean"]
 DEFAULT_METHODS = {"quick": QUICK_METHODS, "standard": STANDARD_METHODS,  # full: every method of the registry
                    "smollm2-gsm": ["gradalign", "gradalign-z", "random"]}
 DEFAULT_SEEDS = {"standard": 5, "smollm2-gsm": 2}  # the others: 3
-DEFAULT_REGIMES = {"smollm2-gsm": REAL_MODEL_REGIMES}  # the others: REGIMES
+DEFAULT_REGIMES = {"smollm2-gsm": REAL_MODEL_REGIMES}  # the others: PAPER_REGIMES
 
 
 @dataclasses.dataclass
@@ -105,7 +106,7 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     from ..config import SCENARIO_FIELDS, RunConfig
     from ..selection import REGISTRY
     methods = args.methods or DEFAULT_METHODS.get(args.preset, list(REGISTRY))
-    regimes = args.regimes or DEFAULT_REGIMES.get(args.preset, REGIMES)
+    regimes = args.regimes or DEFAULT_REGIMES.get(args.preset, PAPER_REGIMES)
     unknown = ([m for m in methods if arm(m)["method"] not in REGISTRY]
                + [r for r in regimes if r not in REGIMES + REAL_MODEL_REGIMES])
     if unknown:
@@ -219,8 +220,8 @@ def run_workers(plan: BenchPlan) -> None:
 def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("regimes", help="every method on the paper's three data regimes, several seeds")
     parser.add_argument("--regimes", type=csv_list(), default=None,
-                        help=f"comma-separated regimes (default: {','.join(REGIMES)}; preset smollm2-gsm: "
-                             f"{','.join(REAL_MODEL_REGIMES)})")
+                        help=f"comma-separated regimes of {','.join(REGIMES + REAL_MODEL_REGIMES)} (default: "
+                             f"{','.join(PAPER_REGIMES)}; preset smollm2-gsm: {','.join(REAL_MODEL_REGIMES)})")
     parser.add_argument("--methods", type=csv_list(), default=None,
                         help=f"comma-separated methods (default: quick preset {','.join(QUICK_METHODS)}; "
                              f"standard preset {','.join(STANDARD_METHODS)}; full preset every method of the "
@@ -231,7 +232,7 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
                         help="seeds are FIRST..FIRST+N-1 (default: 0); e.g. check a result on seeds it was not seen on")
     parser.add_argument("--preset", choices=list(PRESETS), default="quick",
                         help="quick: a smoke test, under 15 minutes on 2 CPU cores; standard: the benchmark that "
-                             "decides (the demo's sizes, 13 arms, 5 seeds, about 80 minutes with --workers 2); full: "
+                             "decides (the demo's sizes, 14 arms, 5 seeds, about 90 minutes with --workers 2); full: "
                              "the demo's sizes with every method; smollm2-gsm: SmolLM2-135M on gsm-symbolic word "
                              "problems with coin-flip rewards, gradalign, gradalign-z and random, 2 seeds, about 2 "
                              "hours (default: quick)")

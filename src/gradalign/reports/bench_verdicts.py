@@ -11,7 +11,7 @@ from .cost import AXES
 from .summary import format_count, format_seconds
 
 # our methods, each also measured against the published one
-BEYOND_PAPER = {"gradalign-z": "gradalign", "gradalign-zcos": "gradalign"}
+BEYOND_PAPER = {"gradalign-lfdr": "gradalign", "gradalign-z": "gradalign", "gradalign-zcos": "gradalign"}
 
 
 def compare_sentence(a: str, sa: Stats, b: str, sb: Stats) -> str:
