@@ -19,7 +19,7 @@ from .flags import add_config_flags, overrides, renamed_flag, trl_flags
 
 log = logging.getLogger("gradalign")
 # the published GradAlign, the recommended method (README: "Which method"), and the two baselines everyone compares to
-DEMO_METHODS = ["gradalign", "gradalign-z", "random", "accgreedy", "full"]
+DEMO_METHODS = ["gradalign-lfdr", "gradalign", "random", "accgreedy", "full"]
 ONE_SEED = ("These figures are one seed on one machine: differences of a few points are noise. `gradalign bench "
             "regimes --preset standard` gives mean ± std over 5 seeds.")
 
@@ -162,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(run)
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo", help="GradAlign and GradAlign-z vs random, AccGreedy and full-pool GRPO on the "
-                                          "embedded default scenario, with the cost ledger", epilog=TRL_FLAGS_HELP)
+    demo = sub.add_parser("demo", help="the default (gradalign-lfdr) and the published GradAlign vs random, AccGreedy "
+                                          "and full-pool GRPO on the embedded default scenario, with the cost ledger",
+                          epilog=TRL_FLAGS_HELP)
     demo.add_argument("--config", help="YAML file of RunConfig fields; flags override it")
     demo.add_argument("--methods", nargs="+", default=DEMO_METHODS, help="methods to compare")
     add_config_flags(demo, skip=("method",))

@@ -179,7 +179,8 @@ class RunConfig:
     id_column: str = _f("id", "Column holding the problem id (optional; row numbers otherwise).")
     source_column: str = _f("source", "Column holding the task family / data source (optional).")
     # ── selection ────────────────────────────────────────────────────────────────────────────────────────
-    method: str = _f("gradalign", "Selection method (see `gradalign methods`).")
+    method: str = _f("gradalign-lfdr", "Selection method (see `gradalign methods`; `gradalign` is the published "
+                     "GradAlign).")
     chunk_size: int = _f(256, "M: candidates scored per round (reference 5120).")
     selection_ratio: int = _f(8, "q: keep the top floor(M/q) of each chunk (reference 20).")
     rollouts_per_problem: int = _f(8, "k_r: completions per candidate at selection time.")
