@@ -41,12 +41,13 @@ def rows(problems, chat: bool = False) -> Dataset:
 
 
 class Recording(GradAlignGRPOTrainer):
-    """Records (optimizer step, dataset rows) of every generation batch TRL trains on."""
+    """Records (optimizer step, dataset rows) of every generation batch TRL trains on, where TRL rewards it
+    (selection rewards its rollouts with the model in eval mode)."""
 
-    def _generate_and_score_completions(self, inputs):
+    def _calculate_rewards(self, inputs, *args):
         if self.model.training:
             self.generations = getattr(self, "generations", []) + [(self.state.global_step, [x["row"] for x in inputs])]
-        return super()._generate_and_score_completions(inputs)
+        return super()._calculate_rewards(inputs, *args)
 
 
 def grpo_args(tmp_path, **kw) -> GRPOConfig:

@@ -24,8 +24,9 @@ from trl import GRPOConfig, GRPOTrainer
 from ..config import SCHEDULE_OWNED, RunConfig, build_grpo_config
 from ..data.io import ANSWER_COLUMN, ID_COLUMN, METADATA_COLUMN, problems_to_rows
 from ..data.problem import Problem
-from ..distributed import world_size
+from ..distributed import process_group, world_size
 from ..policy.load import bf16_compute
+from ..policy.rollouts import sampling_logps
 from ..rewards import ProblemReward
 from .ledger import Ledger
 
@@ -114,7 +115,59 @@ class Replay:
         return [self.groups[tuple(ids)].pop(0) if tuple(ids) in enough else None for ids in prompt_ids]
 
 
-class ScheduledGRPOTrainer(GRPOTrainer):
+class TrainerSampler:
+    """Selection's sampler: the trainer's own generation (`GRPOTrainer._generate_single_turn`), so selection samples
+    exactly as training does: vLLM colocate or server (after TRL's weight sync, collective over ranks), transformers'
+    continuous batching, or the padded `generate` with the trainer's `generation_config`, and every generation
+    setting TRL applies (temperature, top_p, top_k, min_p, repetition_penalty, generation_kwargs; prompts tokenized
+    with the chat template and its chat_template_kwargs by `trainer._tokenize_prompts`).
+
+    It calls TRL's method itself, not the trainer's override, so a selection never takes a `Replay` and is not
+    counted as training. Sampling-time log-probs are vLLM's when it returns them; with `need_logps` the other paths
+    get them from one forward (`sampling_logps`), else none."""
+
+    def __init__(self, trainer: GRPOTrainer, k: int, need_logps: bool = False):
+        self.trainer, self.k, self.need_logps = trainer, k, need_logps
+        self.lockstep = process_group(trainer.accelerator.device)
+
+    def __call__(self, prompt_ids: list[list[int]]):
+        t = self.trainer
+        training = t.model.training
+        completions, logps = GRPOTrainer._generate_single_turn(t, prompt_ids, None, {}, self.k)
+        t.model.train(training)  # TRL's continuous-batching path leaves the model in training mode
+        completions = [list(c) for c in completions]
+        if logps is None and self.need_logps:
+            logps = sampling_logps(t.model, prompt_ids, completions, t._tokenizer.pad_token_id, t.temperature,
+                                   t.top_p)
+        return completions, logps
+
+
+class ReplayingGRPOTrainer(GRPOTrainer):
+    """A GRPOTrainer whose generation at optimizer step `replay.step` trains on `replay`'s completions where it has
+    them (`Replay`) and samples only the other rows; what it generated and replayed is counted into `ledger`."""
+
+    replay: Replay | None = None
+    ledger: Ledger
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
+        completions: list = [None] * len(prompt_ids)
+        if self.replay is not None and self.state.global_step == self.replay.step and images is None:
+            completions = self.replay.take(prompt_ids)
+        replayed = [c for c in completions if c is not None]
+        self.ledger.reuse(len(replayed), sum(map(len, replayed)))
+        missing = [i for i, c in enumerate(completions) if c is None]
+        logprobs = None  # as TRL's padded path; a generation that mixes in replayed rows keeps none either
+        if missing:
+            fresh, fresh_logprobs = super()._generate_single_turn([prompt_ids[i] for i in missing], images,
+                                                                  multimodal_fields, num_generations, **kw)
+            self.ledger.generate("training", len(fresh), sum(map(len, fresh)))
+            for i, c in zip(missing, fresh):
+                completions[i] = c
+            logprobs = fresh_logprobs if len(missing) == len(prompt_ids) else None
+        return completions, logprobs
+
+
+class ScheduledGRPOTrainer(ReplayingGRPOTrainer):
     """A GRPOTrainer whose training prompts follow `schedule` (blocks of dataset indices, one per generation).
 
     `replay` hands the first generation selection's own completions (`Replay`); `pick_batch(trainer)`, when given,
@@ -140,23 +193,6 @@ class ScheduledGRPOTrainer(GRPOTrainer):
             tokens = int(out["prompt_mask"].sum()) + int(out["completion_mask"].sum())
             self.ledger.pass_through("training", tokens * self.num_iterations)
         return out
-
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
-        completions: list = [None] * len(prompt_ids)
-        if self.replay is not None and self.state.global_step == self.replay.step and images is None:
-            completions = self.replay.take(prompt_ids)
-        replayed = [c for c in completions if c is not None]
-        self.ledger.reuse(len(replayed), sum(map(len, replayed)))
-        missing = [i for i, c in enumerate(completions) if c is None]
-        logprobs = None  # as TRL's padded path; a generation that mixes in replayed rows keeps none either
-        if missing:
-            fresh, fresh_logprobs = super()._generate_single_turn([prompt_ids[i] for i in missing], images,
-                                                                  multimodal_fields, num_generations, **kw)
-            self.ledger.generate("training", len(fresh), sum(map(len, fresh)))
-            for i, c in zip(missing, fresh):
-                completions[i] = c
-            logprobs = fresh_logprobs if len(missing) == len(prompt_ids) else None
-        return completions, logprobs
 
 
 def bf16_autocast(use_cpu: bool) -> bool:
