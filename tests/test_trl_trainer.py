@@ -299,3 +299,51 @@ def test_a_mixture_of_experts_policy_is_selected_for_and_trained(tmp_path, scena
     assert t.state.global_step == 4 and [h["fallback"] for h in t.selection_history] == [None, None]
     assert any("naive per-problem backward" in r.message for r in caplog.records)
     assert_trained_on_selections(t, 2)
+
+
+# ── selection samples through TRL's own generation ───────────────────────────────────────────────────────────
+TRL_SETTINGS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "no_repeat_ngram_size")
+
+
+@pytest.fixture
+def generate_calls(monkeypatch):
+    """Every call of TRL's `_generate_single_turn` (training's and selection's): optimizer step, whether the model
+    was training (selection samples in eval mode), rows asked for, num_generations, the trainer's settings."""
+    calls, original = [], GRPOTrainer._generate_single_turn
+
+    def recorded(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
+        config = self.generation_config.to_dict() if self.generation_config is not None else {}
+        calls.append(dict(step=self.state.global_step, training=self.model.training, rows=len(prompt_ids),
+                          k=num_generations, settings={name: config.get(name) for name in TRL_SETTINGS}))
+        return original(self, prompt_ids, images, multimodal_fields, num_generations, **kw)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", recorded)
+    return calls
+
+
+def assert_one_sampler(t: Recording, calls: list[dict]) -> None:
+    """Selection and training sampled through the same TRL path with the same settings; each round's first
+    generation was the selection's own groups (no training call at that step), the round record says so."""
+    selection = [c for c in calls if not c["training"]]
+    training = [c for c in calls if c["training"]]
+    assert selection and training
+    assert all(c["settings"] == training[0]["settings"] for c in calls)
+    per_round = t.selection.steps_per_round
+    assert sorted({c["step"] for c in selection}) == [r * per_round for r in range(len(t.selection_history))]
+    assert all(c["step"] % per_round for c in training)  # no generate call for a round's first generation batch
+    for h in t.selection_history:
+        assert h["reused"] == {"groups": t.layout.problems_per_block,
+                               "completions": t.layout.problems_per_block * t.args.num_generations}
+    assert_trained_on_selections(t, per_round)
+
+
+@pytest.mark.parametrize("knobs", [
+    dict(top_k=5, repetition_penalty=1.2, generation_kwargs={"no_repeat_ngram_size": 3}),  # the padded path
+    dict(use_transformers_continuous_batching=True, top_k=5),
+])
+def test_selection_samples_through_trls_generation_with_trainings_settings(tmp_path, scenario, generate_calls, knobs):
+    t = trainer(tmp_path, scenario, **knobs)
+    t.train()
+    assert t.state.global_step == 4
+    assert_one_sampler(t, generate_calls)
+    assert generate_calls[0]["settings"]["top_k"] == 5
