@@ -339,7 +339,9 @@ def assert_one_sampler(t: Recording, calls: list[dict]) -> None:
 
 @pytest.mark.parametrize("knobs", [
     dict(top_k=5, repetition_penalty=1.2, generation_kwargs={"no_repeat_ngram_size": 3}),  # the padded path
-    dict(use_transformers_continuous_batching=True, top_k=5),
+    # a small paged cache: sized from free memory by default, which on a CPU takes minutes to allocate
+    dict(use_transformers_continuous_batching=True, top_k=5,
+         transformers_continuous_batching_config={"num_blocks": 16, "page_size": 16, "max_batch_tokens": 256}),
 ])
 def test_selection_samples_through_trls_generation_with_trainings_settings(tmp_path, scenario, generate_calls, knobs):
     t = trainer(tmp_path, scenario, **knobs)
@@ -347,3 +349,70 @@ def test_selection_samples_through_trls_generation_with_trainings_settings(tmp_p
     assert t.state.global_step == 4
     assert_one_sampler(t, generate_calls)
     assert generate_calls[0]["settings"]["top_k"] == 5
+
+
+class FakeVLLM:
+    """Stands in for TRL's `VLLMGeneration` at its call site in `_generate_single_turn` (vLLM is not installed
+    here): records each weight sync and each `generate` call's arguments, and answers with the policy's own
+    padded samples and made-up top-1 log-probs of -0.5."""
+
+    def __init__(self, trainer):
+        self.trainer, self.syncs, self.calls = trainer, [], []
+
+    def sync_weights(self):
+        self.syncs.append(self.trainer.state.global_step)
+
+    def generate(self, prompts, images, num_generations, profiler=None):
+        t = self.trainer
+        self.calls.append(dict(step=t.state.global_step, training=t.model.training, rows=len(prompts),
+                               images=images, k=num_generations, prompts_are_ids=isinstance(prompts[0][0], int)))
+        t.use_vllm = False  # sample with TRL's padded path for the answer
+        try:
+            completions, _ = GRPOTrainer._generate_single_turn(t, prompts, None, {}, num_generations)
+        finally:
+            t.use_vllm = True
+        return prompts, completions, [[[-0.5]] * len(c) for c in completions], None
+
+
+def test_selection_calls_trls_vllm_path_as_training_does(tmp_path, scenario):
+    t = trainer(tmp_path, scenario, vllm_importance_sampling_correction=False)
+    t.use_vllm, t._last_loaded_step, t.vllm_generation = True, -1, FakeVLLM(t)
+    t.train()
+    fake = t.vllm_generation
+    selection = [c for c in fake.calls if not c["training"]]
+    training = [c for c in fake.calls if c["training"]]
+    assert selection and training
+    # the same arguments: token-id prompts, no images, num_generations (k_r = G here) completions per prompt
+    assert {(c["images"], c["k"], c["prompts_are_ids"]) for c in fake.calls} == {(None, 4, True)}
+    assert all(c["rows"] % 4 == 0 for c in fake.calls)  # whole groups: server mode takes every k-th prompt
+    # weights synced once per optimizer step, before the step's first generation (a round's: its selection)
+    assert fake.syncs == sorted(set(fake.syncs)) == sorted({c["step"] for c in fake.calls})
+    assert all(c["step"] % 2 for c in training)  # round-first generations: the selection's own groups
+    assert [h["reused"]["groups"] for h in t.selection_history] == [4, 4]
+    # vLLM's sampling log-probs are kept with the selection rollouts
+    rollouts = t.round_selection.rollouts
+    assert torch.all(rollouts.sample_logps[rollouts.completion_mask.bool()] == -0.5)
+
+
+def test_sampling_logps_from_one_forward_equal_the_samplers_own(scenario):
+    """TRL's padded and continuous-batching paths return no log-probs; one forward gives those of the tempered,
+    top-p-truncated distribution the tokens were drawn from. fp32, a cached incremental decode vs one full
+    forward: agreement to 1e-4 (the sums differ in order only; a wrong temperature or nucleus is off by > 0.1)."""
+    from gradalign.policy.rollouts import PaddedSampler, SamplingConfig, sampling_logps, tokenize_prompts
+    model, tokenizer = warm_started_tiny()
+    model.eval()
+    ids = [row for row in tokenize_prompts(tokenizer, [p.prompt for p in scenario.pool[:8]]) for _ in range(4)]
+    torch.manual_seed(0)
+    completions, logps = PaddedSampler(model, tokenizer, SamplingConfig(temperature=0.7, top_p=0.8,
+                                                                        max_new_tokens=6))(ids)
+    again = sampling_logps(model, ids, completions, tokenizer.pad_token_id, temperature=0.7, top_p=0.8)
+    flat = lambda rows: torch.tensor([x for row in rows for x in row])  # noqa: E731
+    torch.testing.assert_close(flat(again), flat(logps), atol=1e-4, rtol=0)
+    assert (flat(logps) < 0).any()  # real log-probs, not a nucleus of one token
+
+
+def test_a_missing_train_dataset_gets_trls_own_message(tmp_path, scenario):
+    model, tokenizer = warm_started_tiny()
+    with pytest.raises(ValueError, match="`train_dataset` is required"):
+        GradAlignGRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=exact_match,
+                             args=grpo_args(tmp_path), validation_dataset=rows(scenario.validation))

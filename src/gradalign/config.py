@@ -102,8 +102,9 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _YAML_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-# TRL generation settings our selection sampler does not apply: with any of them set, selection rollouts are not
-# samples of training's distribution and cannot be trained on (`replay_obstacle`).
+# TRL generation settings our own sampler (`policy.rollouts.PaddedSampler`, `gradalign run`'s selection) does not
+# apply: with any of them set, its rollouts are not samples of training's distribution and cannot be trained on
+# (`replay_obstacle`). `GradAlignGRPOTrainer` samples selection through TRL itself, so none of them stops its reuse.
 GENERATION_DEFAULTS = {"top_k": (0, None), "min_p": (None,), "repetition_penalty": (1.0,),
                        "generation_kwargs": (None, {}), "use_vllm": (False,),
                        "use_transformers_continuous_batching": (False,), "chat_template_kwargs": (None, {}),
