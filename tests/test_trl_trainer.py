@@ -16,6 +16,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from gradalign import GradAlignGRPOTrainer, RunConfig
 from gradalign.curriculum.round import NoDirectionError
+from gradalign.curriculum.trl_bridge import TrainerSampler
 from gradalign.curriculum.trl_selection import TrainerArgumentError, combine_rewards
 from gradalign.data.regimes import unreliable_rewards
 from gradalign.policy.warmstart import warm_started_tiny
@@ -349,6 +350,10 @@ def test_selection_samples_through_trls_generation_with_trainings_settings(tmp_p
     assert t.state.global_step == 4
     assert_one_sampler(t, generate_calls)
     assert generate_calls[0]["settings"]["top_k"] == 5
+    # log-probs these paths do not return come from one forward when asked for (at the trainer's temperature)
+    ids = [[1, 5, 6]] * 4
+    completions, logps = TrainerSampler(t, 4, need_logps=True)(ids)
+    assert [len(lp) for lp in logps] == [len(c) for c in completions] and all(x <= 0 for lp in logps for x in lp)
 
 
 class FakeVLLM:
