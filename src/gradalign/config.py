@@ -102,23 +102,6 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _YAML_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-# TRL generation settings our own sampler (`policy.rollouts.PaddedSampler`, `gradalign run`'s selection) does not
-# apply: with any of them set, its rollouts are not samples of training's distribution and cannot be trained on
-# (`replay_obstacle`). `GradAlignGRPOTrainer` samples selection through TRL itself, so none of them stops its reuse.
-GENERATION_DEFAULTS = {"top_k": (0, None), "min_p": (None,), "repetition_penalty": (1.0,),
-                       "generation_kwargs": (None, {}), "use_vllm": (False,),
-                       "use_transformers_continuous_batching": (False,), "chat_template_kwargs": (None, {}),
-                       "cast_lm_head_to_fp32": (False,)}
-
-
-def replay_obstacle(cfg: "RunConfig") -> str | None:
-    """Why training cannot consume selection rollouts under this config (None: it can)."""
-    for name, defaults in GENERATION_DEFAULTS.items():
-        if name in cfg.trl and cfg.trl[name] not in defaults:
-            return f"are sampled without TRL's '{name}' (set to {cfg.trl[name]!r})"
-    return None
-
-
 def names_list(default) -> bool:
     """Whether a list field holds names (strings, any count): its default is a list of strings, or empty."""
     return isinstance(default, list) and all(isinstance(x, str) for x in default)
@@ -354,10 +337,6 @@ class RunConfig:
         if self.oversample < 1:
             raise ConfigError("oversample", f"must be >= 1 (got {self.oversample!r}): each step trains on B of the "
                                             f"candidates it rolled out")
-        reason = replay_obstacle(self)
-        if self.schedule == "batch" and reason:
-            raise ConfigError("schedule", f"batch trains on its selection rollouts, which {reason}; use schedule "
-                                          f"rounds")
         group = self.value("num_generations") if self.schedule == "batch" else self.rollouts_per_problem
         if self.sequential_rollouts and not 2 <= self.sequential_rollouts < group:
             raise ConfigError("sequential_rollouts", f"must be 0 (off) or in [2, {group - 1}]: at least two "

@@ -8,6 +8,7 @@ that structure but plays blocks we chose, so TRL trains on exactly the selected 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch.utils.data import Sampler
+from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
@@ -235,21 +237,50 @@ def grpo_args(cfg: RunConfig, seed: int, max_steps: int, output_dir: str | None 
     })
 
 
-def train_round(model, tokenizer, problems: Sequence[Problem], schedule: list[list[int]], reward: ProblemReward,
-                args: GRPOConfig, optimizer: torch.optim.Optimizer, scheduler, seen: list | None = None,
-                **trainer_kw) -> list[dict]:
-    """Run GRPO steps over `schedule` with the given optimiser (its state carries across rounds); `trainer_kw`:
-    `ScheduledGRPOTrainer`'s replay, pick_batch and ledger.
+@contextlib.contextmanager
+def round_trainer(model, tokenizer, problems: Sequence[Problem], steps: int, cfg: RunConfig, reward: ProblemReward,
+                  optimizer: torch.optim.Optimizer, scheduler, seed: int, seen: list | None = None, **trainer_kw):
+    """The `ScheduledGRPOTrainer` of one round over `problems` (its dataset), for `steps` GRPO steps with the given
+    optimiser (its state carries across rounds), seeded by the round; `trainer_kw`: its replay, pick_batch and
+    ledger. Built before the round selects, so that selection samples through it (`sampling_through`); its
+    schedule is set by `train_round`. Its output directory is removed when the round ends."""
+    use_cpu = next(model.parameters()).device.type == "cpu"
+    args = grpo_args(cfg, seed=seed % 2**31, max_steps=steps, use_cpu=use_cpu)
+    try:
+        trainer = ScheduledGRPOTrainer(
+            model=model, reward_funcs=[TRLReward(reward, seen)], args=args, train_dataset=problems_dataset(problems),
+            processing_class=tokenizer, optimizers=(optimizer, scheduler), schedule=[], **trainer_kw,
+        )
+        trainer.remove_callback(PrinterCallback)  # our records keep TRL's logs; do not print a dict per step
+        yield trainer
+    finally:
+        shutil.rmtree(args.output_dir, ignore_errors=True)
 
-    Returns TRL's per-step logs (loss, reward, ...).
-    """
-    trainer = ScheduledGRPOTrainer(
-        model=model, reward_funcs=[TRLReward(reward, seen)], args=args, train_dataset=problems_dataset(problems),
-        processing_class=tokenizer, optimizers=(optimizer, scheduler), schedule=schedule, **trainer_kw,
-    )
-    trainer.remove_callback(PrinterCallback)  # our records keep TRL's logs; do not print a dict per step
+
+def train_round(trainer: "ScheduledGRPOTrainer", schedule: list[list[int]]) -> list[dict]:
+    """Train `trainer` over `schedule` (blocks of its dataset's indices); returns TRL's per-step logs (loss,
+    reward, ...)."""
+    trainer.schedule = schedule
+    set_seed(trainer.args.seed)  # as at the trainer's construction: the round's selection sampled since
     trainer.train()
     return [row for row in trainer.state.log_history if "loss" in row or "reward" in row]
+
+
+@contextlib.contextmanager
+def sampling_through(selector, trainer: GRPOTrainer):
+    """While the block runs, `selector` (a `RoundSelector`) samples with the training sampler: TRL's generation
+    through `trainer` (`TrainerSampler`) and TRL's tokenization of the prompts, so that training can take the
+    selection's groups by their prompt ids (`Replay`)."""
+    sample_through(selector, trainer)
+    try:
+        yield
+    finally:
+        selector.sampler = selector.tokenize = None
+
+
+def sample_through(selector, trainer: GRPOTrainer) -> None:
+    selector.sampler = lambda k: TrainerSampler(trainer, k)
+    selector.tokenize = lambda prompts: trainer._tokenize_prompts(prompts)[0]
 
 
 def new_optimizer(model, cfg: RunConfig):
@@ -264,12 +295,15 @@ def new_optimizer(model, cfg: RunConfig):
 def grpo_steps(model, tokenizer, problems: Sequence[Problem], steps: int, cfg: RunConfig, reward: ProblemReward,
                optimizer, scheduler, seed: int, **trainer_kw) -> list[dict]:
     """`steps` GRPO steps of B problems drawn in seeded passes over `problems` (TRL, our schedule); `trainer_kw` as
-    `train_round`'s."""
-    blocks = plan_blocks(len(problems), cfg.problems_per_step, steps // cfg.grpo.num_iterations,
+    `round_trainer`'s."""
+    with round_trainer(model, tokenizer, problems, steps, cfg, reward, optimizer, scheduler, seed,
+                       **trainer_kw) as trainer:
+        return train_on(trainer, range(len(problems)), steps, cfg, seed)
+
+
+def train_on(trainer: "ScheduledGRPOTrainer", rows: Sequence[int], steps: int, cfg: RunConfig, seed: int
+             ) -> list[dict]:
+    """`steps` GRPO steps of B of the trainer's dataset `rows`, drawn in seeded passes over them."""
+    blocks = plan_blocks(len(rows), cfg.problems_per_step, steps // cfg.grpo.num_iterations,
                          np.random.default_rng(seed))
-    use_cpu = next(model.parameters()).device.type == "cpu"
-    args = grpo_args(cfg, seed=seed % 2**31, max_steps=steps, use_cpu=use_cpu)
-    try:
-        return train_round(model, tokenizer, problems, blocks, reward, args, optimizer, scheduler, **trainer_kw)
-    finally:
-        shutil.rmtree(args.output_dir, ignore_errors=True)
+    return train_round(trainer, [[int(rows[i]) for i in block] for block in blocks])

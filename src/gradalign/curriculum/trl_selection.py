@@ -52,7 +52,7 @@ from ..selection.diagnostics import selection_diagnostics
 from .setup import check_blocks, check_scope, chunk_order, round_seed
 from .round import NoDirectionError, RoundSelector
 from .ledger import Ledger
-from .trl_bridge import Replay, ReplayingGRPOTrainer, TrainerSampler, plan_blocks
+from .trl_bridge import Replay, ReplayingGRPOTrainer, plan_blocks, sample_through
 
 log = logging.getLogger(__name__)
 
@@ -305,9 +305,8 @@ class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
             raise TrainerArgumentError(f"selection=RunConfig(rollout_batch={self.selection.rollout_batch}): {e}") \
                 from None
         self.selector = RoundSelector(self.selection, validation, reward, group=process_group(self.accelerator.device),
-                                      tokenize=lambda prompts: self._tokenize_prompts(prompts)[0],
                                       auto_no_direction="previous")
-        self.selector.sampler = lambda k: TrainerSampler(self, k)
+        sample_through(self.selector, self)
         self.round_blocks: list[list[int]] = []  # the current round's generation blocks (dataset indices)
         self.round_selection = None  # the current round's `RoundSelection` (None: replayed from a checkpoint)
         self.selection_history: list[dict] = []
