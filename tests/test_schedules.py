@@ -12,7 +12,7 @@ from gradalign.curriculum import ledger as ledger_mod
 from gradalign.curriculum import trl_bridge
 from gradalign.curriculum.loop import Curriculum
 from gradalign.curriculum.round import RoundSelector
-from gradalign.curriculum.trl_bridge import Replay
+from gradalign.curriculum.trl_bridge import Replay, shared_replay
 
 pytestmark = pytest.mark.slow
 
@@ -202,6 +202,20 @@ def test_replay_is_all_or_nothing_per_prompt():
     assert replay.groups == {(1, 2): [], (3,): [[7, 0]]}  # the refused prompt kept its completion
     assert replay.take([[3], [9]]) == [[7, 0], None]
     assert replay.take([[1, 2]]) == [None]
+
+
+def test_processes_sharing_a_generation_each_replay_their_own_rows_of_every_group():
+    """Two processes' shards of the selection groups; the generation's rows split 3 + 3 across them: each group's
+    completions are trained on exactly once, in order, whichever process holds the row."""
+    parts = [{(1,): [[10], [11], [12]]}, {(2,): [[20], [21], [22]]}]
+    keys = [(1,), (1,), (1,), (2,), (2,), (2,)]
+    first, second = (shared_replay(parts, keys, share, step=3) for share in (slice(0, 3), slice(3, 6)))
+    assert first.step == 3 and first.take([[1], [1], [1]]) == [[10], [11], [12]]
+    assert second.take([[2], [2], [2]]) == [[20], [21], [22]]
+    keys = [(1,), (1,), (2,), (2,)]  # rows of one group on both processes
+    assert shared_replay(parts, keys, slice(0, 2), 0).groups == {(1,): [[10], [11]]}
+    assert shared_replay(parts, [(1,), (2,), (1,), (2,)], slice(2, 4), 0).groups == {(1,): [[11]], (2,): [[21]]}
+    assert shared_replay(parts, [(1,)] * 4, slice(0, 2), 0) is None  # a row short: both processes generate all
 
 
 @pytest.mark.parametrize("values, message", [

@@ -117,6 +117,29 @@ class Replay:
         return [self.groups[tuple(ids)].pop(0) if tuple(ids) in enough else None for ids in prompt_ids]
 
 
+def shared_replay(parts: list[dict[tuple[int, ...], list[list[int]]]], keys: list[tuple[int, ...]], share: slice,
+                  step: int) -> Replay | None:
+    """One process's `Replay` of a generation that several processes share: `parts`, every process's selection
+    groups (its shard of the problems, keyed by prompt ids); `keys`, the prompt of every row of the generation in
+    the batch's order; this process holds rows `share`. The i-th row of a prompt takes the prompt's i-th completion
+    wherever that row lies, so the processes together train on each group exactly once. All or nothing for the
+    whole generation (None unless every row has its completion): every process then generates its whole share or
+    none does, as vLLM's and FSDP's generation are collective."""
+    groups: dict[tuple[int, ...], list[list[int]]] = {}
+    for part in parts:
+        for key, completions in part.items():
+            groups.setdefault(key, []).extend(completions)
+    taken: dict[tuple[int, ...], int] = {}
+    mine: dict[tuple[int, ...], list[list[int]]] = {}
+    for row, key in enumerate(keys):
+        i = taken[key] = taken.get(key, -1) + 1
+        if i >= len(groups.get(key, ())):
+            return None
+        if share.start <= row < share.stop:
+            mine.setdefault(key, []).append(groups[key][i])
+    return Replay(mine, step=step)
+
+
 class TrainerSampler:
     """Selection's sampler: the trainer's own generation (`GRPOTrainer._generate_single_turn`), so selection samples
     exactly as training does: vLLM colocate or server (after TRL's weight sync, collective over ranks), transformers'

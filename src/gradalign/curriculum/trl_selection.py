@@ -52,7 +52,7 @@ from ..selection.diagnostics import selection_diagnostics
 from .setup import check_blocks, check_scope, chunk_order, round_seed
 from .round import NoDirectionError, RoundSelector
 from .ledger import Ledger
-from .trl_bridge import Replay, ReplayingGRPOTrainer, plan_blocks, sample_through
+from .trl_bridge import Replay, ReplayingGRPOTrainer, plan_blocks, sample_through, shared_replay
 
 log = logging.getLogger(__name__)
 
@@ -338,10 +338,11 @@ class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
         while len(self.selection_history) <= r:
             self.start_round()
         rank = self.accelerator.process_index
-        rows = [i for i in self.round_blocks[b] for _ in range(L.num_generations)][rank * n:(rank + 1) * n]
+        rows = [i for i in self.round_blocks[b] for _ in range(L.num_generations)]
+        share = slice(rank * n, (rank + 1) * n)
         if b == 0:
-            self.replay = self.round_replay(self.round_blocks[0])
-        return [self.train_dataset[i] for i in rows]
+            self.replay = self.round_replay(rows, share)
+        return [self.train_dataset[i] for i in rows[share]]
 
     def start_round(self) -> None:
         """Select the next round and lay its problems out in generation blocks (seeded by the round)."""
@@ -352,24 +353,30 @@ class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
                              for block in plan_blocks(len(chosen), L.problems_per_block, L.blocks_per_round, rng)]
         self.ledger = Ledger()
 
-    def round_replay(self, block: list[int]) -> Replay | None:
-        """The selection's own completions of the block's problems (the first num_generations of each), for the
-        generation at this step: same weights, same sampler. None where they cannot be trained on: reuse off,
-        methods whose rollouts are not the policy's own, k_r < num_generations, a round restored from a checkpoint,
-        or several processes (each holds only its shard's rollouts)."""
+    def round_replay(self, rows: list[int], share: slice) -> Replay | None:
+        """The selection's own completions of the generation's problems (`rows`: every row's dataset index, over all
+        processes; this one holds `share`; the first num_generations of each problem's group), for the generation
+        at this step: same weights, same sampler. With several processes each holds only its shard's groups: they
+        are gathered to every process, which keeps its rows' completions (`shared_replay`). None where they cannot
+        be trained on: reuse off, methods whose rollouts are not the policy's own, k_r < num_generations, or a round
+        restored from a checkpoint."""
         sel, k = self.round_selection, self.num_generations
         if (sel is None or sel.rollouts is None or not self.selection.reuse_rollouts
-                or self.selection.rollouts_per_problem < k or self.accelerator.num_processes > 1):
+                or self.selection.rollouts_per_problem < k):
             return None
         position = {pid: i for i, pid in enumerate(sel.rollouts.problem_ids)}
-        wanted = [position[f"train:{i}"] for i in dict.fromkeys(block) if f"train:{i}" in position]
-        groups = sel.rollouts.completion_groups(wanted, k)
-        return Replay({key: c for key, c in groups.items() if len(c) >= k}, step=self.state.global_step)
+        wanted = [position[f"train:{i}"] for i in dict.fromkeys(rows) if f"train:{i}" in position]
+        groups = {key: c for key, c in sel.rollouts.completion_groups(wanted, k).items() if len(c) >= k}
+        if self.accelerator.num_processes == 1:  # one process: Replay decides per prompt
+            return Replay(groups, step=self.state.global_step)
+        keys = [tuple(ids) for ids in self.selector.tokenize([self.train_dataset[i]["prompt"] for i in rows])]
+        return shared_replay(self.selector.group.gather_all(groups), keys, share, self.state.global_step)
 
     def note_reuse(self) -> None:
-        """Add to the round's record how many groups and completions training took from the selection."""
+        """Add to the round's record how many groups and completions training took from the selection (summed over
+        processes: each counted its own rows)."""
         record = self.selection_history[-1]
-        reused = self.ledger.reused["completions"]
+        reused = int(self.selector.group.sum(torch.tensor([self.ledger.reused["completions"]])).item())
         record["reused"] = {"groups": reused // self.num_generations, "completions": reused}
         self.pending_round_logs.update(flatten_scalars({"reused": record["reused"]}))
         if self.accelerator.is_main_process:
