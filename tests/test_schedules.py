@@ -221,6 +221,8 @@ def test_processes_sharing_a_generation_each_replay_their_own_rows_of_every_grou
 @pytest.mark.parametrize("values, message", [
     (dict(oversample=0.5), "'oversample' must be >= 1"),
     (dict(schedule="sometimes"), "'schedule' must be one of rounds, batch"),
+    (dict(schedule="batch", use_vllm=True), "'schedule' batch trains only on its selection rollouts, and TRL's vLLM "
+                                            "importance-sampling correction needs each completion's vLLM log-probs"),
     (dict(validation_every=0), "'validation_every' must be >= 1"),
 ])
 def test_bad_schedule_options_are_refused_in_one_line(values, message):

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from .. import fileio
-from ..config import RunConfig
+from ..config import RunConfig, replay_obstacle
 from ..data.io import save_problems
 from ..data.problem import Problem
 from ..data.regimes import Scenario
@@ -290,8 +290,10 @@ class Curriculum:
         the round's trainer; k_r >= num_generations, of which it takes the first num_generations), when reuse is on
         and possible."""
         k = self.cfg.grpo.num_generations
+        g = self.cfg.grpo
         if (not self.cfg.reuse_rollouts or selection is None or selection.rollouts is None or self.group.sharded
-                or self.cfg.rollouts_per_problem < k):
+                or self.cfg.rollouts_per_problem < k
+                or replay_obstacle(g.use_vllm, g.vllm_importance_sampling_correction)):
             return None
         return Replay(selection.rollouts.completion_groups(selection.selected, k))
 

@@ -42,7 +42,7 @@ from trl.trainer import grpo_trainer as trl_grpo
 from trl.trainer.utils import nanstd
 
 from .. import fileio
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, replay_obstacle
 from ..data.problem import Problem
 from ..data.regimes import Scenario
 from ..distributed import process_group
@@ -359,10 +359,11 @@ class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
         at this step: same weights, same sampler. With several processes each holds only its shard's groups: they
         are gathered to every process, which keeps its rows' completions (`shared_replay`). None where they cannot
         be trained on: reuse off, methods whose rollouts are not the policy's own, k_r < num_generations, or a round
-        restored from a checkpoint."""
+        restored from a checkpoint, or vLLM with TRL's importance-sampling correction (`replay_obstacle`)."""
         sel, k = self.round_selection, self.num_generations
         if (sel is None or sel.rollouts is None or not self.selection.reuse_rollouts
-                or self.selection.rollouts_per_problem < k):
+                or self.selection.rollouts_per_problem < k
+                or replay_obstacle(self.use_vllm, self.vllm_importance_sampling_correction)):
             return None
         position = {pid: i for i, pid in enumerate(sel.rollouts.problem_ids)}
         wanted = [position[f"train:{i}"] for i in dict.fromkeys(rows) if f"train:{i}" in position]
