@@ -14,7 +14,8 @@ Selection samples through the trainer's own generation (`trl_bridge.TrainerSampl
 the padded path, with every generation setting of `args`), and is made when TRL generates the round's first batch,
 at exactly the weights that batch is sampled with: accelerate's data loader reads one batch ahead, so the sampler
 yields placeholders and `round_inputs` puts the round's problems in when TRL generates. The selected problems'
-selection groups are then trained on in that first generation instead of being sampled again (`Replay`).
+selection groups are then trained on in that first generation instead of being sampled again (`Replay`; with
+several processes, gathered to every process, each training on its own rows: `shared_replay`).
 """
 
 from __future__ import annotations
