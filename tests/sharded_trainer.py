@@ -34,7 +34,8 @@ def main(out: str) -> None:
     if trainer.accelerator.is_main_process:
         with open(out, "w") as f:
             json.dump({"processes_scoring": trainer.selector.group.world_size,
-                       "history": [{k: h[k] for k in ("round", "selected", "zero_variance")}
+                       "generation_batch_size": trainer.args.generation_batch_size,
+                       "history": [{k: h.get(k) for k in ("round", "selected", "zero_variance", "reused")}
                                    for h in trainer.selection_history]}, f)
 
 

@@ -24,13 +24,14 @@ def tiny_cfg(tmp_path, name="run", **kw) -> RunConfig:
 
 
 def recording_train_round(calls: list):
-    """Wrap the loop's TRL call so the test sees every problem id TRL's reward function was asked to score."""
+    """Wrap the loop's TRL call so the test sees the trainer's dataset, the schedule it played and every problem id
+    TRL's reward function was asked to score."""
     real = trl_bridge.train_round
 
-    def wrapper(model, tokenizer, problems, schedule, reward, args, optimizer, scheduler, seen=None, **kw):
-        seen = []
-        out = real(model, tokenizer, problems, schedule, reward, args, optimizer, scheduler, seen, **kw)
-        calls.append({"problems": [p.id for p in problems], "schedule": schedule, "seen": seen})
+    def wrapper(trainer, schedule):
+        seen = trainer.reward_funcs[0].seen = []
+        out = real(trainer, schedule)
+        calls.append({"dataset": list(trainer.train_dataset["problem_id"]), "schedule": schedule, "seen": seen})
         return out
     return wrapper
 
@@ -48,10 +49,10 @@ def test_trl_trains_on_exactly_the_selected_problems(tmp_path, monkeypatch):
     result = Curriculum(tiny_cfg(tmp_path)).run()
     assert len(calls) == len(result.rounds) == 2
     for call, record in zip(calls, result.rounds):
-        assert call["problems"] == record["selected_ids"]  # TRL's dataset is the selection
-        expected = [call["problems"][i] for block in call["schedule"] for i in block for _ in range(4)]
-        assert call["seen"] == expected  # ... and TRL sampled exactly the planned blocks, k completions each
-        assert set(call["seen"]) <= set(record["selected_ids"])
+        assert len(call["dataset"]) == 32  # TRL's dataset is the chunk (selection samples through its trainer)
+        played = [call["dataset"][i] for block in call["schedule"] for i in block]
+        assert set(played) == set(record["selected_ids"])  # ... its schedule plays exactly the selection
+        assert call["seen"] == [i for i in played for _ in range(4)]  # ... and TRL sampled those, k completions each
         assert len(call["seen"]) == 2 * 4 * 4  # T steps × B problems × num_generations
     for record in result.rounds:
         assert record["selected_count"] == 8 and record["candidates"] == 32

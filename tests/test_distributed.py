@@ -214,7 +214,8 @@ def test_commands_that_do_not_shard_refuse_a_launcher(monkeypatch, capsys):
 @pytest.mark.slow
 def test_trl_trainer_under_torchrun_shares_its_scoring_and_selects_as_one_process(tmp_path):
     """`GradAlignGRPOTrainer` in an existing TRL script: launched on 2 processes, each scores half of every
-    chunk, and round 0 (same weights) selects exactly what one process selects."""
+    chunk, and round 0 (same weights) selects exactly what one process selects; the selection groups, gathered to
+    every process, are each round's first generation on both."""
     script = os.path.join(os.path.dirname(__file__), "sharded_trainer.py")
     runs = {}
     for n in (1, 2):
@@ -222,8 +223,12 @@ def test_trl_trainer_under_torchrun_shares_its_scoring_and_selects_as_one_proces
         launch(torchrun_command(n, [script, str(out)]), cwd=tmp_path)
         runs[n] = json.loads(out.read_text())
     assert runs[1]["processes_scoring"] == 1 and runs[2]["processes_scoring"] == 2
-    assert runs[2]["history"][0] == runs[1]["history"][0]
+    same = ("round", "selected", "zero_variance")
+    assert [runs[2]["history"][0][k] for k in same] == [runs[1]["history"][0][k] for k in same]
     assert len(runs[2]["history"]) == 2
+    for run in runs.values():  # each round's first generation is the selection's own groups, on every process
+        size = run["generation_batch_size"]  # 16 rows per process: 4 problems × 4 completions on each
+        assert [h["reused"] for h in run["history"]] == [{"groups": size // 4, "completions": size}] * 2
 
 
 @pytest.fixture(scope="module")

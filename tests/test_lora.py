@@ -436,11 +436,11 @@ def test_gradalign_run_with_use_peft_trains_the_adapter_and_resumes(tmp_path, mo
                     projection_dim=256)
     real_train, calls = trl_bridge.train_round, []
 
-    def crash_in_round_1(model, *args, **kw):
-        calls.append(isinstance(model, PeftModel))
+    def crash_in_round_1(trainer, *args, **kw):
+        calls.append(isinstance(trainer.model, PeftModel))
         if len(calls) == 2:
             raise KeyboardInterrupt("killed in round 1")
-        return real_train(model, *args, **kw)
+        return real_train(trainer, *args, **kw)
 
     monkeypatch.setattr(trl_bridge, "train_round", crash_in_round_1)
     with pytest.raises(KeyboardInterrupt):

@@ -11,10 +11,10 @@ from gradalign.config import RunConfig
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def readme_example() -> str:
+def readme_example(label: str = "") -> str:
     text = README.read_text()
-    match = re.search(r"<!-- tested: tests/test_readme.py -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "README lost its tested TRL example"
+    match = re.search(rf"<!-- tested: tests/test_readme.py{re.escape(label)} -->\s*```python\n(.*?)```", text, re.S)
+    assert match, f"README lost its tested TRL example{label}"
     return match.group(1)
 
 
@@ -44,3 +44,28 @@ def test_ci_runs_the_readme_test_command():
     root = README.parent
     assert "make test" in README.read_text()
     assert (root / ".ci" / "run").read_text().strip().endswith("make test")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["nonzero-variance", "gradalign"])
+def test_dynamic_sampling_recipe_runs_as_written(tmp_path, monkeypatch, capsys, method):
+    """The recipe after the first example's setup; `gradalign` as its comment says (with the validation set)."""
+    monkeypatch.chdir(tmp_path)
+    setup = readme_example().split("trainer = GradAlignGRPOTrainer(")[0]
+    recipe = readme_example(" (dynamic sampling)")
+    if method == "gradalign":
+        recipe = recipe.replace('"nonzero-variance", None', '"gradalign", validation')
+    namespace: dict = {}
+    exec(compile(setup + recipe, "README.md", "exec"), namespace)
+    trainer = namespace["trainer"]
+    history = trainer.selection_history
+    assert trainer.state.global_step == 4 and [h["round"] for h in history] == [0, 1, 2, 3]  # a selection per step
+    for h in history:
+        kept = len(set(h["selected"]))
+        assert kept <= 16  # floor(32 / 2)
+        if method == "nonzero-variance":  # exactly the zero-variance groups are dropped
+            assert h["filtered"] == h["zero_variance"]
+        # a full step trains on each selected problem's own selection group; a short one repeats some problems,
+        # and a repeated prompt is sampled again (its second group has no selection completions left)
+        assert h["reused"]["groups"] == 16 if kept == 16 else h["reused"]["groups"] <= kept
+    assert sum(h["reused"]["groups"] for h in history) > 0

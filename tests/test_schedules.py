@@ -12,7 +12,7 @@ from gradalign.curriculum import ledger as ledger_mod
 from gradalign.curriculum import trl_bridge
 from gradalign.curriculum.loop import Curriculum
 from gradalign.curriculum.round import RoundSelector
-from gradalign.curriculum.trl_bridge import Replay
+from gradalign.curriculum.trl_bridge import Replay, shared_replay
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +28,10 @@ def tiny_cfg(tmp_path, name="run", **kw) -> RunConfig:
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Records every selection, every generation TRL trained on (prompt ids, completion ids, step) and every call
-    that really generated (TRL's own `_generate_single_turn`)."""
-    seen = {"selections": [], "trained": [], "generate_calls": 0}
+    """Records every selection, every generation TRL trained on (prompt ids, completion ids, step), every call
+    that really generated for training (TRL's own `_generate_single_turn` under the trainer's generation) and every
+    one selection made (the same TRL method, called by `TrainerSampler`)."""
+    seen = {"selections": [], "trained": [], "generate_calls": 0, "selection_calls": 0, "training": False}
     select = RoundSelector.select
     monkeypatch.setattr(RoundSelector, "select",
                         lambda self, *a, **kw: seen["selections"].append(select(self, *a, **kw))
@@ -38,14 +39,21 @@ def spy(monkeypatch):
     ours = trl_bridge.ScheduledGRPOTrainer._generate_single_turn
 
     def recording(self, prompt_ids, *a, **kw):
-        completions, logprobs = ours(self, prompt_ids, *a, **kw)
+        seen["training"] = True
+        try:
+            completions, logprobs = ours(self, prompt_ids, *a, **kw)
+        finally:
+            seen["training"] = False
         seen["trained"].append((list(map(tuple, prompt_ids)), [list(c) for c in completions], self.state.global_step))
         return completions, logprobs
     monkeypatch.setattr(trl_bridge.ScheduledGRPOTrainer, "_generate_single_turn", recording)
     trl_generate = GRPOTrainer._generate_single_turn
 
     def counting(self, *a, **kw):
-        seen["generate_calls"] += 1
+        seen["generate_calls" if seen["training"] else "selection_calls"] += 1
+        g = self.generation_config
+        seen.setdefault("settings", set()).add((g.temperature, g.top_p, g.top_k, g.repetition_penalty,
+                                                g.max_new_tokens, g.no_repeat_ngram_size))
         return trl_generate(self, *a, **kw)
     monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", counting)
     return seen
@@ -87,6 +95,22 @@ def test_the_first_step_trains_on_the_selection_rollouts_and_generates_nothing_f
         assert cost["generated"]["training"]["tokens"] == sum(len(c) for c in later)
         assert cost["generated"]["candidates"]["completions"] == 32 * K
         assert cost["generated"]["validation"]["completions"] == 8 * K
+
+
+@pytest.mark.parametrize("schedule", ["rounds", "batch"])
+def test_selection_samples_through_the_round_trainer_with_the_training_settings(tmp_path, spy, schedule):
+    """Settings only TRL applies (top_k, repetition_penalty, generation_kwargs) reach selection too: it samples
+    with the round's own trainer, so training still takes the selected groups instead of sampling them again."""
+    result = Curriculum(tiny_cfg(tmp_path, schedule=schedule, rounds=1, top_k=5, repetition_penalty=1.1,
+                                 generation_kwargs={"no_repeat_ngram_size": 3})).run()
+    assert spy["settings"] == {(0.7, 0.95, 5, 1.1, 6, 3)}  # every call, selection's and training's
+    cost = result.rounds[0]["cost"]
+    if schedule == "rounds":  # one block of candidates and one of validation problems; the first step reused
+        assert spy["selection_calls"] == 2 and spy["generate_calls"] == T - 1
+        assert cost["reused"]["completions"] == B * K
+    else:  # the validation block, then each step's candidates; training never samples
+        assert spy["selection_calls"] == 1 + T and spy["generate_calls"] == 0
+        assert cost["reused"]["completions"] == T * B * K
 
 
 def test_reuse_off_samples_every_training_step(tmp_path, spy):
@@ -180,11 +204,25 @@ def test_replay_is_all_or_nothing_per_prompt():
     assert replay.take([[1, 2]]) == [None]
 
 
+def test_processes_sharing_a_generation_each_replay_their_own_rows_of_every_group():
+    """Two processes' shards of the selection groups; the generation's rows split 3 + 3 across them: each group's
+    completions are trained on exactly once, in order, whichever process holds the row."""
+    parts = [{(1,): [[10], [11], [12]]}, {(2,): [[20], [21], [22]]}]
+    keys = [(1,), (1,), (1,), (2,), (2,), (2,)]
+    first, second = (shared_replay(parts, keys, share, step=3) for share in (slice(0, 3), slice(3, 6)))
+    assert first.step == 3 and first.take([[1], [1], [1]]) == [[10], [11], [12]]
+    assert second.take([[2], [2], [2]]) == [[20], [21], [22]]
+    keys = [(1,), (1,), (2,), (2,)]  # rows of one group on both processes
+    assert shared_replay(parts, keys, slice(0, 2), 0).groups == {(1,): [[10], [11]]}
+    assert shared_replay(parts, [(1,), (2,), (1,), (2,)], slice(2, 4), 0).groups == {(1,): [[11]], (2,): [[21]]}
+    assert shared_replay(parts, [(1,)] * 4, slice(0, 2), 0) is None  # a row short: both processes generate all
+
+
 @pytest.mark.parametrize("values, message", [
     (dict(oversample=0.5), "'oversample' must be >= 1"),
     (dict(schedule="sometimes"), "'schedule' must be one of rounds, batch"),
-    (dict(schedule="batch", top_k=5), "'schedule' batch trains on its selection rollouts, which are sampled without "
-                                      "TRL's 'top_k'"),
+    (dict(schedule="batch", use_vllm=True), "'schedule' batch trains only on its selection rollouts, and TRL's vLLM "
+                                            "importance-sampling correction needs each completion's vLLM log-probs"),
     (dict(validation_every=0), "'validation_every' must be >= 1"),
 ])
 def test_bad_schedule_options_are_refused_in_one_line(values, message):

@@ -16,6 +16,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from gradalign import GradAlignGRPOTrainer, RunConfig
 from gradalign.curriculum.round import NoDirectionError
+from gradalign.curriculum.trl_bridge import TrainerSampler
 from gradalign.curriculum.trl_selection import TrainerArgumentError, combine_rewards
 from gradalign.data.regimes import unreliable_rewards
 from gradalign.policy.warmstart import warm_started_tiny
@@ -41,12 +42,13 @@ def rows(problems, chat: bool = False) -> Dataset:
 
 
 class Recording(GradAlignGRPOTrainer):
-    """Records (optimizer step, dataset rows) of every generation batch TRL trains on."""
+    """Records (optimizer step, dataset rows) of every generation batch TRL trains on, where TRL rewards it
+    (selection rewards its rollouts with the model in eval mode)."""
 
-    def _generate_and_score_completions(self, inputs):
+    def _calculate_rewards(self, inputs, *args):
         if self.model.training:
             self.generations = getattr(self, "generations", []) + [(self.state.global_step, [x["row"] for x in inputs])]
-        return super()._generate_and_score_completions(inputs)
+        return super()._calculate_rewards(inputs, *args)
 
 
 def grpo_args(tmp_path, **kw) -> GRPOConfig:
@@ -298,3 +300,124 @@ def test_a_mixture_of_experts_policy_is_selected_for_and_trained(tmp_path, scena
     assert t.state.global_step == 4 and [h["fallback"] for h in t.selection_history] == [None, None]
     assert any("naive per-problem backward" in r.message for r in caplog.records)
     assert_trained_on_selections(t, 2)
+
+
+# ── selection samples through TRL's own generation ───────────────────────────────────────────────────────────
+TRL_SETTINGS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "no_repeat_ngram_size")
+
+
+@pytest.fixture
+def generate_calls(monkeypatch):
+    """Every call of TRL's `_generate_single_turn` (training's and selection's): optimizer step, whether the model
+    was training (selection samples in eval mode), rows asked for, num_generations, the trainer's settings."""
+    calls, original = [], GRPOTrainer._generate_single_turn
+
+    def recorded(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
+        config = self.generation_config.to_dict() if self.generation_config is not None else {}
+        calls.append(dict(step=self.state.global_step, training=self.model.training, rows=len(prompt_ids),
+                          k=num_generations, settings={name: config.get(name) for name in TRL_SETTINGS}))
+        return original(self, prompt_ids, images, multimodal_fields, num_generations, **kw)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", recorded)
+    return calls
+
+
+def assert_one_sampler(t: Recording, calls: list[dict]) -> None:
+    """Selection and training sampled through the same TRL path with the same settings; each round's first
+    generation was the selection's own groups (no training call at that step), the round record says so."""
+    selection = [c for c in calls if not c["training"]]
+    training = [c for c in calls if c["training"]]
+    assert selection and training
+    assert all(c["settings"] == training[0]["settings"] for c in calls)
+    per_round = t.selection.steps_per_round
+    assert sorted({c["step"] for c in selection}) == [r * per_round for r in range(len(t.selection_history))]
+    assert all(c["step"] % per_round for c in training)  # no generate call for a round's first generation batch
+    for h in t.selection_history:
+        assert h["reused"] == {"groups": t.layout.problems_per_block,
+                               "completions": t.layout.problems_per_block * t.args.num_generations}
+    assert_trained_on_selections(t, per_round)
+
+
+@pytest.mark.parametrize("knobs", [
+    dict(top_k=5, repetition_penalty=1.2, generation_kwargs={"no_repeat_ngram_size": 3}),  # the padded path
+    # a small paged cache: sized from free memory by default, which on a CPU takes minutes to allocate
+    dict(use_transformers_continuous_batching=True, top_k=5,
+         transformers_continuous_batching_config={"num_blocks": 16, "page_size": 16, "max_batch_tokens": 256}),
+])
+def test_selection_samples_through_trls_generation_with_trainings_settings(tmp_path, scenario, generate_calls, knobs):
+    t = trainer(tmp_path, scenario, **knobs)
+    t.train()
+    assert t.state.global_step == 4
+    assert_one_sampler(t, generate_calls)
+    assert generate_calls[0]["settings"]["top_k"] == 5
+    # log-probs these paths do not return come from one forward when asked for (at the trainer's temperature)
+    ids = [[1, 5, 6]] * 4
+    completions, logps = TrainerSampler(t, 4, need_logps=True)(ids)
+    assert [len(lp) for lp in logps] == [len(c) for c in completions] and all(x <= 0 for lp in logps for x in lp)
+
+
+class FakeVLLM:
+    """Stands in for TRL's `VLLMGeneration` at its call site in `_generate_single_turn` (vLLM is not installed
+    here): records each weight sync and each `generate` call's arguments, and answers with the policy's own
+    padded samples and made-up top-1 log-probs of -0.5."""
+
+    def __init__(self, trainer):
+        self.trainer, self.syncs, self.calls = trainer, [], []
+
+    def sync_weights(self):
+        self.syncs.append(self.trainer.state.global_step)
+
+    def generate(self, prompts, images, num_generations, profiler=None):
+        t = self.trainer
+        self.calls.append(dict(step=t.state.global_step, training=t.model.training, rows=len(prompts),
+                               images=images, k=num_generations, prompts_are_ids=isinstance(prompts[0][0], int)))
+        t.use_vllm = False  # sample with TRL's padded path for the answer
+        try:
+            completions, _ = GRPOTrainer._generate_single_turn(t, prompts, None, {}, num_generations)
+        finally:
+            t.use_vllm = True
+        return prompts, completions, [[[-0.5]] * len(c) for c in completions], None
+
+
+def test_selection_calls_trls_vllm_path_as_training_does(tmp_path, scenario):
+    t = trainer(tmp_path, scenario, vllm_importance_sampling_correction=False)
+    t.use_vllm, t._last_loaded_step, t.vllm_generation = True, -1, FakeVLLM(t)
+    t.train()
+    fake = t.vllm_generation
+    selection = [c for c in fake.calls if not c["training"]]
+    training = [c for c in fake.calls if c["training"]]
+    assert selection and training
+    # the same arguments: token-id prompts, no images, num_generations (k_r = G here) completions per prompt
+    assert {(c["images"], c["k"], c["prompts_are_ids"]) for c in fake.calls} == {(None, 4, True)}
+    assert all(c["rows"] % 4 == 0 for c in fake.calls)  # whole groups: server mode takes every k-th prompt
+    # weights synced once per optimizer step, before the step's first generation (a round's: its selection)
+    assert fake.syncs == sorted(set(fake.syncs)) == sorted({c["step"] for c in fake.calls})
+    assert all(c["step"] % 2 for c in training)  # round-first generations: the selection's own groups
+    assert [h["reused"]["groups"] for h in t.selection_history] == [4, 4]
+    # vLLM's sampling log-probs are kept with the selection rollouts
+    rollouts = t.round_selection.rollouts
+    assert torch.all(rollouts.sample_logps[rollouts.completion_mask.bool()] == -0.5)
+
+
+def test_sampling_logps_from_one_forward_equal_the_samplers_own(scenario):
+    """TRL's padded and continuous-batching paths return no log-probs; one forward gives those of the tempered,
+    top-p-truncated distribution the tokens were drawn from. fp32, a cached incremental decode vs one full
+    forward: agreement to 1e-4 (the sums differ in order only; a wrong temperature or nucleus is off by > 0.1)."""
+    from gradalign.policy.rollouts import PaddedSampler, SamplingConfig, sampling_logps, tokenize_prompts
+    model, tokenizer = warm_started_tiny()
+    model.eval()
+    ids = [row for row in tokenize_prompts(tokenizer, [p.prompt for p in scenario.pool[:8]]) for _ in range(4)]
+    torch.manual_seed(0)
+    completions, logps = PaddedSampler(model, tokenizer, SamplingConfig(temperature=0.7, top_p=0.8,
+                                                                        max_new_tokens=6))(ids)
+    again = sampling_logps(model, ids, completions, tokenizer.pad_token_id, temperature=0.7, top_p=0.8)
+    flat = lambda rows: torch.tensor([x for row in rows for x in row])  # noqa: E731
+    torch.testing.assert_close(flat(again), flat(logps), atol=1e-4, rtol=0)
+    assert (flat(logps) < 0).any()  # real log-probs, not a nucleus of one token
+
+
+def test_a_missing_train_dataset_gets_trls_own_message(tmp_path, scenario):
+    model, tokenizer = warm_started_tiny()
+    with pytest.raises(ValueError, match="`train_dataset` is required"):
+        GradAlignGRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=exact_match,
+                             args=grpo_args(tmp_path), validation_dataset=rows(scenario.validation))

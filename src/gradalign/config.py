@@ -105,19 +105,14 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _YAML_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-# TRL generation settings our selection sampler does not apply: with any of them set, selection rollouts are not
-# samples of training's distribution and cannot be trained on (`replay_obstacle`).
-GENERATION_DEFAULTS = {"top_k": (0, None), "min_p": (None,), "repetition_penalty": (1.0,),
-                       "generation_kwargs": (None, {}), "use_vllm": (False,),
-                       "use_transformers_continuous_batching": (False,), "chat_template_kwargs": (None, {}),
-                       "cast_lm_head_to_fp32": (False,)}
-
-
-def replay_obstacle(cfg: "RunConfig") -> str | None:
-    """Why training cannot consume selection rollouts under this config (None: it can)."""
-    for name, defaults in GENERATION_DEFAULTS.items():
-        if name in cfg.trl and cfg.trl[name] not in defaults:
-            return f"are sampled without TRL's '{name}' (set to {cfg.trl[name]!r})"
+def replay_obstacle(use_vllm: bool, vllm_importance_sampling_correction: bool) -> str | None:
+    """Why training cannot take selection rollouts under these TRL settings (None: it can). With vLLM, TRL corrects
+    every completion by its vLLM sampling log-probs (`GRPOTrainer._generate_and_score_completions`: `old_per_token_
+    logps - sampling_per_token_logps`); a generation that replays selection completions returns none (`trl_bridge.
+    ReplayingGRPOTrainer`), so that correction would have nothing to subtract."""
+    if use_vllm and vllm_importance_sampling_correction:
+        return ("TRL's vLLM importance-sampling correction needs each completion's vLLM log-probs, which replayed "
+                "selection completions do not carry (set vllm_importance_sampling_correction: false to reuse them)")
     return None
 
 
@@ -362,10 +357,9 @@ class RunConfig:
         if self.oversample < 1:
             raise ConfigError("oversample", f"must be >= 1 (got {self.oversample!r}): each step trains on B of the "
                                             f"candidates it rolled out")
-        reason = replay_obstacle(self)
+        reason = replay_obstacle(self.value("use_vllm"), self.value("vllm_importance_sampling_correction"))
         if self.schedule == "batch" and reason:
-            raise ConfigError("schedule", f"batch trains on its selection rollouts, which {reason}; use schedule "
-                                          f"rounds")
+            raise ConfigError("schedule", f"batch trains only on its selection rollouts, and {reason}")
         group = self.value("num_generations") if self.schedule == "batch" else self.rollouts_per_problem
         if self.sequential_rollouts and not 2 <= self.sequential_rollouts < group:
             raise ConfigError("sequential_rollouts", f"must be 0 (off) or in [2, {group - 1}]: at least two "

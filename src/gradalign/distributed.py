@@ -95,6 +95,14 @@ class ProcessGroup:
                 out[name][idx] = v
         return out
 
+    def gather_all(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not self.sharded:
+            return [obj]
+        parts = [None] * self.world_size
+        dist.all_gather_object(parts, obj)
+        return parts
+
     def gather_to_main(self, obj) -> list | None:
         """Every rank's `obj`, in rank order, on rank 0 (None elsewhere)."""
         if not self.sharded:

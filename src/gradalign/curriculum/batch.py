@@ -2,10 +2,10 @@
 
 At each GRPO generation the round's trainer asks `BatchRound.pick` for its problems. It rolls out the next
 ceil(oversample × B) problems of the pool's seeded stream with `num_generations` completions each, at the current
-weights and the training sampling settings; scores them with the method (the validation direction is measured once
-per round); and trains on the best B with those very completions (`trl_bridge.Replay`). Nothing is trained twice
-per selection, and the only generations spent on selection alone are the candidates not kept and the validation
-rollouts. When fewer than B candidates are eligible (zero-variance groups), the step is filled up with the next
+weights, through the round's trainer (TRL's generation and every setting of it); scores them with the method (the
+validation direction, also sampled through the trainer, is measured once per round); and trains on the best B with
+those very completions (`trl_bridge.Replay`). Nothing is trained twice per selection, and the only generations
+spent on selection alone are the candidates not kept and the validation rollouts. When fewer than B candidates are eligible (zero-variance groups), the step is filled up with the next
 candidates in stream order: their advantages are 0, as in plain GRPO, and the round record counts them.
 """
 
@@ -23,7 +23,7 @@ from ..selection import Candidates
 from .ledger import Ledger
 from .round import RoundSelection, RoundSelector, seconds_since
 from .setup import round_seed
-from .trl_bridge import Replay, grpo_steps
+from .trl_bridge import Replay, round_trainer, sampling_through, train_on
 
 
 class BatchRound:
@@ -53,9 +53,9 @@ class BatchRound:
         step logs. `ledger` and `timings` (training: the trainer's time less the selections inside it) are filled."""
         cfg, B, k = self.cfg, self.cfg.problems_per_step, self.cfg.grpo.num_generations
         chunk = self.candidates(r)
-        direction, measured = self.selector.round_direction(r, model, tokenizer, seed, ledger)  # the steps share it
         steps: list[tuple[RoundSelection, np.ndarray]] = []
         spent = [0.0]
+        direction = None  # the round's validation direction, measured through the trainer before it trains
 
         def pick(trainer):
             t = time.perf_counter()
@@ -70,10 +70,13 @@ class BatchRound:
             return s * self.per_step + picked, Replay(sel.rollouts.completion_groups(picked, k),
                                                       step=trainer.state.global_step)
 
-        t = time.perf_counter()
-        train_log = grpo_steps(model, tokenizer, chunk, cfg.steps_per_round, cfg, self.selector.reward, optimizer,
-                               scheduler, seed, ledger=ledger, pick_batch=pick)
-        timings["training"] = round(seconds_since(t) - spent[0], 4)
+        with round_trainer(model, tokenizer, chunk, cfg.steps_per_round, cfg, self.selector.reward, optimizer,
+                           scheduler, seed, ledger=ledger, pick_batch=pick) as trainer, \
+                sampling_through(self.selector, trainer):  # the candidates sample as training would
+            direction, measured = self.selector.round_direction(r, model, tokenizer, seed, ledger)  # steps share it
+            t = time.perf_counter()
+            train_log = train_on(trainer, range(len(chunk)), cfg.steps_per_round, cfg, seed)  # blocks: placeholders
+            timings["training"] = round(seconds_since(t) - spent[0], 4)
         merged = merge_steps([sel for sel, _ in steps], self.per_step, measured)
         trained = np.concatenate([s * self.per_step + picked for s, (_, picked) in enumerate(steps)])
         self.summary = {"steps": len(steps), "candidates_per_step": self.per_step, "problems_per_step": B,

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -36,7 +37,8 @@ from .offline import offline_influence
 from .round import EmptySelectionError, RoundSelection, RoundSelector, seconds_since
 from .setup import (INITIAL_EVAL, check_inputs, chunk_order, join_processes, load_problem_sets, load_run_policy,
                     make_reward, round_seed)
-from .trl_bridge import Replay, grpo_steps, new_optimizer, warn_unused_trl_fields
+from .trl_bridge import (Replay, new_optimizer, round_trainer, sampling_through, train_on,
+                         warn_unused_trl_fields)
 
 log = logging.getLogger(__name__)
 CHECKPOINT_TMP = re.compile(r"\.round-\d{3,}-[a-z0-9_]{8}")  # save_checkpoint's mkdtemp names
@@ -210,7 +212,7 @@ class Curriculum:
                                           "validation_sets": offline.sets})
 
     def run_round(self, r: int, model, tokenizer, optimizer, scheduler) -> dict:
-        cfg, seed = self.cfg, round_seed(self.cfg.seed, r)
+        seed = round_seed(self.cfg.seed, r)
         start = time.perf_counter()
         ledger, timings = Ledger(), {}
         if self.batch:  # selection inside every generation batch of the round's trainer
@@ -218,11 +220,9 @@ class Curriculum:
                                                                  ledger, timings)
             chunk_index = None
         else:
-            chunk_index, chunk, selection, chosen = self.select_round(r, model, tokenizer, seed, ledger)
-            t = time.perf_counter()
-            train_log = grpo_steps(model, tokenizer, chosen, cfg.steps_per_round, cfg, self.reward, optimizer,
-                                   scheduler, seed, ledger=ledger, replay=self.replay(selection))
-            timings["training"] = seconds_since(t)
+            chunk_index, chunk = self.round_chunk(r)
+            selection, chosen, train_log = self.select_and_train(r, chunk, model, tokenizer, optimizer, scheduler,
+                                                                 seed, ledger, timings)
         if self.group.is_main:
             save_problems(self.out / "selected" / f"round-{r:03d}.jsonl", chosen)
             if selection is not None:
@@ -243,31 +243,57 @@ class Curriculum:
         self.group.barrier()  # a resumed rank must find the checkpoint its rounds.jsonl promises
         return record
 
-    def select_round(self, r: int, model, tokenizer, seed: int, ledger: Ledger):
-        """The published round: score the next chunk, keep floor(M/q); `full` keeps the whole pool unscored. The
-        selection's cost goes into `ledger`, and the validation direction's seconds into its timings when this round
-        measured it (`validation_every`)."""
-        if not self.method.needs_rollouts:  # plain GRPO on the whole pool
-            return None, self.sets.pool, None, list(self.sets.pool)
+    def select_and_train(self, r: int, chunk: list[Problem], model, tokenizer, optimizer, scheduler, seed: int,
+                         ledger: Ledger, timings: dict) -> tuple[RoundSelection | None, list[Problem], list[dict]]:
+        """The published round through one trainer over the chunk, built first so that selection samples through
+        it (TRL's generation and settings, vLLM included); it then trains on the selection, its first step on the
+        selected problems' own selection groups (`replay`). Returns the selection, the trained problems and TRL's
+        step logs; `ledger` and `timings["training"]` are filled."""
+        cfg = self.cfg
+        with round_trainer(model, tokenizer, chunk, cfg.steps_per_round, cfg, self.reward, optimizer, scheduler, seed,
+                           ledger=ledger) as trainer:
+            with sampling_through(self.selector, trainer):
+                selection, picked = self.select_round(r, model, tokenizer, chunk, seed, ledger)
+            trainer.replay = self.replay(selection)
+            t = time.perf_counter()
+            train_log = train_on(trainer, picked, cfg.steps_per_round, cfg, seed)
+            timings["training"] = seconds_since(t)
+        return selection, [chunk[i] for i in picked], train_log
+
+    def round_chunk(self, r: int) -> tuple[int | None, list[Problem]]:
+        """Round r's candidates (its chunk index and problems): the next chunk; `full`, unscored, the whole pool.
+        They are the round trainer's dataset."""
+        if not self.method.needs_rollouts:
+            return None, self.sets.pool
         chunk_index = r % len(self.chunks)
-        chunk = [self.sets.pool[i] for i in self.chunks[chunk_index]]
+        return chunk_index, [self.sets.pool[i] for i in self.chunks[chunk_index]]
+
+    def select_round(self, r: int, model, tokenizer, chunk: list[Problem], seed: int, ledger: Ledger
+                     ) -> tuple[RoundSelection | None, np.ndarray]:
+        """The published round: score the chunk, keep floor(M/q) (positions in the chunk, best first); `full` keeps
+        the whole pool unscored. The selection's cost goes into `ledger`, and the validation direction's seconds
+        into its timings when this round measured it (`validation_every`)."""
+        if not self.method.needs_rollouts:  # plain GRPO on the whole pool
+            return None, np.arange(len(chunk))
         direction, measured = self.selector.round_direction(r, model, tokenizer, seed, ledger)
         selection = self.selector.select(model, tokenizer, chunk, seed, offline=self.offline, direction=direction)
         ledger.add(selection.ledger)
         if measured is not None:
             selection.timings["validation_rollouts"] = measured.seconds
-        chosen = [chunk[i] for i in selection.selected]
-        if not chosen:
+        if not len(selection.selected):
             raise EmptySelectionError(f"round {r}: no candidate was eligible for selection (all {len(chunk)} "
                                       f"zero-variance?); try zero_variance: score-zero or a larger chunk_size")
-        return chunk_index, chunk, selection, chosen
+        return selection, selection.selected
 
     def replay(self, selection: RoundSelection | None) -> Replay | None:
-        """The selected problems' selection rollouts, for the round's first GRPO step (same weights; k_r >=
-        num_generations, of which it takes the first num_generations), when reuse is on and possible."""
+        """The selected problems' selection rollouts, for the round's first GRPO step (same weights, same sampler:
+        the round's trainer; k_r >= num_generations, of which it takes the first num_generations), when reuse is on
+        and possible."""
         k = self.cfg.grpo.num_generations
+        g = self.cfg.grpo
         if (not self.cfg.reuse_rollouts or selection is None or selection.rollouts is None or self.group.sharded
-                or self.cfg.rollouts_per_problem < k or replay_obstacle(self.cfg)):
+                or self.cfg.rollouts_per_problem < k
+                or replay_obstacle(g.use_vllm, g.vllm_importance_sampling_correction)):
             return None
         return Replay(selection.rollouts.completion_groups(selection.selected, k))
 

@@ -142,6 +142,9 @@ class RoundSelector:
         self.feature_sampling = SamplingConfig(temperature=cfg.learnalign_temperature, top_p=1.0,
                                                max_new_tokens=length, prompts_per_batch=cfg.rollout_batch)
         self.tokenize = tokenize  # prompts -> token ids (default: `tokenize_prompts`, as TRL tokenizes them)
+        # k -> the training sampler for k completions per prompt (`trl_bridge.TrainerSampler`), set by the caller
+        # that holds the trainer of the policy being selected for; None: our own `PaddedSampler`.
+        self.sampler = None
         self.auto_no_direction = auto_no_direction  # what `no_direction: auto` means for this caller
         self.last_direction: torch.Tensor | None = None
         self.direction: Direction | None = None  # the last `round_direction` measured (`validation_every`)
@@ -149,8 +152,12 @@ class RoundSelector:
 
     def rollouts(self, model, tokenizer, problems: list[Problem], k: int, seed: int, desc: str,
                  sampling: SamplingConfig | None = None, blocks: list[int] | None = None) -> Rollouts:
-        return sample_rollouts(model, tokenizer, problems, k, self.reward, sampling or self.sampling, seed, desc=desc,
-                               blocks=blocks, shards=shard_group(self.group, model), tokenize=self.tokenize)
+        """k completions per problem: with the training sampler (`sampler`, a TRL trainer's) when one is set and
+        `sampling` is training's, else with our own at `sampling`."""
+        sampling = sampling or self.sampling
+        generate = self.sampler(k) if self.sampler is not None and sampling is self.sampling else None
+        return sample_rollouts(model, tokenizer, problems, k, self.reward, sampling, seed, desc=desc, blocks=blocks,
+                               shards=shard_group(self.group, model), tokenize=self.tokenize, generate=generate)
 
     def candidate_rollouts(self, model, tokenizer, chunk: list[Problem], k: int, seed: int,
                            sampling: SamplingConfig, blocks: list[int]) -> Rollouts:

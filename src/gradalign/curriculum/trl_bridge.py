@@ -8,6 +8,7 @@ that structure but plays blocks we chose, so TRL trains on exactly the selected 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -18,14 +19,16 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch.utils.data import Sampler
+from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from ..config import SCHEDULE_OWNED, RunConfig, build_grpo_config
 from ..data.io import ANSWER_COLUMN, ID_COLUMN, METADATA_COLUMN, problems_to_rows
 from ..data.problem import Problem
-from ..distributed import world_size
+from ..distributed import process_group, world_size
 from ..policy.load import bf16_compute
+from ..policy.rollouts import sampling_logps
 from ..rewards import ProblemReward
 from .ledger import Ledger
 
@@ -114,7 +117,82 @@ class Replay:
         return [self.groups[tuple(ids)].pop(0) if tuple(ids) in enough else None for ids in prompt_ids]
 
 
-class ScheduledGRPOTrainer(GRPOTrainer):
+def shared_replay(parts: list[dict[tuple[int, ...], list[list[int]]]], keys: list[tuple[int, ...]], share: slice,
+                  step: int) -> Replay | None:
+    """One process's `Replay` of a generation that several processes share: `parts`, every process's selection
+    groups (its shard of the problems, keyed by prompt ids); `keys`, the prompt of every row of the generation in
+    the batch's order; this process holds rows `share`. The i-th row of a prompt takes the prompt's i-th completion
+    wherever that row lies, so the processes together train on each group exactly once. All or nothing for the
+    whole generation (None unless every row has its completion): every process then generates its whole share or
+    none does, as vLLM's and FSDP's generation are collective."""
+    groups: dict[tuple[int, ...], list[list[int]]] = {}
+    for part in parts:
+        for key, completions in part.items():
+            groups.setdefault(key, []).extend(completions)
+    taken: dict[tuple[int, ...], int] = {}
+    mine: dict[tuple[int, ...], list[list[int]]] = {}
+    for row, key in enumerate(keys):
+        i = taken[key] = taken.get(key, -1) + 1
+        if i >= len(groups.get(key, ())):
+            return None
+        if share.start <= row < share.stop:
+            mine.setdefault(key, []).append(groups[key][i])
+    return Replay(mine, step=step)
+
+
+class TrainerSampler:
+    """Selection's sampler: the trainer's own generation (`GRPOTrainer._generate_single_turn`), so selection samples
+    exactly as training does: vLLM colocate or server (after TRL's weight sync, collective over ranks), transformers'
+    continuous batching, or the padded `generate` with the trainer's `generation_config`, and every generation
+    setting TRL applies (temperature, top_p, top_k, min_p, repetition_penalty, generation_kwargs; prompts tokenized
+    with the chat template and its chat_template_kwargs by `trainer._tokenize_prompts`).
+
+    It calls TRL's method itself, not the trainer's override, so a selection never takes a `Replay` and is not
+    counted as training. Sampling-time log-probs are vLLM's when it returns them; with `need_logps` the other paths
+    get them from one forward (`sampling_logps`), else none."""
+
+    def __init__(self, trainer: GRPOTrainer, k: int, need_logps: bool = False):
+        self.trainer, self.k, self.need_logps = trainer, k, need_logps
+        self.lockstep = process_group(trainer.accelerator.device)
+
+    def __call__(self, prompt_ids: list[list[int]]):
+        t = self.trainer
+        training = t.model.training
+        completions, logps = GRPOTrainer._generate_single_turn(t, prompt_ids, None, {}, self.k)
+        t.model.train(training)  # TRL's continuous-batching path leaves the model in training mode
+        completions = [list(c) for c in completions]
+        if logps is None and self.need_logps:
+            logps = sampling_logps(t.model, prompt_ids, completions, t._tokenizer.pad_token_id, t.temperature,
+                                   t.top_p)
+        return completions, logps
+
+
+class ReplayingGRPOTrainer(GRPOTrainer):
+    """A GRPOTrainer whose generation at optimizer step `replay.step` trains on `replay`'s completions where it has
+    them (`Replay`) and samples only the other rows; what it generated and replayed is counted into `ledger`."""
+
+    replay: Replay | None = None
+    ledger: Ledger
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
+        completions: list = [None] * len(prompt_ids)
+        if self.replay is not None and self.state.global_step == self.replay.step and images is None:
+            completions = self.replay.take(prompt_ids)
+        replayed = [c for c in completions if c is not None]
+        self.ledger.reuse(len(replayed), sum(map(len, replayed)))
+        missing = [i for i, c in enumerate(completions) if c is None]
+        logprobs = None  # as TRL's padded path; a generation that mixes in replayed rows keeps none either
+        if missing:
+            fresh, fresh_logprobs = super()._generate_single_turn([prompt_ids[i] for i in missing], images,
+                                                                  multimodal_fields, num_generations, **kw)
+            self.ledger.generate("training", len(fresh), sum(map(len, fresh)))
+            for i, c in zip(missing, fresh):
+                completions[i] = c
+            logprobs = fresh_logprobs if len(missing) == len(prompt_ids) else None
+        return completions, logprobs
+
+
+class ScheduledGRPOTrainer(ReplayingGRPOTrainer):
     """A GRPOTrainer whose training prompts follow `schedule` (blocks of dataset indices, one per generation).
 
     `replay` hands the first generation selection's own completions (`Replay`); `pick_batch(trainer)`, when given,
@@ -140,23 +218,6 @@ class ScheduledGRPOTrainer(GRPOTrainer):
             tokens = int(out["prompt_mask"].sum()) + int(out["completion_mask"].sum())
             self.ledger.pass_through("training", tokens * self.num_iterations)
         return out
-
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
-        completions: list = [None] * len(prompt_ids)
-        if self.replay is not None and self.state.global_step == self.replay.step and images is None:
-            completions = self.replay.take(prompt_ids)
-        replayed = [c for c in completions if c is not None]
-        self.ledger.reuse(len(replayed), sum(map(len, replayed)))
-        missing = [i for i, c in enumerate(completions) if c is None]
-        logprobs = None  # as TRL's padded path; a generation that mixes in replayed rows keeps none either
-        if missing:
-            fresh, fresh_logprobs = super()._generate_single_turn([prompt_ids[i] for i in missing], images,
-                                                                  multimodal_fields, num_generations, **kw)
-            self.ledger.generate("training", len(fresh), sum(map(len, fresh)))
-            for i, c in zip(missing, fresh):
-                completions[i] = c
-            logprobs = fresh_logprobs if len(missing) == len(prompt_ids) else None
-        return completions, logprobs
 
 
 def bf16_autocast(use_cpu: bool) -> bool:
@@ -199,21 +260,50 @@ def grpo_args(cfg: RunConfig, seed: int, max_steps: int, output_dir: str | None 
     })
 
 
-def train_round(model, tokenizer, problems: Sequence[Problem], schedule: list[list[int]], reward: ProblemReward,
-                args: GRPOConfig, optimizer: torch.optim.Optimizer, scheduler, seen: list | None = None,
-                **trainer_kw) -> list[dict]:
-    """Run GRPO steps over `schedule` with the given optimiser (its state carries across rounds); `trainer_kw`:
-    `ScheduledGRPOTrainer`'s replay, pick_batch and ledger.
+@contextlib.contextmanager
+def round_trainer(model, tokenizer, problems: Sequence[Problem], steps: int, cfg: RunConfig, reward: ProblemReward,
+                  optimizer: torch.optim.Optimizer, scheduler, seed: int, seen: list | None = None, **trainer_kw):
+    """The `ScheduledGRPOTrainer` of one round over `problems` (its dataset), for `steps` GRPO steps with the given
+    optimiser (its state carries across rounds), seeded by the round; `trainer_kw`: its replay, pick_batch and
+    ledger. Built before the round selects, so that selection samples through it (`sampling_through`); its
+    schedule is set by `train_round`. Its output directory is removed when the round ends."""
+    use_cpu = next(model.parameters()).device.type == "cpu"
+    args = grpo_args(cfg, seed=seed % 2**31, max_steps=steps, use_cpu=use_cpu)
+    try:
+        trainer = ScheduledGRPOTrainer(
+            model=model, reward_funcs=[TRLReward(reward, seen)], args=args, train_dataset=problems_dataset(problems),
+            processing_class=tokenizer, optimizers=(optimizer, scheduler), schedule=[], **trainer_kw,
+        )
+        trainer.remove_callback(PrinterCallback)  # our records keep TRL's logs; do not print a dict per step
+        yield trainer
+    finally:
+        shutil.rmtree(args.output_dir, ignore_errors=True)
 
-    Returns TRL's per-step logs (loss, reward, ...).
-    """
-    trainer = ScheduledGRPOTrainer(
-        model=model, reward_funcs=[TRLReward(reward, seen)], args=args, train_dataset=problems_dataset(problems),
-        processing_class=tokenizer, optimizers=(optimizer, scheduler), schedule=schedule, **trainer_kw,
-    )
-    trainer.remove_callback(PrinterCallback)  # our records keep TRL's logs; do not print a dict per step
+
+def train_round(trainer: "ScheduledGRPOTrainer", schedule: list[list[int]]) -> list[dict]:
+    """Train `trainer` over `schedule` (blocks of its dataset's indices); returns TRL's per-step logs (loss,
+    reward, ...)."""
+    trainer.schedule = schedule
+    set_seed(trainer.args.seed)  # as at the trainer's construction: the round's selection sampled since
     trainer.train()
     return [row for row in trainer.state.log_history if "loss" in row or "reward" in row]
+
+
+@contextlib.contextmanager
+def sampling_through(selector, trainer: GRPOTrainer):
+    """While the block runs, `selector` (a `RoundSelector`) samples with the training sampler: TRL's generation
+    through `trainer` (`TrainerSampler`) and TRL's tokenization of the prompts, so that training can take the
+    selection's groups by their prompt ids (`Replay`)."""
+    sample_through(selector, trainer)
+    try:
+        yield
+    finally:
+        selector.sampler = selector.tokenize = None
+
+
+def sample_through(selector, trainer: GRPOTrainer) -> None:
+    selector.sampler = lambda k: TrainerSampler(trainer, k)
+    selector.tokenize = lambda prompts: trainer._tokenize_prompts(prompts)[0]
 
 
 def new_optimizer(model, cfg: RunConfig):
@@ -228,12 +318,15 @@ def new_optimizer(model, cfg: RunConfig):
 def grpo_steps(model, tokenizer, problems: Sequence[Problem], steps: int, cfg: RunConfig, reward: ProblemReward,
                optimizer, scheduler, seed: int, **trainer_kw) -> list[dict]:
     """`steps` GRPO steps of B problems drawn in seeded passes over `problems` (TRL, our schedule); `trainer_kw` as
-    `train_round`'s."""
-    blocks = plan_blocks(len(problems), cfg.problems_per_step, steps // cfg.grpo.num_iterations,
+    `round_trainer`'s."""
+    with round_trainer(model, tokenizer, problems, steps, cfg, reward, optimizer, scheduler, seed,
+                       **trainer_kw) as trainer:
+        return train_on(trainer, range(len(problems)), steps, cfg, seed)
+
+
+def train_on(trainer: "ScheduledGRPOTrainer", rows: Sequence[int], steps: int, cfg: RunConfig, seed: int
+             ) -> list[dict]:
+    """`steps` GRPO steps of B of the trainer's dataset `rows`, drawn in seeded passes over them."""
+    blocks = plan_blocks(len(rows), cfg.problems_per_step, steps // cfg.grpo.num_iterations,
                          np.random.default_rng(seed))
-    use_cpu = next(model.parameters()).device.type == "cpu"
-    args = grpo_args(cfg, seed=seed % 2**31, max_steps=steps, use_cpu=use_cpu)
-    try:
-        return train_round(model, tokenizer, problems, blocks, reward, args, optimizer, scheduler, **trainer_kw)
-    finally:
-        shutil.rmtree(args.output_dir, ignore_errors=True)
+    return train_round(trainer, [[int(rows[i]) for i in block] for block in blocks])

@@ -10,9 +10,12 @@ models, their processing classes, async functions, reward weights, the conversat
 every keyword TRL passes (`trainer_state`, `log_extra`, `log_metric`, `completion_ids`, the dataset columns).
 `None` rewards are left out of a group's mean, as in TRL. So a reward that works in TRL works in selection.
 
-One difference from `gradalign run`: accelerate's data loader reads one batch ahead, so a round's selection is
-made just before the previous round's last micro-step, not after it. `gradalign run` rebuilds the trainer per
-round and has exact round boundaries.
+Selection samples through the trainer's own generation (`trl_bridge.TrainerSampler`: vLLM, continuous batching or
+the padded path, with every generation setting of `args`), and is made when TRL generates the round's first batch,
+at exactly the weights that batch is sampled with: accelerate's data loader reads one batch ahead, so the sampler
+yields placeholders and `round_inputs` puts the round's problems in when TRL generates. The selected problems'
+selection groups are then trained on in that first generation instead of being sampled again (`Replay`; with
+several processes, gathered to every process, each training on its own rows: `shared_replay`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from trl.trainer import grpo_trainer as trl_grpo
 from trl.trainer.utils import nanstd
 
 from .. import fileio
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, replay_obstacle
 from ..data.problem import Problem
 from ..data.regimes import Scenario
 from ..distributed import process_group
@@ -49,7 +52,8 @@ from ..selection import get_method
 from ..selection.diagnostics import selection_diagnostics
 from .setup import check_blocks, check_scope, chunk_order, round_seed
 from .round import NoDirectionError, RoundSelector
-from .trl_bridge import plan_blocks
+from .ledger import Ledger
+from .trl_bridge import Replay, ReplayingGRPOTrainer, plan_blocks, sample_through, shared_replay
 
 log = logging.getLogger(__name__)
 
@@ -196,25 +200,18 @@ def rounds_per_epoch(args: GRPOConfig, layout: RoundLayout, steps_per_round: int
 
 
 class RoundSampler(Sampler):
-    """Per round: select from the next chunk with the trainer's current model, then yield the selection's blocks.
+    """An epoch's worth of placeholder indices in TRL's sampler layout (`indices_per_round` per round).
 
-    The round count carries over between the Trainer's epochs, so a new epoch continues with the next chunk and
-    never replays earlier rounds."""
+    The data loader reads them a batch ahead of training; the rows TRL trains on are put in when it generates
+    (`GradAlignGRPOTrainer.round_inputs`), so a round's selection sees every step of the round before it."""
 
     def __init__(self, trainer: "GradAlignGRPOTrainer"):
-        self.trainer, self.layout = trainer, trainer.layout
+        self.layout = trainer.layout
         self.rounds = rounds_per_epoch(trainer.args, self.layout, trainer.selection.steps_per_round,
                                        len(trainer.pool))
 
     def __iter__(self):
-        L = self.layout
-        for _ in range(self.rounds):
-            r, chosen = self.trainer.select_next_round()
-            rng = np.random.default_rng(round_seed(self.trainer.selection.seed, r))
-            for block in plan_blocks(len(chosen), L.problems_per_block, L.blocks_per_round, rng):
-                for _ in range(L.repeat):
-                    for i in block:
-                        yield from [chosen[i]] * L.num_generations
+        return iter([0] * len(self))
 
     def __len__(self) -> int:
         return self.rounds * self.layout.indices_per_round
@@ -252,19 +249,18 @@ def check_trainer_inputs(bound: dict, selection: RunConfig) -> None:
         raise TrainerArgumentError("train_dataset is an IterableDataset (streamed); selection picks problems out "
                                    "of chunks of the pool, so pass a map-style datasets.Dataset (load it without "
                                    "streaming=True, or build one with Dataset.from_generator)")
-    if train is None:
-        raise TrainerArgumentError("train_dataset is required: it is the pool selection chooses from")
-    for name in ("tools", "rollout_func", "environment_factory"):
+    for name in ("tools", "rollout_func", "environment_factory"):  # `train_dataset=None`: TRL's own error
         if bound.get(name):
-            raise TrainerArgumentError(f"{name}= is not supported: selection samples single-turn completions with "
-                                       f"model.generate, so it would score other rollouts than TRL trains on")
+            raise TrainerArgumentError(f"{name}= is not supported: selection samples single-turn completions "
+                                       f"(TRL's _generate_single_turn), so it would score other rollouts than TRL "
+                                       f"trains on")
     unsupported = {"warmup", "offline"} & get_method(selection.method).needs
     if unsupported:  # a warm-up would nest a second GRPO trainer; offline stores belong to `gradalign run`
         raise TrainerArgumentError(f"cannot run method '{selection.method}' (it needs "
                                    f"{', '.join(sorted(unsupported))}); use `gradalign run` or `gradalign select`")
 
 
-class GradAlignGRPOTrainer(GRPOTrainer):
+class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
     """A `GRPOTrainer` that trains each round on the problems GradAlign (or any registered method) selects.
 
     Args (in addition to GRPOTrainer's):
@@ -282,6 +278,7 @@ class GradAlignGRPOTrainer(GRPOTrainer):
     """
 
     def __init__(self, *args, validation_dataset: Dataset | None = None, selection: RunConfig | None = None, **kw):
+        self.ledger = Ledger()  # this round's training generation and reuse (`ReplayingGRPOTrainer`)
         bound = _bound_arguments(args, kw)
         grpo_args = bound.get("args")
         if grpo_args is None:  # TRL's default arguments, built as GRPOTrainer builds them
@@ -309,8 +306,10 @@ class GradAlignGRPOTrainer(GRPOTrainer):
             raise TrainerArgumentError(f"selection=RunConfig(rollout_batch={self.selection.rollout_batch}): {e}") \
                 from None
         self.selector = RoundSelector(self.selection, validation, reward, group=process_group(self.accelerator.device),
-                                      tokenize=lambda prompts: self._tokenize_prompts(prompts)[0],
                                       auto_no_direction="previous")
+        sample_through(self.selector, self)
+        self.round_blocks: list[list[int]] = []  # the current round's generation blocks (dataset indices)
+        self.round_selection = None  # the current round's `RoundSelection` (None: replayed from a checkpoint)
         self.selection_history: list[dict] = []
         self.restored_history: list[dict] = []  # rounds a resumed checkpoint had selected
         self.pending_round_logs: dict[str, float] = {}
@@ -319,9 +318,76 @@ class GradAlignGRPOTrainer(GRPOTrainer):
     def _get_train_sampler(self, dataset=None) -> Sampler:
         return RoundSampler(self)
 
+    # ── each round's problems, put in when TRL generates ─────────────────────────────────────────────────────
+    def _generate_and_score_completions(self, inputs):
+        if not self.model.training:  # evaluation generates for its own batches
+            return super()._generate_and_score_completions(inputs)
+        inputs = self.round_inputs(len(inputs))
+        out = super()._generate_and_score_completions(inputs)
+        self.replay = None  # only the round's first generation is sampled at the selection's weights
+        if self.selection_history and "reused" not in self.selection_history[-1]:
+            self.note_reuse()
+        return out
+
+    def round_inputs(self, n: int) -> list[dict]:
+        """This process's `n` rows of the generation TRL is about to make: its round's block, each problem
+        `num_generations` times, split over processes as accelerate splits TRL's own blocks (rank r: the r-th
+        slice). A round's first generation selects the round first (and takes the selection's own completions)."""
+        L, ga = self.layout, self.args.gradient_accumulation_steps
+        micro_step = self.state.global_step * ga + self._step % ga  # counted from the checkpoint when resumed
+        r, b = divmod(micro_step // L.repeat, L.blocks_per_round)
+        while len(self.selection_history) <= r:
+            self.start_round()
+        rank = self.accelerator.process_index
+        rows = [i for i in self.round_blocks[b] for _ in range(L.num_generations)]
+        share = slice(rank * n, (rank + 1) * n)
+        if b == 0:
+            self.replay = self.round_replay(rows, share)
+        return [self.train_dataset[i] for i in rows[share]]
+
+    def start_round(self) -> None:
+        """Select the next round and lay its problems out in generation blocks (seeded by the round)."""
+        r, chosen = self.select_next_round()
+        L = self.layout
+        rng = np.random.default_rng(round_seed(self.selection.seed, r))
+        self.round_blocks = [[chosen[i] for i in block]
+                             for block in plan_blocks(len(chosen), L.problems_per_block, L.blocks_per_round, rng)]
+        self.ledger = Ledger()
+
+    def round_replay(self, rows: list[int], share: slice) -> Replay | None:
+        """The selection's own completions of the generation's problems (`rows`: every row's dataset index, over all
+        processes; this one holds `share`; the first num_generations of each problem's group), for the generation
+        at this step: same weights, same sampler. With several processes each holds only its shard's groups: they
+        are gathered to every process, which keeps its rows' completions (`shared_replay`). None where they cannot
+        be trained on: reuse off, methods whose rollouts are not the policy's own, k_r < num_generations, or a round
+        restored from a checkpoint, or vLLM with TRL's importance-sampling correction (`replay_obstacle`)."""
+        sel, k = self.round_selection, self.num_generations
+        if (sel is None or sel.rollouts is None or not self.selection.reuse_rollouts
+                or self.selection.rollouts_per_problem < k
+                or replay_obstacle(self.use_vllm, self.vllm_importance_sampling_correction)):
+            return None
+        position = {pid: i for i, pid in enumerate(sel.rollouts.problem_ids)}
+        wanted = [position[f"train:{i}"] for i in dict.fromkeys(rows) if f"train:{i}" in position]
+        groups = {key: c for key, c in sel.rollouts.completion_groups(wanted, k).items() if len(c) >= k}
+        if self.accelerator.num_processes == 1:  # one process: Replay decides per prompt
+            return Replay(groups, step=self.state.global_step)
+        keys = [tuple(ids) for ids in self.selector.tokenize([self.train_dataset[i]["prompt"] for i in rows])]
+        return shared_replay(self.selector.group.gather_all(groups), keys, share, self.state.global_step)
+
+    def note_reuse(self) -> None:
+        """Add to the round's record how many groups and completions training took from the selection (summed over
+        processes: each counted its own rows)."""
+        record = self.selection_history[-1]
+        reused = int(self.selector.group.sum(torch.tensor([self.ledger.reused["completions"]])).item())
+        record["reused"] = {"groups": reused // self.num_generations, "completions": reused}
+        self.pending_round_logs.update(flatten_scalars({"reused": record["reused"]}))
+        if self.accelerator.is_main_process:
+            fileio.write_jsonl(self.history_path, self.selection_history)
+
     def select_next_round(self) -> tuple[int, list[int]]:
         """The next round's number and the dataset indices selected for it, scored with the current policy."""
         r = len(self.selection_history)
+        self.round_selection = None
         if r < len(self.restored_history):  # resumed from a checkpoint: replay the round as it was selected
             self.selection_history.append(self.restored_history[r])
             return r, self.restored_history[r]["selected"]
@@ -334,6 +400,7 @@ class GradAlignGRPOTrainer(GRPOTrainer):
             raise NoDirectionError(f"GradAlignGRPOTrainer: round {r}: {str(e).split(' (set no_direction')[0]} "
                                    f"(pass selection=RunConfig(no_direction='auto') to continue)") from None
         chosen = [int(chunk_idx[i]) for i in result.selected] or chunk_idx.tolist()
+        self.round_selection = result
         self.no_direction_rounds += result.fallback is not None
         self.record_round(self.round_record(r, chunk, result, chosen))
         log.info("round %d: selected %d of %d problems at step %d", r, len(chosen), len(chunk),
@@ -345,6 +412,7 @@ class GradAlignGRPOTrainer(GRPOTrainer):
         cand = result.candidates
         return {"round": r, "step": self.state.global_step, "selected": chosen,
                 "zero_variance": int(cand.zero_variance.sum()),
+                "filtered": len(chunk) - len(result.ranking),  # candidates the method could not choose
                 "pass_rate": float(np.nanmean(cand.pass_rate)) if np.isfinite(cand.pass_rate).any() else None,
                 "validation_zero_variance": result.validation_zero_variance,
                 "validation_pass_rate": result.validation_pass_rate, "fallback": result.fallback,

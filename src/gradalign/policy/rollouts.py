@@ -233,18 +233,73 @@ def block_seed(seed: int, block: int) -> int:
     return int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
 
 
+class PaddedSampler:
+    """Our own sampler: a padded `generate` at `sampling`'s temperature and top-p, with sampling-time log-probs.
+
+    Used where no TRL trainer exists to sample with (evaluation, the warm start, CROPI's offline store, LearnAlign's
+    warmed-up copy, one-shot `select`); a trainer's selection samples with `trl_bridge.TrainerSampler` instead.
+    `synced`: every rank of an FSDP group calls `generate` in step (`synced_gpus`)."""
+
+    def __init__(self, model, tokenizer, sampling: SamplingConfig, synced: bool = False):
+        self.model, self.tokenizer, self.sampling, self.synced = model, tokenizer, sampling, synced
+
+    def __call__(self, prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[list[float]]]:
+        """A completion (ids up to and including EOS) and its tokens' sampling log-probs for each prompt row."""
+        tok, s = self.tokenizer, self.sampling
+        device = next(self.model.parameters()).device
+        p_ids, p_mask = pad(prompt_ids, tok.pad_token_id, "left")
+        out = self.model.generate(
+            input_ids=p_ids.to(device), attention_mask=p_mask.to(device), do_sample=True,
+            temperature=s.temperature, top_p=s.top_p, top_k=0, max_new_tokens=s.max_new_tokens, output_scores=True,
+            return_dict_in_generate=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            synced_gpus=self.synced,
+        )
+        comp = out.sequences[:, p_ids.shape[1]:].cpu()
+        tok_logp = torch.stack(out.scores, 1).float().log_softmax(-1).cpu().gather(-1, comp.unsqueeze(-1)).squeeze(-1)
+        rows, logps = [], []
+        for i, row in enumerate(comp.tolist()):
+            length = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+            rows.append(row[:length])
+            logps.append(tok_logp[i, :length].tolist())
+        return rows, logps
+
+
+def sampling_logps(model, prompt_ids: list[list[int]], completions: list[list[int]], pad_id: int,
+                   temperature: float, top_p: float) -> list[list[float]]:
+    """Log-prob of each completion token under the distribution it was sampled from (logits / temperature,
+    renormalised over the top-p nucleus), from one forward: for samplers that return none (TRL's padded and
+    continuous-batching paths), as `PaddedSampler` records them while sampling."""
+    p_ids, p_mask = pad(prompt_ids, pad_id, "left")
+    c_ids, c_mask = pad(completions, pad_id, "right")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(input_ids=torch.cat([p_ids, c_ids], 1).to(device),
+                       attention_mask=torch.cat([p_mask, c_mask], 1).to(device)).logits
+    logits = logits[:, p_ids.shape[1] - 1:-1].float().cpu() / temperature
+    if top_p < 1.0:  # transformers' TopPLogitsWarper: drop the tail whose cumulative probability is <= 1 - top_p
+        ordered, order = logits.sort(-1)
+        tail = ordered.softmax(-1).cumsum(-1) <= 1 - top_p
+        tail[..., -1] = False
+        logits = logits.masked_fill(tail.scatter(-1, order, tail), float("-inf"))
+    tok = logits.log_softmax(-1).gather(-1, c_ids.unsqueeze(-1)).squeeze(-1)
+    return [tok[i, :len(c)].tolist() for i, c in enumerate(completions)]
+
+
 @torch.no_grad()
 def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: ProblemReward,
                     sampling: SamplingConfig, seed: int, desc: str = "rollouts", blocks: list[int] | None = None,
-                    shards: ProcessGroup = SINGLE, tokenize=None) -> Rollouts:
+                    shards: ProcessGroup = SINGLE, tokenize=None, generate=None) -> Rollouts:
     """Sample `k` completions for every problem from `model` and reward them with `reward`.
 
-    Problems go to `generate` in blocks of `sampling.prompts_per_batch`; block b is sampled with
-    `block_seed(seed, b)`. `blocks` limits sampling to some blocks (one process's shard); the result then holds
-    just their problems, in block order. Deterministic given `seed`, the model and the block size.
-    `shards`: the group an FSDP-sharded model is split over; every rank then makes as many `generate` calls, in
-    step (`synced_gpus`), a rank short of blocks sampling its first block again and dropping the result.
-    Sampling-time log-probs are those of the tempered, top-p-truncated distribution the tokens were drawn from.
+    Problems are sampled in blocks of `sampling.prompts_per_batch`, each prompt as k consecutive rows; block b is
+    sampled with torch seeded by `block_seed(seed, b)`. `blocks` limits sampling to some blocks (one process's
+    shard); the result then holds just their problems, in block order. Deterministic given `seed`, the model and
+    the block size (for samplers that draw from torch's generator).
+    `generate` (prompt id rows -> completion ids and their sampling log-probs, or None) samples; default our
+    `PaddedSampler`. Under an FSDP `shards` group every rank calls the sampler as often; a sampler with a
+    `lockstep` group (TRL's: vLLM generation is collective) is also called with a full block's rows on every rank.
+    A rank short of blocks samples its first block again and drops the result. Log-probs a sampler returns as
+    None are left NaN.
     `tokenize` (prompts -> token id lists) replaces `tokenize_prompts`, e.g. by a TRL trainer's own.
     """
     if k < 1:
@@ -255,52 +310,52 @@ def sample_rollouts(model, tokenizer, problems: list[Problem], k: int, reward: P
     problems = [p for batch in batches for p in batch]
     if not problems:
         raise ValueError("no problems to roll out")
+    generate = generate or PaddedSampler(model, tokenizer, sampling, synced=shards.sharded)
+    lockstep = getattr(generate, "lockstep", None) or shards
+    full_blocks = getattr(generate, "lockstep", None) is not None and lockstep.sharded
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     prompt_rows, comp_rows, logp_rows, groups = [], [], [], []
-    eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     start = 0
     jobs = list(zip(blocks, batches))
-    jobs += [(None, batches[0])] * (shards.max(len(jobs)) - len(jobs))  # padding calls: no rows kept
+    jobs += [(None, batches[0])] * (lockstep.max(len(jobs)) - len(jobs))  # padding calls: no rows kept
     # Progress bars only for multi-batch jobs, and (disable=None) only on a terminal, never in log files.
     for b, batch in tqdm(jobs, desc=desc, leave=False, disable=True if len(jobs) <= 1 else None):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(block_seed(seed, b or 0))
-            ids = (tokenize or functools.partial(tokenize_prompts, tokenizer))([p.prompt for p in batch])
-            ids = [s for s in ids for _ in range(k)]
-            p_ids, p_mask = pad(ids, pad_id, "left")
-            out = model.generate(
-                input_ids=p_ids.to(device), attention_mask=p_mask.to(device), do_sample=True,
-                temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-                max_new_tokens=sampling.max_new_tokens, output_scores=True, return_dict_in_generate=True,
-                pad_token_id=pad_id, eos_token_id=eos, synced_gpus=shards.sharded,
-            )
-            if b is None:
-                continue
-            comp = out.sequences[:, p_ids.shape[1]:].cpu()
-            logps = torch.stack(out.scores, 1).float().log_softmax(-1).cpu()
-            tok_logp = logps.gather(-1, comp.unsqueeze(-1)).squeeze(-1)
-            for i in range(comp.shape[0]):
-                row = comp[i].tolist()
-                length = row.index(eos) + 1 if eos in row else len(row)
-                comp_rows.append(row[:length])
-                logp_rows.append(tok_logp[i, :length].tolist())
-                prompt_rows.append(ids[i])
-                groups.append(start + i // k)
+            prompts = [p.prompt for p in batch]
+            if full_blocks:  # vLLM's server mode hands rank r the r-th slice of the gathered rows: equal shares
+                prompts += [prompts[0]] * (step - len(prompts))
+            ids = (tokenize or functools.partial(tokenize_prompts, tokenizer))(prompts)
+            ids = [list(s) for s in ids for _ in range(k)]
+            completions, logps = generate(ids)
+        if b is None:
+            continue
+        n = len(batch) * k
+        comp_rows += [list(c) for c in completions[:n]]
+        logp_rows += list(logps[:n]) if logps is not None else [None] * n
+        prompt_rows += ids[:n]
+        groups += [start + i // k for i in range(n)]
         start += len(batch)
     model.train(was_training)
+    return assemble(problems, groups, prompt_rows, comp_rows, logp_rows, tokenizer, reward, sampling.temperature)
 
+
+def assemble(problems: list[Problem], groups: list[int], prompt_rows, comp_rows, logp_rows, tokenizer,
+             reward: ProblemReward, temperature: float) -> Rollouts:
+    """`Rollouts` from per-row prompt ids, completion ids and log-probs (None: not known, NaN), rewarded."""
+    pad_id = tokenizer.pad_token_id
     prompt_ids, prompt_mask = pad(prompt_rows, pad_id, "left")
     completion_ids, completion_mask = pad(comp_rows, pad_id, "right")
     sample_logps = torch.zeros(completion_ids.shape)
     for i, lp in enumerate(logp_rows):
-        sample_logps[i, :len(lp)] = torch.tensor(lp)
+        sample_logps[i, :len(comp_rows[i])] = float("nan") if lp is None else torch.tensor(lp, dtype=torch.float32)
     texts = tokenizer.batch_decode(comp_rows, skip_special_tokens=True)
-    group = torch.tensor(groups, dtype=torch.long)
     rewards = reward_completions(reward, [problems[g] for g in groups], texts, comp_rows)
     return Rollouts(
-        problem_ids=[p.id for p in problems], group=group, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
-        completion_ids=completion_ids, completion_mask=completion_mask, sample_logps=sample_logps,
-        rewards=torch.tensor(rewards, dtype=torch.float32), completions=texts, temperature=sampling.temperature,
+        problem_ids=[p.id for p in problems], group=torch.tensor(groups, dtype=torch.long), prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask, completion_ids=completion_ids, completion_mask=completion_mask,
+        sample_logps=sample_logps, rewards=torch.tensor(rewards, dtype=torch.float32), completions=texts,
+        temperature=temperature,
     )
