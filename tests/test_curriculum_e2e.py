@@ -1,6 +1,7 @@
 """End-to-end: the curriculum through the real TRL GRPOTrainer on the warm-started tiny policy, tiny settings."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -43,10 +44,15 @@ def test_warm_start_lands_where_grpo_groups_disagree():
     assert 0.25 <= acc <= 0.65, acc  # sampled accuracy around 0.3-0.5: many groups have mixed rewards
 
 
-def test_trl_trains_on_exactly_the_selected_problems(tmp_path, monkeypatch):
+def test_trl_trains_on_exactly_the_selected_problems(tmp_path, monkeypatch, caplog):
     calls = []
     monkeypatch.setattr(trl_bridge, "train_round", recording_train_round(calls))
-    result = Curriculum(tiny_cfg(tmp_path)).run()
+    with caplog.at_level(logging.INFO, logger="gradalign"):
+        result = Curriculum(tiny_cfg(tmp_path)).run()
+    # a long round shows where it is: one line per phase as it ends, with its counts and seconds, in order
+    phases = [m.split(": ")[1].split(":")[0].split(" ")[0] for m in caplog.messages if m.startswith("round 2/2: ")]
+    assert phases == ["validation", "candidates", "scoring", "selected", "training", "evaluation", "done"]
+    assert any(m.startswith("round 1/2: candidates: 32 problems, 128 completions") for m in caplog.messages)
     assert len(calls) == len(result.rounds) == 2
     for call, record in zip(calls, result.rounds):
         assert len(call["dataset"]) == 32  # TRL's dataset is the chunk (selection samples through its trainer)

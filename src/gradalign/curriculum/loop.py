@@ -181,7 +181,7 @@ class Curriculum:
                 if self.cfg.reset_optimizer:
                     optimizer, scheduler = new_optimizer(model, self.cfg)
                 done.append(self.run_round(r, model, tokenizer, optimizer, scheduler))
-                log.info("round %d/%d: test accuracy %.3f", r + 1, self.cfg.rounds, done[-1]["test"]["accuracy"])
+                log.info("round %d/%d: done in %.1f s", r + 1, self.cfg.rounds, done[-1]["timings"]["total"])
                 if loggers:
                     loggers.log_round(done[-1], steps_before=r * self.cfg.steps_per_round)
         finally:
@@ -215,6 +215,7 @@ class Curriculum:
         seed = round_seed(self.cfg.seed, r)
         start = time.perf_counter()
         ledger, timings = Ledger(), {}
+        self.selector.progress = progress = f"round {r + 1}/{self.cfg.rounds}: "
         if self.batch:  # selection inside every generation batch of the round's trainer
             chunk, selection, chosen, train_log = self.batch.run(r, model, tokenizer, optimizer, scheduler, seed,
                                                                  ledger, timings)
@@ -227,8 +228,15 @@ class Curriculum:
             save_problems(self.out / "selected" / f"round-{r:03d}.jsonl", chosen)
             if selection is not None:
                 self.write_scores(r, chunk, selection)
+        reused = ledger.reused["completions"]
+        log.info("%straining: %d GRPO steps on the %d problems kept, %d completions (%d reused from selection), %.1f s",
+                 progress, self.cfg.steps_per_round, len(chosen),
+                 ledger.generated.get("training", {}).get("completions", 0) + reused, reused,
+                 timings.get("training", float("nan")))
         t = time.perf_counter()
         test = self.evaluate(model, tokenizer, seed)
+        log.info("%sevaluation: test accuracy %.3f on %d problems, %.1f s", progress, test["accuracy"],
+                 len(self.sets.test), seconds_since(t))
         record = self.round_record(r, chunk_index, chunk, selection, chosen, train_log, test)
         record["timings"].update(timings, evaluation=seconds_since(t), total=seconds_since(start))
         if r == 0 and self.offline_seconds:  # CROPI's one-time offline rollouts belong to the run's cost

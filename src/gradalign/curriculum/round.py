@@ -149,6 +149,7 @@ class RoundSelector:
         self.last_direction: torch.Tensor | None = None
         self.direction: Direction | None = None  # the last `round_direction` measured (`validation_every`)
         self.last_warmup: dict | None = None
+        self.progress = ""  # what each phase's log line starts with (the loop sets e.g. "round 3/8: ")
 
     def rollouts(self, model, tokenizer, problems: list[Problem], k: int, seed: int, desc: str,
                  sampling: SamplingConfig | None = None, blocks: list[int] | None = None) -> Rollouts:
@@ -183,7 +184,10 @@ class RoundSelector:
         out its blocks; the gradient is summed over ranks."""
         t = time.perf_counter()
         vector, pass_rates, zero_variance = self._validation_direction(model, tokenizer, seed, ledger or Ledger())
-        return Direction(vector, pass_rates, zero_variance, seconds_since(t))
+        direction = Direction(vector, pass_rates, zero_variance, seconds_since(t))
+        log.info("%svalidation direction: %d problems × %d completions (%d zero-variance), %.1f s", self.progress,
+                 len(pass_rates), self.cfg.validation_rollouts, int(zero_variance.sum()), direction.seconds)
+        return direction
 
     def measure_direction(self, model, tokenizer, seed: int, ledger: Ledger) -> Direction:
         """`validation_direction` as a selection computes it (autocast, no dropout, the scored parameters), for
@@ -252,6 +256,7 @@ class RoundSelector:
             t = time.perf_counter()
             scorer, reference = self.warm_up(model, tokenizer, chunk, seed, ledger), model
             timings["warmup"] = seconds_since(t)
+            log.info("%swarm-up: a copy trained on the chunk, %.1f s", self.progress, timings["warmup"])
         t = time.perf_counter()
         blocks, owned = self.group.shard(len(chunk), self.cfg.rollout_batch)  # one process: every block
         if not self.method.reads_rollouts:  # a uniform draw: nothing to sample
@@ -269,6 +274,9 @@ class RoundSelector:
             cand = Candidates(ids=[chunk[i].id for i in owned], pass_rate=rollouts.pass_rates(),
                               zero_variance=rollouts.zero_variance(), completion_length=rollouts.mean_lengths())
         timings["rollouts"] = seconds_since(t)
+        if rollouts is not None:
+            log.info("%scandidates: %d problems, %d completions, %d zero-variance, %.1f s", self.progress,
+                     len(owned), rollouts.group.numel(), int(cand.zero_variance.sum()), timings["rollouts"])
         result = RoundSelection(np.zeros(0, dtype=int), cand, np.zeros(len(chunk)), timings,
                                 warmup=self.last_warmup if "warmup" in needs else None, ledger=ledger,
                                 rollouts=rollouts if self.on_policy else None)
@@ -294,6 +302,7 @@ class RoundSelector:
         result.scores, result.ranking, eligible = self.group.broadcast(decision)  # ranking: all eligible, best first
         result.selected = result.ranking[:keep]
         timings["selection"] = seconds_since(t)
+        log.info("%sselected %d of %d (%d eligible)", self.progress, len(result.selected), len(chunk), eligible)
         if len(result.selected) < keep:
             log.warning("selected %d of %d wanted (%d candidates eligible)", len(result.selected), keep, eligible)
         if phi is not None and self.cfg.offpolicy_fidelity:
@@ -426,6 +435,8 @@ class RoundSelector:
         if "self" in self.method.needs:
             cand.cos_self = signals.cosines(col).numpy()
         result.timings["scoring"] = seconds_since(t_score)
+        log.info("%sscoring: %d completions through one forward+backward, %.1f s", self.progress,
+                 rollouts.group.numel(), result.timings["scoring"])
         return self.method
 
     def _no_direction(self, n_validation: int) -> tuple[torch.Tensor | None, str]:
