@@ -39,6 +39,11 @@ def publish(result: dict, table: str, footer: str, out: str | None, echo: Callab
     return result
 
 
+def plus_minus(stats) -> str:
+    """"mean ± std" of a (mean, std, ...) tuple, or "—" where there is none."""
+    return "—" if stats is None else f"{stats[0]:.2f} ± {stats[1]:.2f}"
+
+
 def csv_list(kind=str):
     def parse(text: str) -> list:
         items = [t.strip() for t in text.split(",") if t.strip()]

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import csv_list, machine_info, publish
+from . import csv_list, machine_info, plus_minus, publish
 
 REGIMES = ("unreliable-rewards", "imbalance", "low-utility")
 LABEL = {"unreliable-rewards": "corrupted", "imbalance": "target", "low-utility": "utility"}
@@ -139,18 +139,14 @@ def _fmt(x) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-def _pm(s) -> str:
-    return "—" if s is None else f"{s[0]:.2f} ± {s[1]:.2f}"
-
-
 def format_table(rows: list[dict]) -> str:
     head = (f"{'regime':19s} {'method':12s} {'variant':8s} {'completions':>11s} {'x exact':>12s} {'AUC':>12s} "
             f"{'top-k good':>12s} {'selected good':>13s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['regime']:19s} {r['method']:12s} {r['variant']:8s} {r['completions']:11.0f} "
-                     f"{_pm(r['x_exact']):>12s} {_pm(r['auc']):>12s} {_pm(r['top_good_share']):>12s} "
-                     f"{_pm(r['selected_good_share']):>13s}")
+                     f"{plus_minus(r['x_exact']):>12s} {plus_minus(r['auc']):>12s} "
+                     f"{plus_minus(r['top_good_share']):>12s} {plus_minus(r['selected_good_share']):>13s}")
     return "\n".join(lines)
 
 

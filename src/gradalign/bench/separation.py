@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import csv_list, machine_info, publish
+from . import csv_list, machine_info, plus_minus, publish
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +152,14 @@ def summarise(cells: list[dict], methods: list[str]) -> list[dict]:
 
 
 def _stats(xs: list) -> tuple[float, float, int] | None:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return None
-    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0, len(xs)
+    """(mean, std, n) over the seeds that have the figure; None where none has it (JSON has no NaN)."""
+    from ..reports.bench_stats import seed_stats
+    stats = seed_stats(xs)
+    return stats if stats[2] else None
 
 
 def _fmt(x) -> str:
     return "—" if x is None else f"{x:.2f}"
-
-
-def _pm(s) -> str:
-    return "—" if s is None else f"{s[0]:.2f} ± {s[1]:.2f}"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -172,8 +168,9 @@ def format_table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         n = (r["top_good_share"] or r["auc"] or (0, 0, 0))[2]
-        lines.append(f"{r['scenario']:19s} {r['label']:9s} {r['method']:16s} {_pm(r['eligible_good_share']):>13s} "
-                     f"{_pm(r['auc']):>12s} {_pm(r['top_good_share']):>12s} {n:3d}")
+        lines.append(f"{r['scenario']:19s} {r['label']:9s} {r['method']:16s} "
+                     f"{plus_minus(r['eligible_good_share']):>13s} {plus_minus(r['auc']):>12s} "
+                     f"{plus_minus(r['top_good_share']):>12s} {n:3d}")
     return "\n".join(lines)
 
 
