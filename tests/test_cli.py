@@ -144,7 +144,7 @@ def test_changed_config_does_not_touch_a_finished_run(tmp_path, files, capsys):
 def test_methods_lists_the_registry(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("gradalign", "gradalign-z", "gradalign-dot", "negalign", "norm", "selfalign", "align-x-learnability", "accgreedy",
+    for name in ("gradalign-lfdr", "gradalign", "gradalign-z", "gradalign-dot", "negalign", "norm", "selfalign", "align-x-learnability", "accgreedy",
                  "passrate-band", "nonzero-variance", "random", "full"):
         assert name in out
 
@@ -161,7 +161,7 @@ def test_demo_writes_table_plot_and_summary(tmp_path, capsys):
                  "16", *TINY, "--rounds", "2"])
     assert code == 0
     printed = capsys.readouterr().out
-    for method in ("gradalign", "gradalign-z", "random", "accgreedy", "full"):
+    for method in ("gradalign-lfdr", "gradalign", "random", "accgreedy", "full"):  # the default beside the paper
         assert method in printed and (out / method / "rounds.jsonl").exists()
     assert "corrupted share" in printed and "one seed on one machine" in printed
     assert "cost ledger" in printed  # what selection generated against what training consumed
