@@ -61,7 +61,7 @@ def test_changed_config_before_any_round_is_refused_and_the_same_one_resumes_und
     assert one_line_error(capsys) == (f"{out}/config.yaml: this run directory was started with seed 0; this command "
                                       f"has seed 1; use a new output_dir (or the same config to resume)")
     assert run(files, out, "--method", "random") == 2
-    assert "started with method 'gradalign'; this command has method 'random'" in one_line_error(capsys)
+    assert "started with method 'gradalign-lfdr'; this command has method 'random'" in one_line_error(capsys)
     assert snapshot(out) == before
 
     # Leftovers of killed writes and the lock of a process that is gone: cleared on the next start.

@@ -131,9 +131,9 @@ def test_a_round_scores_in_the_configured_scope(tmp_path):
     from gradalign.curriculum.round import RoundSelector
     from gradalign.curriculum.setup import load_problem_sets, make_reward
     from gradalign.policy.load import load_policy
-    cfg = RunConfig(pool_size=40, validation_size=8, test_size=8, chunk_size=12, selection_ratio=4,
-                    rollouts_per_problem=4, validation_rollouts=4, output_dir=str(tmp_path),
-                    score_parameters=["last_blocks:1", "lm_head.*"])
+    cfg = RunConfig(method="gradalign", pool_size=40, validation_size=8, test_size=8, chunk_size=12,
+                    selection_ratio=4, rollouts_per_problem=4, validation_rollouts=4, output_dir=str(tmp_path),
+                    score_parameters=["last_blocks:1", "lm_head.*"])  # the published cosine: norms and dots
     model, tokenizer = load_policy("tiny")
     sets = load_problem_sets(cfg)
     chunk = sets.pool[:12]
