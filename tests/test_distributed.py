@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import re
-import runpy
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +22,7 @@ from gradalign.policy.rollouts import SamplingConfig, sample_rollouts
 from gradalign.policy.tiny import build_tiny_model, build_tokenizer
 from gradalign.rewards import ExactMatch, ProblemReward
 
+TESTS = os.path.dirname(__file__)
 SIZES = ["--rollouts-per-problem", "4", "--validation-rollouts", "4", "--rollout-batch", "8",
          "--problems-per-step", "4", "--num-generations", "4"]
 
@@ -75,9 +75,9 @@ def read_scores(path) -> dict[str, dict]:
         return {row["id"]: row for row in csv.DictReader(f)}
 
 
-def commands(files, cropi_files, tmp) -> dict[str, list[str]]:
-    """The `gradalign` commands the tests below run on 1 and on 2 processes, writing under `tmp`: three one-shot
-    selections (by method) and a curriculum run."""
+def jobs(files, cropi_files, tmp) -> dict[str, list[str]]:
+    """What the tests below run on 1 and on 2 processes, writing under `tmp` (tests/jobs.py's jobs): three
+    one-shot selections (by method), a curriculum run and `GradAlignGRPOTrainer` in a TRL script."""
     return {
         "gradalign": ["select", "--method", "gradalign", "--pool", str(files["pool"]), "--validation",
                       str(files["validation"]), "--num-problems", "8", "--out", str(tmp / "selected.jsonl"), *SIZES],
@@ -91,6 +91,7 @@ def commands(files, cropi_files, tmp) -> dict[str, list[str]]:
         "run": ["run", "--method", "gradalign", "--pool", str(files["pool"]), "--validation", str(files["validation"]),
                 "--test", str(files["test"]), "--chunk-size", "16", "--selection-ratio", "4", "--rounds", "2",
                 "--steps-per-round", "2", "--eval-samples", "2", "--output-dir", str(tmp / "run"), *SIZES],
+        "trainer": [os.path.join(TESTS, "sharded_trainer.py"), str(tmp / "history.json")],
     }
 
 
@@ -107,22 +108,24 @@ def cropi_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, files, cropi_files):
-    """Every command of `commands` run as one process (in this one, through the CLI's `main`) and on 2 processes
-    (one torchrun launch runs them all, in order): {"out": {processes: {command: its output path}}, "stdout": the
+    """Every job of `jobs` run as one process (in this one) and on 2 processes: one torchrun launch runs them all,
+    in order, then the 2-process FSDP rounds (`fsdp`). {"out": {processes: {job: its output path}}, "stdout": the
     2-process launch's}."""
-    from gradalign.cli import main
-    script = os.path.join(os.path.dirname(__file__), "cli_commands.py")
-    runs = {n: commands(files, cropi_files, tmp_path_factory.mktemp(f"processes-{n}")) for n in (1, 2)}
-    for argv in runs[1].values():
-        assert main(argv) == 0
-    done = launch(torchrun_command(2, [script, json.dumps(list(runs[2].values()))]))
-    out = {n: {name: output_of(argv) for name, argv in by_name.items()} for n, by_name in runs.items()}
+    from jobs import run_all
+    runs = {n: jobs(files, cropi_files, tmp_path_factory.mktemp(f"processes-{n}")) for n in (1, 2)}
+    assert run_all(list(runs[1].values())) == 0
+    tmp = output_of(runs[2]["run"]).parent
+    runs[2]["fsdp"] = [os.path.join(TESTS, "fsdp_round.py"), str(tmp / "fsdp.json"), *FSDP_SETTINGS[2]]
+    done = launch(torchrun_command(2, [os.path.join(TESTS, "jobs.py"), json.dumps(list(runs[2].values()))]), cwd=tmp)
+    out = {n: {name: output_of(job) for name, job in by_name.items()} for n, by_name in runs.items()}
     return {"out": out, "stdout": done.stdout}
 
 
-def output_of(argv: list[str]) -> Path:
-    """Where a command writes: `select`'s --out, `run`'s --output-dir."""
-    return Path(argv[argv.index("--out" if argv[0] == "select" else "--output-dir") + 1])
+def output_of(job: list[str]) -> Path:
+    """Where a job writes: `select`'s --out, `run`'s --output-dir, a script's first argument."""
+    if job[0].endswith(".py"):
+        return Path(job[1])
+    return Path(job[job.index("--out" if job[0] == "select" else "--output-dir") + 1])
 
 
 @pytest.mark.slow
@@ -191,7 +194,8 @@ def test_two_process_curriculum_trains_data_parallel_on_the_shared_selection(lau
 
 def fake_torchrun(launched: list, selected: dict):
     """Stands in for `subprocess.run` in bench scaling (its module only): records the command, and writes the
-    round record a `gradalign run` of N processes would (`selected[N]`: its selected ids; timings that shrink with N)."""
+    round record a `gradalign run` of N processes would (`selected[N]`: its selected ids; timings that shrink
+    with N)."""
     def run(cmd, **kw):
         launched.append(cmd)
         n = int(next(a for a in cmd if a.startswith("--nproc_per_node=")).split("=")[1])
@@ -263,15 +267,11 @@ def test_commands_that_do_not_shard_refuse_a_launcher(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_trl_trainer_under_torchrun_shares_its_scoring_and_selects_as_one_process(tmp_path):
+def test_trl_trainer_under_torchrun_shares_its_scoring_and_selects_as_one_process(launched):
     """`GradAlignGRPOTrainer` in an existing TRL script: launched on 2 processes, each scores half of every
     chunk, and round 0 (same weights) selects exactly what one process selects; the selection groups, gathered to
     every process, are each round's first generation on both."""
-    script = os.path.join(os.path.dirname(__file__), "sharded_trainer.py")
-    outs = {n: tmp_path / f"history-{n}.json" for n in (1, 2)}
-    runpy.run_path(script)["main"](str(outs[1]))  # one process: this one
-    launch(torchrun_command(2, [script, str(outs[2])]), cwd=tmp_path)
-    runs = {n: json.loads(out.read_text()) for n, out in outs.items()}
+    runs = {n: json.loads(launched["out"][n]["trainer"].read_text()) for n in (1, 2)}
     assert runs[1]["processes_scoring"] == 1 and runs[2]["processes_scoring"] == 2
     same = ("round", "selected", "zero_variance")
     assert [runs[2]["history"][0][k] for k in same] == [runs[1]["history"][0][k] for k in same]
@@ -297,29 +297,23 @@ FSDP_SETTINGS = {n: sorted({fsdp_settings(p, r, o)[n - 1] for p, r, _, o in FSDP
 
 
 @pytest.fixture(scope="module")
-def fsdp_round(tmp_path_factory):
-    """fsdp_round(processes, setting): one round of tests/fsdp_round.py; one launch per process count runs every
-    setting of FSDP_SETTINGS, each once."""
-    tmp, done = tmp_path_factory.mktemp("fsdp"), {}
-    script = os.path.join(os.path.dirname(__file__), "fsdp_round.py")
-
-    def run(processes: int, setting: str) -> dict:
-        if processes not in done:
-            out = tmp / f"rounds-{processes}.json"
-            launch(torchrun_command(processes, [script, str(out), *FSDP_SETTINGS[processes]]), cwd=tmp)
-            done[processes] = json.loads(out.read_text())
-        return done[processes][setting]
-    return run
+def fsdp_rounds(tmp_path_factory, launched):
+    """processes → setting → one round of tests/fsdp_round.py: the one-process settings in a launch of their own
+    (FSDP needs a process group, which this process must not join), the 2-process ones in `launched`'s."""
+    tmp = tmp_path_factory.mktemp("fsdp")
+    out = tmp / "rounds-1.json"
+    launch(torchrun_command(1, [os.path.join(TESTS, "fsdp_round.py"), str(out), *FSDP_SETTINGS[1]]), cwd=tmp)
+    return {1: json.loads(out.read_text()), 2: json.loads(launched["out"][2]["fsdp"].read_text())}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision,reference,cos_tol,options", FSDP_CASES)
-def test_a_round_on_an_fsdp_sharded_model_scores_and_selects_as_one_process(fsdp_round, precision, reference, cos_tol,
+def test_a_round_on_an_fsdp_sharded_model_scores_and_selects_as_one_process(fsdp_rounds, precision, reference, cos_tol,
                                                                               options):
     """The scorer on a model FSDP2 has sharded over 2 processes (each decoder layer, then the root, as accelerate
     wraps it): per-problem norms and cosines from the shards, the same selection as one process."""
     settings = fsdp_settings(precision, reference, options)
-    one, two = fsdp_round(1, settings[0]), fsdp_round(2, settings[1])
+    one, two = fsdp_rounds[1][settings[0]], fsdp_rounds[2][settings[1]]
     assert two["sharded_parameters"] == 50 and (one["sharded_parameters"] > 0) == (reference == "fsdp")
     assert two["pass_rate"] == one["pass_rate"]  # identical rollouts, sampled in step on the shards
     # sharded fp32 reductions reorder sums (see above): 1e-4 ≈ 840 fp32 ulps; cos_tol is 1e-5 for fp32 and 1e-3
