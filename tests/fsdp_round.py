@@ -1,10 +1,11 @@
-"""One GradAlign round on the warm-started tiny policy, for `tests/test_distributed.py` to launch with 1 or 2
-processes. argv: OUT.json MODE PRECISION
+"""GradAlign rounds on the warm-started tiny policy, for `tests/test_distributed.py` to launch with 1 or 2
+processes. argv: OUT.json SETTING..., each SETTING one round on a fresh copy of the policy, MODE:PRECISION[:OPTION]
   MODE       plain: every process holds the whole model; fsdp: FSDP2 shards it (each decoder layer, then the
              root, as accelerate's FSDP plugin wraps a transformer)
   PRECISION  fp32, or bf16: bf16 weights (FSDP: bf16 compute copies, fp32 gradient reductions)
-  [checkpointing]  turn on the model's gradient checkpointing (and train mode, where it applies) first
-Rank 0 writes the round's per-problem numbers and selection to OUT.json."""
+  OPTION     checkpointing: turn on the model's gradient checkpointing (and train mode, where it applies) first
+Rank 0 writes each round's per-problem numbers and selection to OUT.json, keyed by its SETTING (one launch for
+several settings: the processes start, import and join once)."""
 
 import json
 import sys
@@ -40,8 +41,8 @@ def training_gradient(model, tokenizer, problems) -> list[float]:
     return [float(g.reshape(-1)[i]) for g in grads for i in range(3)]
 
 
-def main(out: str, mode: str, precision: str, *options: str) -> None:
-    torch.set_num_threads(1)
+def one_round(mode: str, precision: str, *options: str) -> dict | None:
+    """The round's numbers (None on ranks other than 0)."""
     model, tokenizer = warm_started_tiny()
     if "checkpointing" in options:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -57,13 +58,21 @@ def main(out: str, mode: str, precision: str, *options: str) -> None:
     selector = RoundSelector(cfg, sc.validation, ProblemReward(ExactMatch()), group=group)
     result = selector.select(model, tokenizer, sc.pool, seed=11)
     after = training_gradient(model, tokenizer, sc.pool[:4])
-    if group.is_main:
-        c = result.candidates
+    if not group.is_main:
+        return None
+    c = result.candidates
+    return {"sharded_parameters": sum(type(p).__name__ == "DTensor" for p in model.parameters()),
+            "pass_rate": c.pass_rate.tolist(), "norm": c.norm.tolist(), "cos_val": c.cos_val.tolist(),
+            "scores": result.scores.tolist(), "selected": result.selected.tolist(),
+            "validation_pass_rate": result.validation_pass_rate, "training_gradient": after}
+
+
+def main(out: str, *settings: str) -> None:
+    torch.set_num_threads(1)
+    rounds = {setting: one_round(*setting.split(":")) for setting in settings}
+    if all(r is not None for r in rounds.values()):
         with open(out, "w") as f:
-            json.dump({"sharded_parameters": sum(type(p).__name__ == "DTensor" for p in model.parameters()),
-                       "pass_rate": c.pass_rate.tolist(), "norm": c.norm.tolist(), "cos_val": c.cos_val.tolist(),
-                       "scores": result.scores.tolist(), "selected": result.selected.tolist(),
-                       "validation_pass_rate": result.validation_pass_rate, "training_gradient": after}, f)
+            json.dump(rounds, f)
 
 
 if __name__ == "__main__":

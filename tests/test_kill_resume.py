@@ -26,10 +26,12 @@ def env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
 
-def test_sigkill_mid_round_then_rerun_equals_uninterrupted(tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(command(whole), check=True, env=env(), capture_output=True)
-
+def test_sigkill_mid_round_then_rerun_equals_uninterrupted(tmp_path, request):
+    whole, killed, log = tmp_path / "whole", tmp_path / "killed", tmp_path / "whole.log"
+    # the uninterrupted run goes on beside the one that is killed (one torch thread each: 2 cores)
+    with open(log, "w") as stderr:
+        uninterrupted = subprocess.Popen(command(whole), env=env(), stdout=subprocess.DEVNULL, stderr=stderr)
+    request.addfinalizer(uninterrupted.kill)  # a no-op once it has finished
     proc = subprocess.Popen(command(killed), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_round = killed / "checkpoints" / "round-000" / "record.json"
     deadline = time.time() + 240
@@ -44,6 +46,7 @@ def test_sigkill_mid_round_then_rerun_equals_uninterrupted(tmp_path):
     assert not (killed / "checkpoints" / "round-002").exists()
 
     subprocess.run(command(killed), check=True, env=env(), capture_output=True)
+    assert uninterrupted.wait(timeout=400) == 0, log.read_text()[-3000:]
     a = [json.loads(x) for x in (whole / "rounds.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (killed / "rounds.jsonl").read_text().splitlines()]
     assert [r["selected_ids"] for r in a] == [r["selected_ids"] for r in b]

@@ -11,7 +11,7 @@ from test_trl_trainer import SELECTION, exact_match, grpo_args, rows, trainer
 
 from gradalign.curriculum.loop import Curriculum
 from gradalign.data.regimes import unreliable_rewards
-from gradalign.reports.loggers import flatten_scalars
+from gradalign.curriculum.loggers import flatten_scalars
 
 pytestmark = pytest.mark.slow
 

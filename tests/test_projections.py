@@ -214,48 +214,39 @@ def test_deterministic_across_instances_models_and_names():
         assert a.metadata() == b.metadata() and a.metadata()["seed"] == 5 and a.metadata()["kind"] == kind
 
 
-def test_bit_identical_in_another_process(tmp_path):
-    """A fresh interpreter (another PYTHONHASHSEED) computes bit-identical matrices and features."""
-    script = textwrap.dedent("""
-        import sys, numpy as np, torch
-        torch.set_num_threads(int(sys.argv[3]))  # this process's count: the reduction order depends on it
-        sys.path.insert(0, sys.argv[1])
-        from test_gradients import make_model
-        from test_onepass import random_rollouts
-        from gradalign.gradients.projections import get_projector
-        from gradalign.gradients.surrogate import SurrogateBatch
-        model = make_model(tie=False, seed=8)
-        rollouts = random_rollouts(2, vocab=model.config.vocab_size, n_problems=5)
-        batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
-        v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(1))
-        out = {}
-        for kind, kw in [("factored", {}), ("factored", {"sketch": "khatri-rao"}), ("dense", {}), ("sparse", {}),
-                         ("sparse", {"sketch": "countsketch"})]:
-            pr = get_projector(kind, 64, seed=11, **kw)
-            key = kind + kw.get("sketch", "")
-            out[key + "_features"] = pr.features(model, batch).numpy()
-            out[key + "_flat"] = pr.project_flat(model, v).numpy()
-        np.savez(sys.argv[2], **out)
-    """)
-    tests_dir = str(Path(__file__).parent)
-    results = []
-    for hash_seed in ("1", "2"):
-        out = tmp_path / f"run{hash_seed}.npz"
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        subprocess.run([sys.executable, "-c", script, tests_dir, str(out), str(torch.get_num_threads())], check=True,
-                       env=env, timeout=120)
-        results.append(np.load(out))
-    # ... and in this process
+def every_projection() -> dict[str, np.ndarray]:
+    """Every projector kind's features of one batch and projection of one flat vector (fixed seeds)."""
     model = make_model(tie=False, seed=8)
     rollouts = random_rollouts(2, vocab=model.config.vocab_size, n_problems=5)
     batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
     v = torch.randn(n_params(model), generator=torch.Generator().manual_seed(1))
-    pr = get_projector("dense", 64, seed=11)
-    here = {"dense_features": pr.features(model, batch).numpy(), "dense_flat": pr.project_flat(model, v).numpy()}
-    for key in results[0].files:
-        assert np.array_equal(results[0][key], results[1][key]), key
+    out = {}
+    for kind, kw in [("factored", {}), ("factored", {"sketch": "khatri-rao"}), ("dense", {}), ("sparse", {}),
+                     ("sparse", {"sketch": "countsketch"})]:
+        pr = get_projector(kind, 64, seed=11, **kw)
+        key = kind + kw.get("sketch", "")
+        out[key + "_features"] = pr.features(model, batch).numpy()
+        out[key + "_flat"] = pr.project_flat(model, v).numpy()
+    return out
+
+
+def test_bit_identical_in_another_process(tmp_path):
+    """A fresh interpreter with another PYTHONHASHSEED than this one computes bit-identical matrices and features."""
+    script = textwrap.dedent("""
+        import sys, numpy as np, torch
+        torch.set_num_threads(int(sys.argv[3]))  # this process's count: the reduction order depends on it
+        sys.path.insert(0, sys.argv[1])
+        from test_projections import every_projection
+        np.savez(sys.argv[2], **every_projection())
+    """)
+    out = tmp_path / "there.npz"
+    hash_seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"  # this process: random, or the one set
+    subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(out), str(torch.get_num_threads())],
+                   check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed}, timeout=120)
+    there, here = np.load(out), every_projection()
+    assert sorted(there.files) == sorted(here) and len(here) == 10
     for key, value in here.items():
-        assert np.array_equal(results[0][key], value), key
+        assert np.array_equal(there[key], value), key
 
 
 def test_derived_seeds_are_stable_constants():

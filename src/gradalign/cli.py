@@ -112,7 +112,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_rollouts(args: argparse.Namespace) -> int:
     """CROPI's offline rollouts: sample k completions per problem once from the behaviour policy, into a store."""
     from .curriculum.setup import load_user_set, make_reward
-    from .policy.rollout_store import collect_store
+    from .curriculum.offline import collect_store
     from .policy.load import load_policy
     cfg = RunConfig.from_sources(args.config, {**overrides(args), "rollouts_per_problem": args.k})
     if not cfg.pool:

@@ -27,12 +27,12 @@ from ..data.problem import Problem
 from ..data.regimes import Scenario
 from ..evaluation import evaluate
 from ..policy.load import save_policy
-from ..reports.loggers import RunLoggers
 from ..selection import get_method
 from ..selection.diagnostics import scores_table, selection_diagnostics, write_scores
 from . import records
 from .batch import BatchRound
 from .ledger import Ledger
+from .loggers import RunLoggers
 from .offline import offline_influence
 from .round import EmptySelectionError, RoundSelection, RoundSelector, seconds_since
 from .setup import (INITIAL_EVAL, check_inputs, chunk_order, join_processes, load_problem_sets, load_run_policy,

@@ -1,5 +1,6 @@
 """CROPI's off-policy signals (METHODS.md §3): rollouts sampled once from the behaviour policy β and reused at
-every stage; POPI gradients at the current policy θ, projected; one reference direction per validation set.
+every stage (the run's two stores, pool and validation, opened here from its config); POPI gradients at the current
+policy θ, projected; one reference direction per validation set.
 
 POPI of a problem: ∇_θ (1/K) Σ_k (1/|τ_k|) Σ_t [π_θ(y_kt) / β(y_kt)] Â_k, Â = (R - mean) / (std + 1e-4), no clipping,
 no KL: the surrogate's sequence-mean aggregation with a per-token importance ratio. β(y_t) is the log-prob the
@@ -20,12 +21,12 @@ import torch
 from .. import fileio
 from ..config import RunConfig
 from ..distributed import SINGLE, ProcessGroup
-from ..data.problem import Problem
+from ..data.problem import DataError, Problem
 from ..gradients.projections import configured_projector, gradient_energy
 from ..gradients.signals import GradientBackend
 from ..gradients.surrogate import SurrogateBatch
-from ..policy.rollout_store import RolloutStore, offline_sampling, open_stores
-from ..policy.rollouts import Rollouts, sample_rollouts
+from ..policy.rollout_store import RolloutStore, collect_rollouts, rollout_meta
+from ..policy.rollouts import Rollouts, SamplingConfig, sample_rollouts
 from ..selection import Candidates, get_method
 from ..selection.fusion import reciprocal_rank_fusion
 
@@ -40,6 +41,52 @@ def offline_influence(cfg: RunConfig, model, tokenizer, pool: list[Problem], val
     rollouts of the pool problems it owns, and every rank computes the (small) validation directions itself."""
     pool_store, validation_store = open_stores(cfg, model, tokenizer, pool, validation, reward, collect, group)
     return OfflineInfluence(cfg, pool_store, validation_store, validation, tokenizer.pad_token_id, group.is_main)
+
+
+# ── CROPI's two stores from a run config ────────────────────────────────────────────────────────────────────
+def offline_sampling(cfg: RunConfig) -> SamplingConfig:
+    return SamplingConfig(temperature=cfg.offline_temperature, top_p=1.0,
+                          max_new_tokens=cfg.grpo.max_completion_length)
+
+
+def store_paths(cfg: RunConfig) -> tuple[Path, Path]:
+    out = Path(cfg.output_dir) / "offline"
+    return (Path(cfg.offline_rollouts or out / "pool"), Path(cfg.offline_validation or out / "validation"))
+
+
+def store_meta(cfg: RunConfig, model, k: int) -> dict:
+    """What defines an offline store made from `model` with this config (checked when it is reopened; `model`
+    None leaves out the weights' hash)."""
+    return rollout_meta(cfg.model_args.model_name_or_path, model, k, offline_sampling(cfg), cfg.seed, cfg.verifier)
+
+
+def collect_store(cfg: RunConfig, path: Path, model, tokenizer, problems: list[Problem], k: int, reward,
+                  shard_size: int = 256, group: ProcessGroup = SINGLE) -> RolloutStore:
+    """Open (or create) the store at `path` and sample, from `model` (= β), every problem it still lacks.
+    Several processes: rank 0 creates and writes the store, every rank samples its share of the shards."""
+    meta = store_meta(cfg, model, k)
+    store = RolloutStore.open_or_create(path, meta) if group.is_main else None
+    group.barrier()
+    store = store or RolloutStore.open(path, expect=meta)
+    return collect_rollouts(store, model, tokenizer, problems, reward, offline_sampling(cfg), cfg.seed,
+                            shard_size=shard_size, desc=f"offline rollouts ({Path(path).name})", group=group)
+
+
+def open_stores(cfg: RunConfig, model, tokenizer, pool: list[Problem], validation: list[Problem], reward,
+                collect: bool, group: ProcessGroup = SINGLE) -> tuple[RolloutStore, RolloutStore]:
+    """The pool's and the validation set's stores; `collect` samples what is missing from `model` (= β)."""
+    stores = []
+    for path, problems, k in zip(store_paths(cfg), (pool, validation),
+                                 (cfg.rollouts_per_problem, cfg.offline_validation_rollouts)):
+        if collect:
+            store = collect_store(cfg, path, model, tokenizer, problems, k, reward, group=group)
+        else:  # resuming after stage 0: the policy is no longer β, so its hash is neither computed nor checked
+            store = RolloutStore.open(path, expect=store_meta(cfg, None, k))
+            missing = next((p.id for p in problems if p.id not in store.done_ids()), None)
+            if missing is not None:
+                raise DataError(f"{path}: the offline rollout store has no rollouts for problem '{missing}'")
+        stores.append(store)
+    return stores[0], stores[1]
 
 
 def popi_batch(rollouts: Rollouts) -> SurrogateBatch:

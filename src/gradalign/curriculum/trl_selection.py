@@ -47,12 +47,12 @@ from ..config import ConfigError, RunConfig, replay_obstacle
 from ..data.problem import Problem
 from ..data.regimes import Scenario
 from ..distributed import process_group
-from ..reports.loggers import flatten_scalars
 from ..selection import get_method
 from ..selection.diagnostics import selection_diagnostics
 from .setup import check_blocks, check_scope, chunk_order, round_seed
 from .round import NoDirectionError, RoundSelector
 from .ledger import Ledger
+from .loggers import flatten_scalars
 from .trl_bridge import Replay, ReplayingGRPOTrainer, plan_blocks, sample_through, shared_replay
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """CROPI's offline rollouts in one place: a resumable on-disk store (sampled once from the behaviour policy β,
-reused at every stage), what defines it (its metadata, the weights' hash, the checks made when it is reopened),
-and the run's two stores (pool and validation) made or opened from a run config. Verbs, as in TRAK's feature
-stores: create / open / open_or_create / append / load.
+reused at every stage) and what defines it (its metadata, the weights' hash, the checks made when it is reopened).
+A run's two stores (pool and validation), made or opened from its config, are `curriculum.offline`'s. Verbs, as
+in TRAK's feature stores: create / open / open_or_create / append / load.
 
 One store is a directory the caller chooses (e.g. `run/rollouts/train/`):
 
@@ -30,8 +30,6 @@ from safetensors.torch import load_file, save_file
 
 from ..data.problem import Problem
 from ..distributed import SINGLE, ProcessGroup
-from ..config import RunConfig
-from ..data.problem import DataError
 from ..fileio import atomic_path, jsonable, read_json, short, write_json
 from ..rewards import ProblemReward
 from .rollouts import Rollouts, SamplingConfig, sample_rollouts, stack_rows
@@ -282,51 +280,4 @@ def collect_rollouts(store: RolloutStore, model, tokenizer, problems: list[Probl
     return RolloutStore.open(store.path, expect={k: v for k, v in store.meta.items() if k not in RESERVED})
 
 
-# ── CROPI's two stores from a run config ────────────────────────────────────────────────────────────────────
-def offline_sampling(cfg: RunConfig) -> SamplingConfig:
-    return SamplingConfig(temperature=cfg.offline_temperature, top_p=1.0,
-                          max_new_tokens=cfg.grpo.max_completion_length)
-
-
-def store_paths(cfg: RunConfig) -> tuple[Path, Path]:
-    out = Path(cfg.output_dir) / "offline"
-    return (Path(cfg.offline_rollouts or out / "pool"), Path(cfg.offline_validation or out / "validation"))
-
-
-def store_meta(cfg: RunConfig, model, k: int) -> dict:
-    """What defines an offline store made from `model` with this config (checked when it is reopened; `model`
-    None leaves out the weights' hash)."""
-    return rollout_meta(cfg.model_args.model_name_or_path, model, k, offline_sampling(cfg), cfg.seed, cfg.verifier)
-
-
-def collect_store(cfg: RunConfig, path: Path, model, tokenizer, problems: list[Problem], k: int, reward,
-                  shard_size: int = 256, group: ProcessGroup = SINGLE) -> RolloutStore:
-    """Open (or create) the store at `path` and sample, from `model` (= β), every problem it still lacks.
-    Several processes: rank 0 creates and writes the store, every rank samples its share of the shards."""
-    meta = store_meta(cfg, model, k)
-    store = RolloutStore.open_or_create(path, meta) if group.is_main else None
-    group.barrier()
-    store = store or RolloutStore.open(path, expect=meta)
-    return collect_rollouts(store, model, tokenizer, problems, reward, offline_sampling(cfg), cfg.seed,
-                            shard_size=shard_size, desc=f"offline rollouts ({Path(path).name})", group=group)
-
-
-def open_stores(cfg: RunConfig, model, tokenizer, pool: list[Problem], validation: list[Problem], reward,
-                collect: bool, group: ProcessGroup = SINGLE) -> tuple[RolloutStore, RolloutStore]:
-    """The pool's and the validation set's stores; `collect` samples what is missing from `model` (= β)."""
-    stores = []
-    for path, problems, k in zip(store_paths(cfg), (pool, validation),
-                                 (cfg.rollouts_per_problem, cfg.offline_validation_rollouts)):
-        if collect:
-            store = collect_store(cfg, path, model, tokenizer, problems, k, reward, group=group)
-        else:  # resuming after stage 0: the policy is no longer β, so its hash is neither computed nor checked
-            store = RolloutStore.open(path, expect=store_meta(cfg, None, k))
-            missing = next((p.id for p in problems if p.id not in store.done_ids()), None)
-            if missing is not None:
-                raise DataError(f"{path}: the offline rollout store has no rollouts for problem '{missing}'")
-        stores.append(store)
-    return stores[0], stores[1]
-
-
-__all__ = ["RolloutStore", "collect_rollouts", "collect_store", "concat_rollouts", "model_hash", "open_stores",
-           "rollout_meta", "shard_seed"]
+__all__ = ["RolloutStore", "collect_rollouts", "concat_rollouts", "model_hash", "rollout_meta", "shard_seed"]

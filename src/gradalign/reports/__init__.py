@@ -5,8 +5,8 @@ One job per module: `summary` reads run directories and writes `summary.md`; `co
 ledger's figures, cumulative cost curves and time to accuracy on one curve); `plots` draws their figures; `styles`
 gives every method its colour and marker; `markdown` builds pipe tables and links; `blocks` renders a report to
 Markdown and HTML; `bench_views`, `bench_stats` (and `bench_cost`), `bench_verdicts`, `bench_tables` and
-`bench_figures` read, compute, judge, tabulate and draw a benchmark, and `benchmark` writes its report; `loggers`
-sends training metrics to TensorBoard / W&B.
+`bench_figures` read, compute, judge, tabulate and draw a benchmark, and `benchmark` writes its report. Reports read
+what the curriculum writes (`curriculum.records`) and are never imported by it.
 """
 
 from __future__ import annotations

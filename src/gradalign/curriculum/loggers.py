@@ -13,7 +13,7 @@ import numbers
 from transformers import TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import get_reporting_integration_callbacks
 
-from ..curriculum.records import round_steps
+from .records import round_steps
 
 SKIPPED = {"train_log", "selected_ids", "pass_rate_histogram", "selected_by_source", "selected_by_utility"}
 
