@@ -1,4 +1,5 @@
-"""The README stays true: its TRL example runs as written, and its config reference lists every field."""
+"""The README and docs/ stay true: their TRL examples run as written, wherever a `<!-- tested: ... -->` marker puts
+them, and the configuration reference lists every field."""
 
 import dataclasses
 import re
@@ -8,21 +9,27 @@ import pytest
 
 from gradalign.config import RunConfig
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def readme_example(label: str = "") -> str:
-    text = README.read_text()
-    match = re.search(rf"<!-- tested: tests/test_readme.py{re.escape(label)} -->\s*```python\n(.*?)```", text, re.S)
-    assert match, f"README lost its tested TRL example{label}"
-    return match.group(1)
+def readme_example(label: str = "") -> tuple[str, str]:
+    """The python snippet marked `<!-- tested: tests/test_readme.py{label} -->` in the README or a docs page, and the
+    page's name (for tracebacks); exactly one page holds it."""
+    marker = rf"<!-- tested: tests/test_readme.py{re.escape(label)} -->\s*```python\n(.*?)```"
+    found = [(m.group(1), page.relative_to(ROOT).as_posix()) for page in PAGES
+             for m in re.finditer(marker, page.read_text(), re.S)]
+    assert len(found) == 1, f"README and docs/ hold the tested TRL example{label} {len(found)} times, not once"
+    return found[0]
 
 
 @pytest.mark.slow
 def test_trl_example_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(readme_example(), "README.md", "exec"), namespace)
+    example, page = readme_example()
+    exec(compile(example, page, "exec"), namespace)
     trainer = namespace["trainer"]
     history = trainer.selection_history
     assert [h["round"] for h in history] == [0, 1]  # 8 steps, a new selection every 4
@@ -31,13 +38,13 @@ def test_trl_example_runs_as_written(tmp_path, monkeypatch, capsys):
 
 
 def test_config_reference_lists_every_field_with_its_default():
-    text = README.read_text()
+    text = (ROOT / "docs" / "configuration.md").read_text()
     stale = []
     for f in dataclasses.fields(RunConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f"| `{f.name}` | `{default}` |" not in text:
             stale.append(f.name)
-    assert not stale, f"README config reference lacks or misstates: {stale}"
+    assert not stale, f"docs/configuration.md lacks or misstates: {stale}"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -49,14 +56,15 @@ def test_ci_runs_the_readme_test_command():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["nonzero-variance", "gradalign"])
 def test_dynamic_sampling_recipe_runs_as_written(tmp_path, monkeypatch, capsys, method):
-    """The recipe after the first example's setup; `gradalign` as its comment says (with the validation set)."""
+    """The recipe (docs/trl.md) after the README example's setup; `gradalign` as its comment says (with the
+    validation set)."""
     monkeypatch.chdir(tmp_path)
-    setup = readme_example().split("trainer = GradAlignGRPOTrainer(")[0]
-    recipe = readme_example(" (dynamic sampling)")
+    setup = readme_example()[0].split("trainer = GradAlignGRPOTrainer(")[0]
+    recipe, page = readme_example(" (dynamic sampling)")
     if method == "gradalign":
         recipe = recipe.replace('"nonzero-variance", None', '"gradalign", validation')
     namespace: dict = {}
-    exec(compile(setup + recipe, "README.md", "exec"), namespace)
+    exec(compile(setup + recipe, page, "exec"), namespace)
     trainer = namespace["trainer"]
     history = trainer.selection_history
     assert trainer.state.global_step == 4 and [h["round"] for h in history] == [0, 1, 2, 3]  # a selection per step

@@ -14,7 +14,7 @@ import yaml
 from gradalign.cli import main
 from gradalign.config import TRL_DEFAULTS, ConfigError, RunConfig
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"  # holds the tested `trl grpo` config
 SELECTION_MARK = "# ... and the selection fields gradalign run adds"
 
 

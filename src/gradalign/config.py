@@ -573,6 +573,38 @@ class RunConfig:
 PATH_FIELDS = ("pool", "validation", "test", "offline_rollouts", "offline_validation", "model")
 
 
+def reference_markdown() -> str:
+    """The configuration reference (docs/configuration.md's generated part): one table per section of `RunConfig`,
+    as its `# ── section ──` comments group the fields; each field's name, default and help. A test compares the
+    page with this, so the page cannot drift from the dataclass (`python docs/generate_configuration.py` rewrites it)."""
+    import inspect
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    for line in inspect.getsource(RunConfig).splitlines():
+        heading = re.match(r"\s*# ── (.+?) ─", line)
+        name = re.match(r"    (\w+): .+ = _f\(", line)
+        if heading:
+            sections.append((heading.group(1), []))
+        elif name:
+            sections[-1][1].append(name.group(1))
+    defaults = {name: default for name, (_, default) in _field_kinds().items()}
+    helps = RunConfig.fields_help()
+    listed = [name for _, names in sections for name in names]
+    assert sorted(listed) == sorted(defaults), "every RunConfig field is declared on one line with _f(...)"
+    blocks = []
+    for title, names in sections:
+        if not names:
+            continue
+        rows = [f"| `{name}` | `{defaults[name]}` | {_markdown_cell(helps[name])} |" for name in names]
+        blocks.append("\n".join([f"### {title}" if title else "### (ungrouped)", "",
+                                 "| field | default | meaning |", "|---|---|---|", *rows]))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _markdown_cell(text: str) -> str:
+    """Help text as one table cell: a `|` would end the cell and a bare `*` could start emphasis."""
+    return text.replace("|", "\\|").replace("*", "\\*")
+
+
 def _same_path(a, b) -> bool:
     if not (isinstance(a, str) and isinstance(b, str) and Path(a).exists() and Path(b).exists()):
         return False
