@@ -18,7 +18,7 @@ from .distributed import is_main_process, launched_world_size
 from .flags import add_config_flags, overrides, renamed_flag, trl_flags
 
 log = logging.getLogger("gradalign")
-# the published GradAlign, the recommended method (README: "Which method"), and the two baselines everyone compares to
+# the default and the published GradAlign (README: "Which method to use"), and the baselines everyone compares to
 DEMO_METHODS = ["gradalign-lfdr", "gradalign", "random", "accgreedy", "full"]
 ONE_SEED = ("These figures are one seed on one machine: differences of a few points are noise. `gradalign bench "
             "regimes --preset standard` gives mean ± std over 5 seeds.")

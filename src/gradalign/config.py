@@ -77,7 +77,7 @@ CHOICES = {"advantage_scale": ("none", "group"), "validation_direction": ("poole
            "scale_rewards": ("group", "batch", "none")}
 
 # ── TRL's own configuration ──────────────────────────────────────────────────────────────────────────────
-# Where gradalign's defaults differ from TRL's, and why (the README's "TRL's configuration" table is this one).
+# Where gradalign's defaults differ from TRL's, and why (docs/configuration.md, TRL's own fields: the table of our defaults is this one).
 TRL_DEFAULTS: dict[str, tuple[Any, str]] = {
     "model_name_or_path": ("tiny", "the built-in policy, warm-started and cached: the default path downloads nothing "
                            "(TRL: none)"),

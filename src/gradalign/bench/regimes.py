@@ -34,7 +34,7 @@ PRESETS: dict[str, dict] = {
                   rollouts_per_problem=8, validation_rollouts=8, rounds=4, steps_per_round=4, problems_per_step=8,
                   num_generations=8, eval_samples=2, warmup_problems=32, warmup_steps=2, projection_dim=2048,
                   offline_validation_rollouts=16),
-    # CROPI's sparse map costs ~12x GradAlign's scoring on CPU (README: CROPI); khatri-rao-energy is at least as
+    # CROPI's sparse map costs ~12x GradAlign's scoring on CPU (docs/methods.md: CROPI); khatri-rao-energy is at least as
     # faithful to the exact inner products (gradalign bench fidelity), so the standard preset uses it
     "standard": dict(DEMO_SIZES, projection="khatri-rao-energy", projection_dim=4096),
     "full": DEMO_SIZES,

@@ -207,7 +207,7 @@ def join_processes(cfg: RunConfig, sets: Scenario) -> ProcessGroup:
     """This process's group for `cfg` (one process without a launcher), after checking the run can be shared."""
     if fsdp_requested():
         raise ValueError("gradalign run and select keep a whole policy on every process (data parallel); to train "
-                         "a model FSDP shards, use GradAlignGRPOTrainer in a TRL script (README: FSDP)")
+                         "a model FSDP shards, use GradAlignGRPOTrainer in a TRL script (docs/scaling.md: FSDP)")
     check_sharding(cfg, sets, launched_world_size())
     return process_group(resolve_device(cfg.device))
 

@@ -17,7 +17,7 @@ only asks autograd for the module outputs' gradients, so no weight gradient is e
 Each parameter is reduced as soon as the backward has reached every module using it, and that layer's
 input and output gradient are then let go. Memory: one micro-batch of whole problems' activations (as a
 training step), one layer's output gradients (a tied head's until the embedding's arrives), one parameter's
-fp32 factors and its G_i for a few problems at a time (README: "What one rank holds").
+fp32 factors and its G_i for a few problems at a time (docs/scaling.md: "What one rank holds").
 
 Parameters outside those modules (a mixture-of-experts block's fused 3-D expert weights and its router, any custom
 module) have no such factorisation here (`unsupported_parameters`). `OnePassGradients.problem_signals` then logs
