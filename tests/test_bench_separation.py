@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -58,6 +59,9 @@ def test_rows_summarise_the_cells_and_a_rerun_recomputes_nothing(measured, monke
     aucs = [c["methods"]["gradalign"]["corrupted"]["auc"] for c in result["cells"] if c["scenario"] == "mixed"]
     assert rows["mixed", "corrupted", "gradalign"]["auc"][0] == pytest.approx(sum(aucs) / len(aucs))
     assert {p.suffix for p in (out / "cells").iterdir()} == {".json", ".npz"}
+    saved = np.load(out / "cells" / "mixed-seed-0.npz")
+    assert {"pass_rate", "completion_dots", "good_corrupted", "source"} <= set(saved.files)
+    assert len(saved["source"]) == len(saved["pass_rate"]) == SMALL["chunk_size"]
     monkeypatch.setattr(separation, "measure_cell", lambda *a: pytest.fail("a finished cell was recomputed"))
     again = separation.run_separation(["mixed"], METHODS, [0, 1], overrides=SMALL, out=str(out), echo=None)
     assert json.loads(json.dumps(again["rows"])) == result["rows"]

@@ -86,6 +86,7 @@ def measure_cell(cfg, methods: list[str]) -> tuple[dict, dict]:
     arrays = {field: np.asarray(value) for field, value in dataclasses.asdict(c).items()
               if value is not None and field != "ids"}
     arrays.update({f"good_{label}": good for label, good in good_labels(chunk, validation_sources).items()})
+    arrays.update(ids=np.array(c.ids), source=np.array([p.source for p in chunk]))  # e.g. pass rates per task
     cell = {"scenario": cfg.scenario, "seed": cfg.seed, "model": cfg.model_args.model_name_or_path,
             "candidates": len(chunk), "eligible": int((~c.zero_variance).sum()), "keep": cfg.keep,
             "seconds": round(time.perf_counter() - t, 1), "timings": result.timings,
