@@ -15,7 +15,6 @@ beside it, to try other rules on later) as soon as it is done; a rerun skips fin
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,8 +22,6 @@ from typing import Callable
 import numpy as np
 
 from . import csv_list, machine_info, plus_minus, publish
-
-log = logging.getLogger(__name__)
 
 # The starting policies and round sizes. tiny: the demo's round on the warm-started tiny policy. smollm2: one round
 # of SmolLM2-135M-Instruct on the arithmetic mix it half-solves (gsm-symbolic with no word problems: single-digit,
@@ -104,8 +101,8 @@ def run_separation(scenarios: list[str], methods: list[str], seeds: list[int], p
         torch.set_num_threads(threads)
     signal_method(methods)  # an unsupported method is one line before anything runs
     base = {**PRESETS[preset], **(overrides or {})}
-    configs = [RunConfig.of(**{**base, "scenario": s, "seed": seed, "method": methods[0],
-                               "output_dir": str(Path(out) / "unused")}) for s in scenarios for seed in seeds]
+    configs = [RunConfig.of(**{**base, "scenario": s, "seed": seed, "method": methods[0]})  # nothing is written there
+               for s in scenarios for seed in seeds]
     cells = []
     for cfg in configs:
         path = Path(out) / "cells" / f"{cfg.scenario}-seed-{cfg.seed}.json"
