@@ -77,7 +77,8 @@ CHOICES = {"advantage_scale": ("none", "group"), "validation_direction": ("poole
            "scale_rewards": ("group", "batch", "none")}
 
 # ── TRL's own configuration ──────────────────────────────────────────────────────────────────────────────
-# Where gradalign's defaults differ from TRL's, and why (docs/configuration.md, TRL's own fields: the table of our defaults is this one).
+# Where gradalign's defaults differ from TRL's, and why (docs/configuration.md, TRL's own fields: the table of our
+# defaults is this one).
 TRL_DEFAULTS: dict[str, tuple[Any, str]] = {
     "model_name_or_path": ("tiny", "the built-in policy, warm-started and cached: the default path downloads nothing "
                            "(TRL: none)"),
@@ -128,8 +129,8 @@ class RunConfig:
     seed: int = _f(0, "One seed for chunking, sampling, scenario building, tie-breaks and TRL.")
     # ── data ─────────────────────────────────────────────────────────────────────────────────────────────
     scenario: str = _f("unreliable-rewards", "Built-in scenario used when `pool` is not given "
-                       "(unreliable-rewards, imbalance, low-utility, mixed: all three at once; smollm2-arithmetic and gsm-symbolic for "
-                       "--model_name_or_path smollm2-135m with --verifier task).")
+                       "(unreliable-rewards, imbalance, low-utility, mixed: all three at once; smollm2-arithmetic and "
+                       "gsm-symbolic for --model_name_or_path smollm2-135m with --verifier task).")
     pool: str | None = _f(None, "Pool file (.jsonl/.json/.parquet, TRL or verl layout), or a `datasets` dataset "
                           "(hub id or save_to_disk directory).")
     validation: str | None = _f(None, "Trusted validation file or dataset (same forms).")

@@ -149,8 +149,8 @@ def bench_settings(plan: BenchPlan) -> dict:
     path = plan.out / "bench.json"
     if not path.exists():
         return settings
-    import json
-    old = json.loads(path.read_text())
+    from .. import fileio
+    old = fileio.read_json(path)
     if (old.get("preset"), old.get("config")) != (settings["preset"], settings["config"]):
         return settings
     merged = {key: list(dict.fromkeys([*old.get(key, []), *settings[key]])) for key in ("regimes", "methods", "seeds")}

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from .. import fileio
-from ..config import RunConfig, replay_obstacle
+from ..config import RunConfig
 from ..data.io import save_problems
 from ..data.problem import Problem
 from ..data.regimes import Scenario
@@ -31,13 +31,13 @@ from ..selection import get_method
 from ..selection.diagnostics import scores_table, selection_diagnostics, write_scores
 from . import records
 from .batch import BatchRound
-from .ledger import Ledger
+from .ledger import Ledger, trained
 from .loggers import RunLoggers
 from .offline import offline_influence
 from .round import EmptySelectionError, RoundSelection, RoundSelector, seconds_since
 from .setup import (INITIAL_EVAL, check_inputs, chunk_order, join_processes, load_problem_sets, load_run_policy,
                     make_reward, round_seed)
-from .trl_bridge import (Replay, new_optimizer, round_trainer, sampling_through, train_on,
+from .trl_bridge import (Replay, new_optimizer, reusable, round_trainer, sampling_through, train_on,
                          warn_unused_trl_fields)
 
 log = logging.getLogger(__name__)
@@ -228,10 +228,9 @@ class Curriculum:
             save_problems(self.out / "selected" / f"round-{r:03d}.jsonl", chosen)
             if selection is not None:
                 self.write_scores(r, chunk, selection)
-        reused = ledger.reused["completions"]
-        log.info("%straining: %d GRPO steps on the %d problems kept, %d completions (%d reused from selection), %.1f s",
-                 progress, self.cfg.steps_per_round, len(chosen),
-                 ledger.generated.get("training", {}).get("completions", 0) + reused, reused,
+        log.info("%straining: %d GRPO steps on the %d problems kept, %d completions (%d reused from selection), "
+                 "%.1f s", progress, self.cfg.steps_per_round, len(chosen),
+                 trained(ledger.generated, ledger.reused, "completions"), ledger.reused["completions"],
                  timings.get("training", float("nan")))
         t = time.perf_counter()
         test = self.evaluate(model, tokenizer, seed)
@@ -297,13 +296,11 @@ class Curriculum:
         """The selected problems' selection rollouts, for the round's first GRPO step (same weights, same sampler:
         the round's trainer; k_r >= num_generations, of which it takes the first num_generations), when reuse is on
         and possible."""
-        k = self.cfg.grpo.num_generations
         g = self.cfg.grpo
-        if (not self.cfg.reuse_rollouts or selection is None or selection.rollouts is None or self.group.sharded
-                or self.cfg.rollouts_per_problem < k
-                or replay_obstacle(g.use_vllm, g.vllm_importance_sampling_correction)):
+        if self.group.sharded or not reusable(selection, self.cfg, g.num_generations, g.use_vllm,
+                                              g.vllm_importance_sampling_correction):
             return None
-        return Replay(selection.rollouts.completion_groups(selection.selected, k))
+        return Replay(selection.rollouts.completion_groups(selection.selected, g.num_generations))
 
     def group_ledger(self, ledger: Ledger) -> Ledger:
         """The round's ledger summed over processes (each counted what it generated and passed itself)."""

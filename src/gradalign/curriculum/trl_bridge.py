@@ -23,7 +23,7 @@ from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from ..config import SCHEDULE_OWNED, RunConfig, build_grpo_config
+from ..config import SCHEDULE_OWNED, RunConfig, build_grpo_config, replay_obstacle
 from ..data.io import ANSWER_COLUMN, ID_COLUMN, METADATA_COLUMN, problems_to_rows
 from ..data.problem import Problem
 from ..distributed import process_group, world_size
@@ -115,6 +115,14 @@ class Replay:
             wanted[tuple(ids)] = wanted.get(tuple(ids), 0) + 1
         enough = {key for key, n in wanted.items() if len(self.groups.get(key, ())) >= n}
         return [self.groups[tuple(ids)].pop(0) if tuple(ids) in enough else None for ids in prompt_ids]
+
+
+def reusable(selection, cfg: RunConfig, num_generations: int, use_vllm: bool, vllm_correction: bool) -> bool:
+    """Whether training can take a `RoundSelection`'s rollouts: reuse on, the policy's own samples (`rollouts` is
+    None for warm-up, feature or offline methods), at least `num_generations` per group, and no vLLM
+    importance-sampling correction that needs their sampling log-probs (`replay_obstacle`)."""
+    return (selection is not None and selection.rollouts is not None and cfg.reuse_rollouts
+            and cfg.rollouts_per_problem >= num_generations and not replay_obstacle(use_vllm, vllm_correction))
 
 
 def shared_replay(parts: list[dict[tuple[int, ...], list[list[int]]]], keys: list[tuple[int, ...]], share: slice,

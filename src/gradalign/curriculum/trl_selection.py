@@ -43,7 +43,7 @@ from trl.trainer import grpo_trainer as trl_grpo
 from trl.trainer.utils import nanstd
 
 from .. import fileio
-from ..config import ConfigError, RunConfig, replay_obstacle
+from ..config import ConfigError, RunConfig
 from ..data.problem import Problem
 from ..data.regimes import Scenario
 from ..distributed import process_group
@@ -53,7 +53,7 @@ from .setup import check_blocks, check_scope, chunk_order, round_seed
 from .round import NoDirectionError, RoundSelector
 from .ledger import Ledger
 from .loggers import flatten_scalars
-from .trl_bridge import Replay, ReplayingGRPOTrainer, plan_blocks, sample_through, shared_replay
+from .trl_bridge import Replay, ReplayingGRPOTrainer, plan_blocks, reusable, sample_through, shared_replay
 
 log = logging.getLogger(__name__)
 
@@ -362,9 +362,7 @@ class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
         be trained on: reuse off, methods whose rollouts are not the policy's own, k_r < num_generations, or a round
         restored from a checkpoint, or vLLM with TRL's importance-sampling correction (`replay_obstacle`)."""
         sel, k = self.round_selection, self.num_generations
-        if (sel is None or sel.rollouts is None or not self.selection.reuse_rollouts
-                or self.selection.rollouts_per_problem < k
-                or replay_obstacle(self.use_vllm, self.vllm_importance_sampling_correction)):
+        if not reusable(sel, self.selection, k, self.use_vllm, self.vllm_importance_sampling_correction):
             return None
         position = {pid: i for i, pid in enumerate(sel.rollouts.problem_ids)}
         wanted = [position[f"train:{i}"] for i in dict.fromkeys(rows) if f"train:{i}" in position]

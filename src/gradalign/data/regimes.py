@@ -48,6 +48,11 @@ def _check_share(name: str, value: float, scenario: str) -> None:
         raise ValueError(f"{scenario}: {name} must be in [0, 1] (got {value})")
 
 
+def _check_others(target: str, others: tuple[str, ...], scenario: str) -> None:
+    if not others or target in others:
+        raise ValueError(f"{scenario}: others must name families other than the target '{target}' (got {list(others)})")
+
+
 def _held_out(families: dict[str, float], validation_size: int, test_size: int, seed: int, taken: set[str]):
     """Validation and test sets avoiding the prompts in `taken`, which is extended with theirs."""
     validation = generate_mix(families, validation_size, seed + 1, "val", exclude=taken)
@@ -101,8 +106,7 @@ def imbalance(pool_size: int = 2000, validation_size: int = 64, test_size: int =
     """
     params = dict(locals())
     _check_share("target_share", target_share, "imbalance")
-    if not others or target in others:
-        raise ValueError(f"imbalance: others must name families other than the target '{target}' (got {list(others)})")
+    _check_others(target, others, "imbalance")
     families = {target: target_share, **{f: (1 - target_share) / len(others) for f in others}}
     pool = generate_mix(families, pool_size, seed, "pool")
     taken = {p.prompt for p in pool}
@@ -171,8 +175,7 @@ def mixed(pool_size: int = 2000, validation_size: int = 64, test_size: int = 256
     if target_share > useful_share:
         raise ValueError(f"mixed: target_share ({target_share}) must not exceed useful_share ({useful_share}): the "
                          f"target family is part of the useful share")
-    if not others or target in others:
-        raise ValueError(f"mixed: others must name families other than the target '{target}' (got {list(others)})")
+    _check_others(target, others, "mixed")
     rest = (useful_share - target_share) / useful_share if useful_share else 0.0
     families = {target: 1.0 - rest, **{f: rest / len(others) for f in others}}
     useful = generate_mix(families, int(round(useful_share * pool_size)), seed, "pool")
