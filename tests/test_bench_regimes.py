@@ -72,6 +72,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     bad.write_text("not_a_field: 1\n")
     assert main(["bench", "regimes", "--config", str(bad), "--out", str(tmp_path / "b")]) == 2
     assert "unknown config key 'not_a_field'" in capsys.readouterr().err
+    assert main(["bench", "regimes", "--threads", "2", "--workers", "2", "--out", str(tmp_path / "b")]) == 2
+    assert "--threads must be >= 1 and sets one process's threads" in capsys.readouterr().err
 
 
 def test_arms_name_a_method_and_a_variant_of_its_schedule(tmp_path, capsys):

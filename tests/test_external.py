@@ -214,3 +214,45 @@ def test_gsm_symbolic_scenario_corrupts_only_the_pool_and_keeps_sets_disjoint():
     assert as_dicts(other.pool) != as_dicts(scenario.pool)
     with pytest.raises(ValueError, match="gsm_share must be in"):
         build_scenario("gsm-symbolic", gsm_share=1.5)
+
+
+# ------------------------------------------------------------------------------ the real-model preset's mixes
+
+
+def distinct_across(sets) -> bool:
+    keys = [{prompt_text(p.prompt) for p in problems} for problems in sets.values()]
+    return sum(map(len, keys)) == len(set().union(*keys)) == sum(len(problems) for problems in sets.values())
+
+
+@needs_reasoning_gym
+@pytest.mark.parametrize("corruption", ["coin", "mixed"])
+def test_smollm2_coin_is_the_solvable_mix_with_a_corrupted_pool(corruption):
+    kw = dict(pool_size=80, validation_size=16, test_size=24, corrupt_fraction=0.5, corruption=corruption)
+    scenario = build_scenario("smollm2-coin", seed=4, **kw)
+    sets = problem_sets(scenario)
+    assert distinct_across(sets) and [len(s) for s in sets.values()] == [80, 16, 24]
+    for problems in sets.values():  # half single-digit; countdown, which the model almost never solves, left out
+        sources = [p.source for p in problems]
+        assert sources.count("single_digit") == len(problems) // 2
+        assert set(sources) == {"single_digit", "basic_arithmetic", "chain_sum"}
+    assert sum(p.corrupted for p in scenario.pool) == 40
+    assert not any(p.corrupted for p in scenario.validation + scenario.test)
+    kinds = {p.metadata["corruption"] for p in scenario.pool if p.corrupted}
+    assert kinds == ({"coin", "wrong-answer"} if corruption == "mixed" else {"coin"})
+    assert as_dicts(build_scenario("smollm2-coin", seed=4, **kw).pool) == as_dicts(scenario.pool)  # seeded
+    assert as_dicts(build_scenario("smollm2-coin", seed=5, **kw).pool) != as_dicts(scenario.pool)
+
+
+@needs_reasoning_gym
+def test_smollm2_skewed_keeps_the_target_a_minority_of_the_pool_and_all_of_validation_and_test():
+    scenario = build_scenario("smollm2-skewed", pool_size=90, validation_size=12, test_size=20, target_share=0.2,
+                              seed=1)
+    sets = problem_sets(scenario)
+    assert distinct_across(sets) and [len(s) for s in sets.values()] == [90, 12, 20, 20]
+    pool = [p.source for p in scenario.pool]
+    assert pool.count("chain_sum") == 18 and pool.count("single_digit") == pool.count("basic_arithmetic") == 36
+    assert {p.source for p in scenario.validation + scenario.test} == {"chain_sum"}
+    assert sorted(p.source for p in scenario.extra_tests["other-tasks"]) == ["basic_arithmetic"] * 10 + ["single_digit"] * 10
+    assert not any(p.corrupted for problems in sets.values() for p in problems)
+    with pytest.raises(ValueError, match="smollm2-skewed: target_share must be in"):
+        build_scenario("smollm2-skewed", target_share=-0.1)

@@ -61,7 +61,7 @@ def test_cli_flags_become_overrides_with_any_number_of_names():
 def test_each_scenario_gets_exactly_its_own_knobs(monkeypatch):
     seen = {}
     monkeypatch.setattr(setup, "build_scenario", lambda name, **kw: seen.setdefault(name, kw))
-    for scenario in ["unreliable-rewards", "imbalance", "low-utility", "smollm2-arithmetic", "gsm-symbolic", "mixed"]:
+    for scenario in ["smollm2-arithmetic", *SCENARIO_KNOBS]:
         load_problem_sets(RunConfig.of(scenario=scenario, corruption="wrong-answer", families=["mul"], target_family="add",
                                     other_families=["sub"], useful_families=["sum3"], useful_share=0.3, **SMALL))
     base = {"pool_size", "validation_size", "test_size", "seed"}
@@ -73,6 +73,7 @@ def test_each_scenario_gets_exactly_its_own_knobs(monkeypatch):
     assert seen["imbalance"]["target"] == "add" and seen["imbalance"]["others"] == ["sub"]
     assert seen["low-utility"]["useful"] == ["sum3"]
     assert seen["mixed"]["useful_share"] == 0.3 and seen["mixed"]["corruption"] == "wrong-answer"
+    assert seen["smollm2-coin"]["corruption"] == "wrong-answer" and set(seen["smollm2-skewed"]) == base | {"target_share"}
 
 
 def test_knobs_left_unset_take_each_scenario_default(monkeypatch):

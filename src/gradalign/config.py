@@ -38,6 +38,8 @@ SCENARIO_KNOBS: dict[str, dict[str, str]] = {
     "imbalance": {"target": "target_family", "target_share": "target_share", "others": "other_families"},
     "low-utility": {"useful_share": "useful_share", "trivial_share": "trivial_share", "useful": "useful_families"},
     "gsm-symbolic": {"corrupt_fraction": "corrupt_fraction", "corruption": "corruption", "gsm_share": "gsm_share"},
+    "smollm2-coin": {"corrupt_fraction": "corrupt_fraction", "corruption": "corruption"},
+    "smollm2-skewed": {"target_share": "target_share"},
     "mixed": {"target": "target_family", "target_share": "target_share", "others": "other_families",
               "useful_share": "useful_share", "trivial_share": "trivial_share", "corrupt_fraction": "corrupt_fraction",
               "corruption": "corruption"},
@@ -129,8 +131,9 @@ class RunConfig:
     seed: int = _f(0, "One seed for chunking, sampling, scenario building, tie-breaks and TRL.")
     # ── data ─────────────────────────────────────────────────────────────────────────────────────────────
     scenario: str = _f("unreliable-rewards", "Built-in scenario used when `pool` is not given "
-                       "(unreliable-rewards, imbalance, low-utility, mixed: all three at once; smollm2-arithmetic and "
-                       "gsm-symbolic for --model_name_or_path smollm2-135m with --verifier task).")
+                       "(unreliable-rewards, imbalance, low-utility, mixed: all three at once; for --model_name_or_path "
+                       "smollm2-135m with --verifier task: smollm2-arithmetic, smollm2-coin (with coin-flip rewards), "
+                       "smollm2-skewed (a minority target task) and gsm-symbolic (word problems)).")
     pool: str | None = _f(None, "Pool file (.jsonl/.json/.parquet, TRL or verl layout), or a `datasets` dataset "
                           "(hub id or save_to_disk directory).")
     validation: str | None = _f(None, "Trusted validation file or dataset (same forms).")
@@ -138,9 +141,9 @@ class RunConfig:
     pool_size: int = _f(2000, "Built-in scenarios: pool size.")
     validation_size: int = _f(64, "Built-in scenarios: validation set size.")
     test_size: int = _f(256, "Built-in scenarios: test set size.")
-    corrupt_fraction: float = _f(0.5, "unreliable-rewards and gsm-symbolic: share of the pool with corrupted rewards "
-                                 "(mixed: share of its useful part).")
-    corruption: str | None = _f(None, "unreliable-rewards, gsm-symbolic and mixed: how a corrupted problem is "
+    corrupt_fraction: float = _f(0.5, "unreliable-rewards, smollm2-coin and gsm-symbolic: share of the pool with "
+                                 "corrupted rewards (mixed: share of its useful part).")
+    corruption: str | None = _f(None, "unreliable-rewards, smollm2-coin, gsm-symbolic and mixed: how a corrupted problem is "
                                 "rewarded: coin (a fair coin per completion), wrong-answer (the verifier against a "
                                 "fixed wrong answer) or mixed (half each) (default: the scenario's: mixed for mixed, "
                                 "else coin).")
@@ -149,7 +152,8 @@ class RunConfig:
                             "validation and test are this family only).")
     other_families: list = _f(["add", "sum3"], "imbalance and mixed: the other task families, sharing the rest of "
                               "the pool (mixed: of its useful part) equally (and held out as the forgetting test).")
-    target_share: float = _f(0.1, "imbalance and mixed: share of the pool from the target family.")
+    target_share: float = _f(0.1, "imbalance and mixed: share of the pool from the target family (smollm2-skewed: "
+                             "from its target task, chain_sum).")
     useful_families: list = _f(["add", "sub"], "low-utility: the useful task families (validation and test are "
                                "these only).")
     useful_share: float | None = _f(None, "low-utility and mixed: share of the pool from the useful (task) families "

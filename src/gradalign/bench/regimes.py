@@ -66,6 +66,7 @@ class BenchPlan:
     preset: str
     overrides: dict
     workers: int = 1  # processes sharing the cells, one torch thread each
+    threads: int | None = None  # one process: its torch threads (None: torch's default)
 
     def cell(self, regime: str, method: str, seed: int) -> Path:
         return self.out / regime / method / f"seed-{seed}"
@@ -123,7 +124,11 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     seeds = list(range(args.first_seed, args.first_seed + n_seeds))
     if args.workers < 1:
         raise ValueError(f"bench regimes: --workers must be >= 1 (got {args.workers})")
-    return BenchPlan(Path(args.out), list(regimes), list(methods), seeds, args.preset, overrides, args.workers)
+    if args.threads is not None and (args.threads < 1 or args.workers > 1):
+        raise ValueError(f"bench regimes: --threads must be >= 1 and sets one process's threads (got --threads "
+                         f"{args.threads} with --workers {args.workers}; each worker runs one thread)")
+    return BenchPlan(Path(args.out), list(regimes), list(methods), seeds, args.preset, overrides, args.workers,
+                     args.threads)
 
 
 def run_bench(plan: BenchPlan, echo=print) -> Path:
@@ -134,6 +139,9 @@ def run_bench(plan: BenchPlan, echo=print) -> Path:
     if plan.config(plan.regimes[0], plan.methods[0], 0).model_args.model_name_or_path == "tiny":
         warm_started_tiny()  # trained once and cached, outside every cell's timings
     if plan.workers == 1:
+        if plan.threads is not None:
+            import torch
+            torch.set_num_threads(plan.threads)
         run_cells(plan, 0, 1, echo)
     else:
         run_workers(plan)
@@ -240,6 +248,9 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1,
                         help="processes sharing the cells, one thread each (2 on a 2-core machine: about half the "
                              "wall time) (default: 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the one process (--workers 1), e.g. 2 for a real model on 2 cores "
+                             "(default: torch's own)")
     parser.add_argument("--out", default="runs/bench-regimes", help="benchmark directory (rerun to resume)")
     from ..flags import add_config_flags
     from ..config import SCENARIO_FIELDS, RunConfig

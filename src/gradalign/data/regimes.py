@@ -26,8 +26,12 @@ from .problem import Problem
 from .tasks import generate, generate_mix
 
 DEFAULT_FAMILIES = {"add": 1.0, "sub": 1.0}
-CORRUPTED_POOLS = ("unreliable-rewards", "gsm-symbolic")  # the scenarios whose pool has corrupt_fraction corrupted
-SINGLE_DIGIT_SHARE = 0.5  # of smollm2-arithmetic's mix (and of gsm-symbolic's arithmetic part)
+CORRUPTED_POOLS = ("unreliable-rewards", "gsm-symbolic", "smollm2-coin")  # the scenarios whose pool has corrupt_fraction corrupted
+SINGLE_DIGIT_SHARE = 0.5  # of smollm2-arithmetic's mix (and of gsm-symbolic's and smollm2-coin's arithmetic)
+# The reasoning-gym tasks SmolLM2-135M-Instruct solves some of the time (pass rates at k = 8, 16 new tokens:
+# single-digit 0.42, chain_sum 0.16, basic_arithmetic 0.10; countdown 0.03, left out: docs/benchmarks.md)
+SMOLLM2_TASKS = ("basic_arithmetic", "chain_sum")
+SKEWED_TARGET, SKEWED_OTHERS = "chain_sum", ("single_digit", "basic_arithmetic")
 UTILITY_LABELS = ("useful", "trivial", "unsolvable")
 POOL_CORRUPTIONS = (*CORRUPTION_KINDS, "mixed")  # "mixed": half coin flips, half wrong answers
 FORMATS = ("jsonl", "parquet")
@@ -237,6 +241,44 @@ def gsm_symbolic(pool_size: int = 256, validation_size: int = 32, test_size: int
     return Scenario("gsm-symbolic", sets["pool"], sets["val"], sets["test"], params=params)
 
 
+def smollm2_coin(pool_size: int = 256, validation_size: int = 32, test_size: int = 128, seed: int = 0,
+                 corrupt_fraction: float = 0.5, corruption: str = "coin") -> Scenario:
+    """The arithmetic SmolLM2-135M-Instruct half-solves, with the paper's unreliable rewards on the pool: half
+    single-digit, the rest basic_arithmetic and chain_sum (countdown, 3% pass rate, left out), a `corrupt_fraction`
+    of the pool rewarded by `corruption`. Validation and test are clean. Run it with verifier "task"."""
+    params = dict(locals())
+    _check_share("corrupt_fraction", corrupt_fraction, "smollm2-coin")
+    require_reasoning_gym("scenario 'smollm2-coin'")
+    sizes = {"pool": pool_size, "val": validation_size, "test": test_size}
+    single_digit = _single_digit_counts(sizes, SINGLE_DIGIT_SHARE)
+    taken: set[str] = set()
+    sets = {split: _arithmetic_set(split, size, single_digit[split], seed, taken, SMOLLM2_TASKS)
+            for split, size in sizes.items()}
+    corrupt(sets["pool"], corrupt_fraction, corruption, seed)
+    return Scenario("smollm2-coin", sets["pool"], sets["val"], sets["test"], params=params)
+
+
+def smollm2_skewed(pool_size: int = 256, validation_size: int = 32, test_size: int = 128, seed: int = 0,
+                   target_share: float = 0.1) -> Scenario:
+    """A skewed mix for SmolLM2-135M-Instruct, as `imbalance` is for the tiny policy: chain_sum (the target) is a
+    `target_share` of the pool, single-digit and basic_arithmetic share the rest equally; validation and test are
+    chain_sum only, `extra_tests["other-tasks"]` (`test_size` problems) the other two. Rewards are clean. Run it
+    with verifier "task"."""
+    params = dict(locals())
+    _check_share("target_share", target_share, "smollm2-skewed")
+    require_reasoning_gym("scenario 'smollm2-skewed'")
+    n_target = int(round(target_share * pool_size))
+    rest = pool_size - n_target
+    taken: set[str] = set()
+    pool = _task_set("pool", {SKEWED_TARGET: n_target, **{task: rest // 2 + (k < rest % 2)
+                                                          for k, task in enumerate(SKEWED_OTHERS)}}, seed, taken)
+    validation = _task_set("val", {SKEWED_TARGET: validation_size}, seed, taken)
+    test = _task_set("test", {SKEWED_TARGET: test_size}, seed, taken)
+    others = _task_set("test-other", {task: test_size // 2 + (k < test_size % 2) for k, task in enumerate(SKEWED_OTHERS)},
+                       seed, taken)
+    return Scenario("smollm2-skewed", pool, validation, test, extra_tests={"other-tasks": others}, params=params)
+
+
 def _task_seed(seed: int, split: str, task: str) -> int:
     """reasoning-gym seeds item i with seed + i: hashed seeds keep the sets from replaying one sequence."""
     return int.from_bytes(hashlib.blake2b(f"{seed}:{split}:{task}".encode(), digest_size=4).digest(), "big")
@@ -251,14 +293,24 @@ def _single_digit_counts(sizes: dict[str, int], share: float) -> dict[str, int]:
     return {split: count * SINGLE_DIGIT_COUNT // total for split, count in wanted.items()}
 
 
-def _arithmetic_set(split: str, size: int, n_single_digit: int, seed: int, taken: set[str]) -> list[Problem]:
-    problems = single_digit_arithmetic(n_single_digit, seed, exclude=taken, id_prefix=f"{split}-single_digit")
-    taken |= {prompt_text(p.prompt) for p in problems}
+def _arithmetic_set(split: str, size: int, n_single_digit: int, seed: int, taken: set[str],
+                    tasks: tuple[str, ...] = REASONING_GYM_TASKS) -> list[Problem]:
+    """`n_single_digit` single-digit problems, the rest of `size` shared equally by the reasoning-gym `tasks`."""
     rest = size - n_single_digit
-    for k, task in enumerate(REASONING_GYM_TASKS):
-        count = rest // len(REASONING_GYM_TASKS) + (k < rest % len(REASONING_GYM_TASKS))
-        batch = reasoning_gym_problems(task, count, _task_seed(seed, split, task), exclude=taken,
-                                       id_prefix=f"{split}-{task}")
+    counts = {task: rest // len(tasks) + (k < rest % len(tasks)) for k, task in enumerate(tasks)}
+    return _task_set(split, {"single_digit": n_single_digit, **counts}, seed, taken)
+
+
+def _task_set(split: str, counts: dict[str, int], seed: int, taken: set[str]) -> list[Problem]:
+    """`counts[task]` new problems of each task ("single_digit" or a reasoning-gym task), shuffled; `taken` (the
+    prompts of the other sets) is extended with theirs, so that the sets stay disjoint."""
+    problems: list[Problem] = []
+    for task, count in counts.items():
+        if task == "single_digit":
+            batch = single_digit_arithmetic(count, seed, exclude=taken, id_prefix=f"{split}-single_digit")
+        else:
+            batch = reasoning_gym_problems(task, count, _task_seed(seed, split, task), exclude=taken,
+                                           id_prefix=f"{split}-{task}")
         taken |= {prompt_text(p.prompt) for p in batch}
         problems += batch
     random.Random(f"smollm2-arithmetic:{seed}:{split}").shuffle(problems)
@@ -268,6 +320,7 @@ def _arithmetic_set(split: str, size: int, n_single_digit: int, seed: int, taken
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "unreliable-rewards": unreliable_rewards, "imbalance": imbalance, "low-utility": low_utility,
     "mixed": mixed, "smollm2-arithmetic": smollm2_arithmetic, "gsm-symbolic": gsm_symbolic,
+    "smollm2-coin": smollm2_coin, "smollm2-skewed": smollm2_skewed,
 }
 
 
