@@ -145,3 +145,20 @@ def test_new_cells_extend_an_existing_benchmark(tmp_path):
     assert added["regimes"] == ["imbalance", "mixed"] and added["seeds"] == [0, 1, 2]
     other = regimes.bench_settings(plan(["gradalign-lfdr"], ["mixed"], [1], {"pool_size": 64}))
     assert other["methods"] == ["gradalign-lfdr"] and other["regimes"] == ["mixed"] and other["seeds"] == [1]
+
+
+def test_real_model_preset_defaults():
+    """The SmolLM2 preset: the coin-flip arithmetic by default (the skewed mix on request), the default rule beside
+    the published one and the three references, 3 seeds, k = 8 so clean problems vary."""
+    import argparse
+
+    from gradalign.bench.regimes import add_regimes_parser, plan_from_args
+    parser = argparse.ArgumentParser()
+    add_regimes_parser(parser.add_subparsers())
+    plan = plan_from_args(parser.parse_args(["regimes", "--preset", "smollm2"]))
+    assert plan.regimes == ["smollm2-coin"] and plan.seeds == [0, 1, 2]
+    assert set(plan.methods) == {"gradalign-lfdr", "gradalign", "random", "nonzero-variance", "full"}
+    cfg = plan.config("smollm2-coin", "gradalign-lfdr", 0)
+    assert (cfg.model_args.model_name_or_path, cfg.verifier, cfg.rollouts_per_problem) == ("smollm2-135m", "task", 8)
+    skewed = plan_from_args(parser.parse_args(["regimes", "--preset", "smollm2", "--regimes", "smollm2-skewed"]))
+    assert skewed.config("smollm2-skewed", "full", 1).scenario == "smollm2-skewed"

@@ -64,6 +64,8 @@ def test_trl_trains_on_exactly_the_selected_problems(tmp_path, monkeypatch, capl
         assert record["selected_count"] == 8 and record["candidates"] == 32
         assert {"rollouts", "validation_rollouts", "scoring", "training", "evaluation"} <= set(record["timings"])
         assert 0 <= record["selected_corrupted_share"] <= 1
+        # groups whose rewards differ on the same completion are never zero-variance (they hold two rewards)
+        assert 0 <= record["inconsistent"] <= record["candidates"] - record["zero_variance"]
     out = tmp_path / "run"
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1]

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 PAPER_REGIMES = ["unreliable-rewards", "imbalance", "low-utility"]  # every preset's default
 REGIMES = [*PAPER_REGIMES, "mixed"]  # mixed: the three at once in one pool (--regimes mixed)
-REAL_MODEL_REGIMES = ["gsm-symbolic"]  # SmolLM2-135M's word problems with coin-flip rewards (preset smollm2-gsm)
+# SmolLM2-135M's arithmetic with coin-flip rewards, and a skewed mix of it (preset smollm2); its word problems with
+# coin-flip rewards (preset smollm2-gsm)
+REAL_MODEL_REGIMES = ["smollm2-coin", "smollm2-skewed", "gsm-symbolic"]
 # Sized for 2 CPU cores: "quick" finishes in under 15 minutes with its methods (a smoke test: 16 GRPO steps decide
 # nothing); "standard" is the benchmark that decides: the demo's sizes (64 GRPO steps, chunk 256 -> 32), its 14
 # arms (9 methods; 3 also under schedule batch, 2 under the lean round), 5 seeds, about 90 minutes with 2 workers;
@@ -38,6 +40,14 @@ PRESETS: dict[str, dict] = {
     # faithful to the exact inner products (gradalign bench fidelity), so the standard preset uses it
     "standard": dict(DEMO_SIZES, projection="khatri-rao-energy", projection_dim=4096),
     "full": DEMO_SIZES,
+    # SmolLM2-135M-Instruct on the arithmetic it half-solves (docs/benchmarks.md: a real LLM): k = 8 so that clean
+    # problems vary, 16 new tokens, 12 GRPO steps of 4 problems x 8 completions at 1e-5 (3e-5 gained, then lost it
+    # all by step 12; TRL's 1e-6 moved nothing), greedy test accuracy on 128 problems. Sized for 2 CPU cores: a
+    # full or random cell takes about 10 minutes, a gradient cell about an hour (--threads 2)
+    "smollm2": dict(model_name_or_path="smollm2-135m", verifier="task", pool_size=256, validation_size=32,
+                    test_size=128, chunk_size=64, selection_ratio=4, rollouts_per_problem=8, validation_rollouts=8,
+                    max_completion_length=16, rounds=3, steps_per_round=4, problems_per_step=4, num_generations=8,
+                    learning_rate=1e-5, eval_samples=0, micro_batch=32, rollout_batch=64),
     # SmolLM2-135M on 2 CPU cores, where exact scoring is one forward+backward of a 135M model over every scored
     # completion: each cell is small (a chunk of 32 per round, 2 rounds of 3 GRPO steps, 64 new tokens, which the
     # word problems mostly overrun); an example on a real model, not a verdict
@@ -52,9 +62,10 @@ STANDARD_METHODS = ["gradalign-lfdr", "gradalign", "gradalign-z", "learnalign", 
                     "full", "gradalign@batch", "gradalign-z@batch", "nonzero-variance@batch", "gradalign@lean",
                     "gradalign-z@lean"]
 DEFAULT_METHODS = {"quick": QUICK_METHODS, "standard": STANDARD_METHODS,  # full: every method of the registry
+                   "smollm2": ["full", "random", "gradalign-lfdr", "nonzero-variance", "gradalign"],  # cheap first
                    "smollm2-gsm": ["gradalign", "gradalign-z", "random"]}
 DEFAULT_SEEDS = {"standard": 5, "smollm2-gsm": 2}  # the others: 3
-DEFAULT_REGIMES = {"smollm2-gsm": REAL_MODEL_REGIMES}  # the others: PAPER_REGIMES
+DEFAULT_REGIMES = {"smollm2": ["smollm2-coin"], "smollm2-gsm": ["gsm-symbolic"]}  # the others: PAPER_REGIMES
 
 
 @dataclasses.dataclass
@@ -229,7 +240,8 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("regimes", help="every method on the paper's three data regimes, several seeds")
     parser.add_argument("--regimes", type=csv_list(), default=None,
                         help=f"comma-separated regimes of {','.join(REGIMES + REAL_MODEL_REGIMES)} (default: "
-                             f"{','.join(PAPER_REGIMES)}; preset smollm2-gsm: {','.join(REAL_MODEL_REGIMES)})")
+                             f"{','.join(PAPER_REGIMES)}; preset smollm2: smollm2-coin; preset smollm2-gsm: "
+                             f"gsm-symbolic)")
     parser.add_argument("--methods", type=csv_list(), default=None,
                         help=f"comma-separated methods (default: quick preset {','.join(QUICK_METHODS)}; "
                              f"standard preset {','.join(STANDARD_METHODS)}; full preset every method of the "
@@ -241,7 +253,10 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=list(PRESETS), default="quick",
                         help="quick: a smoke test, under 15 minutes on 2 CPU cores; standard: the benchmark that "
                              "decides (the demo's sizes, 14 arms, 5 seeds, about 90 minutes with --workers 2); full: "
-                             "the demo's sizes with every method; smollm2-gsm: SmolLM2-135M on gsm-symbolic word "
+                             "the demo's sizes with every method; smollm2: SmolLM2-135M-Instruct on arithmetic with "
+                             "coin-flip rewards (smollm2-coin; smollm2-skewed on request), the default, gradalign, "
+                             "random, nonzero-variance and full, 3 seeds, about 2.5 hours a seed with --threads 2; "
+                             "smollm2-gsm: SmolLM2-135M on gsm-symbolic word "
                              "problems with coin-flip rewards, gradalign, gradalign-z and random, 2 seeds, about 2 "
                              "hours (default: quick)")
     parser.add_argument("--config", help="YAML of RunConfig fields overriding the preset (sizes, model, ...)")

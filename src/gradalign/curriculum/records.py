@@ -56,6 +56,7 @@ def add_selection(record: dict, sel, diagnostics: dict) -> None:
     cand, chosen = sel.candidates, sel.selected
     record.update({
         "pass_rate": summary_stats(cand.pass_rate), "zero_variance": int(cand.zero_variance.sum()),
+        "inconsistent": None if cand.inconsistent is None else int(cand.inconsistent.sum()),
         "pass_rate_histogram": np.histogram(cand.pass_rate, bins=10, range=(0, 1))[0].tolist(),
         "selected_pass_rate": summary_stats(cand.pass_rate[chosen]),
         "scores": {"all": summary_stats(sel.scores), "selected": summary_stats(sel.scores[chosen])},

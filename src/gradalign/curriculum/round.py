@@ -272,11 +272,13 @@ class RoundSelector:
                 rollouts = self.candidate_rollouts(scorer, tokenizer, chunk, k, seed, sampling, blocks)
                 ledger.generate("candidates", rollouts.group.numel(), rollouts.generated_tokens)
             cand = Candidates(ids=[chunk[i].id for i in owned], pass_rate=rollouts.pass_rates(),
-                              zero_variance=rollouts.zero_variance(), completion_length=rollouts.mean_lengths())
+                              zero_variance=rollouts.zero_variance(), completion_length=rollouts.mean_lengths(),
+                              inconsistent=rollouts.inconsistent_rewards())
         timings["rollouts"] = seconds_since(t)
         if rollouts is not None:
-            log.info("%scandidates: %d problems, %d completions, %d zero-variance, %.1f s", self.progress,
-                     len(owned), rollouts.group.numel(), int(cand.zero_variance.sum()), timings["rollouts"])
+            log.info("%scandidates: %d problems, %d completions, %d zero-variance, %d with inconsistent rewards, "
+                     "%.1f s", self.progress, len(owned), rollouts.group.numel(), int(cand.zero_variance.sum()),
+                     int(cand.inconsistent.sum()), timings["rollouts"])
         result = RoundSelection(np.zeros(0, dtype=int), cand, np.zeros(len(chunk)), timings,
                                 warmup=self.last_warmup if "warmup" in needs else None, ledger=ledger,
                                 rollouts=rollouts if self.on_policy else None)

@@ -410,6 +410,7 @@ class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
         cand = result.candidates
         return {"round": r, "step": self.state.global_step, "selected": chosen,
                 "zero_variance": int(cand.zero_variance.sum()),
+                "inconsistent": None if cand.inconsistent is None else int(cand.inconsistent.sum()),
                 "filtered": len(chunk) - len(result.ranking),  # candidates the method could not choose
                 "pass_rate": float(np.nanmean(cand.pass_rate)) if np.isfinite(cand.pass_rate).any() else None,
                 "validation_zero_variance": result.validation_zero_variance,

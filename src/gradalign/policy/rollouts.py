@@ -82,6 +82,20 @@ class Rollouts:
                                                           "amax")
         return ~(hi - lo > 1e-12).numpy()
 
+    def inconsistent_rewards(self) -> np.ndarray:
+        """True for problems where the same completion (the same token ids) got two different rewards: rewards that
+        are not a function of the completion (a coin flip, a noisy judge, a flaky check). A verifier never does
+        this, so it proves the group's reward variance is noise, whatever its gradient says."""
+        first: dict[tuple, float] = {}
+        out = np.zeros(self.num_problems, dtype=bool)
+        for row, (g, r) in enumerate(zip(self.group.tolist(), self.rewards.tolist())):
+            if r != r:  # NaN: not scored
+                continue
+            key = (g, *self.completion_ids[row][self.completion_mask[row].bool()].tolist())
+            if abs(first.setdefault(key, r) - r) > 1e-12:
+                out[g] = True
+        return out
+
     def advantages(self, scale: str = "none", eps: float = 1e-4) -> torch.Tensor:
         """Per-completion advantage A_j = r_j - mean(group), divided by (std + eps) when `scale == "group"`.
 
