@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from gradalign.selection import Candidates, SelectionOptions, get_method, select
+from gradalign.selection import Candidates, Scored, SelectionOptions, get_method, select
 from gradalign.selection.gradalign import local_fdr, permutation_z
 
 
@@ -104,17 +104,34 @@ def test_without_noise_the_rule_is_the_dot(seed):
     assert got.tolist() == sorted(range(80), key=lambda i: -c.dot_val[i])
 
 
-def test_pure_noise_passes_the_gate_rarely_and_then_ranks_by_dot():
+def test_pure_noise_passes_the_gate_rarely_and_then_ranks_by_z():
     """A round of exchangeable noise only: π0 ≈ 1 and few z clear lfdr < 1/2 (measured 0-3% over seeds; bound 10%);
-    the order of everything else is the dot's, so the rule degrades to gradalign-dot, not to an arbitrary order."""
+    everything else is in z's order, so the rule degrades to gradalign-z, the test that coin flips cannot fake."""
     from gradalign.selection.gradalign import signal_gate
     for seed in range(5):
         c = mixed_round(np.random.default_rng(seed), 0, 200, noise_scale=1.0)
         gate = signal_gate(c, SelectionOptions())
         assert gate.mean() < 0.1
         scores = get_method("gradalign-lfdr").score(c, SelectionOptions()).scores
+        z = permutation_z(c.completion_rewards, c.completion_dots)
         rest = np.flatnonzero(~gate)
-        assert np.argsort(-scores[rest]).tolist() == np.argsort(-c.dot_val[rest]).tolist()
+        assert np.argsort(-scores[rest], kind="stable").tolist() == np.argsort(-z[rest], kind="stable").tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_groups_that_reward_one_completion_two_ways_come_last(seed):
+    """Rewards proven noise (`Candidates.inconsistent`) never pass the gate and rank below every other eligible
+    candidate, however large their z and dot; the others keep their order."""
+    g = np.random.default_rng(seed)
+    c = mixed_round(g, 60, 20, noise_scale=1.0)
+    before = get_method("gradalign-lfdr").score(c, SelectionOptions()).scores
+    flagged = g.choice(60, size=10, replace=False)  # signal groups, high z and dot: only the flag can sink them
+    c.inconsistent = np.isin(np.arange(80), flagged)
+    after = get_method("gradalign-lfdr").score(c, SelectionOptions()).scores
+    order = select(Scored(after, np.ones(80, bool)), 80, np.random.default_rng(0)).tolist()
+    assert set(order[-10:]) == set(flagged.tolist())
+    others = [i for i in range(80) if i not in set(flagged.tolist())]
+    assert [i for i in order if i in set(others)] == sorted(others, key=lambda i: -before[i])
 
 
 def test_costs_no_per_problem_norm():

@@ -106,22 +106,33 @@ def local_fdr(z: np.ndarray, among: np.ndarray) -> np.ndarray:
     return np.clip(pi0 * null / np.maximum(f, 1e-300), 0.0, 1.0)
 
 
+def inconsistent(c: Candidates) -> np.ndarray:
+    """The candidates whose group gave the same completion two different rewards (all False when not known)."""
+    return np.zeros(len(c), dtype=bool) if c.inconsistent is None else np.asarray(c.inconsistent, dtype=bool)
+
+
 def signal_gate(c: Candidates, opts: SelectionOptions) -> np.ndarray:
-    """The candidates whose rewards follow the validation direction more likely than not: z > 0 and local FDR < ½."""
+    """The candidates whose rewards follow the validation direction more likely than not: z > 0 and local FDR < ½,
+    and no completion of the group rewarded two ways."""
     z = permutation_z(c.completion_rewards, c.completion_dots)
-    return (z > 0) & (local_fdr(z, gradient_eligibility(c, opts)) < 0.5)
+    return (z > 0) & (local_fdr(z, gradient_eligibility(c, opts)) < 0.5) & ~inconsistent(c)
 
 
 def gradalign_lfdr(c: Candidates, opts: SelectionOptions) -> Scored:
-    """The dot ⟨g(x), ĝ_V⟩ (first-order gain on the validation loss), first among the candidates that pass
-    `signal_gate`, then among the rest. z asks whether a group's rewards follow the direction at all (coin flips:
-    z ~ N(0, 1) whatever the gradient's size); the dot asks how much the update helps (the target task of a skewed
-    pool, where z ranks every consistent problem alike). Both come from the per-completion terms (the dot is their
-    sum), so no per-problem norm is formed: the pass costs what gradalign-z's does. Scores: the dot scaled into
-    [-1, 1] by the largest |dot| of the eligible, plus 2 for the gated candidates (so they come first)."""
+    """The dot ⟨g(x), ĝ_V⟩ (first-order gain on the validation loss) among the candidates that pass `signal_gate`;
+    then the rest by z (the evidence that their rewards are signal at all); last, the groups whose rewards are
+    proven noise (the same completion rewarded two ways). z asks whether a group's rewards follow the direction
+    (coin flips: z ~ N(0, 1) whatever the gradient's size); the dot asks how much the update helps (the target task
+    of a skewed pool, where z ranks every consistent problem alike). Both come from the per-completion terms (the
+    dot is their sum), so no per-problem norm is formed: the pass costs what gradalign-z's does. Scores: gated
+    2 + dot / max |dot|, the rest z / max |z| (in [-1, 1]), proven noise 3 below that."""
     eligible = gradient_eligibility(c, opts)
-    scale = float(np.abs(c.dot_val[eligible]).max(initial=0.0)) or 1.0
-    return _gradient_score(c.dot_val / scale + 2.0 * signal_gate(c, opts), c, opts)
+    z = permutation_z(c.completion_rewards, c.completion_dots)
+    gate = signal_gate(c, opts)
+    dot_scale = float(np.abs(c.dot_val[eligible]).max(initial=0.0)) or 1.0
+    z_scale = float(np.abs(z[eligible]).max(initial=0.0)) or 1.0
+    rest = z / z_scale - 3.0 * inconsistent(c)
+    return _gradient_score(np.where(gate, 2.0 + c.dot_val / dot_scale, rest), c, opts)
 
 
 METHODS = [
@@ -129,8 +140,9 @@ METHODS = [
     Method("gradalign-z", gradalign_z, GRADIENTS | {"completions"},
            "top by the z-score of <g(x), ĝ_V> against permutations of the group's rewards: √(k-1)·corr(A, w)"),
     Method("gradalign-lfdr", gradalign_lfdr, GRADIENTS | {"completions"},
-           "top by <g(x), ĝ_V>, first among the candidates whose rewards follow ĝ_V more likely than not "
-           "(gradalign-z's z > 0 and its local false discovery rate < 1/2 against the permutation null N(0, 1))"),
+           "top by <g(x), ĝ_V> among the candidates whose rewards follow ĝ_V more likely than not (gradalign-z's "
+           "z > 0, its local false discovery rate < 1/2 against the permutation null N(0, 1), no completion "
+           "rewarded two ways); then the rest by z; groups that rewarded one completion two ways last"),
     Method("gradalign-zcos", gradalign_zcos, GRADIENTS | {"completions", "norms"},
            "top by min(percentile rank of cos(g(x), g_V), percentile rank of gradalign-z's z): both must agree"),
     Method("gradalign-dot", gradalign_dot, GRADIENTS, "top by <g(x), ĝ_V>"),
