@@ -27,9 +27,10 @@ def random_rollouts(seed: int, reward_of) -> Rollouts:
         ids[r, len(tokens):] = int(g.integers(0, 50))  # whatever sits in the padding must not matter
     group = torch.arange(n).repeat_interleave(k)
     rewards = torch.tensor([reward_of(int(group[r]), rows[r], g) for r in range(n * k)], dtype=torch.float32)
-    return Rollouts(problem_ids=[f"p{i}" for i in range(n)], group=group, prompt_ids=torch.zeros(n * k, 1, dtype=torch.long),
-                    prompt_mask=torch.ones(n * k, 1, dtype=torch.long), completion_ids=ids, completion_mask=mask,
-                    sample_logps=torch.zeros(n * k, width), rewards=rewards, completions=[""] * (n * k), temperature=1.0)
+    return Rollouts(problem_ids=[f"p{i}" for i in range(n)], group=group,
+                    prompt_ids=torch.zeros(n * k, 1, dtype=torch.long),
+                    prompt_mask=torch.ones(n * k, 1, dtype=torch.long), completion_ids=ids, completion_mask=mask, sample_logps=torch.zeros(n * k, width), rewards=rewards,
+                    completions=[""] * (n * k), temperature=1.0)
 
 
 def by_definition(rollouts: Rollouts) -> list[bool]:
@@ -67,8 +68,9 @@ def test_only_a_repeated_completion_gives_evidence():
     same, different = [(7, 8)] * 8, [(t, 9) for t in range(8)]
     ids = torch.tensor(same + different + same)
     rewards = torch.tensor(coins + coins + [1.0] + [float("nan")] * 6 + [0.0])
-    rollouts = Rollouts(problem_ids=["same", "different", "one-scored-twice"], group=torch.arange(3).repeat_interleave(8),
-                        prompt_ids=torch.zeros(24, 1, dtype=torch.long), prompt_mask=torch.ones(24, 1, dtype=torch.long),
+    rollouts = Rollouts(problem_ids=["same", "different", "one-scored-twice"],
+                        group=torch.arange(3).repeat_interleave(8), prompt_ids=torch.zeros(24, 1, dtype=torch.long),
+                        prompt_mask=torch.ones(24, 1, dtype=torch.long),
                         completion_ids=ids, completion_mask=torch.ones(24, 2, dtype=torch.long),
                         sample_logps=torch.zeros(24, 2), rewards=rewards, completions=[""] * 24, temperature=1.0)
     assert rollouts.inconsistent_rewards().tolist() == [True, False, True]

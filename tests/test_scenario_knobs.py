@@ -73,7 +73,8 @@ def test_each_scenario_gets_exactly_its_own_knobs(monkeypatch):
     assert seen["imbalance"]["target"] == "add" and seen["imbalance"]["others"] == ["sub"]
     assert seen["low-utility"]["useful"] == ["sum3"]
     assert seen["mixed"]["useful_share"] == 0.3 and seen["mixed"]["corruption"] == "wrong-answer"
-    assert seen["smollm2-coin"]["corruption"] == "wrong-answer" and set(seen["smollm2-skewed"]) == base | {"target_share"}
+    assert seen["smollm2-coin"]["corruption"] == "wrong-answer"
+    assert set(seen["smollm2-skewed"]) == base | {"target_share"}
 
 
 def test_knobs_left_unset_take_each_scenario_default(monkeypatch):

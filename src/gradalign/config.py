@@ -131,8 +131,8 @@ class RunConfig:
     seed: int = _f(0, "One seed for chunking, sampling, scenario building, tie-breaks and TRL.")
     # ── data ─────────────────────────────────────────────────────────────────────────────────────────────
     scenario: str = _f("unreliable-rewards", "Built-in scenario used when `pool` is not given "
-                       "(unreliable-rewards, imbalance, low-utility, mixed: all three at once; for --model_name_or_path "
-                       "smollm2-135m with --verifier task: smollm2-arithmetic, smollm2-coin (with coin-flip rewards), "
+                       "(unreliable-rewards, imbalance, low-utility, mixed: all three at once; for "
+                       "--model_name_or_path smollm2-135m with --verifier task: smollm2-arithmetic, smollm2-coin (with coin-flip rewards), "
                        "smollm2-skewed (a minority target task) and gsm-symbolic (word problems)).")
     pool: str | None = _f(None, "Pool file (.jsonl/.json/.parquet, TRL or verl layout), or a `datasets` dataset "
                           "(hub id or save_to_disk directory).")
@@ -143,10 +143,10 @@ class RunConfig:
     test_size: int = _f(256, "Built-in scenarios: test set size.")
     corrupt_fraction: float = _f(0.5, "unreliable-rewards, smollm2-coin and gsm-symbolic: share of the pool with "
                                  "corrupted rewards (mixed: share of its useful part).")
-    corruption: str | None = _f(None, "unreliable-rewards, smollm2-coin, gsm-symbolic and mixed: how a corrupted problem is "
-                                "rewarded: coin (a fair coin per completion), wrong-answer (the verifier against a "
-                                "fixed wrong answer) or mixed (half each) (default: the scenario's: mixed for mixed, "
-                                "else coin).")
+    corruption: str | None = _f(None, "unreliable-rewards, smollm2-coin, gsm-symbolic and mixed: how a corrupted "
+                                "problem is rewarded: coin (a fair coin per completion), wrong-answer (the verifier "
+                                "against a fixed wrong answer) or mixed (half each) (default: the scenario's: mixed "
+                                "for mixed, else coin).")
     families: list = _f(["add", "sub"], "unreliable-rewards: task families of every set, in equal shares.")
     target_family: str = _f("sub", "imbalance and mixed: the target task family (a small share of the pool; "
                             "validation and test are this family only).")

@@ -26,7 +26,8 @@ from .problem import Problem
 from .tasks import generate, generate_mix
 
 DEFAULT_FAMILIES = {"add": 1.0, "sub": 1.0}
-CORRUPTED_POOLS = ("unreliable-rewards", "gsm-symbolic", "smollm2-coin")  # the scenarios whose pool has corrupt_fraction corrupted
+# the scenarios whose pool has corrupt_fraction corrupted
+CORRUPTED_POOLS = ("unreliable-rewards", "gsm-symbolic", "smollm2-coin")
 SINGLE_DIGIT_SHARE = 0.5  # of smollm2-arithmetic's mix (and of gsm-symbolic's and smollm2-coin's arithmetic)
 # The reasoning-gym tasks SmolLM2-135M-Instruct solves some of the time (pass rates at k = 8, 16 new tokens:
 # single-digit 0.42, chain_sum 0.16, basic_arithmetic 0.10; countdown 0.03, left out: docs/benchmarks.md)
@@ -274,8 +275,8 @@ def smollm2_skewed(pool_size: int = 256, validation_size: int = 32, test_size: i
                                                           for k, task in enumerate(SKEWED_OTHERS)}}, seed, taken)
     validation = _task_set("val", {SKEWED_TARGET: validation_size}, seed, taken)
     test = _task_set("test", {SKEWED_TARGET: test_size}, seed, taken)
-    others = _task_set("test-other", {task: test_size // 2 + (k < test_size % 2) for k, task in enumerate(SKEWED_OTHERS)},
-                       seed, taken)
+    halves = {task: test_size // 2 + (k < test_size % 2) for k, task in enumerate(SKEWED_OTHERS)}
+    others = _task_set("test-other", halves, seed, taken)
     return Scenario("smollm2-skewed", pool, validation, test, extra_tests={"other-tasks": others}, params=params)
 
 

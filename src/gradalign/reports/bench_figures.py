@@ -22,8 +22,9 @@ from .styles import method_styles
 from .summary import RunView
 
 # The one share per round that tells each regime's story (figure panel c).
-PLOTTED_SHARE = {"imbalance": "target", "unreliable-rewards": "corrupted", "low-utility": "wasted", "mixed": "corrupted",
-                 "gsm-symbolic": "corrupted", "smollm2-coin": "corrupted", "smollm2-skewed": "target"}
+PLOTTED_SHARE = {"imbalance": "target", "unreliable-rewards": "corrupted", "low-utility": "wasted",
+                 "mixed": "corrupted", "gsm-symbolic": "corrupted", "smollm2-coin": "corrupted",
+                 "smollm2-skewed": "target"}
 SHARE_LABELS = {"target": "target-task share of selection", "corrupted": "corrupted share of selection",
                 "wasted": "trivial + unsolvable share of selection"}
 

@@ -25,7 +25,8 @@ SHARES = ("target", "corrupted", "trivial", "unsolvable")  # table columns, in o
 TIMES = ("rollouts", "scoring", "training", "evaluation", "total")
 # The label whose diagnostics tell each regime's story (selection/diagnostics.py: what counts as good).
 REGIME_LABEL = {"unreliable-rewards": "corrupted", "imbalance": "target", "low-utility": "utility",
-                "mixed": "corrupted", "gsm-symbolic": "corrupted", "smollm2-coin": "corrupted", "smollm2-skewed": "target"}
+                "mixed": "corrupted", "gsm-symbolic": "corrupted", "smollm2-coin": "corrupted",
+                "smollm2-skewed": "target"}
 DIAGNOSTIC_COLUMNS = (("eligible_good_share", "eligible good share"), ("auc", "AUC (good vs bad)"),
                       ("top_good_share", "top-k good share"), ("selected_good_share", "selected good share"))
 
