@@ -49,7 +49,8 @@ def permutation_z(rewards: np.ndarray, terms: np.ndarray) -> np.ndarray:
     mean) carry no w_j and are left out, so z is exact for binary rewards. Rows of NaN are padding.
     """
     r = np.asarray(rewards, dtype=float)
-    a = r - np.nanmean(r, axis=1, keepdims=True)
+    scored = np.isfinite(r)  # a group no reward scored (all NaN) has no mean: its z is 0, without a warning
+    a = r - np.where(scored, r, 0.0).sum(1, keepdims=True) / np.maximum(scored.sum(1, keepdims=True), 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(np.abs(a) > 1e-12, terms / a, np.nan)
     live = np.isfinite(w)
