@@ -162,3 +162,13 @@ def test_real_model_preset_defaults():
     assert (cfg.model_args.model_name_or_path, cfg.verifier, cfg.rollouts_per_problem) == ("smollm2-135m", "task", 8)
     skewed = plan_from_args(parser.parse_args(["regimes", "--preset", "smollm2", "--regimes", "smollm2-skewed"]))
     assert skewed.config("smollm2-skewed", "full", 1).scenario == "smollm2-skewed"
+
+
+def test_a_target_share_only_where_validation_is_part_of_the_pool():
+    """imbalance, low-utility and mixed validate on some of the pool's sources: their share is the story; a pool
+    whose every source is validated (unreliable rewards) has no target, so no column reading 1.0 for every arm."""
+    from gradalign.data.regimes import build_scenario
+    sizes = dict(pool_size=60, validation_size=8, test_size=8, seed=0)
+    assert regimes.target_sources(build_scenario("imbalance", **sizes)) == ["sub"]
+    assert regimes.target_sources(build_scenario("low-utility", **sizes)) == ["add", "sub"]
+    assert regimes.target_sources(build_scenario("unreliable-rewards", **sizes)) == []

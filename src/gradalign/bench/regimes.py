@@ -196,13 +196,20 @@ def run_cells(plan: BenchPlan, index: int, count: int, echo=print) -> None:
             if not (data / "scenario.json").exists():  # several workers may write it: same content, atomic files
                 write_scenario(scenarios[regime, seed], data)
             fileio.write_json(plan.out / regime / "regime.json", {
-                "regime": regime, "target_sources": sorted({p.source for p in scenarios[regime, seed].validation})})
+                "regime": regime, "target_sources": target_sources(scenarios[regime, seed])})
         sets = scenarios[regime, seed]
         t = time.perf_counter()
         result = Curriculum(cfg, sets).run()
         echo(f"[{i}/{len(cells)}] {regime} / {method} / seed {seed}: test accuracy "
              f"{result.initial['accuracy']:.3f} -> {result.final_accuracy:.3f} ({time.perf_counter() - t:.0f} s; "
              f"{time.perf_counter() - start:.0f} s so far)")
+
+
+def target_sources(sets) -> list[str]:
+    """The validation set's sources where they are a strict part of the pool's (a skewed pool's target task); none
+    where validation covers every source of the pool (a target share would read 1.0 for every arm)."""
+    wanted = {p.source for p in sets.validation}
+    return sorted(wanted) if wanted < {p.source for p in sets.pool} else []
 
 
 def _worker(plan: BenchPlan, index: int) -> None:
