@@ -205,10 +205,7 @@ def smollm2_arithmetic(pool_size: int = 2000, validation_size: int = 64, test_si
     params = dict(locals())
     _check_share("single_digit_share", single_digit_share, "smollm2-arithmetic")
     require_reasoning_gym("scenario 'smollm2-arithmetic'")
-    sizes = {"pool": pool_size, "val": validation_size, "test": test_size}
-    single_digit = _single_digit_counts(sizes, single_digit_share)
-    taken: set[str] = set()  # prompt texts already used by a set: keeps the sets disjoint
-    sets = {split: _arithmetic_set(split, size, single_digit[split], seed, taken) for split, size in sizes.items()}
+    sets = _arithmetic_sets({"pool": pool_size, "val": validation_size, "test": test_size}, single_digit_share, seed)
     return Scenario("smollm2-arithmetic", sets["pool"], sets["val"], sets["test"], params=params)
 
 
@@ -250,11 +247,8 @@ def smollm2_coin(pool_size: int = 256, validation_size: int = 32, test_size: int
     params = dict(locals())
     _check_share("corrupt_fraction", corrupt_fraction, "smollm2-coin")
     require_reasoning_gym("scenario 'smollm2-coin'")
-    sizes = {"pool": pool_size, "val": validation_size, "test": test_size}
-    single_digit = _single_digit_counts(sizes, SINGLE_DIGIT_SHARE)
-    taken: set[str] = set()
-    sets = {split: _arithmetic_set(split, size, single_digit[split], seed, taken, SMOLLM2_TASKS)
-            for split, size in sizes.items()}
+    sets = _arithmetic_sets({"pool": pool_size, "val": validation_size, "test": test_size}, SINGLE_DIGIT_SHARE, seed,
+                            SMOLLM2_TASKS)
     corrupt(sets["pool"], corrupt_fraction, corruption, seed)
     return Scenario("smollm2-coin", sets["pool"], sets["val"], sets["test"], params=params)
 
@@ -292,6 +286,15 @@ def _single_digit_counts(sizes: dict[str, int], share: float) -> dict[str, int]:
     if total <= SINGLE_DIGIT_COUNT:
         return wanted
     return {split: count * SINGLE_DIGIT_COUNT // total for split, count in wanted.items()}
+
+
+def _arithmetic_sets(sizes: dict[str, int], single_digit_share: float, seed: int,
+                     tasks: tuple[str, ...] = REASONING_GYM_TASKS) -> dict[str, list[Problem]]:
+    """Disjoint arithmetic sets of the given sizes (split -> size), `single_digit_share` of each single-digit."""
+    single_digit = _single_digit_counts(sizes, single_digit_share)
+    taken: set[str] = set()  # prompt texts already used by a set: keeps the sets disjoint
+    return {split: _arithmetic_set(split, size, single_digit[split], seed, taken, tasks)
+            for split, size in sizes.items()}
 
 
 def _arithmetic_set(split: str, size: int, n_single_digit: int, seed: int, taken: set[str],

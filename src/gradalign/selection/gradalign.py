@@ -115,8 +115,11 @@ def inconsistent(c: Candidates) -> np.ndarray:
 def signal_gate(c: Candidates, opts: SelectionOptions) -> np.ndarray:
     """The candidates whose rewards follow the validation direction more likely than not: z > 0 and local FDR < ½,
     and no completion of the group rewarded two ways."""
-    z = permutation_z(c.completion_rewards, c.completion_dots)
-    return (z > 0) & (local_fdr(z, gradient_eligibility(c, opts)) < 0.5) & ~inconsistent(c)
+    return _passes(permutation_z(c.completion_rewards, c.completion_dots), gradient_eligibility(c, opts), c)
+
+
+def _passes(z: np.ndarray, eligible: np.ndarray, c: Candidates) -> np.ndarray:
+    return (z > 0) & (local_fdr(z, eligible) < 0.5) & ~inconsistent(c)
 
 
 def gradalign_lfdr(c: Candidates, opts: SelectionOptions) -> Scored:
@@ -129,7 +132,7 @@ def gradalign_lfdr(c: Candidates, opts: SelectionOptions) -> Scored:
     2 + dot / max |dot|, the rest z / max |z| (in [-1, 1]), proven noise 3 below that."""
     eligible = gradient_eligibility(c, opts)
     z = permutation_z(c.completion_rewards, c.completion_dots)
-    gate = signal_gate(c, opts)
+    gate = _passes(z, eligible, c)  # signal_gate's test, on the z and eligibility computed here once
     dot_scale = float(np.abs(c.dot_val[eligible]).max(initial=0.0)) or 1.0
     z_scale = float(np.abs(z[eligible]).max(initial=0.0)) or 1.0
     rest = z / z_scale - 3.0 * inconsistent(c)
