@@ -21,9 +21,11 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/gradalign demo
 
-# pytest exits 5 when it collected no test; make treats any non-zero exit as failure, so "no tests" never passes.
+# pytest exits 5 when it collected no test (pytest-xdist keeps that code); make treats any non-zero exit as failure,
+# so "no tests" never passes. Two worker processes, one torch thread each (tests/conftest.py), fill 2 cores; whole
+# files go to one worker so a module's shared fixture (a torchrun launch, a tiny trainer) is built once.
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
 
 clean:
 	rm -rf runs .pytest_cache
