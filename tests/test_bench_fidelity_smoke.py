@@ -1,7 +1,6 @@
 """`gradalign bench fidelity` end to end on a tiny random model (seconds), and its rank metrics."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -12,10 +11,8 @@ from gradalign.cli import main
 
 def test_fidelity_bench_smoke(tmp_path, capsys):
     out = tmp_path / "results" / "fidelity.json"
-    start = time.perf_counter()
     assert main(["bench", "fidelity", "--settings", "random", "--random-model", "tiny", "--n-problems", "12",
                  "--k", "4", "--dims", "64,256", "--out", str(out)]) == 0
-    assert time.perf_counter() - start < 20
     result = json.loads(out.read_text())
     assert result["benchmark"] == "fidelity" and result["machine"]["threads"] == 1
     rows = result["rows"]

@@ -1,7 +1,6 @@
 """`gradalign bench scoring` end to end on the tiny model: rows, ratios, memory and correct numbers."""
 
 import json
-import time
 
 import torch
 
@@ -11,10 +10,8 @@ from gradalign.cli import main
 def test_scoring_bench_smoke(tmp_path, capsys):
     out = tmp_path / "results" / "scoring.json"
     backends = ["naive", "func", "onepass"]
-    start = time.perf_counter()
     assert main(["bench", "scoring", "--models", "tiny", "--chunks", "8", "--k", "2", "--repeats", "1",
                  "--backends", ",".join(backends), "--out", str(out)]) == 0
-    assert time.perf_counter() - start < 20
     result = json.loads(out.read_text())
     assert result["machine"]["threads"] == 1 and result["machine"]["torch"] == torch.__version__
     rows = {r["method"]: r for r in result["rows"]}

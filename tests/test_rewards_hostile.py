@@ -98,10 +98,17 @@ BAD_NUMBERS = [5, 5.0, "568", b"\x05\x06\x08", None, True, {"5": 1, "6": 1, "8":
                (n for n in NUMBERS), iter(NUMBERS)]
 
 
-def _timed(call, *args):
-    start = time.perf_counter()
-    result = call(*args)
-    return result, time.perf_counter() - start
+def _timed(call, *args, budget: float = PER_CALL):
+    """The call's result and its time; a call over `budget` is timed twice more and the fastest counts, so a
+    moment of preemption on a busy machine (the suite runs in two workers) is not read as a quadratic parse."""
+    seconds = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        result = call(*args)
+        seconds = min(seconds, time.perf_counter() - start)
+        if seconds < budget:
+            break
+    return result, seconds
 
 
 # ----------------------------------------------------------------------------------------- regressions
@@ -111,9 +118,9 @@ def test_a_flood_of_unclosed_answer_tags_scores_zero_in_linear_time():
     """The old `<answer>(.*?)</answer>` regex with DOTALL took 15.6 s here (quadratic)."""
     countdown = CountdownVerifier()
     for completion in ("<answer>" * 16000, "<answer>" * 16000 + GOLD, "<answer>" * 160_000):
-        reward, seconds = _timed(countdown, completion, GOLD, PUZZLE)
+        reward, seconds = _timed(countdown, completion, GOLD, PUZZLE, budget=0.1)
         assert reward == 0.0 and seconds < 0.1, seconds
-    reward, seconds = _timed(ProblemReward(countdown), "<answer>" * 16000, GOLD, PUZZLE)
+    reward, seconds = _timed(ProblemReward(countdown), "<answer>" * 16000, GOLD, PUZZLE, budget=0.1)
     assert reward == 0.0 and seconds < 0.1, seconds
 
 
@@ -131,7 +138,7 @@ def test_the_linear_tag_scan_is_the_regex_it_replaces():
 
 def test_absurd_or_ill_typed_countdown_metadata_scores_zero_without_an_exception():
     countdown = CountdownVerifier()
-    reward, seconds = _timed(countdown, GOLD, GOLD, {"numbers": NUMBERS, "target": "1e10000000"})
+    reward, seconds = _timed(countdown, GOLD, GOLD, {"numbers": NUMBERS, "target": "1e10000000"}, budget=0.1)
     assert reward == 0.0 and seconds < 0.1, seconds  # took 8.5 s
     assert countdown(GOLD, GOLD, {"numbers": 5, "target": TARGET}) == 0.0  # was a TypeError
     with pytest.raises(InvalidPuzzle, match="'numbers'"):
