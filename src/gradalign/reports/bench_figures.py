@@ -21,10 +21,9 @@ from .plots import plot_score_distributions
 from .styles import method_styles
 from .summary import RunView
 
-# The one share per round that tells each regime's story (figure panel c).
-PLOTTED_SHARE = {"imbalance": "target", "unreliable-rewards": "corrupted", "low-utility": "wasted",
-                 "mixed": "corrupted", "gsm-symbolic": "corrupted", "smollm2-coin": "corrupted",
-                 "smollm2-skewed": "target"}
+# The one share per round that tells each regime's story (figure panel c): the share of its label's bad problems
+# (REGIME_LABEL); low utility's bad problems are the trivial and the unsolvable ones ("wasted").
+SHARE_OF_LABEL = {"utility": "wasted"}
 SHARE_LABELS = {"target": "target-task share of selection", "corrupted": "corrupted share of selection",
                 "wasted": "trivial + unsolvable share of selection"}
 
@@ -39,8 +38,9 @@ def time_curve(run: RunView) -> Curve | None:
 
 def plotted_share_key(regime: RegimeView) -> str | None:
     """The share plotted per round: the regime's own, or for another regime the first that any run records."""
-    if regime.kind in PLOTTED_SHARE:
-        return PLOTTED_SHARE[regime.kind]
+    if regime.kind in REGIME_LABEL:
+        label = REGIME_LABEL[regime.kind]
+        return SHARE_OF_LABEL.get(label, label)
     rows = [row for runs in regime.runs.values() for run in runs.values()
             for row in composition(run.rounds, regime.target_sources)]
     for key in ("corrupted", "wasted", "target"):
