@@ -76,6 +76,19 @@ def test_composition_per_regime_kind():
     assert all(empty[k] is None for k in ("target", "corrupted", "useful", "trivial", "unsolvable"))
 
 
+def test_each_regime_plots_the_share_of_its_own_bad_problems():
+    from gradalign.bench.regimes import REAL_MODEL_REGIMES, REGIMES
+    from gradalign.reports.bench_figures import plotted_share_key
+    from gradalign.reports.bench_views import RegimeView
+    expected = {"unreliable-rewards": "corrupted", "mixed": "corrupted", "imbalance": "target", "low-utility": "wasted"}
+    for kind in REGIMES:
+        assert plotted_share_key(RegimeView(kind, kind, [], {}, {})) == expected[kind], kind
+    real = {"smollm2-coin": "corrupted", "smollm2-skewed": "target", "gsm-symbolic": "corrupted"}
+    for kind in REAL_MODEL_REGIMES:
+        assert plotted_share_key(RegimeView(kind, kind, [], {}, {})) == real[kind], kind
+    assert plotted_share_key(RegimeView("mine", "mine", [], {}, {})) is None  # unknown kind, no runs: no panel
+
+
 def test_time_split():
     rounds = [{"timings": {"rollouts": 5.0, "validation_rollouts": 1.0, "scoring": 2.0, "selection": 0.5,
                            "warmup": 3.0, "training": 10.0, "evaluation": 1.0, "total": 22.5}},
