@@ -30,6 +30,7 @@ from gradalign.rewards.base import DEFAULT_MAX_CHARS, cap_completions
 
 PER_CALL = 0.5  # seconds; see the module docstring
 TOTAL = 10.0  # seconds, the whole fuzz loop
+REGRESSION = 0.1  # seconds, one call of the regressions below (they took 8.5-15.6 s before their fixes)
 
 # A puzzle none of the hostile fragments can solve: no fragment contains a 5, 6 or 8.
 NUMBERS, TARGET, GOLD = [5, 6, 8], 38, "5*6+8"
@@ -118,10 +119,10 @@ def test_a_flood_of_unclosed_answer_tags_scores_zero_in_linear_time():
     """The old `<answer>(.*?)</answer>` regex with DOTALL took 15.6 s here (quadratic)."""
     countdown = CountdownVerifier()
     for completion in ("<answer>" * 16000, "<answer>" * 16000 + GOLD, "<answer>" * 160_000):
-        reward, seconds = _timed(countdown, completion, GOLD, PUZZLE, budget=0.1)
-        assert reward == 0.0 and seconds < 0.1, seconds
-    reward, seconds = _timed(ProblemReward(countdown), "<answer>" * 16000, GOLD, PUZZLE, budget=0.1)
-    assert reward == 0.0 and seconds < 0.1, seconds
+        reward, seconds = _timed(countdown, completion, GOLD, PUZZLE, budget=REGRESSION)
+        assert reward == 0.0 and seconds < REGRESSION, seconds
+    reward, seconds = _timed(ProblemReward(countdown), "<answer>" * 16000, GOLD, PUZZLE, budget=REGRESSION)
+    assert reward == 0.0 and seconds < REGRESSION, seconds
 
 
 def test_the_linear_tag_scan_is_the_regex_it_replaces():
@@ -138,8 +139,8 @@ def test_the_linear_tag_scan_is_the_regex_it_replaces():
 
 def test_absurd_or_ill_typed_countdown_metadata_scores_zero_without_an_exception():
     countdown = CountdownVerifier()
-    reward, seconds = _timed(countdown, GOLD, GOLD, {"numbers": NUMBERS, "target": "1e10000000"}, budget=0.1)
-    assert reward == 0.0 and seconds < 0.1, seconds  # took 8.5 s
+    reward, seconds = _timed(countdown, GOLD, GOLD, {"numbers": NUMBERS, "target": "1e10000000"}, budget=REGRESSION)
+    assert reward == 0.0 and seconds < REGRESSION, seconds  # took 8.5 s
     assert countdown(GOLD, GOLD, {"numbers": 5, "target": TARGET}) == 0.0  # was a TypeError
     with pytest.raises(InvalidPuzzle, match="'numbers'"):
         puzzle_numbers(5)
