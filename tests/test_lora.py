@@ -21,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from test_onepass import random_rollouts
 
 from gradalign.config import ConfigError, RunConfig
-from gradalign.gradients import OnePassGradients
+from gradalign.gradients import ForwardGradients, OnePassGradients
 from gradalign.gradients.projections import layout
 from gradalign.gradients.signals import NaiveGradients, trainable
 from gradalign.gradients.surrogate import SurrogateBatch, weighted_surrogate
@@ -379,13 +379,12 @@ def test_trainer_with_peft_config_scores_and_trains_the_adapter_only(tmp_path, m
         return [float(c.strip() == a) for c, a in zip(completions, answer)]
 
     scored: list[list[str]] = []  # the trainable parameters each scoring call saw
-    real = OnePassGradients.problem_signals
+    for backend in (OnePassGradients, ForwardGradients):  # the default's scorer and the cosine's
+        def recording(self, model, *args, real=backend.problem_signals, **kw):
+            scored.append([n for n, p in model.named_parameters() if p.requires_grad])
+            return real(self, model, *args, **kw)
 
-    def recording(self, model, *args, **kw):
-        scored.append([n for n, p in model.named_parameters() if p.requires_grad])
-        return real(self, model, *args, **kw)
-
-    monkeypatch.setattr(OnePassGradients, "problem_signals", recording)
+        monkeypatch.setattr(backend, "problem_signals", recording)
     model, tokenizer = warm_started_tiny()
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     scenario = unreliable_rewards(pool_size=64, validation_size=8, test_size=4, seed=0)

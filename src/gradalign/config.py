@@ -201,8 +201,11 @@ class RunConfig:
                            "uniformly this round), previous (reuse the last direction; uniform before there is "
                            "one) or auto (error in gradalign run and select; previous in GradAlignGRPOTrainer, "
                            "which must not stop a user's training run).")
-    gradient_backend: str = _f("onepass", "Per-problem gradient signals: onepass (exact, one forward+backward) "
-                               "or naive (exact, one full gradient per problem; the reference).")
+    gradient_backend: str = _f("auto", "Per-problem gradient signals, all exact: auto (forward where the method "
+                               "reads dots only, as the default and gradalign-z do; onepass otherwise), forward "
+                               "(per-completion dots by a JVP along the direction, each prompt run once; no norms), "
+                               "onepass (one forward+backward; norms and dots), naive (one full gradient per "
+                               "problem; the reference) or func (torch.func, per-problem).")
     micro_batch: int = _f(256, "Completions per forward/backward when computing gradient signals.")
     score_parameters: list = _f([], "Score only these parameters (every method that scores gradients): globs over "
                                 "module-qualified names (lm_head.*, *.lora_*) and last_blocks:K (the last K blocks). "

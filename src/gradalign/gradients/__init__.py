@@ -1,14 +1,17 @@
 """Per-problem policy-gradient signals behind one interface (`GradientBackend`), by name."""
 
+from .forward import AutoGradients, ForwardGradients
 from .onepass import OnePassGradients
 from .persample import FuncGradients
 from .projections import DenseProjector, FactoredProjector, Projector, SparseProjector, get_projector
 from .signals import GradientBackend, NaiveGradients, ProblemSignals
 
 BACKENDS: dict[str, type[GradientBackend]] = {
-    "onepass": OnePassGradients,  # exact, one forward + backward per micro-batch (default)
+    "auto": AutoGradients,  # forward where a method needs dots only, onepass otherwise (default)
+    "onepass": OnePassGradients,  # exact, one forward + backward per micro-batch
     "naive": NaiveGradients,  # exact, one full gradient per problem (the reference code's way)
     "func": FuncGradients,  # exact, torch.func per-problem gradients vmapped over problems
+    "forward": ForwardGradients,  # exact dots only (no norms): a JVP per direction, each prompt run once
 }
 
 
@@ -18,5 +21,5 @@ def get_backend(name: str, **kw) -> GradientBackend:
     return BACKENDS[name](**kw)
 
 
-__all__ = ["BACKENDS", "DenseProjector", "FactoredProjector", "FuncGradients", "GradientBackend", "NaiveGradients",
+__all__ = ["AutoGradients", "BACKENDS", "DenseProjector", "FactoredProjector", "ForwardGradients", "FuncGradients", "GradientBackend", "NaiveGradients",
            "OnePassGradients", "ProblemSignals", "Projector", "SparseProjector", "get_backend", "get_projector"]

@@ -99,20 +99,28 @@ class GradientBackend:
         params = trainable(model)
         shards = shard_group(group, model)
         saved = [p.grad for p in params]
-        parts = list(torch.arange(batch.rollouts.group.numel()).split(self.micro_batch))
+        parts = self.row_parts(batch)
         total = None
         try:
             for i in range(shards.max(len(parts))):  # FSDP: every rank makes as many passes, padding with zero weight
                 for p in params:
                     p.grad = None
                 rows, w = (parts[i], weights) if i < len(parts) else (parts[0][:1], torch.zeros_like(weights))
-                weighted_surrogate(model, batch, w, rows).backward()
+                self.surrogate(model, batch, w, rows).backward()
                 g = flat_grad(params)  # FSDP: already reduced over ranks, as the mean of their gradients
                 total = g if total is None else total + g
             return total * shards.world_size if shards.sharded else group.sum(total)
         finally:
             for p, g in zip(params, saved):
                 p.grad = g
+
+    def row_parts(self, batch: SurrogateBatch) -> list[torch.Tensor]:
+        """The rows of each forward/backward of `combined_gradient`."""
+        return list(torch.arange(batch.rollouts.group.numel()).split(self.micro_batch))
+
+    def surrogate(self, model, batch: SurrogateBatch, weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The weighted surrogate of `rows` that `combined_gradient` differentiates."""
+        return weighted_surrogate(model, batch, weights, rows)
 
     def pooled_gradient(self, model, batch: SurrogateBatch, group: ProcessGroup = SINGLE) -> torch.Tensor:
         """Gradient of the token-mean surrogate over all completions of the batch (reference g_V).

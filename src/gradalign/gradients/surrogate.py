@@ -132,10 +132,15 @@ def weighted_surrogate(model, batch: SurrogateBatch, weights: torch.Tensor, rows
     Its gradient is Σ_i w_i g(x_i): with w_i = N_i / Σ N the pooled token-mean gradient of all completions,
     with w_i = 1 for a single problem its own g(x_i).
     """
-    r = batch.rollouts
     if rows is None:
-        rows = torch.arange(r.group.numel())
-    logps = completion_logps(model, r, rows, batch.temperature)
+        rows = torch.arange(batch.rollouts.group.numel())
+    return surrogate_of(batch, weights, rows, completion_logps(model, batch.rollouts, rows, batch.temperature))
+
+
+def surrogate_of(batch: SurrogateBatch, weights: torch.Tensor, rows: torch.Tensor, logps: torch.Tensor
+                 ) -> torch.Tensor:
+    """`weighted_surrogate` of `rows` from their log π_θ ([len(rows), C], however they were computed)."""
+    r = batch.rollouts
     device = logps.device
     mask = r.completion_mask[rows].to(device).to(logps.dtype)
     ratio = torch.exp(logps - logps.detach())  # = 1, but carries ∇ log π
