@@ -169,3 +169,14 @@ def test_a_mixture_of_experts_policy_equals_naive_and_falls_back_where_forward_m
     expected = OnePassGradients(12).problem_signals(model, batch, dirs, per_completion=True, with_norms=False)
     torch.testing.assert_close(got.completion_dots, expected.completion_dots, rtol=0, atol=0)
     torch.testing.assert_close(again.completion_dots, expected.completion_dots, rtol=0, atol=0)
+
+
+def test_the_ledger_counts_each_prompt_once_where_prompts_are_shared():
+    model = make_model(tie=True, seed=13)
+    rollouts = random_rollouts(101, vocab=model.config.vocab_size, n_problems=7)
+    rows = [torch.nonzero(rollouts.group == i).squeeze(1) for i in range(rollouts.num_problems)]
+    by_hand = sum(int(rollouts.prompt_mask[r[0]].sum()) for r in rows) + int(rollouts.completion_mask.sum())
+    assert rollouts.shared_prompt_tokens == by_hand < rollouts.tokens
+    auto = AutoGradients()
+    assert auto.tokens_read(model, rollouts) == by_hand  # the validation direction's backward
+    assert auto.tokens_read(model, rollouts, norms=True) == rollouts.tokens  # a cosine: onepass over full rows

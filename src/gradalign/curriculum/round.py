@@ -218,7 +218,7 @@ class RoundSelector:
         ledger.generate("validation", rollouts.group.numel(), rollouts.generated_tokens)
         if zero_variance.all():
             return None, pass_rates, zero_variance
-        ledger.pass_through("scoring", rollouts.tokens)
+        ledger.pass_through("scoring", self.backend.tokens_read(model, rollouts))
         batch = self.batch(rollouts)
         if self.cfg.validation_direction == "pooled":
             g = self.backend.pooled_gradient(model, batch, self.group)
@@ -415,15 +415,15 @@ class RoundSelector:
             directions.append(direction)
         t_score = time.perf_counter()
         batch = self.batch(rollouts)
-        result.ledger.pass_through("scoring", rollouts.tokens)
-        if "self" in self.method.needs:
-            result.ledger.pass_through("scoring", rollouts.tokens)  # the chunk's own pooled gradient: one more pass
-            directions.append(unit(self.backend.pooled_gradient(model, batch, self.group),
-                                   shard_group(self.group, model)))
-        stacked = torch.stack(directions) if directions else torch.zeros(0, 0)
         # "completions": per-completion terms; their methods need no norms unless they say so (one-pass skips G_i)
         per_completion = "completions" in self.method.needs
         with_norms = not per_completion or "norms" in self.method.needs
+        result.ledger.pass_through("scoring", self.backend.tokens_read(model, rollouts, with_norms))
+        if "self" in self.method.needs:  # the chunk's own pooled gradient: one more pass
+            result.ledger.pass_through("scoring", self.backend.tokens_read(model, rollouts))
+            directions.append(unit(self.backend.pooled_gradient(model, batch, self.group),
+                                   shard_group(self.group, model)))
+        stacked = torch.stack(directions) if directions else torch.zeros(0, 0)
         signals = self.backend.problem_signals(model, batch, stacked, self.group, per_completion=per_completion,
                                                with_norms=with_norms)
         cand.norm = signals.norms.numpy()
@@ -437,8 +437,8 @@ class RoundSelector:
         if "self" in self.method.needs:
             cand.cos_self = signals.cosines(col).numpy()
         result.timings["scoring"] = seconds_since(t_score)
-        log.info("%sscoring: %d completions through one forward+backward, %.1f s", self.progress,
-                 rollouts.group.numel(), result.timings["scoring"])
+        log.info("%sscoring: %d completions, %d tokens read, %.1f s", self.progress, rollouts.group.numel(),
+                 self.backend.tokens_read(model, rollouts, with_norms), result.timings["scoring"])
         return self.method
 
     def _no_direction(self, n_validation: int) -> tuple[torch.Tensor | None, str]:

@@ -98,6 +98,11 @@ class ForwardGradients(GradientBackend):
     """Exact per-completion alignments ⟨g_j, d⟩ and per-problem dots by a JVP along each direction, prompts
     shared; no norms (NaN), so only for methods that read dots alone."""
 
+    def tokens_read(self, model, rollouts, norms: bool = False) -> int:
+        """Each prompt once and the completions. A forward-mode pass costs about two forwards (two thirds of a
+        forward+backward); the ledger counts it as one forward+backward over the tokens it reads."""
+        return rollouts.shared_prompt_tokens
+
     def row_parts(self, batch: SurrogateBatch) -> list[torch.Tensor]:
         return problem_chunks(batch, list(range(batch.num_problems)), self.micro_batch)
 
@@ -156,6 +161,10 @@ class AutoGradients(GradientBackend):
 
     def _forward_applies(self, model) -> bool:
         return not fsdp_sharded(model) and id(model) not in self.no_forward_mode
+
+    def tokens_read(self, model, rollouts, norms: bool = False) -> int:
+        backend = self.onepass if norms or not self._forward_applies(model) else self.forward
+        return backend.tokens_read(model, rollouts, norms)
 
     def _forward_or_onepass(self, model, call):
         try:

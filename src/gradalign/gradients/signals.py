@@ -114,6 +114,11 @@ class GradientBackend:
             for p, g in zip(params, saved):
                 p.grad = g
 
+    def tokens_read(self, model, rollouts, norms: bool = False) -> int:
+        """Tokens one pass of this backend over `rollouts` reads (a `problem_signals` call forming norms, or not; a
+        `combined_gradient`): the cost ledger's unit."""
+        return rollouts.tokens
+
     def row_parts(self, batch: SurrogateBatch) -> list[torch.Tensor]:
         """The rows of each forward/backward of `combined_gradient`."""
         return list(torch.arange(batch.rollouts.group.numel()).split(self.micro_batch))

@@ -127,6 +127,12 @@ class Rollouts:
         """Prompt and completion tokens of every row, padding excluded: what one forward+backward over them reads."""
         return int(self.prompt_mask.sum()) + self.generated_tokens
 
+    @property
+    def shared_prompt_tokens(self) -> int:
+        """Each problem's prompt once, and every completion: what a pass that shares a group's prompt reads."""
+        counts = torch.bincount(self.group, minlength=self.num_problems).clamp(min=1)
+        return int((self.prompt_mask.sum(1).double() / counts[self.group]).sum().round()) + self.generated_tokens
+
     def completion_groups(self, problems, k: int) -> dict[tuple[int, ...], list[list[int]]]:
         """The first `k` completions (token ids up to and including EOS) of each of `problems`, keyed by the prompt's
         token ids: what a TRL generation of those prompts would have sampled (`trl_bridge.Replay`)."""
