@@ -36,3 +36,24 @@ def test_naive_skipped_on_big_chunks(tmp_path):
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["naive"]["status"].startswith("skipped") and rows["naive"]["seconds"] is None
     assert rows["floor"]["peak_mb"] is None
+
+
+def test_forward_rows_on_long_prompts_are_checked_against_naive_and_the_floor(tmp_path):
+    out = tmp_path / "f.json"
+    assert main(["bench", "scoring", "--models", "tiny", "--chunks", "4", "--k", "3", "--repeats", "1",
+                 "--backends", "naive,forward,forward-floor", "--prompt-tokens", "20,30", "--memory", "none",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["prompt_tokens"] == [20, 30]
+    rows = {r["method"]: r for r in result["rows"]}
+    for method in ("forward", "forward-floor"):
+        assert rows[method]["status"] == "ok" and rows[method]["seconds"] > 0, rows[method]
+        assert rows[method]["max_rel_err"] is not None and rows[method]["max_rel_err"] < 1e-4, rows[method]
+    assert rows["forward"]["norm_rel_err"] == 0.0  # it forms no norms: only its dots are compared
+
+
+def test_prompt_lengths_out_of_order_are_refused_in_one_line(capsys):
+    assert main(["bench", "scoring", "--models", "tiny", "--chunks", "4", "--prompt-tokens", "9,3",
+                 "--memory", "none"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err == "gradalign: error: --prompt-tokens 9,3: need 1 <= LO <= HI (lengths with BOS)"

@@ -70,7 +70,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default: 3)")
     parser.add_argument("--backends", type=csv_list(), default=["naive", "func", "onepass", "onepass-z"],
                         help="comma-separated per-problem backends to time next to the floor: naive, func, onepass, "
-                             "onepass-z (per-completion terms, what gradalign-z scores with), learnalign (LearnAlign's "
+                             "onepass-z (per-completion terms, what gradalign-z scores with), forward (the same terms "
+                             "by forward mode with prompts shared: what the default scores with), forward-floor (the "
+                             "floor with prompts shared: the validation direction), learnalign (LearnAlign's "
                              "features, warm-up excluded), onepass-zcos (terms and "
                              "norms: gradalign-zcos), and projected features "
                              "proj-factored, proj-khatri-rao, proj-sparse, proj-sparse-countsketch, proj-dense "
@@ -78,6 +80,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proj-dim", type=int, default=run_default("projection_dim"),
                         help=f"feature dimension of the proj-* rows (default: {run_default('projection_dim')}, "
                              f"RunConfig's projection_dim)")
+    parser.add_argument("--prompt-tokens", type=csv_list(int), default=[6, 8], metavar="LO,HI",
+                        help="prompt lengths of the fabricated rollouts, BOS included, drawn uniformly (default: 6,8, "
+                             "the character policy's; chat-templated questions to SmolLM2 run ~100)")
     parser.add_argument("--max-naive-chunk", type=int, default=256,
                         help="skip the (slow) naive backend on chunks larger than this (default: 256)")
     parser.add_argument("--out", default="benchmarks/results/scoring.json", help="JSON results file")

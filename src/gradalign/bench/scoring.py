@@ -12,6 +12,11 @@ scoring is timed) it measures, side by side in one process and interleaved withi
   onepass-z  the same pass keeping every completion's term of the dot instead of the norms (`per_completion=True,
            with_norms=False`): what `gradalign-z` needs. Its ratio to `onepass` is the method's extra cost;
   onepass-zcos  both (per-completion terms and norms): what `gradalign-zcos` needs;
+  forward  `ForwardGradients`: the same per-completion terms by a JVP along the direction, each prompt run once and
+           shared through the KV cache (no norms): what the default (gradalign-lfdr) and gradalign-z score with
+           under `gradient_backend: auto`;
+  forward-floor  the floor's combined gradient with each prompt run once (`ForwardGradients.combined_gradient`):
+           what the validation direction costs under `auto`; checked against the floor's vector;
   learnalign  LearnAlign's features (`round.learnalign_features`): reference log-probs for the KL term, the energy
            split on the first 64 problems, khatri-rao-energy features at --proj-dim (the warm-up is not timed).
 
@@ -66,11 +71,12 @@ MODEL_CONFIGS: dict[str, dict] = {
     "tiny": {},
     "10m": dict(hidden=384, layers=6, heads=6, intermediate=1152),
 }
-METHODS = ("floor", "naive", "func", "onepass", "onepass-z", "onepass-zcos", "learnalign")
-ROW_BACKENDS = {"onepass-z": "onepass", "onepass-zcos": "onepass"}  # rows timing one backend's other outputs
+METHODS = ("floor", "naive", "func", "onepass", "onepass-z", "onepass-zcos", "forward", "forward-floor", "learnalign")
+# rows timing one backend's other outputs
+ROW_BACKENDS = {"onepass-z": "onepass", "onepass-zcos": "onepass", "forward-floor": "forward"}
 # projected features at --proj-dim
 PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-sparse-countsketch", "proj-dense")
-PROMPT_CHARS = (5, 7)  # + BOS: prompts of 6-8 tokens (~7)
+PROMPT_TOKENS = (6, 8)  # BOS and characters: prompts of 6-8 tokens by default (--prompt-tokens)
 COMPLETION_TOKENS = (3, 6)  # including the final EOS
 ZERO_VARIANCE_FRACTION = 0.1  # a few all-equal groups, as real rollouts have; most carry signal
 
@@ -120,8 +126,10 @@ def lora_copy(model, rank: int, seed: int):
     return lora.eval()
 
 
-def fabricate_rollouts(tokenizer, n: int, k: int, seed: int) -> Rollouts:
-    """n problems × k completions of random alphabet tokens, left-padded prompts, right-padded completions.
+def fabricate_rollouts(tokenizer, n: int, k: int, seed: int, prompt_tokens: tuple[int, int] = PROMPT_TOKENS
+                       ) -> Rollouts:
+    """n problems × k completions of random alphabet tokens, left-padded prompts of `prompt_tokens` (lo, hi) tokens
+    with BOS, right-padded completions.
 
     Rewards are random bits; about 90% of groups are forced to contain both values (non-zero variance).
     """
@@ -137,7 +145,7 @@ def fabricate_rollouts(tokenizer, n: int, k: int, seed: int) -> Rollouts:
 
     prompts, completions, group, rewards = [], [], [], []
     for i in range(n):
-        prompt = [tokenizer.bos_token_id] + chars(draw(*PROMPT_CHARS))
+        prompt = [tokenizer.bos_token_id] + chars(draw(prompt_tokens[0] - 1, prompt_tokens[1] - 1))
         r = (torch.rand(k, generator=gen) < 0.5).float()
         if k > 1:
             if float(torch.rand(1, generator=gen)) < ZERO_VARIANCE_FRACTION:
@@ -197,7 +205,7 @@ def map_x_floor(projector, model, batch: SurrogateBatch) -> float:
 def runner(method: str, backend, model, batch: SurrogateBatch, direction: torch.Tensor,
            micro_batch: int) -> Callable:
     """The call that is timed: floor -> flat gradient; proj-* -> features [n, d]; the others -> ProblemSignals."""
-    if method == "floor":
+    if method in ("floor", "forward-floor"):
         ones = torch.ones(batch.num_problems)
         return lambda: backend.combined_gradient(model, batch, ones)
     if method.startswith("proj-"):
@@ -206,7 +214,7 @@ def runner(method: str, backend, model, batch: SurrogateBatch, direction: torch.
         from ..curriculum.round import learnalign_features
         live = ~batch.rollouts.zero_variance()
         return lambda: learnalign_features(model, model, batch.rollouts, live, backend.projector, backend.cfg)
-    if method in ("onepass-z", "onepass-zcos"):
+    if method in ("onepass-z", "onepass-zcos", "forward"):
         return lambda: backend.problem_signals(model, batch, direction, per_completion=True,
                                                with_norms=method == "onepass-zcos")
     return lambda: backend.problem_signals(model, batch, direction)
@@ -341,6 +349,7 @@ class Settings:
     memory: str = "auto"  # auto | all | cheap | none
     seed: int = 0
     proj_dim: int = field(default_factory=lambda: run_default("projection_dim"))  # dimension of the proj-* rows
+    prompt_tokens: tuple = PROMPT_TOKENS  # (lo, hi) prompt lengths with BOS
 
 
 Key = tuple[str, str]  # (model label, method): one row, one timed call
@@ -351,7 +360,7 @@ def bench_config(variants: list[tuple[str, object]], tokenizer, n: int, s: Setti
     """Time (and measure) every method on one chunk of n problems, on each (label, model) variant, all calls
     interleaved; returns rows and cost bookkeeping. Variants after the first (LoRA copies of it) get `x_full`:
     their time over the same method's time on the first."""
-    rollouts = fabricate_rollouts(tokenizer, n, s.k, seed=s.seed + n)
+    rollouts = fabricate_rollouts(tokenizer, n, s.k, seed=s.seed + n, prompt_tokens=s.prompt_tokens)
     batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
     live = [i for i, zv in enumerate(rollouts.zero_variance()) if not zv][:2] or [0]
     warm_rollouts = rollouts.select_problems(live)  # warm-up on 2 problems that carry signal
@@ -423,7 +432,7 @@ def time_interleaved(active: dict, rows: dict, repeats: int, device: torch.devic
                 continue
             timing_cost += seconds
             rows[key]["times"].append(seconds)
-            if isinstance(out, ProblemSignals) and key not in outputs:  # exact signals are checked vs naive
+            if isinstance(out, (ProblemSignals, torch.Tensor)) and key not in outputs:  # checked vs naive / floor
                 outputs[key] = out
     return timing_cost, outputs
 
@@ -436,10 +445,12 @@ def summarise(rows: dict, outputs: dict, labels: list[str]) -> None:
             row["seconds"] = statistics.median(row["times"])
             row["x_floor"] = row["seconds"] / statistics.median(rows[key[0], "floor"]["times"])
     for label in labels:
-        reference = outputs.get((label, "naive"))
+        reference, floor = outputs.get((label, "naive")), outputs.get((label, "floor"))
         for (name, method), out in outputs.items():
-            if name == label and reference is not None:
+            if name == label and isinstance(out, ProblemSignals) and reference is not None:
                 rows[name, method].update(signal_errors(out, reference))
+            if name == label and method == "forward-floor" and floor is not None:  # the same vector, prompts shared
+                rows[name, method]["max_rel_err"] = float((out - floor).norm() / floor.norm().clamp(min=1e-30))
     for label in labels[1:]:
         for (name, method), row in rows.items():
             full = rows.get((labels[0], method))
@@ -516,6 +527,9 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
         parse_model(spec)  # refuses unknown names before anything is built
     if settings.repeats < 1 or settings.k < 1 or any(c < 1 for c in chunks):
         raise ValueError("--repeats, --k and every chunk must be at least 1")
+    lo, hi = (list(settings.prompt_tokens) + [0, 0])[:2]
+    if len(settings.prompt_tokens) != 2 or not 1 <= lo <= hi:
+        raise ValueError(f"--prompt-tokens {lo},{hi}: need 1 <= LO <= HI (lengths with BOS)")
     how = memory_method(dev)
     mode = "none" if settings.memory == "none" or how == "unavailable" else settings.memory
     tokenizer = build_tokenizer()
@@ -546,14 +560,15 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
         "settings": {"models": models, "chunks": chunks, "k": settings.k, "repeats": settings.repeats,
                      "backends": list(settings.backends), "max_naive_chunk": settings.max_naive_chunk,
                      "micro_batch": settings.micro_batch, "seed": settings.seed,
-                     "prompt_tokens": [PROMPT_CHARS[0] + 1, PROMPT_CHARS[1] + 1],
+                     "prompt_tokens": list(settings.prompt_tokens),
                      "completion_tokens": list(COMPLETION_TOKENS), "direction": "unit pooled gradient of the chunk",
                      "timing": "median over repeats, methods interleaved (rotated) within each repeat, "
                                "after a 2-problem warm-up"},
         "memory": {"method": how if mode != "none" else "none", "mode": mode, "note": MEMORY_NOTES.get(how, ""),
                    "costs": costs},
         "error_metric": "max |x - naive| / max |naive| over norms and over dots (per direction); naive is "
-                        "NaiveGradients' loop with float64 reductions, on the same variant (full or LoRA)",
+                        "NaiveGradients' loop with float64 reductions, on the same variant (full or LoRA); "
+                        "forward-floor: ‖x - floor‖ / ‖floor‖ of the combined gradient",
         "x_full": "NAME+loraR rows: seconds over the same method's on the full model NAME (one process, all calls "
                   "interleaved); params and x_floor count the adapter and its own floor",
         "rows": rows,
@@ -565,7 +580,7 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
 def run_from_args(args: argparse.Namespace) -> int:
     settings = Settings(k=args.k, repeats=args.repeats, backends=tuple(args.backends),
                         max_naive_chunk=args.max_naive_chunk, micro_batch=args.micro_batch, memory=args.memory,
-                        seed=args.seed, proj_dim=args.proj_dim)
+                        seed=args.seed, proj_dim=args.proj_dim, prompt_tokens=tuple(args.prompt_tokens))
     run_scoring(args.models, args.chunks, settings, out=args.out, device=args.device, threads=args.threads)
     return 0
 
