@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def first_rows(group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The problems present in `group` (sorted) and, per row, the index of its problem among them; with the first
-    row of each problem, whose prompt stands for the group's (a group's rows share one prompt)."""
+    """For the rows of some problems (`group`: row -> problem): the position of each problem's first row, whose
+    prompt stands for its group's, and each row's problem as an index into those positions."""
     problems, where = torch.unique(group, sorted=True, return_inverse=True)
     first = torch.full((len(problems),), len(group), dtype=torch.long).scatter_reduce(
         0, where, torch.arange(len(group)), reduce="amin")
@@ -57,29 +57,36 @@ def shared_prompt_logps(model, rollouts, rows: torch.Tensor, params: dict | None
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     first, where = first_rows(rollouts.group[rows])
+    where = where.to(device)
     p_ids, p_mask = rollouts.prompt_ids[rows[first]], rollouts.prompt_mask[rows[first]]
-    keep = p_mask.any(0).nonzero()  # drop columns that are padding in every prompt (left padding)
+    keep = p_mask.any(0).nonzero()  # drop columns that are padding in every prompt (left padding) ...
     start = int(keep[0]) if len(keep) else p_mask.shape[1] - 1
     p_ids, p_mask = p_ids[:, start:].to(device), p_mask[:, start:].to(device)
     c_ids, c_mask = rollouts.completion_ids[rows].to(device), rollouts.completion_mask[rows].to(device)
+    width = c_ids.shape[1]
+    c_len = int(c_mask.any(0).nonzero().max()) + 1 if c_mask.any() else 1  # ... and in every completion (right)
+    c_ids, c_mask = c_ids[:, :c_len], c_mask[:, :c_len]
     run = lambda **kw: functional_call(model, params or {}, (), kw, strict=False)  # noqa: E731
     prompt = run(input_ids=p_ids, attention_mask=additive_causal_mask(p_mask, dtype),
                  position_ids=(p_mask.cumsum(1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
     cache = prompt.past_key_values
-    cache.reorder_cache(where.to(device))  # each row gets its problem's prompt keys and values
-    p_mask, p_len = p_mask[where.to(device)], p_mask[where.to(device)].sum(1, keepdim=True)
-    logits = prompt.logits[where.to(device)]  # the prompt's last logits predict the first completion token
-    if c_ids.shape[1] > 1:  # the last completion token predicts nothing: it is not fed
+    if cache is None:
+        raise ValueError("gradient_backend forward: the model returned no KV cache (gradient checkpointing in train "
+                         "mode turns it off; scoring runs in eval mode); use gradient_backend: onepass")
+    cache.reorder_cache(where)  # each row gets its problem's prompt keys and values
+    p_mask = p_mask[where]
+    logits = prompt.logits[where]  # the prompt's last logits predict the first completion token
+    if c_len > 1:  # the last completion token predicts nothing: it is not fed
         fed = c_mask[:, :-1]
         rest = run(input_ids=c_ids[:, :-1], attention_mask=completion_mask_4d(p_mask, fed, dtype),
-                   position_ids=p_len + torch.arange(fed.shape[1], device=device), past_key_values=cache,
-                   use_cache=True)
+                   position_ids=p_mask.sum(1, keepdim=True) + torch.arange(c_len - 1, device=device),
+                   past_key_values=cache, use_cache=True)
         logits = torch.cat([logits, rest.logits], 1)
     logits = logits if logits.dtype == torch.float64 else logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    logps = logits.log_softmax(-1).gather(-1, c_ids.unsqueeze(-1)).squeeze(-1)
-    return logps * c_mask
+    logps = logits.log_softmax(-1).gather(-1, c_ids.unsqueeze(-1)).squeeze(-1) * c_mask
+    return torch.nn.functional.pad(logps, (0, width - c_len))
 
 
 def problem_chunks(batch: SurrogateBatch, problems: list[int], max_rows: int) -> list[torch.Tensor]:
