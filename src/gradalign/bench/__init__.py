@@ -83,6 +83,8 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=csv_list(int), default=[6, 8], metavar="LO,HI",
                         help="prompt lengths of the fabricated rollouts, BOS included, drawn uniformly (default: 6,8, "
                              "the character policy's; chat-templated questions to SmolLM2 run ~100)")
+    parser.add_argument("--completion-tokens", type=csv_list(int), default=[3, 6], metavar="LO,HI",
+                        help="completion lengths of the fabricated rollouts, EOS included (default: 3,6)")
     parser.add_argument("--max-naive-chunk", type=int, default=256,
                         help="skip the (slow) naive backend on chunks larger than this (default: 256)")
     parser.add_argument("--out", default="benchmarks/results/scoring.json", help="JSON results file")

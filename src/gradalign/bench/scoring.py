@@ -77,7 +77,7 @@ ROW_BACKENDS = {"onepass-z": "onepass", "onepass-zcos": "onepass", "forward-floo
 # projected features at --proj-dim
 PROJECTION_ROWS = ("proj-factored", "proj-khatri-rao", "proj-sparse", "proj-sparse-countsketch", "proj-dense")
 PROMPT_TOKENS = (6, 8)  # BOS and characters: prompts of 6-8 tokens by default (--prompt-tokens)
-COMPLETION_TOKENS = (3, 6)  # including the final EOS
+COMPLETION_TOKENS = (3, 6)  # including the final EOS: 3-6 tokens by default (--completion-tokens)
 ZERO_VARIANCE_FRACTION = 0.1  # a few all-equal groups, as real rollouts have; most carry signal
 
 
@@ -126,10 +126,10 @@ def lora_copy(model, rank: int, seed: int):
     return lora.eval()
 
 
-def fabricate_rollouts(tokenizer, n: int, k: int, seed: int, prompt_tokens: tuple[int, int] = PROMPT_TOKENS
-                       ) -> Rollouts:
+def fabricate_rollouts(tokenizer, n: int, k: int, seed: int, prompt_tokens: tuple[int, int] = PROMPT_TOKENS,
+                       completion_tokens: tuple[int, int] = COMPLETION_TOKENS) -> Rollouts:
     """n problems × k completions of random alphabet tokens, left-padded prompts of `prompt_tokens` (lo, hi) tokens
-    with BOS, right-padded completions.
+    with BOS, right-padded completions of `completion_tokens` with EOS.
 
     Rewards are random bits; about 90% of groups are forced to contain both values (non-zero variance).
     """
@@ -154,7 +154,7 @@ def fabricate_rollouts(tokenizer, n: int, k: int, seed: int, prompt_tokens: tupl
                 r[draw(0, k - 1)] = 1 - r[0]
         for j in range(k):
             prompts.append(prompt)
-            completions.append(chars(draw(*COMPLETION_TOKENS) - 1) + [tokenizer.eos_token_id])
+            completions.append(chars(draw(*completion_tokens) - 1) + [tokenizer.eos_token_id])
             group.append(i)
         rewards.append(r)
     p_ids, p_mask = pad(prompts, tokenizer.pad_token_id, "left")
@@ -350,6 +350,7 @@ class Settings:
     seed: int = 0
     proj_dim: int = field(default_factory=lambda: run_default("projection_dim"))  # dimension of the proj-* rows
     prompt_tokens: tuple = PROMPT_TOKENS  # (lo, hi) prompt lengths with BOS
+    completion_tokens: tuple = COMPLETION_TOKENS  # (lo, hi) completion lengths with EOS
 
 
 Key = tuple[str, str]  # (model label, method): one row, one timed call
@@ -360,7 +361,8 @@ def bench_config(variants: list[tuple[str, object]], tokenizer, n: int, s: Setti
     """Time (and measure) every method on one chunk of n problems, on each (label, model) variant, all calls
     interleaved; returns rows and cost bookkeeping. Variants after the first (LoRA copies of it) get `x_full`:
     their time over the same method's time on the first."""
-    rollouts = fabricate_rollouts(tokenizer, n, s.k, seed=s.seed + n, prompt_tokens=s.prompt_tokens)
+    rollouts = fabricate_rollouts(tokenizer, n, s.k, seed=s.seed + n, prompt_tokens=s.prompt_tokens,
+                                  completion_tokens=s.completion_tokens)
     batch = SurrogateBatch(rollouts, rollouts.advantages("none"))
     live = [i for i, zv in enumerate(rollouts.zero_variance()) if not zv][:2] or [0]
     warm_rollouts = rollouts.select_problems(live)  # warm-up on 2 problems that carry signal
@@ -527,9 +529,11 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
         parse_model(spec)  # refuses unknown names before anything is built
     if settings.repeats < 1 or settings.k < 1 or any(c < 1 for c in chunks):
         raise ValueError("--repeats, --k and every chunk must be at least 1")
-    lo, hi = (list(settings.prompt_tokens) + [0, 0])[:2]
-    if len(settings.prompt_tokens) != 2 or not 1 <= lo <= hi:
-        raise ValueError(f"--prompt-tokens {lo},{hi}: need 1 <= LO <= HI (lengths with BOS)")
+    for flag, lengths, what in (("prompt", settings.prompt_tokens, "BOS"),
+                                ("completion", settings.completion_tokens, "EOS")):
+        if len(lengths) != 2 or not 1 <= lengths[0] <= lengths[1]:
+            raise ValueError(f"--{flag}-tokens {','.join(map(str, lengths))}: need 1 <= LO <= HI (lengths with "
+                             f"{what})")
     how = memory_method(dev)
     mode = "none" if settings.memory == "none" or how == "unavailable" else settings.memory
     tokenizer = build_tokenizer()
@@ -561,7 +565,7 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
                      "backends": list(settings.backends), "max_naive_chunk": settings.max_naive_chunk,
                      "micro_batch": settings.micro_batch, "seed": settings.seed,
                      "prompt_tokens": list(settings.prompt_tokens),
-                     "completion_tokens": list(COMPLETION_TOKENS), "direction": "unit pooled gradient of the chunk",
+                     "completion_tokens": list(settings.completion_tokens), "direction": "unit pooled gradient of the chunk",
                      "timing": "median over repeats, methods interleaved (rotated) within each repeat, "
                                "after a 2-problem warm-up"},
         "memory": {"method": how if mode != "none" else "none", "mode": mode, "note": MEMORY_NOTES.get(how, ""),
@@ -580,7 +584,8 @@ def run_scoring(models: list[str], chunks: list[int], settings: Settings, out: s
 def run_from_args(args: argparse.Namespace) -> int:
     settings = Settings(k=args.k, repeats=args.repeats, backends=tuple(args.backends),
                         max_naive_chunk=args.max_naive_chunk, micro_batch=args.micro_batch, memory=args.memory,
-                        seed=args.seed, proj_dim=args.proj_dim, prompt_tokens=tuple(args.prompt_tokens))
+                        seed=args.seed, proj_dim=args.proj_dim, prompt_tokens=tuple(args.prompt_tokens),
+                        completion_tokens=tuple(args.completion_tokens))
     run_scoring(args.models, args.chunks, settings, out=args.out, device=args.device, threads=args.threads)
     return 0
 
