@@ -132,8 +132,8 @@ class ForwardGradients(GradientBackend):
             raise ValueError(f"directions have {directions.shape[1]} columns, the model has "
                              f"{sum(p.numel() for _, p in named)} trainable values")
         primals = tuple(p.detach() for _, p in named)
-        tangents = [torch.split(d.to(primals[0].device, primals[0].dtype), [p.numel() for p in primals])
-                    for d in directions] if named else []
+        tangents = [torch.split(d.to(primals[0].device), [p.numel() for p in primals]) for d in directions] \
+            if named else []
         names = [name for name, _ in named]
         with torch.no_grad(), _attention(model, "eager"):
             for rows in problem_chunks(batch, batch.live_problems(), self.micro_batch) if n_dir else []:
@@ -142,7 +142,8 @@ class ForwardGradients(GradientBackend):
                     # dual tensors rather than torch.func.jvp: hooks that set requires_grad on activations (TRL's
                     # and peft's enable_input_require_grads) are refused inside a functorch transform
                     with fwAD.dual_level():
-                        duals = {m: fwAD.make_dual(p, t.view_as(p)) for m, p, t in zip(names, primals, parts)}
+                        duals = {m: fwAD.make_dual(p, t.view_as(p).to(p.dtype))
+                                 for m, p, t in zip(names, primals, parts)}
                         lp, rate = fwAD.unpack_dual(
                             shared_prompt_logps(model, batch.rollouts, rows, duals, batch.temperature))
                     rate = torch.zeros_like(lp) if rate is None else rate  # nothing scored reaches these tokens
