@@ -58,6 +58,7 @@ def test_cells_files_report_and_resume(tmp_path, monkeypatch, capsys):
             # imbalance's forgetting test (the other tasks) is evaluated every round and kept with the run
             assert 0 <= rounds[-1]["test"]["extra"]["other-tasks"]["accuracy"] <= 1
             assert (cell / "problems" / "test-other-tasks.jsonl").exists()
+            assert not (cell / "checkpoints").exists()  # a finished cell needs none (~1.5 GB a SmolLM2 cell)
     report = (out / "report.md").read_text()
     assert "imbalance" in report and (out / "report.html").exists()
     # `gradalign report` rebuilds the benchmark report from the files.
@@ -172,3 +173,11 @@ def test_a_target_share_only_where_validation_is_part_of_the_pool():
     assert regimes.target_sources(build_scenario("imbalance", **sizes)) == ["sub"]
     assert regimes.target_sources(build_scenario("low-utility", **sizes)) == ["add", "sub"]
     assert regimes.target_sources(build_scenario("unreliable-rewards", **sizes)) == []
+
+
+def test_keep_checkpoints_keeps_a_finished_cells_last_checkpoint(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "rounds": 1}))
+    assert main(["bench", "regimes", "--regimes", "imbalance", "--methods", "random", "--seeds", "1", "--config",
+                 str(config), "--out", str(tmp_path / "b"), "--keep-checkpoints"]) == 0
+    assert (tmp_path / "b" / "imbalance" / "random" / "seed-0" / "checkpoints" / "round-000").is_dir()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -78,6 +79,7 @@ class BenchPlan:
     overrides: dict
     workers: int = 1  # processes sharing the cells, one torch thread each
     threads: int | None = None  # one process: its torch threads (None: torch's default)
+    keep_checkpoints: bool = False  # a finished cell's last checkpoint (weights + optimizer: ~1.5 GB for SmolLM2)
 
     def cell(self, regime: str, method: str, seed: int) -> Path:
         return self.out / regime / method / f"seed-{seed}"
@@ -139,7 +141,7 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
         raise ValueError(f"bench regimes: --threads must be >= 1 and sets one process's threads (got --threads "
                          f"{args.threads} with --workers {args.workers}; each worker runs one thread)")
     return BenchPlan(Path(args.out), list(regimes), list(methods), seeds, args.preset, overrides, args.workers,
-                     args.threads)
+                     args.threads, args.keep_checkpoints)
 
 
 def run_bench(plan: BenchPlan, echo=print) -> Path:
@@ -203,6 +205,8 @@ def run_cells(plan: BenchPlan, index: int, count: int, echo=print) -> None:
         echo(f"[{i}/{len(cells)}] {regime} / {method} / seed {seed}: test accuracy "
              f"{result.initial['accuracy']:.3f} -> {result.final_accuracy:.3f} ({time.perf_counter() - t:.0f} s; "
              f"{time.perf_counter() - start:.0f} s so far)")
+        if not plan.keep_checkpoints:  # the report reads the records; a finished cell never resumes
+            shutil.rmtree(cell / "checkpoints", ignore_errors=True)
 
 
 def target_sources(sets) -> list[str]:
@@ -274,6 +278,9 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
                         help="torch threads of the one process (--workers 1), e.g. 2 for a real model on 2 cores "
                              "(default: torch's own)")
     parser.add_argument("--out", default="runs/bench-regimes", help="benchmark directory (rerun to resume)")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each finished cell's last checkpoint (weights and optimizer state: ~1.5 GB a cell "
+                             "for SmolLM2-135M); by default a finished cell's checkpoints are deleted")
     from ..flags import add_config_flags
     from ..config import SCENARIO_FIELDS, RunConfig
     knobs = parser.add_argument_group("scenario knobs (RunConfig fields, over --config; each regime reads its own)")
