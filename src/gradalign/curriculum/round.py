@@ -418,7 +418,8 @@ class RoundSelector:
         # "completions": per-completion terms; their methods need no norms unless they say so (one-pass skips G_i)
         per_completion = "completions" in self.method.needs
         with_norms = not per_completion or "norms" in self.method.needs
-        result.ledger.pass_through("scoring", self.backend.tokens_read(model, rollouts, with_norms))
+        tokens_read = self.backend.tokens_read(model, rollouts, with_norms)
+        result.ledger.pass_through("scoring", tokens_read)
         if "self" in self.method.needs:  # the chunk's own pooled gradient: one more pass
             result.ledger.pass_through("scoring", self.backend.tokens_read(model, rollouts))
             directions.append(unit(self.backend.pooled_gradient(model, batch, self.group),
@@ -438,7 +439,7 @@ class RoundSelector:
             cand.cos_self = signals.cosines(col).numpy()
         result.timings["scoring"] = seconds_since(t_score)
         log.info("%sscoring: %d completions, %d tokens read, %.1f s", self.progress, rollouts.group.numel(),
-                 self.backend.tokens_read(model, rollouts, with_norms), result.timings["scoring"])
+                 tokens_read, result.timings["scoring"])
         return self.method
 
     def _no_direction(self, n_validation: int) -> tuple[torch.Tensor | None, str]:

@@ -25,7 +25,7 @@ from ..distributed import SINGLE, ProcessGroup, fsdp_sharded
 from .onepass import OnePassGradients
 from .persample import _attention, additive_causal_mask
 from .signals import GradientBackend, ProblemSignals, refuse_sharded
-from .surrogate import SurrogateBatch, surrogate_of, token_coefficients
+from .surrogate import SurrogateBatch, surrogate_of, token_coefficients, token_logps
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,7 @@ def shared_prompt_logps(model, rollouts, rows: torch.Tensor, params: dict | None
                    position_ids=p_mask.sum(1, keepdim=True) + torch.arange(c_len - 1, device=device),
                    past_key_values=cache, use_cache=True)
         logits = torch.cat([logits, rest.logits], 1)
-    logits = logits if logits.dtype == torch.float64 else logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logps = logits.log_softmax(-1).gather(-1, c_ids.unsqueeze(-1)).squeeze(-1) * c_mask
-    return torch.nn.functional.pad(logps, (0, width - c_len))
+    return torch.nn.functional.pad(token_logps(logits, c_ids, c_mask, temperature), (0, width - c_len))
 
 
 def problem_chunks(batch: SurrogateBatch, problems: list[int], max_rows: int) -> list[torch.Tensor]:
@@ -167,33 +163,29 @@ class AutoGradients(GradientBackend):
         self.forward, self.onepass = ForwardGradients(micro_batch), OnePassGradients(micro_batch)
         self.no_forward_mode: set[int] = set()  # id() of models forward mode failed on
 
-    def _forward_applies(self, model) -> bool:
-        return not fsdp_sharded(model) and id(model) not in self.no_forward_mode
+    def _backend(self, model, norms: bool = False) -> GradientBackend:
+        """forward unless the pass needs norms, the model is sharded, or forward mode already failed on it."""
+        if norms or fsdp_sharded(model) or id(model) in self.no_forward_mode:
+            return self.onepass
+        return self.forward
 
     def tokens_read(self, model, rollouts, norms: bool = False) -> int:
-        backend = self.onepass if norms or not self._forward_applies(model) else self.forward
-        return backend.tokens_read(model, rollouts, norms)
-
-    def _forward_or_onepass(self, model, call):
-        try:
-            return call(self.forward)
-        except NotImplementedError as e:
-            if "forward AD" not in str(e):
-                raise
-            self.no_forward_mode.add(id(model))
-            log.warning("gradient_backend auto: this model has an operation without forward-mode "
-                        "differentiation (%s); scoring it with onepass", str(e).split(" that ")[0])
-            return call(self.onepass)
+        return self._backend(model, norms).tokens_read(model, rollouts, norms)
 
     def combined_gradient(self, model, batch: SurrogateBatch, weights: torch.Tensor,
                           group: ProcessGroup = SINGLE) -> torch.Tensor:
-        backend = self.forward if self._forward_applies(model) else self.onepass
-        return backend.combined_gradient(model, batch, weights, group)
+        return self._backend(model).combined_gradient(model, batch, weights, group)
 
     def problem_signals(self, model, batch: SurrogateBatch, directions: torch.Tensor,
                         group: ProcessGroup = SINGLE, per_completion: bool = False,
                         with_norms: bool = True) -> ProblemSignals:
-        if with_norms or not self._forward_applies(model):
+        backend = self._backend(model, with_norms)
+        try:
+            return backend.problem_signals(model, batch, directions, group, per_completion, with_norms)
+        except NotImplementedError as e:
+            if backend is not self.forward or "forward AD" not in str(e):
+                raise
+            self.no_forward_mode.add(id(model))
+            log.warning("gradient_backend auto: this model has an operation without forward-mode "
+                        "differentiation (%s); scoring it with onepass", str(e).split(" that ")[0])
             return self.onepass.problem_signals(model, batch, directions, group, per_completion, with_norms)
-        return self._forward_or_onepass(model, lambda backend: backend.problem_signals(
-            model, batch, directions, group, per_completion, with_norms))

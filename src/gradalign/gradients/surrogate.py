@@ -106,11 +106,17 @@ def completion_logps(model, rollouts: Rollouts, rows: torch.Tensor, temperature:
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids).logits
     c = c_ids.shape[1]
     logits = logits[:, -c - 1:-1]  # the logits that predict each completion token
+    return token_logps(logits, c_ids.to(device), c_mask.to(device), temperature)
+
+
+def token_logps(logits: torch.Tensor, c_ids: torch.Tensor, c_mask: torch.Tensor, temperature: float = 1.0
+                ) -> torch.Tensor:
+    """log π of each completion token from the logits that predict it, [N, C] (zero where masked); in fp32 (fp64
+    for fp64 models) at the given sampling temperature."""
     logits = logits if logits.dtype == torch.float64 else logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    logps = logits.log_softmax(-1).gather(-1, c_ids.to(device).unsqueeze(-1)).squeeze(-1)
-    return logps * c_mask.to(device)
+    return logits.log_softmax(-1).gather(-1, c_ids.unsqueeze(-1)).squeeze(-1) * c_mask
 
 
 def token_coefficients(batch: SurrogateBatch, rows: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
