@@ -33,8 +33,9 @@ def random_rollouts(seed: int, reward_of) -> Rollouts:
                     completions=[""] * (n * k), temperature=1.0)
 
 
-def by_definition(rollouts: Rollouts) -> list[bool]:
-    """Per problem: do two of its scored completions with the same tokens (padding cut off) have different rewards?"""
+def by_definition(rollouts: Rollouts, keys: list | None = None) -> list[bool]:
+    """Per problem: do two of its scored completions with the same answer key (or, for rows without one, the same
+    tokens, padding cut off) have different rewards?"""
     seen: list[dict[tuple, set]] = [dict() for _ in range(rollouts.num_problems)]
     for r in range(len(rollouts.group)):
         reward = float(rollouts.rewards[r])
@@ -42,7 +43,8 @@ def by_definition(rollouts: Rollouts) -> list[bool]:
             continue
         length = int(rollouts.completion_mask[r].sum())
         tokens = tuple(int(t) for t in rollouts.completion_ids[r, :length])
-        seen[int(rollouts.group[r])].setdefault(tokens, set()).add(reward)
+        answer = ("tokens", tokens) if keys is None or keys[r] is None else ("key", keys[r])
+        seen[int(rollouts.group[r])].setdefault(answer, set()).add(reward)
     return [any(len(values) > 1 for values in problem.values()) for problem in seen]
 
 
@@ -52,6 +54,15 @@ def test_inconsistent_rewards_match_the_definition(seed):
         return [float(g.integers(0, 2)), float(g.random()), float("nan"), float(len(tokens) % 2)][problem % 4]
     rollouts = random_rollouts(seed, noisy)
     assert rollouts.inconsistent_rewards().tolist() == by_definition(rollouts)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_inconsistent_rewards_by_answer_keys_match_the_definition(seed):
+    """Keys from a small set (so different completions share them), a third of the rows without one."""
+    g = np.random.default_rng(100 + seed)
+    rollouts = random_rollouts(seed, lambda problem, tokens, g: float(g.integers(0, 2)))
+    keys = [None if g.random() < 1 / 3 else str(g.integers(0, 3)) for _ in range(len(rollouts.group))]
+    assert rollouts.inconsistent_rewards(keys).tolist() == by_definition(rollouts, keys)
 
 
 @pytest.mark.parametrize("seed", range(8))

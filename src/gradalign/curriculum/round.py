@@ -23,7 +23,7 @@ from ..gradients.scope import scoring_scope
 from ..gradients.signals import EPS, unit
 from ..gradients.surrogate import SurrogateBatch, completion_logps
 from ..policy.load import eval_mode, mixed_precision
-from ..policy.rollouts import Rollouts, SamplingConfig, add_completions, sample_rollouts
+from ..policy.rollouts import Rollouts, SamplingConfig, add_completions, reward_keys, sample_rollouts
 from ..rewards import ProblemReward
 from ..selection import Candidates, Method, SelectionOptions, get_method, select
 from ..selection.base import Scored
@@ -175,6 +175,12 @@ class RoundSelector:
                              int(np.random.SeedSequence([seed, 2]).generate_state(1)[0]), "candidates", sampling)
         return add_completions(first, more, disagree, tokenizer.pad_token_id)
 
+    def inconsistent(self, rollouts: Rollouts, chunk: list[Problem]) -> np.ndarray:
+        """The candidates whose rollouts rewarded one answer two ways (as the reward reads answers, `reward_keys`)."""
+        by_id = {p.id: p for p in chunk}
+        problems = [by_id[rollouts.problem_ids[g]] for g in rollouts.group.tolist()]
+        return rollouts.inconsistent_rewards(reward_keys(self.reward, problems, rollouts.completions))
+
     def batch(self, rollouts: Rollouts) -> SurrogateBatch:
         return SurrogateBatch(rollouts, rollouts.advantages(self.cfg.advantage_scale))
 
@@ -273,7 +279,7 @@ class RoundSelector:
                 ledger.generate("candidates", rollouts.group.numel(), rollouts.generated_tokens)
             cand = Candidates(ids=[chunk[i].id for i in owned], pass_rate=rollouts.pass_rates(),
                               zero_variance=rollouts.zero_variance(), completion_length=rollouts.mean_lengths(),
-                              inconsistent=rollouts.inconsistent_rewards())
+                              inconsistent=self.inconsistent(rollouts, chunk))
         timings["rollouts"] = seconds_since(t)
         if rollouts is not None:
             log.info("%scandidates: %d problems, %d completions, %d zero-variance, %d with inconsistent rewards, "

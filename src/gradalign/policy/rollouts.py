@@ -82,17 +82,25 @@ class Rollouts:
                                                           "amax")
         return ~(hi - lo > 1e-12).numpy()
 
-    def inconsistent_rewards(self) -> np.ndarray:
-        """True for problems where the same completion (the same token ids) got two different rewards: rewards that
-        are not a function of the completion (a coin flip, a noisy judge, a flaky check). A verifier never does
-        this, so it proves the group's reward variance is noise, whatever its gradient says."""
+    def inconsistent_rewards(self, keys: list | None = None) -> np.ndarray:
+        """True for problems where one answer got two different rewards: rewards that are not a function of the
+        completion (a coin flip, a noisy judge, a flaky check). A verifier never does this, so it proves the
+        group's reward variance is noise, whatever its gradient says.
+
+        `keys[row]` is what the reward reads of that completion (`reward_keys`: the extracted answer, so that "7 +
+        5 = 12" and "The answer is 12." are one answer); rows without a key (None, or no keys given) are compared
+        by their token ids (the same completion)."""
+        keys = [None] * len(self.rewards) if keys is None else keys
+        if len(keys) != len(self.rewards):
+            raise ValueError(f"{len(keys)} answer keys for {len(self.rewards)} completions")
         first: dict[tuple, float] = {}
         out = np.zeros(self.num_problems, dtype=bool)
-        for row, (g, r) in enumerate(zip(self.group.tolist(), self.rewards.tolist())):
+        for row, (g, r, key) in enumerate(zip(self.group.tolist(), self.rewards.tolist(), keys)):
             if r != r:  # NaN: not scored
                 continue
-            key = (g, *self.completion_ids[row][self.completion_mask[row].bool()].tolist())
-            if abs(first.setdefault(key, r) - r) > 1e-12:
+            if key is None:
+                key = ("tokens", *self.completion_ids[row][self.completion_mask[row].bool()].tolist())
+            if abs(first.setdefault((g, key), r) - r) > 1e-12:
                 out[g] = True
         return out
 
@@ -245,6 +253,15 @@ def reward_completions(reward, problems: list[Problem], texts: list[str], comple
     if hasattr(reward, "score_completions"):
         return reward.score_completions(problems, texts, completion_ids)
     return reward.batch(texts, [p.answer for p in problems], [reward_metadata(p) for p in problems])
+
+
+def reward_keys(reward, problems: list[Problem], texts: list[str]) -> list[str | None]:
+    """What the reward reads of each completion (problems[j] is completion j's problem): its `answer_keys`
+    (`ProblemReward.answer_keys`), all None for a reward that does not say (e.g. a TRL trainer's own functions)."""
+    keys = getattr(reward, "answer_keys", None)
+    if keys is None:
+        return [None] * len(texts)
+    return keys(texts, [p.answer for p in problems], [reward_metadata(p) for p in problems])
 
 
 def block_seed(seed: int, block: int) -> int:

@@ -17,6 +17,12 @@ class Verifier(Protocol):
     once is cheaper (as `MathVerify` does, to pay one process round trip per batch). `batch` also takes
     each problem's metadata: verifiers that need more than the answer (countdown's numbers and target,
     `TaskVerifier`'s choice of verifier) read it; the others ignore it.
+
+    Optionally, `answer_keys(completions, answers, metadatas) -> list[str | None]`: what the reward reads of each
+    completion (the extracted answer, math-verify's parse), such that two completions of one problem with the same
+    key always get the same reward (None: not known). Selection uses it to prove a group's rewards noise: one
+    answer rewarded two ways (`Rollouts.inconsistent_rewards`). Verifiers without it are checked on identical
+    completions only.
     """
 
     name: str

@@ -76,6 +76,17 @@ class ProblemReward:
                 rewards[i] = reward
         return rewards  # type: ignore[return-value]  (every slot is filled above)
 
+    def answer_keys(self, completions: list[str], answers: list[str], metadatas: list[Mapping[str, Any] | None]
+                    ) -> list[str | None]:
+        """What the verifier reads of each completion (its `answer_keys`; all None for a verifier without one), cut
+        as `batch` cuts them. Corrupted problems get the keys a clean one would: the simulated noisy judge reads the
+        same answer and rewards it at random."""
+        check_lengths(completions, answers, metadatas)
+        keys = getattr(self.verifier, "answer_keys", None)
+        if keys is None:
+            return [None] * len(completions)
+        return keys(cap_completions(completions, self.max_chars), answers, metadatas)
+
     def _coin(self, key: str, completion: str, occurrence: int) -> float:
         # JSON-encoding keeps field boundaries unambiguous ("a"+"bc" != "ab"+"c");
         # blake2b, unlike hash(), is the same in every process and run.

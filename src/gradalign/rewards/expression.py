@@ -262,6 +262,13 @@ class CountdownVerifier(Verifier):
         metadatas = check_lengths(completions, answers, metadatas)
         return [self(c, a, m) for c, a, m in zip(completions, answers, metadatas)]
 
+    def answer_keys(self, completions: list[str], answers: list[str],
+                    metadatas: list[Mapping[str, Any] | None] | None = None) -> list[str | None]:
+        """The expression each completion is judged by (`extract_expression`): with the problem's puzzle fixed, the
+        reward is a function of it."""
+        check_lengths(completions, answers, metadatas)
+        return [extract_expression(c, self.eos_markers) for c in completions]
+
     @staticmethod
     def puzzle(answer: str, metadata: Mapping[str, Any] | None) -> tuple[list[int], Fraction]:
         """(numbers, target) of a problem: from its metadata, else from its gold expression.

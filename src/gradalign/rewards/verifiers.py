@@ -60,6 +60,12 @@ class ExactMatch(Verifier):
     def __call__(self, completion: str, answer: str) -> float:
         return 1.0 if self.extract(completion) == final_answer(answer).strip() else 0.0
 
+    def answer_keys(self, completions: list[str], answers: list[str], metadatas: list[Metadata] | None = None
+                    ) -> list[str | None]:
+        """The answer line each completion is judged by (`extract`): the reward is a function of it."""
+        check_lengths(completions, answers, metadatas)
+        return [self.extract(c) for c in completions]
+
 
 # --------------------------------------------------------------------------------------- math-verify
 
@@ -80,8 +86,21 @@ def math_verify_score(completion: str, answer: str) -> float:
     return 1.0 if gold and pred and verify(gold, pred, timeout_seconds=None) else 0.0
 
 
+def math_verify_key(completion: str, answer: str) -> str:
+    """What `math_verify_score` reads of a completion: math-verify's parse of it (the reward is verify(gold, that
+    parse)), written out. Runs in the worker process only."""
+    from math_verify import parse
+
+    return str(parse(completion, parsing_timeout=None))
+
+
+# What the worker can be asked to compute per (completion, answer) pair, and what an item that fails gives.
+WORKER_JOBS = {"score": 0.0, "key": None}
+
+
 def _worker_main(conn, scorer: Scorer | None) -> None:
-    """Child process loop: receive a list of (completion, answer) pairs, send back one float per pair.
+    """Child process loop: receive (job, list of (completion, answer) pairs), send back one result per pair:
+    a float reward for job "score", math-verify's parse (a string) for job "key".
 
     One message per item (not per batch), so that on a timeout the parent knows which items were done.
     """
@@ -90,21 +109,22 @@ def _worker_main(conn, scorer: Scorer | None) -> None:
 
         # math-verify warns once that its timeout is disabled; we time out from the parent instead.
         logging.getLogger("math_verify").setLevel(logging.ERROR)
-        scorer = math_verify_score
+    jobs = {"score": lambda c, a: float((scorer or math_verify_score)(c, a)), "key": math_verify_key}
     conn.send("ready")
     while True:
         try:
-            batch = conn.recv()
+            message = conn.recv()
         except EOFError:  # parent went away
             return
-        if batch is None:  # orderly shutdown
+        if message is None:  # orderly shutdown
             return
+        job, batch = message
         for completion, answer in batch:
             try:
-                reward = float(scorer(completion, answer))
+                result = jobs[job](completion, answer)
             except Exception:  # a crash on one odd completion must not kill the worker
-                reward = 0.0
-            conn.send(reward)
+                result = WORKER_JOBS[job]
+            conn.send(result)
 
 
 def _stop(proc, conn) -> None:
@@ -177,38 +197,49 @@ class MathVerify(Verifier):
 
     def batch(self, completions: list[str], answers: list[str], metadatas: list[Metadata] | None = None) -> list[float]:
         check_lengths(completions, answers, metadatas)  # metadata is not needed: the answer says it all
-        pending = list(zip(completions, answers))
-        rewards: list[float] = []
+        return self._map("score", list(zip(completions, answers)))
+
+    def answer_keys(self, completions: list[str], answers: list[str], metadatas: list[Metadata] | None = None
+                    ) -> list[str | None]:
+        """math-verify's parse of each completion (the reward is a function of it; None where parsing timed out).
+        Not known (all None) when a test scorer replaces math-verify."""
+        check_lengths(completions, answers, metadatas)
+        if self._scorer is not None:
+            return [None] * len(completions)
+        return self._map("key", list(zip(completions, answers)))
+
+    def _map(self, job: str, pending: list[tuple[str, str]]) -> list:
+        """The worker's `job` on every (completion, answer) pair; an item that takes longer than the timeout gets
+        the job's fallback (`WORKER_JOBS`) and the worker is restarted for the rest."""
+        results: list = []
         with self._lock:
             while pending:  # loops again only after a timeout, with the items after the stuck one
                 if self._worker is None:
                     self._worker = _Worker(self._scorer, self.startup_timeout)
-                done = self._run(self._worker, pending)
-                rewards += done
+                done = self._run(self._worker, job, pending)
+                results += done
                 pending = pending[len(done):]
                 if pending:  # the next item timed out, or the child died on it
-                    logger.warning(
-                        "math-verify gave no answer within %.1fs; scoring that completion 0.0 and restarting the worker",
-                        self.timeout_seconds,
-                    )
+                    logger.warning("math-verify gave no answer within %.1fs; giving that completion %s and "
+                                   "restarting the worker", self.timeout_seconds, WORKER_JOBS[job])
                     self._worker.kill()
                     self._worker = None
-                    rewards.append(0.0)
+                    results.append(WORKER_JOBS[job])
                     pending = pending[1:]
-        return rewards
+        return results
 
-    def _run(self, worker: _Worker, items: list[tuple[str, str]]) -> list[float]:
-        """Send `items`; return the rewards received before the first timeout (all of them if none)."""
-        worker.conn.send(items)
-        rewards = []
+    def _run(self, worker: _Worker, job: str, items: list[tuple[str, str]]) -> list:
+        """Send `items`; return the results received before the first timeout (all of them if none)."""
+        worker.conn.send((job, items))
+        results = []
         for _ in items:
             try:
                 if not worker.conn.poll(self.timeout_seconds):
                     break
-                rewards.append(worker.conn.recv())
+                results.append(worker.conn.recv())
             except (EOFError, OSError):  # the child died
                 break
-        return rewards
+        return results
 
     def close(self) -> None:
         """Stop the child process (it is also stopped at exit)."""
@@ -234,6 +265,14 @@ def _countdown(**kwargs) -> Verifier:
     return CountdownVerifier(**kwargs)
 
 
+def _kind(metadata: Metadata) -> str:
+    """The verifier a problem's metadata names ("exact" when absent); ValueError naming anything else."""
+    kind = (metadata if isinstance(metadata, Mapping) else {}).get("verifier", "exact")
+    if not isinstance(kind, str) or kind not in TASK_VERIFIERS:  # a list would make `in` a TypeError
+        raise ValueError(f"unknown metadata verifier {reprlib.repr(kind)} (choose from: {', '.join(TASK_VERIFIERS)})")
+    return kind
+
+
 class TaskVerifier(Verifier):
     """Scores each problem with the verifier its ``metadata["verifier"]`` names ("exact" when absent):
     one verifier name for a scenario that mixes answer-only arithmetic with countdown puzzles.
@@ -253,21 +292,27 @@ class TaskVerifier(Verifier):
         return self.batch([completion], [answer], [metadata])[0]
 
     def batch(self, completions: list[str], answers: list[str], metadatas: list[Metadata] | None = None) -> list[float]:
+        return self._each_kind("batch", completions, answers, metadatas)
+
+    def answer_keys(self, completions: list[str], answers: list[str], metadatas: list[Metadata] | None = None
+                    ) -> list[str | None]:
+        """Each completion's key by the verifier its problem names."""
+        return self._each_kind("answer_keys", completions, answers, metadatas)
+
+    def _each_kind(self, call: str, completions: list[str], answers: list[str], metadatas: list[Metadata] | None
+                   ) -> list:
+        """`call` (batch or answer_keys) of each problem's verifier, one call per kind, results in input order."""
         metadatas = check_lengths(completions, answers, metadatas)
         groups: dict[str, list[int]] = {}
         for i, metadata in enumerate(metadatas):
-            kind = (metadata if isinstance(metadata, Mapping) else {}).get("verifier", "exact")
-            if not isinstance(kind, str) or kind not in self.verifiers:  # a list would make `in` a TypeError
-                raise ValueError(f"unknown metadata verifier {reprlib.repr(kind)} "
-                                 f"(choose from: {', '.join(TASK_VERIFIERS)})")
-            groups.setdefault(kind, []).append(i)
-        rewards = [0.0] * len(completions)
+            groups.setdefault(_kind(metadata), []).append(i)
+        results: list = [None] * len(completions)
         for kind, indices in groups.items():
-            scores = self.verifiers[kind].batch([completions[i] for i in indices], [answers[i] for i in indices],
-                                                [metadatas[i] for i in indices])
-            for i, score in zip(indices, scores):
-                rewards[i] = score
-        return rewards
+            found = getattr(self.verifiers[kind], call)([completions[i] for i in indices],
+                                                        [answers[i] for i in indices], [metadatas[i] for i in indices])
+            for i, result in zip(indices, found):
+                results[i] = result
+        return results
 
     def close(self) -> None:
         """Stop the math-verify child process, if one was started."""

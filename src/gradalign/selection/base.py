@@ -15,7 +15,7 @@ class Candidates:
     ids: list[str]
     pass_rate: np.ndarray  # [n] p(x), mean reward of the rollout group
     zero_variance: np.ndarray  # [n] bool: all rewards equal, so g(x) = 0
-    inconsistent: np.ndarray | None = None  # [n] bool: the same completion got two different rewards (noise)
+    inconsistent: np.ndarray | None = None  # [n] bool: one answer got two different rewards (noise)
     completion_length: np.ndarray | None = None  # [n] mean completion tokens (diagnostics; no method reads it)
     norm: np.ndarray | None = None  # ‖g(x)‖
     cos_val: np.ndarray | None = None  # ⟨g, ĝ_V⟩ / (‖g‖ + ε)

@@ -108,13 +108,13 @@ def local_fdr(z: np.ndarray, among: np.ndarray) -> np.ndarray:
 
 
 def inconsistent(c: Candidates) -> np.ndarray:
-    """The candidates whose group gave the same completion two different rewards (all False when not known)."""
+    """The candidates whose group gave one answer two different rewards (all False when not known)."""
     return np.zeros(len(c), dtype=bool) if c.inconsistent is None else np.asarray(c.inconsistent, dtype=bool)
 
 
 def signal_gate(c: Candidates, opts: SelectionOptions) -> np.ndarray:
     """The candidates whose rewards follow the validation direction more likely than not: z > 0 and local FDR < ½,
-    and no completion of the group rewarded two ways."""
+    and no answer of the group rewarded two ways."""
     return _passes(permutation_z(c.completion_rewards, c.completion_dots), gradient_eligibility(c, opts), c)
 
 
@@ -125,7 +125,7 @@ def _passes(z: np.ndarray, eligible: np.ndarray, c: Candidates) -> np.ndarray:
 def gradalign_lfdr(c: Candidates, opts: SelectionOptions) -> Scored:
     """The dot ⟨g(x), ĝ_V⟩ (first-order gain on the validation loss) among the candidates that pass `signal_gate`;
     then the rest by z (the evidence that their rewards are signal at all); last, the groups whose rewards are
-    proven noise (the same completion rewarded two ways). z asks whether a group's rewards follow the direction
+    proven noise (one answer rewarded two ways). z asks whether a group's rewards follow the direction
     (coin flips: z ~ N(0, 1) whatever the gradient's size); the dot asks how much the update helps (the target task
     of a skewed pool, where z ranks every consistent problem alike). Both come from the per-completion terms (the
     dot is their sum), so no per-problem norm is formed: the pass costs what gradalign-z's does. Scores: gated
@@ -145,8 +145,8 @@ METHODS = [
            "top by the z-score of <g(x), ĝ_V> against permutations of the group's rewards: √(k-1)·corr(A, w)"),
     Method("gradalign-lfdr", gradalign_lfdr, GRADIENTS | {"completions"},
            "top by <g(x), ĝ_V> among the candidates whose rewards follow ĝ_V more likely than not (gradalign-z's "
-           "z > 0, its local false discovery rate < 1/2 against the permutation null N(0, 1), no completion "
-           "rewarded two ways); then the rest by z; groups that rewarded one completion two ways last"),
+           "z > 0, its local false discovery rate < 1/2 against the permutation null N(0, 1), no answer "
+           "rewarded two ways); then the rest by z; groups that rewarded one answer two ways last"),
     Method("gradalign-zcos", gradalign_zcos, GRADIENTS | {"completions", "norms"},
            "top by min(percentile rank of cos(g(x), g_V), percentile rank of gradalign-z's z): both must agree"),
     Method("gradalign-dot", gradalign_dot, GRADIENTS, "top by <g(x), ĝ_V>"),
