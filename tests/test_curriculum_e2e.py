@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from gradalign.config import RunConfig
 from gradalign.curriculum import trl_bridge
 from gradalign.curriculum.loop import Curriculum
+from gradalign.policy.rollouts import Rollouts
 from gradalign.policy.warmstart import WarmStartConfig, sampled_accuracy, warm_started_tiny
 from gradalign.data.tasks import generate_mix
 from gradalign.selection import REGISTRY
@@ -45,10 +46,16 @@ def test_warm_start_lands_where_grpo_groups_disagree():
 
 
 def test_trl_trains_on_exactly_the_selected_problems(tmp_path, monkeypatch, caplog):
-    calls = []
+    calls, checks = [], []
     monkeypatch.setattr(trl_bridge, "train_round", recording_train_round(calls))
+    check = Rollouts.inconsistent_rewards
+    monkeypatch.setattr(Rollouts, "inconsistent_rewards",
+                        lambda self, keys=None: checks.append((len(self.completions), keys)) or check(self, keys))
     with caplog.at_level(logging.INFO, logger="gradalign"):
         result = Curriculum(tiny_cfg(tmp_path)).run()
+    # the consistency check reads answers as the verifier does (exact match: each completion's answer line)
+    assert len(checks) == 2 and all(keys is not None and len(keys) == n and all(isinstance(key, str) for key in keys)
+                                    for n, keys in checks)
     # a long round shows where it is: one line per phase as it ends, with its counts and seconds, in order
     phases = [m.split(": ")[1].split(":")[0].split(" ")[0] for m in caplog.messages if m.startswith("round 2/2: ")]
     assert phases == ["validation", "candidates", "scoring", "selected", "training", "evaluation", "done"]
