@@ -62,6 +62,10 @@ def test_rows_summarise_the_cells_and_a_rerun_recomputes_nothing(measured, monke
     saved = np.load(out / "cells" / "mixed-seed-0.npz")
     assert {"pass_rate", "completion_dots", "good_corrupted", "source"} <= set(saved.files)
     assert len(saved["source"]) == len(saved["pass_rate"]) == SMALL["chunk_size"]
+    # every completion's text, in its group: what a rule reading answers needs to be tried on the cell later
+    per_group = np.bincount(saved["completion_group"], minlength=SMALL["chunk_size"])
+    assert per_group.tolist() == np.isfinite(saved["completion_rewards"]).sum(1).tolist()
+    assert len(saved["completions"]) == per_group.sum() and saved["completions"].dtype.kind == "U"
     monkeypatch.setattr(separation, "measure_cell", lambda *a: pytest.fail("a finished cell was recomputed"))
     again = separation.run_separation(["mixed"], METHODS, [0, 1], overrides=SMALL, out=str(out), echo=None)
     assert json.loads(json.dumps(again["rows"])) == result["rows"]

@@ -8,8 +8,8 @@ the AUC of the scores, good against bad among the eligible candidates, and the g
 round's keep), mean ± std over seeds. No training: a cell costs one round's rollouts and scoring, so the same
 question can be asked of a real model (`--preset smollm2`) over several seeds.
 
-Each cell is written to OUT/cells/<scenario>-seed-<s>.json (with the candidates' signals and labels in a .npz
-beside it, to try other rules on later) as soon as it is done; a rerun skips finished cells.
+Each cell is written to OUT/cells/<scenario>-seed-<s>.json (with the candidates' signals, labels and completion
+texts in a .npz beside it, to try other rules on later) as soon as it is done; a rerun skips finished cells.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def measure_cell(cfg, methods: list[str]) -> tuple[dict, dict]:
               if value is not None and field != "ids"}
     arrays.update({f"good_{label}": good for label, good in good_labels(chunk, validation_sources).items()})
     arrays.update(ids=np.array(c.ids), source=np.array([p.source for p in chunk]))  # e.g. pass rates per task
+    if result.rollouts is not None:  # the texts, so that rules reading answers can be tried on the cell later
+        arrays.update(completions=np.array(result.rollouts.completions), completion_group=result.rollouts.group.numpy())
     cell = {"scenario": cfg.scenario, "seed": cfg.seed, "model": cfg.model_args.model_name_or_path,
             "candidates": len(chunk), "eligible": int((~c.zero_variance).sum()), "keep": cfg.keep,
             "seconds": round(time.perf_counter() - t, 1), "timings": result.timings,
