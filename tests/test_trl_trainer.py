@@ -19,6 +19,7 @@ from gradalign.curriculum.round import NoDirectionError
 from gradalign.curriculum.trl_bridge import TrainerSampler
 from gradalign.curriculum.trl_selection import TrainerArgumentError, combine_rewards
 from gradalign.data.regimes import unreliable_rewards
+from gradalign.policy.rollouts import reward_keys
 from gradalign.policy.warmstart import warm_started_tiny
 
 pytestmark = pytest.mark.slow
@@ -58,9 +59,9 @@ def grpo_args(tmp_path, **kw) -> GRPOConfig:
 
 
 def trainer(tmp_path, scenario, reward_funcs=exact_match, cls=Recording, selection=None, chat=False, model=None,
-            reward_processing_classes=None, **args):
+            reward_processing_classes=None, answer_key=None, **args):
     policy, tokenizer = model or warm_started_tiny()
-    return cls(model=policy, processing_class=tokenizer, reward_funcs=reward_funcs,
+    return cls(model=policy, processing_class=tokenizer, reward_funcs=reward_funcs, answer_key=answer_key,
                reward_processing_classes=reward_processing_classes,
                train_dataset=rows(scenario.pool, chat), args=grpo_args(tmp_path, **args),
                validation_dataset=rows(scenario.validation, chat),
@@ -169,6 +170,14 @@ def test_chat_prompts_reach_reward_functions_as_message_lists(tmp_path, scenario
     t.train()
     assert t.state.global_step == 4 and len(seen) >= 4 + 4  # training generations and selection rollouts
     assert any(h["zero_variance"] < 16 for h in t.selection_history)  # rewards varied: the contents were read
+
+
+def test_an_answer_key_lets_the_consistency_check_read_answers(tmp_path, scenario):
+    """Without `answer_key` the check compares identical completions only; with it, the user's key of each text."""
+    texts = [" 12", "12 ", "11"]
+    for key, expected in [(None, [None] * 3), (str.strip, ["12", "12", "11"])]:
+        t = trainer(tmp_path, scenario, answer_key=key)
+        assert reward_keys(t.selector.reward, t.pool[:3], texts) == expected
 
 
 def test_async_reward_functions_are_awaited(tmp_path, scenario):

@@ -127,12 +127,19 @@ class TrainerReward:
 
     Each problem id names the dataset and row its columns come from (`train:17`, `validation:3`)."""
 
-    def __init__(self, trainer: GRPOTrainer, datasets: dict[str, Dataset]):
-        self.trainer, self.datasets = trainer, datasets
+    def __init__(self, trainer: GRPOTrainer, datasets: dict[str, Dataset], answer_key=None):
+        self.trainer, self.datasets, self.answer_key = trainer, datasets, answer_key
 
     def row(self, problem_id: str) -> dict[str, Any]:
         name, index = problem_id.rsplit(":", 1)
         return dict(self.datasets[name][int(index)])
+
+    def answer_keys(self, texts: list[str], answers: list[str], metadatas: list) -> list[str | None]:
+        """The user's `answer_key` of each decoded completion (all None without one: the consistency check then
+        compares identical completions only)."""
+        if self.answer_key is None:
+            return [None] * len(texts)
+        return [None if key is None else str(key) for key in map(self.answer_key, texts)]
 
     def score_completions(self, problems: list[Problem], texts: list[str], completion_ids: list[list[int]]
                           ) -> list[float]:
@@ -269,6 +276,11 @@ class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
             rollouts_per_problem, validation_rollouts, steps_per_round, no_direction, ...). TRL's fields selection
             reads (`FROM_ARGS`: temperature, top_p, max_completion_length, ...) come from `args`, so selection
             samples like training.
+        answer_key: optional, decoded completion text -> what your reward functions read of it (e.g. the parsed
+            final answer), such that two completions of one prompt with the same key always get the same total
+            reward. The default's consistency check then treats a group that rewarded one answer two ways as noise
+            (without it: only identical completions). A key that misses something the rewards read (a format
+            bonus, a length penalty) would flag clean groups: leave it out then.
 
     A round is `selection.steps_per_round` optimizer steps whatever `gradient_accumulation_steps`,
     `steps_per_generation`, `generation_batch_size` and `num_iterations` are. Epoch-based training
@@ -277,7 +289,8 @@ class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
     when there is none yet, with a warning; `selection/no_direction_rounds` in the logs counts those rounds.
     """
 
-    def __init__(self, *args, validation_dataset: Dataset | None = None, selection: RunConfig | None = None, **kw):
+    def __init__(self, *args, validation_dataset: Dataset | None = None, selection: RunConfig | None = None,
+                 answer_key=None, **kw):
         self.ledger = Ledger()  # this round's training generation and reuse (`ReplayingGRPOTrainer`)
         bound = _bound_arguments(args, kw)
         grpo_args = bound.get("args")
@@ -296,7 +309,7 @@ class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
             raise TrainerArgumentError(f"selection=RunConfig({e.key}=...): {e.detail}") from None
         self.pool = dataset_problems(self.train_dataset, "train")
         validation = dataset_problems(validation_dataset, "validation") if validation_dataset is not None else []
-        reward = TrainerReward(self, {"train": self.train_dataset, "validation": validation_dataset})
+        reward = TrainerReward(self, {"train": self.train_dataset, "validation": validation_dataset}, answer_key)
         self.chunks = chunk_order(len(self.pool), min(self.selection.chunk_size, len(self.pool)), self.selection.seed)
         # Under torchrun the trainer's processes share each round's scoring out, as `gradalign run` does.
         chunked = dataclasses.replace(self.selection, chunk_size=len(self.chunks[0]))
