@@ -66,14 +66,36 @@ def test_exact_match_keys_determine_the_reward(seed):
 PUZZLE = {"numbers": [2, 3, 4], "target": 14}
 
 
+# Puzzles the fragments below can solve, fail, or half-solve (use_all=False accepts a subset of the numbers).
+PUZZLES = [PUZZLE, {"numbers": [2, 3, 4], "target": 24}, {"numbers": [3, 4], "target": 7},
+           {"numbers": [4, 3, 2, 2], "target": 14}, {"numbers": [2, 3, 4], "target": -14}]
+
+
 @pytest.mark.parametrize("seed", range(5))
-def test_countdown_keys_determine_the_reward(seed):
+@pytest.mark.parametrize("use_all", [True, False])
+def test_countdown_keys_determine_the_reward(seed, use_all):
+    """Keys do not depend on the puzzle, so one key must get one reward under every puzzle."""
     g = np.random.default_rng(seed)
-    pieces = ["(3+4)*2", "2*(4+3)", "2 + 3*4", "2*3*4", "14", "The answer:\n", "junk ", "<|im_end|>", "\n", " "]
+    pieces = ["(3+4)*2", "2*(4+3)", "2 + 3*4", "2*3*4", "14", "3+4", "-", "=", "The answer:\n", "junk ",
+              "<|im_end|>", "\n", " "]
     completions = ["".join(g.choice(pieces, size=int(g.integers(0, 4)))) for _ in range(60)]
-    v = get_verifier("countdown")
-    keys = v.answer_keys(completions, ["2 + 3*4"] * 60, [PUZZLE] * 60)
-    assert_reward_is_a_function_of_the_key(keys, v.batch(completions, ["2 + 3*4"] * 60, [PUZZLE] * 60))
+    v = get_verifier("countdown", use_all=use_all)
+    keys = v.answer_keys(completions, ["2 + 3*4"] * 60)
+    for puzzle in PUZZLES:
+        assert_reward_is_a_function_of_the_key(keys, v.batch(completions, ["2 + 3*4"] * 60, [puzzle] * 60))
+
+
+def test_countdown_keys_are_what_the_verifier_reads():
+    """The same expression written two ways is one answer; so is every completion without an expression (they all
+    score 0, as math-verify's parse is the same for every unparseable text), and so is "3*4+2": the same value from
+    the same numbers; another value or other numbers are not."""
+    keys = get_verifier("countdown").answer_keys(
+        ["(3+4)*2", "2 * (4+3)", "The answer:\n(4 + 3) * 2.", "1. Use a variable", "2 *", "", "3*4-2", "2*3*4"],
+        ["2 + 3*4"] * 8)
+    assert keys[0] == keys[1] == keys[2]
+    assert keys[3] == keys[4] == keys[5] != keys[0]
+    assert get_verifier("countdown").answer_keys(["3*4+2"], ["x"]) == keys[:1]
+    assert len({keys[0], keys[3], keys[6], keys[7]}) == 4
 
 
 def test_task_verifier_keys_come_from_each_problems_verifier():

@@ -138,19 +138,38 @@ def uses_numbers(used: Iterable[int], numbers: Iterable[int], use_all: bool = Tr
     return used_count == allowed_count if use_all else used_count <= allowed_count
 
 
+def chain_parts(expression: str, max_length: int = MAX_LENGTH) -> list[Evaluation] | None:
+    """Each "="-separated part of `expression` evaluated, or None when it is too long or a part is not an
+    allowed expression: everything `solves` reads of it."""
+    if len(expression) > max_length:
+        return None
+    try:
+        return [evaluate(part, max_length=max_length) for part in expression.split("=")]
+    except ExpressionError:
+        return None
+
+
 def solves(expression: str, numbers: Iterable[int], target: Fraction | int, use_all: bool = True,
            max_length: int = MAX_LENGTH) -> bool:
     """Whether `expression` (possibly an "="-chain) reaches `target` from `numbers`; never raises on bad input."""
-    if len(expression) > max_length:
+    parts = chain_parts(expression, max_length)
+    if parts is None or any(part.value != target for part in parts):
         return False
     numbers = list(numbers)
-    try:
-        parts = [evaluate(part, max_length=max_length) for part in expression.split("=")]
-    except ExpressionError:
-        return False
-    if any(part.value != target for part in parts):
-        return False
     return any(uses_numbers(part.numbers, numbers, use_all) for part in parts)
+
+
+UNREADABLE = "no expression"  # the key of every completion without one: all score 0, whatever the puzzle
+
+
+def reading(expression: str, max_length: int = MAX_LENGTH) -> str:
+    """What `solves` reads of an expression, written out: each part's value and literals as a multiset, or
+    UNREADABLE. Two expressions with the same reading get the same verdict on every puzzle ("(3+4)*2" and
+    "2 * (4+3)" do; so do two lines of prose), as math-verify's parse is the same for every unparseable text."""
+    parts = chain_parts(expression, max_length)
+    if parts is None:
+        return UNREADABLE
+    return " = ".join(f"{part.value} from {sorted(part.numbers)}" for part in parts)
 
 
 class InvalidPuzzle(ValueError):
@@ -264,10 +283,10 @@ class CountdownVerifier(Verifier):
 
     def answer_keys(self, completions: list[str], answers: list[str],
                     metadatas: list[Mapping[str, Any] | None] | None = None) -> list[str | None]:
-        """The expression each completion is judged by (`extract_expression`): with the problem's puzzle fixed, the
-        reward is a function of it."""
+        """What the reward reads of each completion: its extracted expression's `reading` (values and numbers
+        used), one key for every completion without a readable expression."""
         check_lengths(completions, answers, metadatas)
-        return [extract_expression(c, self.eos_markers) for c in completions]
+        return [reading(extract_expression(c, self.eos_markers), self.max_length) for c in completions]
 
     @staticmethod
     def puzzle(answer: str, metadata: Mapping[str, Any] | None) -> tuple[list[int], Fraction]:
