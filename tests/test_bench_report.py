@@ -339,3 +339,33 @@ def test_verdicts_measure_against_nonzero_variance_and_the_published_method():
     assert any(line.startswith("gradalign loses to nonzero-variance") for line in lines)
     assert any(line.startswith("gradalign-z beats gradalign: 0.500 vs 0.400") for line in lines)
     assert len(lines) == 4  # three pairs, each once, then the best-method line
+
+
+def test_seed_by_seed_comparison_leaves_out_what_a_seed_changes_for_both():
+    """Each seed is one data set for every arm: differences per seed can show what the means' spread hides, over
+    the seeds both finished only (seed 3 has no partner)."""
+    from gradalign.reports.bench_stats import paired_stats
+    from gradalign.reports.bench_verdicts import regime_verdict
+    a = {0: 0.50, 1: 0.70, 2: 0.60, 3: 0.90}
+    b = {0: 0.45, 1: 0.66, 2: 0.54}
+    d = paired_stats(a, b)
+    assert d[2] == 3 and d[0] == pytest.approx(0.05) and d[1] == pytest.approx(0.01)
+    rows = [{"method": "gradalign", "final": seed_stats(a.values()), "by_seed": a},
+            {"method": "random", "final": seed_stats(b.values()), "by_seed": b}]
+    line = regime_verdict(rows)[0]
+    # means 0.675 ± 0.171 (4) vs 0.550 ± 0.105 (3): margin 2·sqrt(0.171²/4 + 0.105²/3) = 0.214; paired 2·0.01/√3
+    assert line.startswith("gradalign vs random: no difference beyond the seed spread (0.675 vs 0.550")
+    assert line.endswith("Seed by seed (3 seeds both finished, each on its own data): Δ +0.050 ± 0.010, beyond its "
+                         "spread ±0.012.")
+    b[1] = 0.80  # one seed the other way (differences +0.05, −0.10, +0.06): they scatter, and the verdict says so
+    rows[1]["final"] = seed_stats(b.values())
+    assert regime_verdict(rows)[0].endswith("Δ +0.003 ± 0.090, within its spread ±0.103.")
+    assert "Seed by seed" not in regime_verdict([dict(r, by_seed={0: 0.5}) for r in rows])[0]  # one common seed
+
+
+def test_report_compares_seed_by_seed(bench: Path):
+    md = bench_report(bench).read_text()
+    # imbalance: full − random is +0.040 on each of seeds 0-2
+    assert ("- full beats random: 0.410 vs 0.370 (Δ +0.040, beyond the seed spread ±0.016). Seed by seed (3 seeds "
+            "both finished, each on its own data): Δ +0.040 ± 0.000, beyond its spread ±0.000.") in md
+    assert "**seed by seed**" in md

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..curriculum.records import is_number, time_split
-from .bench_views import RegimeView
+from .bench_views import RegimeView, is_finished
 from .cost import reaches
 from .summary import RunView, diagnostics_labels, diagnostics_means, round_diagnostics
 
@@ -109,6 +109,23 @@ def beyond_spread(a: Stats, b: Stats) -> bool:
     return abs(a[0] - b[0]) > spread_margin(a, b)
 
 
+def paired_stats(a: dict[int, float], b: dict[int, float]) -> Stats:
+    """(mean, std, n) of the per-seed differences a − b over the seeds both finished. A seed fixes a cell's data
+    (pool, validation and test sets) and starting model for every method, so the paired difference leaves out
+    what a seed changes for both alike (an easier test set lifts every arm)."""
+    return seed_stats(a[seed] - b[seed] for seed in sorted(set(a) & set(b)))
+
+
+def paired_margin(d: Stats) -> float:
+    """2·std/√n: twice the standard error of the mean per-seed difference."""
+    return 2.0 * d[1] / math.sqrt(d[2]) if d[2] else math.nan
+
+
+def paired_beyond(d: Stats) -> bool:
+    """Whether the mean per-seed difference is beyond its spread, |mean| > paired_margin; False under 2 seeds."""
+    return d[2] >= 2 and abs(d[0]) > paired_margin(d)
+
+
 # ── one table row per method ─────────────────────────────────────────────────────────────────────────────────
 def final_stats(runs: Sequence[RunView]) -> Stats:
     return seed_stats(run.curve()[1][-1] for run in runs)
@@ -161,6 +178,7 @@ def _method_row(regime: RegimeView, method: str, final: Stats, thresholds: dict[
     running = len(regime.running(method))
     return {
         "method": method, "final": final, "extra": extra_test_stats(runs),
+        "by_seed": {seed: run.curve()[1][-1] for seed, run in regime.runs.get(method, {}).items() if is_finished(run)},
         "delta": final[0] - thresholds["random"] if thresholds["random"] is not None and final[2] else None,
         "thresholds": thresholds,
         "steps_to": {ref: _steps_reached(runs, thresholds[ref]) for ref in REFERENCES},

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .bench_cost import BUDGET
-from .bench_stats import REFERENCES, Stats, beyond_spread, spread_margin
+from .bench_stats import REFERENCES, Stats, beyond_spread, paired_beyond, paired_margin, paired_stats, spread_margin
 from .cost import AXES
 from .summary import format_count, format_seconds
 
@@ -14,8 +14,9 @@ from .summary import format_count, format_seconds
 BEYOND_PAPER = {"gradalign-lfdr": "gradalign", "gradalign-z": "gradalign", "gradalign-zcos": "gradalign"}
 
 
-def compare_sentence(a: str, sa: Stats, b: str, sb: Stats) -> str:
-    """One plain sentence: `a` beats / loses to `b`, or no difference beyond the seed spread."""
+def compare_sentence(a: str, sa: Stats, b: str, sb: Stats, paired: Stats | None = None) -> str:
+    """One plain sentence: `a` beats / loses to `b`, or no difference beyond the seed spread; then, given the
+    per-seed differences over the seeds both finished (`paired_stats`), the same judgement on them."""
     if not sa[2] or not sb[2]:
         missing = a if not sa[2] else b
         return f"{a} vs {b}: not comparable yet ({missing} has no finished seeds)."
@@ -26,9 +27,18 @@ def compare_sentence(a: str, sa: Stats, b: str, sb: Stats) -> str:
     margin = spread_margin(sa, sb)
     if beyond_spread(sa, sb):
         verb = "beats" if delta > 0 else "loses to"
-        return f"{a} {verb} {b}: {sa[0]:.3f} vs {sb[0]:.3f} (Δ {delta:+.3f}, beyond the seed spread ±{margin:.3f})."
-    return (f"{a} vs {b}: no difference beyond the seed spread ({sa[0]:.3f} vs {sb[0]:.3f}, Δ {delta:+.3f}, "
-            f"spread ±{margin:.3f}).")
+        head = f"{a} {verb} {b}: {sa[0]:.3f} vs {sb[0]:.3f} (Δ {delta:+.3f}, beyond the seed spread ±{margin:.3f})."
+    else:
+        head = (f"{a} vs {b}: no difference beyond the seed spread ({sa[0]:.3f} vs {sb[0]:.3f}, Δ {delta:+.3f}, "
+                f"spread ±{margin:.3f}).")
+    return head + (paired_clause(paired) if paired is not None and paired[2] >= 2 else "")
+
+
+def paired_clause(d: Stats) -> str:
+    """The per-seed differences' judgement, as a sentence to follow `compare_sentence`'s."""
+    judged = "beyond" if paired_beyond(d) else "within"
+    return (f" Seed by seed ({d[2]} seeds both finished, each on its own data): Δ {d[0]:+.3f} ± {d[1]:.3f}, "
+            f"{judged} its spread ±{paired_margin(d):.3f}.")
 
 
 def best_sentence(rows: Sequence[dict]) -> str:
@@ -60,7 +70,9 @@ def regime_verdict(rows: Sequence[dict]) -> list[str]:
     for a, b in pairs:
         if a != b and frozenset((a, b)) not in said:  # "full vs random" once, not again as "random vs full"
             said.add(frozenset((a, b)))
-            lines.append(compare_sentence(a, by_method[a]["final"], b, by_method[b]["final"]))
+            ra, rb = by_method[a], by_method[b]
+            paired = paired_stats(ra["by_seed"], rb["by_seed"]) if "by_seed" in ra and "by_seed" in rb else None
+            lines.append(compare_sentence(a, ra["final"], b, rb["final"], paired))
     return lines + [best_sentence(rows)]
 
 

@@ -38,7 +38,10 @@ HOW_TO_READ = (
     "the time summed over rounds, in seconds: rollouts include validation rollouts, scoring includes the "
     "selection and warm-up. A difference counts as **beyond the seed spread** when |mean_a − mean_b| > "
     "2·sqrt(std_a²/n_a + std_b²/n_b), roughly a 95% interval of the difference; with 2–3 seeds this is a rule "
-    "of thumb, not a significance test, and one seed cannot show a difference. **Pending** cells have not "
+    "of thumb, not a significance test, and one seed cannot show a difference. A seed gives every method the same "
+    "data and starting model, so each comparison is also made **seed by seed**: the mean ± std of the per-seed "
+    "differences over the seeds both finished, beyond its spread when |mean| > 2·std/√n (what a seed changes for "
+    "every arm alike, such as an easier test set, drops out). **Pending** cells have not "
     "finished; running ones appear in the curves (which stop at the last step all seeds reached) but not in "
     "the table."
 )
