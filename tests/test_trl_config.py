@@ -81,14 +81,14 @@ def test_the_readme_trl_grpo_config_runs_under_gradalign_run(tmp_path, caplog):
         "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "report_to"))
 
 
-def test_every_trl_field_reaches_the_rounds_trainer_and_the_schedule_sets_its_own():
+def test_every_trl_field_reaches_the_rounds_trainer_and_the_schedule_sets_its_own(tmp_path):
     from gradalign.curriculum.trl_bridge import grpo_args, new_optimizer
     from gradalign.policy.tiny import build_tiny_model, build_tokenizer
     cfg = RunConfig.of(problems_per_step=4, num_generations=4, top_k=5, repetition_penalty=1.1, beta=0.1,
                        loss_type="grpo", epsilon=0.3, mask_truncated_completions=True, adam_beta2=0.99,
                        weight_decay=0.01, per_device_train_batch_size=3, lr_scheduler_type="cosine",
                        logging_steps=50, report_to=["tensorboard"])
-    args = grpo_args(cfg, seed=7, max_steps=3)
+    args = grpo_args(cfg, seed=7, max_steps=3, output_dir=str(tmp_path))  # else a temporary folder is left behind
     assert (args.top_k, args.repetition_penalty, args.beta, args.loss_type, args.epsilon) == (5, 1.1, 0.1, "grpo", 0.3)
     assert args.mask_truncated_completions and args.learning_rate == TRL_DEFAULTS["learning_rate"][0]
     # the round schedule's own: B x G completions a step, constant rate, every step logged, gradalign's loggers
