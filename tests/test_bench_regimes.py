@@ -92,8 +92,12 @@ def test_arms_name_a_method_and_a_variant_of_its_schedule(tmp_path, capsys):
                  + lean.validation_size * lean.validation_rollouts / lean.validation_every
                  - lean.problems_per_step * lean.value("num_generations"))
     assert selection / training == 1.0
+    both = plan.config("imbalance", "gradalign-lfdr@batch-lean", 0)
+    assert (both.method, both.schedule, both.validation_every, both.validation_rollouts) == (
+        "gradalign-lfdr", "batch", lean.validation_every, lean.validation_rollouts)
     assert main(["bench", "regimes", "--methods", "gradalign@often", "--out", str(tmp_path / "b")]) == 2
-    assert "unknown variant '@often' in 'gradalign@often' (choose from: @batch, @lean)" in capsys.readouterr().err
+    assert ("unknown variant '@often' in 'gradalign@often' (choose from: @batch, @lean, @batch-lean)"
+            in capsys.readouterr().err)
 
 
 def test_presets_are_valid_configs():
