@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..curriculum.records import is_number, time_split
-from .bench_views import RegimeView, is_finished
+from .bench_views import RegimeView
 from .cost import reaches
 from .summary import RunView, diagnostics_labels, diagnostics_means, round_diagnostics
 
@@ -127,8 +127,12 @@ def paired_beyond(d: Stats) -> bool:
 
 
 # ── one table row per method ─────────────────────────────────────────────────────────────────────────────────
+def final_accuracy(run: RunView) -> float:
+    return run.curve()[1][-1]
+
+
 def final_stats(runs: Sequence[RunView]) -> Stats:
-    return seed_stats(run.curve()[1][-1] for run in runs)
+    return seed_stats(final_accuracy(run) for run in runs)
 
 
 def extra_test_stats(runs: Sequence[RunView]) -> dict[str, Stats]:
@@ -178,7 +182,7 @@ def _method_row(regime: RegimeView, method: str, final: Stats, thresholds: dict[
     running = len(regime.running(method))
     return {
         "method": method, "final": final, "extra": extra_test_stats(runs),
-        "by_seed": {seed: run.curve()[1][-1] for seed, run in regime.runs.get(method, {}).items() if is_finished(run)},
+        "by_seed": {seed: final_accuracy(run) for seed, run in regime.finished_by_seed(method).items()},
         "delta": final[0] - thresholds["random"] if thresholds["random"] is not None and final[2] else None,
         "thresholds": thresholds,
         "steps_to": {ref: _steps_reached(runs, thresholds[ref]) for ref in REFERENCES},

@@ -37,7 +37,10 @@ class RegimeView:
     not_started: dict[str, list[int]]
 
     def finished(self, method: str) -> list[RunView]:
-        return [run for run in self.runs.get(method, {}).values() if is_finished(run)]
+        return list(self.finished_by_seed(method).values())
+
+    def finished_by_seed(self, method: str) -> dict[int, RunView]:
+        return {seed: run for seed, run in self.runs.get(method, {}).items() if is_finished(run)}
 
     def running(self, method: str) -> list[int]:
         return [seed for seed, run in self.runs.get(method, {}).items() if not is_finished(run)]
