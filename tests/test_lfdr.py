@@ -138,3 +138,40 @@ def test_costs_no_per_problem_norm():
     """Only per-completion terms (the one-pass scorer then forms no per-problem gradient: gradalign-z's cost)."""
     needs = get_method("gradalign-lfdr").needs
     assert {"gradients", "validation", "completions"} <= needs and "norms" not in needs
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_an_early_decision_keeps_what_the_gradients_would(seed):
+    """`decide_early` is a shortcut, not another rule: on small steps (8 candidates, keep 4, as the batch schedule
+    scores them) with random zero-variance and proven-noise flags, whenever it decides, the scored rule keeps the
+    same consistent candidates and as many proven-noise ones (which of those: z's order, noise under coin flips);
+    when it declines, more consistent candidates compete than are kept (or none is eligible at all). Integer sets:
+    exact."""
+    g = np.random.default_rng(seed)
+    method, decided, declined = get_method("gradalign-lfdr"), 0, 0
+    for _ in range(200):
+        c = mixed_round(g, int(g.integers(0, 6)), int(g.integers(0, 6)) + 2, noise_scale=float(g.uniform(0.2, 5)))
+        n, keep = len(c), 4
+        c.zero_variance = g.random(n) < 0.25
+        c.inconsistent = g.random(n) < 0.35
+        opts = SelectionOptions(keep=keep)
+        consistent = np.flatnonzero(~c.zero_variance & ~c.inconsistent)
+        early = method.decide_early(c, opts)
+        if early is None:
+            declined += 1
+            assert len(consistent) > keep or c.zero_variance.all()  # none eligible: the round's usual rules
+            continue
+        decided += 1
+        quick = select(early, n, np.random.default_rng(seed))[:keep]
+        full = select(method.score(c, opts), n, np.random.default_rng(seed))[:keep]
+        assert set(consistent) <= set(quick.tolist()) and set(consistent) <= set(full.tolist())
+        assert len(quick) == len(full) and not c.zero_variance[quick].any()
+        assert np.array_equal(early.eligible, method.score(c, opts).eligible)
+    assert decided > 20 and declined > 20  # both branches were exercised
+
+
+def test_no_early_decision_where_zero_variance_candidates_compete():
+    c = mixed_round(np.random.default_rng(0), 2, 2, noise_scale=1.0)
+    c.zero_variance = np.array([True, False, False, False])
+    assert get_method("gradalign-lfdr").decide_early(c, SelectionOptions(keep=4, zero_variance="score-zero")) is None
+    assert get_method("gradalign-lfdr").decide_early(c, SelectionOptions(keep=4)) is not None

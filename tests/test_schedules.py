@@ -153,6 +153,35 @@ def test_the_batch_schedule_trains_each_step_on_its_best_candidates_with_their_o
     assert ledger_mod.selection_per_training(result.rounds) == pytest.approx(expected)
 
 
+def test_steps_the_gradient_free_checks_decide_pay_for_no_gradient_and_no_validation_rollouts(tmp_path, spy):
+    """gradalign-lfdr keeps every consistent eligible candidate when no more than B are left (`decide_early`). With
+    B candidates a step (oversample 1) that is always so: no step scores and the round generates no validation
+    rollout. With 3B a step, the steps that must rank candidates score them against one direction, measured once
+    in the round when the first of them needs it."""
+    result = Curriculum(tiny_cfg(tmp_path, name="decided", method="gradalign-lfdr", schedule="batch",
+                                 oversample=1.0, rounds=1)).run()
+    record = result.rounds[0]
+    assert record["batch"]["scored"] == 0
+    assert record["cost"]["generated"]["validation"]["completions"] == 0
+    assert record["cost"]["forward_backward_tokens"]["scoring"] == 0
+    for selection in spy["selections"]:
+        c = selection.candidates
+        assert not selection.scored and c.dot_val is None
+        consistent = np.flatnonzero(~c.zero_variance & ~c.inconsistent)
+        assert set(consistent.tolist()) <= set(selection.selected.tolist())  # all of them, whatever their gradients
+    spy["selections"].clear()
+    result = Curriculum(tiny_cfg(tmp_path, name="scored", method="gradalign-lfdr", schedule="batch",
+                                 oversample=3.0, rounds=2)).run()
+    for r, record in enumerate(result.rounds):
+        steps = spy["selections"][r * T:(r + 1) * T]
+        scored = [s.scored for s in steps]
+        assert record["batch"]["scored"] == sum(scored)
+        measured = record["cost"]["generated"]["validation"]["completions"]
+        assert measured == (8 * K if any(scored) else 0)
+        assert all((s.candidates.dot_val is not None) == s.scored for s in steps)
+    assert sum(r["batch"]["scored"] for r in result.rounds) > 0  # 12 candidates, 4 kept: the gradients decided
+
+
 @pytest.mark.parametrize("schedule", ["rounds", "batch"])
 def test_a_stale_direction_is_measured_every_validation_every_rounds(tmp_path, spy, schedule):
     result = Curriculum(tiny_cfg(tmp_path, schedule=schedule, validation_every=2, rounds=3)).run()

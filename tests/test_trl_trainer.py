@@ -100,8 +100,8 @@ def test_a_round_is_steps_per_round_optimizer_steps_whatever_the_batching(tmp_pa
     for h in t.selection_history:  # each round's selection cost, in its record
         sel = t.selection
         assert h["cost"]["generated"]["candidates"]["completions"] == len(t.chunks[0]) * sel.rollouts_per_problem
-        assert h["cost"]["generated"]["validation"]["completions"] == len(t.selector.validation) * \
-            sel.validation_rollouts
+        measured = len(t.selector.validation) * sel.validation_rollouts if h["scored"] else 0  # none: not needed
+        assert h["cost"]["generated"]["validation"]["completions"] == measured
 
 
 def test_a_round_that_is_not_whole_generations_is_refused_naming_the_arguments(tmp_path, scenario):
@@ -168,7 +168,7 @@ def test_chat_prompts_reach_reward_functions_as_message_lists(tmp_path, scenario
 
     t = trainer(tmp_path, scenario, reward_funcs=chat_match, chat=True)
     t.train()
-    assert t.state.global_step == 4 and len(seen) >= 4 + 4  # training generations and selection rollouts
+    assert t.state.global_step == 4 and len(seen) >= 4 + 2  # training generations and each round's candidates
     assert any(h["zero_variance"] < 16 for h in t.selection_history)  # rewards varied: the contents were read
 
 

@@ -21,7 +21,7 @@ from ..config import RunConfig
 from ..data.problem import Problem
 from ..selection import Candidates
 from .ledger import Ledger
-from .round import RoundSelection, RoundSelector, seconds_since
+from .round import DirectionOnDemand, RoundSelection, RoundSelector, seconds_since
 from .setup import round_seed
 from .trl_bridge import Replay, round_trainer, sampling_through, train_on
 
@@ -55,7 +55,7 @@ class BatchRound:
         chunk = self.candidates(r)
         steps: list[tuple[RoundSelection, np.ndarray]] = []
         spent = [0.0]
-        direction = None  # the round's validation direction, measured through the trainer before it trains
+        direction = None  # the round's validation direction, measured through the trainer when a step first needs it
 
         def pick(trainer):
             t = time.perf_counter()
@@ -73,14 +73,15 @@ class BatchRound:
         with round_trainer(model, tokenizer, chunk, cfg.steps_per_round, cfg, self.selector.reward, optimizer,
                            scheduler, seed, ledger=ledger, pick_batch=pick) as trainer, \
                 sampling_through(self.selector, trainer):  # the candidates sample as training would
-            direction, measured = self.selector.round_direction(r, model, tokenizer, seed, ledger)  # steps share it
+            direction = DirectionOnDemand(self.selector, r, model, tokenizer, seed, ledger)  # steps share it
             t = time.perf_counter()
             train_log = train_on(trainer, range(len(chunk)), cfg.steps_per_round, cfg, seed)  # blocks: placeholders
             timings["training"] = round(seconds_since(t) - spent[0], 4)
-        merged = merge_steps([sel for sel, _ in steps], self.per_step, measured)
+        merged = merge_steps([sel for sel, _ in steps], self.per_step, direction.measured)
         trained = np.concatenate([s * self.per_step + picked for s, (_, picked) in enumerate(steps)])
         self.summary = {"steps": len(steps), "candidates_per_step": self.per_step, "problems_per_step": B,
-                        "filled": int(sum(len(p) - len(sel.selected) for sel, p in steps))}
+                        "filled": int(sum(len(p) - len(sel.selected) for sel, p in steps)),
+                        "scored": int(sum(sel.scored for sel, _ in steps))}
         return chunk, merged, [chunk[i] for i in trained], train_log
 
 
@@ -109,13 +110,14 @@ def merge_steps(selections: list[RoundSelection], per_step: int, direction) -> R
             timings[key] = round(timings.get(key, 0.0) + value, 4)
     if direction is not None:
         timings["validation_rollouts"] = direction.seconds
-    first = selections[0]
+    first = next((sel for sel in selections if sel.scored), selections[0])  # the validation figures: a scored step's
     return RoundSelection(
         selected=np.concatenate([o + sel.selected for o, sel in zip(offsets, selections)]),
         candidates=Candidates(**fields), scores=np.concatenate([sel.scores for sel in selections]), timings=timings,
         validation_zero_variance=first.validation_zero_variance, validation_pass_rate=first.validation_pass_rate,
         fallback=next((sel.fallback for sel in selections if sel.fallback), None),
-        ranking=np.concatenate([o + sel.ranking for o, sel in zip(offsets, selections)]))
+        ranking=np.concatenate([o + sel.ranking for o, sel in zip(offsets, selections)]),
+        scored=any(sel.scored for sel in selections))
 
 
 def _stack(values: list[np.ndarray]) -> np.ndarray:

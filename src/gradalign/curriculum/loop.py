@@ -34,7 +34,7 @@ from .batch import BatchRound
 from .ledger import Ledger, trained
 from .loggers import RunLoggers
 from .offline import offline_influence
-from .round import EmptySelectionError, RoundSelection, RoundSelector, seconds_since
+from .round import DirectionOnDemand, EmptySelectionError, RoundSelection, RoundSelector, seconds_since
 from .setup import (INITIAL_EVAL, check_inputs, chunk_order, join_processes, load_problem_sets, load_run_policy,
                     make_reward, round_seed)
 from .trl_bridge import (Replay, new_optimizer, reusable, round_trainer, sampling_through, train_on,
@@ -282,11 +282,11 @@ class Curriculum:
         into its timings when this round measured it (`validation_every`)."""
         if not self.method.needs_rollouts:  # plain GRPO on the whole pool
             return None, np.arange(len(chunk))
-        direction, measured = self.selector.round_direction(r, model, tokenizer, seed, ledger)
+        direction = DirectionOnDemand(self.selector, r, model, tokenizer, seed, ledger)
         selection = self.selector.select(model, tokenizer, chunk, seed, offline=self.offline, direction=direction)
         ledger.add(selection.ledger)
-        if measured is not None:
-            selection.timings["validation_rollouts"] = measured.seconds
+        if direction.measured is not None:
+            selection.timings["validation_rollouts"] = direction.measured.seconds
         if not len(selection.selected):
             raise EmptySelectionError(f"round {r}: no candidate was eligible for selection (all {len(chunk)} "
                                       f"zero-variance?); try zero_variance: score-zero or a larger chunk_size")

@@ -61,7 +61,7 @@ def add_selection(record: dict, sel, diagnostics: dict) -> None:
         "selected_pass_rate": summary_stats(cand.pass_rate[chosen]),
         "scores": {"all": summary_stats(sel.scores), "selected": summary_stats(sel.scores[chosen])},
         "validation": {"zero_variance": sel.validation_zero_variance, "pass_rate": sel.validation_pass_rate},
-        "fallback": sel.fallback,
+        "fallback": sel.fallback, "scored": sel.scored,  # False: the gradient-free checks decided
     })
     for key in ("warmup", "validation_sets", "offpolicy"):
         if getattr(sel, key) is not None:

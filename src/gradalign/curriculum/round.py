@@ -69,6 +69,7 @@ class RoundSelection:
     offpolicy: dict | None = None  # CROPI with offpolicy_fidelity: agreement with on-policy gradients
     ledger: Ledger = field(default_factory=Ledger)  # what this selection generated and scored
     rollouts: Rollouts | None = None  # the candidates' on-policy rollouts (None: offline, warm-up or none), for reuse
+    scored: bool = True  # False when the method's gradient-free checks decided (`Method.decide_early`)
 
     @property
     def eligible(self) -> np.ndarray:
@@ -76,6 +77,24 @@ class RoundSelection:
         mask = np.zeros(len(self.scores), dtype=bool)
         mask[self.ranking] = True
         return mask
+
+
+class DirectionOnDemand:
+    """A round's validation direction, measured (`RoundSelector.round_direction`) when a selection first needs it:
+    a round whose selections the gradient-free checks decide pays for no validation rollouts. `measured`: the
+    direction this round measured, once it has."""
+
+    def __init__(self, selector: "RoundSelector", r: int, model, tokenizer, seed: int, ledger: Ledger):
+        self.selector, self.r, self.model, self.tokenizer, self.seed, self.ledger = (selector, r, model, tokenizer,
+                                                                                     seed, ledger)
+        self.direction: Direction | None = None
+        self.measured: Direction | None = None
+
+    def __call__(self) -> Direction | None:
+        if self.direction is None:
+            self.direction, self.measured = self.selector.round_direction(self.r, self.model, self.tokenizer,
+                                                                          self.seed, self.ledger)
+        return self.direction
 
 
 def reference_logps(model, rollouts: Rollouts, micro_batch: int) -> torch.Tensor:
@@ -233,11 +252,13 @@ class RoundSelector:
         return unit(g, shard_group(self.group, model)), pass_rates, zero_variance
 
     def select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None = None,
-               offline=None, k: int | None = None, direction: Direction | None = None) -> RoundSelection:
+               offline=None, k: int | None = None, direction: Direction | DirectionOnDemand | None = None
+               ) -> RoundSelection:
         """Score `chunk` with the current `model` and pick up to `keep` (default `cfg.keep`) problems (in bf16
         autocast on GPUs that support it, as training computes), from `k` rollouts each (default
-        `cfg.rollouts_per_problem`). `direction`: a validation direction measured earlier (default: measured now).
-        CROPI scores the rollouts of `offline`, an `offline.OfflineInfluence` made once per run."""
+        `cfg.rollouts_per_problem`). `direction`: a validation direction measured earlier, or one measured on
+        demand (default: measured now, when needed). CROPI scores the rollouts of `offline`, an
+        `offline.OfflineInfluence` made once per run."""
         if "offline" in self.method.needs and offline is None:
             raise ValueError(f"method '{self.cfg.method}' scores offline rollouts: pass offline= (offline_influence)")
         with mixed_precision(model), eval_mode(model):  # no dropout in scores, as in the rollouts they score
@@ -251,7 +272,7 @@ class RoundSelector:
         return self.method.reads_rollouts and not {"warmup", "features", "offline"} & self.method.needs
 
     def _select(self, model, tokenizer, chunk: list[Problem], seed: int, keep: int | None, offline, k: int,
-                direction: Direction | None) -> RoundSelection:
+                direction: Direction | DirectionOnDemand | None) -> RoundSelection:
         keep = self.cfg.keep if keep is None else keep
         rng = np.random.default_rng(seed)
         needs = self.method.needs
@@ -289,7 +310,11 @@ class RoundSelector:
                                 warmup=self.last_warmup if "warmup" in needs else None, ledger=ledger,
                                 rollouts=rollouts if self.on_policy else None)
         method, scope = self.method, self.cfg.score_parameters  # scope: the parameters scored (all by default)
-        if "gradients" in needs:
+        early = self._decided_early(cand, owned, chunk, keep) if rollouts is not None else None
+        result.scored = early is None
+        if "gradients" in needs and early is None:
+            if isinstance(direction, DirectionOnDemand) and "validation" in needs:  # before the scope: it sets its own
+                direction = direction()  # the round books its seconds and completions
             with scoring_scope(model, scope):
                 method = self._gradient_signals(model, tokenizer, rollouts, cand, seed, result, direction)
         if "features" in needs:
@@ -305,7 +330,7 @@ class RoundSelector:
         t = time.perf_counter()
         decision = None
         if self.group.is_main:  # rank 0 decides; every rank trains on its decision
-            scored: Scored = method.score(cand, dataclasses.replace(self.options, keep=keep))
+            scored: Scored = early or method.score(cand, dataclasses.replace(self.options, keep=keep))
             decision = scored.scores, select(scored, len(chunk), rng), int(scored.eligible.sum())
         result.scores, result.ranking, eligible = self.group.broadcast(decision)  # ranking: all eligible, best first
         result.selected = result.ranking[:keep]
@@ -320,6 +345,19 @@ class RoundSelector:
                                                     result.selected, keep, seed)
             timings["offpolicy_check"] = seconds_since(t)
         return result
+
+    def _decided_early(self, cand: Candidates, owned: np.ndarray, chunk: list[Problem], keep: int
+                       ) -> Scored | None:
+        """The method's scores when its gradient-free checks decide the selection (`Method.decide_early`), else
+        None. Every rank decides alike, on the whole chunk's candidates."""
+        if self.method.decide_early is None:
+            return None
+        whole = self.gather_candidates(cand, owned, [p.id for p in chunk])
+        scored = self.method.decide_early(whole, dataclasses.replace(self.options, keep=keep))
+        if scored is not None:
+            log.info("%sno scoring: the gradient-free checks decide which %d of %d eligible to keep", self.progress,
+                     min(keep, int(scored.eligible.sum())), int(scored.eligible.sum()))
+        return scored
 
     def gather_candidates(self, local: Candidates, owned: np.ndarray, ids: list[str]) -> Candidates:
         """The whole chunk's candidates from every rank's own rows (one process: the rows themselves)."""

@@ -428,6 +428,7 @@ class GradAlignGRPOTrainer(ReplayingGRPOTrainer):
                 "pass_rate": float(np.nanmean(cand.pass_rate)) if np.isfinite(cand.pass_rate).any() else None,
                 "validation_zero_variance": result.validation_zero_variance,
                 "validation_pass_rate": result.validation_pass_rate, "fallback": result.fallback,
+                "scored": result.scored,  # False: the gradient-free checks decided (no gradient, no direction)
                 "diagnostics": selection_diagnostics(chunk, cand.pass_rate, cand.completion_length, result.scores,
                                                      result.eligible, result.selected, set()),
                 "timings": result.timings,

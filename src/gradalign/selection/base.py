@@ -63,6 +63,10 @@ class Method:
     reads_rollouts: bool = True  # False for a uniform draw ("random"): its chunk is not rolled out
     # what `projection: auto` means for a method that scores projected features ("features" or "offline")
     projection: str = "khatri-rao-energy"
+    # scores from what every candidate has before its gradients (pass rate, zero variance, consistency) when those
+    # alone decide which `keep` candidates are chosen, else None: the selector then computes no gradient and
+    # measures no validation direction for that selection
+    decide_early: Callable[[Candidates, SelectionOptions], Scored | None] | None = None
 
 
 def select(scored: Scored, n: int, rng: np.random.Generator) -> np.ndarray:

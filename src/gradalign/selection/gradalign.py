@@ -139,6 +139,23 @@ def gradalign_lfdr(c: Candidates, opts: SelectionOptions) -> Scored:
     return _gradient_score(np.where(gate, 2.0 + c.dot_val / dot_scale, rest), c, opts)
 
 
+def lfdr_decided_early(c: Candidates, opts: SelectionOptions) -> Scored | None:
+    """gradalign-lfdr's choice when no gradient can change it: with at most `keep` eligible candidates that
+    rewarded no answer two ways, every one of them is chosen whatever its dot or z (all rank above proven noise),
+    then proven noise fills what is left (ordered by z when scored; here in the seeded tie-break's order: under
+    rewards that ignore the completions z is noise anyway). Scores: 1 for the consistent, 3 below them for proven
+    noise. None when more consistent candidates than `keep` compete (the gradients decide), when none is eligible
+    (the round's usual rules apply: an error, or a fallback when the direction is missing too) or when zero-variance
+    candidates are eligible (`zero_variance: score-zero`, where they rank by score among the others)."""
+    if opts.zero_variance != "exclude" or opts.keep is None:
+        return None
+    eligible = gradient_eligibility(c, opts)
+    noise = inconsistent(c)
+    if not eligible.any() or int((eligible & ~noise).sum()) > opts.keep:  # none: the no-direction rules apply
+        return None
+    return Scored(zero_where_zero_variance(np.where(noise, -2.0, 1.0), c), eligible)
+
+
 METHODS = [
     Method("gradalign", gradalign, GRADIENTS, "top by cos(g(x), g_V)"),
     Method("gradalign-z", gradalign_z, GRADIENTS | {"completions"},
@@ -146,7 +163,8 @@ METHODS = [
     Method("gradalign-lfdr", gradalign_lfdr, GRADIENTS | {"completions"},
            "top by <g(x), ĝ_V> among the candidates whose rewards follow ĝ_V more likely than not (gradalign-z's "
            "z > 0, its local false discovery rate < 1/2 against the permutation null N(0, 1), no answer "
-           "rewarded two ways); then the rest by z; groups that rewarded one answer two ways last"),
+           "rewarded two ways); then the rest by z; groups that rewarded one answer two ways last",
+           decide_early=lfdr_decided_early),
     Method("gradalign-zcos", gradalign_zcos, GRADIENTS | {"completions", "norms"},
            "top by min(percentile rank of cos(g(x), g_V), percentile rank of gradalign-z's z): both must agree"),
     Method("gradalign-dot", gradalign_dot, GRADIENTS, "top by <g(x), ĝ_V>"),
