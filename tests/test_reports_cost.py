@@ -201,6 +201,13 @@ def test_time_to_accuracy_numbers(cost_bench: Path):
     assert at_tokens[1] == pytest.approx(0.40 + 0.06 / 14)
     assert rows[Z]["at_budget"]["tokens"] == pytest.approx((np.mean(at_tokens), np.std(at_tokens, ddof=1), 3))
     assert rows["random"]["at_budget"]["seconds"][0] == pytest.approx(0.36)  # 30 s < 90 s: its finals
+    # seed by seed: every full seed costs 90 s and 3000 tokens, so each seed's own budget is the mean's; the
+    # differences are taken from that seed's full final (0.44, 0.46, 0.45), not from their mean
+    full_finals = np.array([a[-1] for a in FULL_ACCS])
+    for axis, at in (("seconds", np.array([0.47, 0.48, 0.44])), ("tokens", np.array(at_tokens))):
+        d = at - full_finals
+        assert rows[Z]["at_own_budget"][axis] == pytest.approx((d.mean(), d.std(ddof=1), 3))
+    assert rows["full"]["at_own_budget"]["seconds"] == pytest.approx((0.0, 0.0, 3))
 
     costs = {r["method"]: r for r in cost_rows(load_bench(cost_bench).regimes["unreliable-rewards"],
                                                [Z, "random", "full"])}
@@ -246,6 +253,9 @@ def test_report_cost_tables_and_verdicts(cost_bench: Path):
     # z: 0.463 ± 0.021 by wall time, Δ +0.013 within 2·sqrt((0.0208² + 0.01²)/3) = 0.027
     assert (f"- {Z} at full's total cost (90.0 s, 3.0k tokens) vs full's final accuracy (0.450 ± 0.010): 0.463 ± "
             f"0.021 by wall time (Δ +0.013, no difference beyond the seed spread ±0.027);") in md
+    # seed by seed: +0.03, +0.02, -0.01 at 90 s: mean 0.013, std 0.021, margin 2 · 0.0208 / √3 = 0.024
+    assert ("Seed by seed (3 seeds both finished), at each seed's own full total cost against that seed's full "
+            "final: wall time Δ +0.013 ± 0.021, within its spread ±0.024; generated tokens Δ ") in md
     assert "- full at full's total cost" not in md and "- full reaches full's" not in md
 
     assert "](plots/unreliable-rewards-cost.png)" in md

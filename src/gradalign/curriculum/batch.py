@@ -3,7 +3,8 @@
 At each GRPO generation the round's trainer asks `BatchRound.pick` for its problems. It rolls out the next
 ceil(oversample × B) problems of the pool's seeded stream with `num_generations` completions each, at the current
 weights, through the round's trainer (TRL's generation and every setting of it); scores them with the method (the
-validation direction, also sampled through the trainer, is measured once per round); and trains on the best B with
+validation direction, also sampled through the trainer, is measured once per round, when a step first needs it: a
+step whose candidates the method's gradient-free checks decide scores nothing); and trains on the best B with
 those very completions (`trl_bridge.Replay`). Nothing is trained twice per selection, and the only generations
 spent on selection alone are the candidates not kept and the validation rollouts. When fewer than B candidates are eligible (zero-variance groups), the step is filled up with the next
 candidates in stream order: their advantages are 0, as in plain GRPO, and the round record counts them.

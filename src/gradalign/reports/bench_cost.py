@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..curriculum.records import time_split
-from .bench_stats import REFERENCES, Stats, final_stats, mean_curve, reference_thresholds, seed_stats
+from .bench_stats import (REFERENCES, Stats, final_accuracy, final_stats, mean_curve, paired_stats, reference_thresholds,
+                          seed_stats)
 from .bench_views import RegimeView
 from .cost import AXES, accuracy_at_cost, cost_curve, lasting_crossing, run_cost
 from .summary import RunView
@@ -83,13 +84,28 @@ def accuracy_at(curves: Sequence[SeedCurve], budget: float | None) -> Stats:
     return seed_stats(accuracy_at_cost(c, a, budget) for _, c, a in curves)
 
 
+def paired_at_budget(regime: RegimeView, method: str, axis: str) -> Stats:
+    """Seed by seed: `method`'s accuracy at the same seed's BUDGET total cost minus that seed's BUDGET final
+    accuracy (`paired_stats` over the seeds both finished and can count `axis`): whether, on its own data, a
+    method had BUDGET's result by the time BUDGET had spent its whole run."""
+    ref, runs = regime.finished_by_seed(BUDGET), regime.finished_by_seed(method)
+    at, finals = {}, {}
+    for seed in set(ref) & set(runs):
+        ref_costs, costs = cost_curve(ref[seed].rounds, axis), cost_curve(runs[seed].rounds, axis)
+        if ref_costs is not None and costs is not None:
+            at[seed] = accuracy_at_cost(costs, runs[seed].curve()[1], ref_costs[-1])
+            finals[seed] = final_accuracy(ref[seed])
+    return paired_stats(at, finals)
+
+
 def time_to_accuracy(regime: RegimeView, methods: Sequence[str]) -> dict:
     """The regime's time to accuracy over finished seeds:
     - `targets`: ref → its seed-mean final accuracy (TARGETS run with finished seeds only);
     - `totals`: ref → axis → Stats of its total cost (the yardstick of "X% of full's wall time");
     - `budget`: axis → full's mean total cost (None without finished `full` seeds); `budget_final`: full's final
       accuracy Stats;
-    - `rows`: per method, `to[ref][axis]` (`crossing`) and `at_budget[axis]` (accuracy Stats at the budget)."""
+    - `rows`: per method, `to[ref][axis]` (`crossing`), `at_budget[axis]` (accuracy Stats at the budget) and
+      `at_own_budget[axis]` (`paired_at_budget`)."""
     finals = {ref: final_stats(regime.finished(ref)) for ref in TARGETS if ref in methods}
     thresholds = reference_thresholds(finals)
     targets = {ref: thresholds[ref] for ref in TARGETS if thresholds.get(ref) is not None}
@@ -99,7 +115,8 @@ def time_to_accuracy(regime: RegimeView, methods: Sequence[str]) -> dict:
               for axis in AXES}
     rows = [{"method": m, "seeds": len(regime.finished(m)),
              "to": {ref: {axis: crossing(curves[m][axis], t) for axis in AXES} for ref, t in targets.items()},
-             "at_budget": {axis: accuracy_at(curves[m][axis], budget[axis]) for axis in AXES}}
+             "at_budget": {axis: accuracy_at(curves[m][axis], budget[axis]) for axis in AXES},
+             "at_own_budget": {axis: paired_at_budget(regime, m, axis) for axis in AXES}}
             for m in methods]
     return {"targets": targets, "totals": totals, "budget": budget,
             "budget_final": finals.get(BUDGET, seed_stats([])), "rows": rows}

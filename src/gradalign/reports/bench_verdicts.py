@@ -137,9 +137,10 @@ def never_sentence(ref: str, target: float, never: Sequence[tuple[str, int]]) ->
     return f"Never at or above {ref}'s final accuracy ({target:.3f}) to the end: {names}."
 
 
-def budget_sentence(method: str, ref: str, at: dict, budget: dict, final: Stats) -> str | None:
-    """`method`'s accuracy at `ref`'s mean total cost, per cost axis, against `ref`'s final accuracy; None
-    without anything to compare."""
+def budget_sentence(method: str, ref: str, at: dict, budget: dict, final: Stats, own: dict | None = None
+                    ) -> str | None:
+    """`method`'s accuracy at `ref`'s mean total cost, per cost axis, against `ref`'s final accuracy; then, given
+    `own` (axis → `bench_cost.paired_at_budget`), the same seed by seed; None without anything to compare."""
     axes = [axis for axis in AXES if budget[axis] is not None and at[axis][2]]
     if not axes or not final[2]:
         return None
@@ -156,7 +157,20 @@ def budget_sentence(method: str, ref: str, at: dict, budget: dict, final: Stats)
         clauses.append(f"{s[0]:.3f} ± {s[1]:.3f} by {AXES[axis]} (Δ {delta:+.3f}, {judged})")
     costs = ", ".join(_cost_text(axis, budget[axis]) for axis in axes)
     return (f"{method} at {ref}'s total cost ({costs}) vs {ref}'s final accuracy ({final[0]:.3f} ± {final[1]:.3f}): "
-            + "; ".join(clauses) + ".")
+            + "; ".join(clauses) + "." + own_budget_clause(ref, own or {}))
+
+
+def own_budget_clause(ref: str, own: dict) -> str:
+    """The seed-by-seed reading of `budget_sentence`: per axis, the mean ± std of (accuracy at the seed's own
+    `ref` total cost − that seed's `ref` final) and whether it is beyond its spread."""
+    judged = {axis: d for axis, d in own.items() if d[2] >= 2}
+    if not judged:
+        return ""
+    parts = [f"{AXES[axis]} Δ {d[0]:+.3f} ± {d[1]:.3f}, {'beyond' if paired_beyond(d) else 'within'} its spread "
+             f"±{paired_margin(d):.3f}" for axis, d in judged.items()]
+    n = max(d[2] for d in judged.values())
+    return (f" Seed by seed ({n} seeds both finished), at each seed's own {ref} total cost against that seed's "
+            f"{ref} final: " + "; ".join(parts) + ".")
 
 
 def time_to_accuracy_verdict(tta: dict) -> list[str]:
@@ -174,5 +188,6 @@ def time_to_accuracy_verdict(tta: dict) -> list[str]:
         lines.append(never_sentence(ref, target, never))
     for row in tta["rows"]:
         if row["method"] != BUDGET:
-            lines.append(budget_sentence(row["method"], BUDGET, row["at_budget"], tta["budget"], tta["budget_final"]))
+            lines.append(budget_sentence(row["method"], BUDGET, row["at_budget"], tta["budget"], tta["budget_final"],
+                                         row["at_own_budget"]))
     return [line for line in lines if line]

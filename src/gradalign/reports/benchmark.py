@@ -59,7 +59,8 @@ COST_HOW_TO_READ = (
     "in brackets; the others have no cost to average), and the same rule on the seed-mean curve (mean cost vs mean "
     "accuracy per round). **Accuracy at full's cost** is each seed's accuracy interpolated at full's mean total cost "
     "(its final accuracy if its run cost less). The verdicts compare a crossing's cost with the reference's total "
-    "cost, and the accuracy at full's cost with full's final accuracy, by the same seed-spread rule."
+    "cost, and the accuracy at full's cost with full's final accuracy, by the same seed-spread rule; and seed by "
+    "seed, each seed's accuracy at that seed's own full cost against that seed's full final."
 )
 
 DIAGNOSTICS_LEGEND = (
