@@ -330,7 +330,8 @@ class RoundSelector:
         t = time.perf_counter()
         decision = None
         if self.group.is_main:  # rank 0 decides; every rank trains on its decision
-            scored: Scored = early or method.score(cand, dataclasses.replace(self.options, keep=keep))
+            scored: Scored = (early if early is not None
+                              else method.score(cand, dataclasses.replace(self.options, keep=keep)))
             decision = scored.scores, select(scored, len(chunk), rng), int(scored.eligible.sum())
         result.scores, result.ranking, eligible = self.group.broadcast(decision)  # ranking: all eligible, best first
         result.selected = result.ranking[:keep]
