@@ -396,8 +396,9 @@ def test_trainer_with_peft_config_scores_and_trains_the_adapter_only(tmp_path, m
                         logging_steps=1, save_strategy="no", learning_rate=1e-3,
                         gradient_checkpointing=checkpointing),
         validation_dataset=data(scenario.validation),
+        # gradalign-z always scores (the default may decide a small chunk without gradients): scoring is the point
         selection=RunConfig.of(chunk_size=16, selection_ratio=2, rollouts_per_problem=4, validation_rollouts=4,
-                            rollout_batch=8, steps_per_round=2),
+                            rollout_batch=8, steps_per_round=2, method="gradalign-z"),
         peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules="all-linear"),
     )
     assert isinstance(trainer.model, PeftModel)

@@ -155,15 +155,17 @@ def test_the_batch_schedule_trains_each_step_on_its_best_candidates_with_their_o
 
 def test_steps_the_gradient_free_checks_decide_pay_for_no_gradient_and_no_validation_rollouts(tmp_path, spy):
     """gradalign-lfdr keeps every consistent eligible candidate when no more than B are left (`decide_early`). With
-    B candidates a step (oversample 1) that is always so: no step scores and the round generates no validation
-    rollout. With 3B a step, the steps that must rank candidates score them against one direction, measured once
-    in the round when the first of them needs it."""
+    B candidates a step (oversample 1) that is always so: no step scores, and after the run's first direction
+    (measured at once, so that a validation set without one fails first) no round generates validation rollouts.
+    With 3B a step, the steps that must rank candidates score them against one direction, measured once in the
+    round when the first of them needs it."""
     result = Curriculum(tiny_cfg(tmp_path, name="decided", method="gradalign-lfdr", schedule="batch",
-                                 oversample=1.0, rounds=1)).run()
-    record = result.rounds[0]
-    assert record["batch"]["scored"] == 0
-    assert record["cost"]["generated"]["validation"]["completions"] == 0
-    assert record["cost"]["forward_backward_tokens"]["scoring"] == 0
+                                 oversample=1.0, rounds=2)).run()
+    assert [r["cost"]["generated"]["validation"]["completions"] for r in result.rounds] == [8 * K, 0]
+    # the only backward passes of selection: the first direction's
+    assert [r["cost"]["forward_backward_tokens"]["scoring"] > 0 for r in result.rounds] == [True, False]
+    for record in result.rounds:
+        assert record["batch"]["scored"] == 0 and record["scored"] is False and record["timings"]["scoring"] == 0
     for selection in spy["selections"]:
         c = selection.candidates
         assert not selection.scored and c.dot_val is None
@@ -177,7 +179,7 @@ def test_steps_the_gradient_free_checks_decide_pay_for_no_gradient_and_no_valida
         scored = [s.scored for s in steps]
         assert record["batch"]["scored"] == sum(scored)
         measured = record["cost"]["generated"]["validation"]["completions"]
-        assert measured == (8 * K if any(scored) else 0)
+        assert measured == (8 * K if any(scored) or r == 0 else 0)
         assert all((s.candidates.dot_val is not None) == s.scored for s in steps)
     assert sum(r["batch"]["scored"] for r in result.rounds) > 0  # 12 candidates, 4 kept: the gradients decided
 

@@ -243,7 +243,8 @@ class RunConfig:
     schedule: str = _f("rounds", "rounds (METHODS.md §1: select floor(M/q) of a chunk, then steps_per_round steps on "
                        "them) or batch (select inside every generation batch: roll out ceil(oversample * B) fresh "
                        "problems with num_generations completions each, train on the best B with those very "
-                       "completions; the validation direction is measured once per round). batch applies to methods "
+                       "completions; the validation direction is measured at most once per round, when a step "
+                       "first needs it). batch applies to methods "
                        "that score their candidates' on-policy rollouts; the others keep their own schedule.")
     oversample: float = _f(2.0, "schedule batch: candidates rolled out per GRPO step, as a multiple of B (>= 1).")
     validation_every: int = _f(1, "Rounds between measurements of the validation direction (1, default: every round, "

@@ -52,7 +52,8 @@ def signal_method(methods: list[str]):
     needs = frozenset().union(*(m.needs for m in found))
     if any("gradients" in m.needs and ("completions" not in m.needs or "norms" in m.needs) for m in found):
         needs |= {"norms"}
-    return dataclasses.replace(found[0], name="separation-signals", needs=needs)
+    # every signal, always: no early decision (`Method.decide_early`) may skip the gradients the others read
+    return dataclasses.replace(found[0], name="separation-signals", needs=needs, decide_early=None)
 
 
 def measure_cell(cfg, methods: list[str]) -> tuple[dict, dict]:

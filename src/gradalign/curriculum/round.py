@@ -81,20 +81,30 @@ class RoundSelection:
 
 class DirectionOnDemand:
     """A round's validation direction, measured (`RoundSelector.round_direction`) when a selection first needs it:
-    a round whose selections the gradient-free checks decide pays for no validation rollouts. `measured`: the
-    direction this round measured, once it has."""
+    a round whose selections the gradient-free checks decide pays for no validation rollouts. A run's first
+    direction (also a resumed run's) is measured at once, so that a validation set that defines none stops or
+    falls back before anything is trained. `measured`: the direction this round measured, once it has."""
 
     def __init__(self, selector: "RoundSelector", r: int, model, tokenizer, seed: int, ledger: Ledger):
         self.selector, self.r, self.model, self.tokenizer, self.seed, self.ledger = (selector, r, model, tokenizer,
                                                                                      seed, ledger)
         self.direction: Direction | None = None
         self.measured: Direction | None = None
+        if selector.direction is None and "validation" in selector.method.needs:
+            self()
 
     def __call__(self) -> Direction | None:
         if self.direction is None:
             self.direction, self.measured = self.selector.round_direction(self.r, self.model, self.tokenizer,
                                                                           self.seed, self.ledger)
         return self.direction
+
+
+def no_direction(direction: Direction | DirectionOnDemand | None) -> bool:
+    """Whether a validation direction is known to be missing (every validation group zero-variance): the round
+    then takes the no-direction rules (`no_direction`), whatever else could decide it."""
+    measured = direction.direction if isinstance(direction, DirectionOnDemand) else direction
+    return measured is not None and measured.vector is None
 
 
 def reference_logps(model, rollouts: Rollouts, micro_batch: int) -> torch.Tensor:
@@ -310,8 +320,11 @@ class RoundSelector:
                                 warmup=self.last_warmup if "warmup" in needs else None, ledger=ledger,
                                 rollouts=rollouts if self.on_policy else None)
         method, scope = self.method, self.cfg.score_parameters  # scope: the parameters scored (all by default)
-        early = self._decided_early(cand, owned, chunk, keep) if rollouts is not None else None
+        early = (self._decided_early(cand, owned, chunk, keep)
+                 if rollouts is not None and not no_direction(direction) else None)
         result.scored = early is None
+        if early is not None and "gradients" in needs:
+            timings["scoring"] = 0.0  # every round of a gradient method reports its scoring time
         if "gradients" in needs and early is None:
             if isinstance(direction, DirectionOnDemand) and "validation" in needs:  # before the scope: it sets its own
                 direction = direction()  # the round books its seconds and completions
