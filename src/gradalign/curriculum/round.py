@@ -323,9 +323,9 @@ class RoundSelector:
         early = (self._decided_early(cand, owned, chunk, keep)
                  if rollouts is not None and not no_direction(direction) else None)
         result.scored = early is None
-        if early is not None and "gradients" in needs:
+        if "gradients" in needs and early is not None:
             timings["scoring"] = 0.0  # every round of a gradient method reports its scoring time
-        if "gradients" in needs and early is None:
+        elif "gradients" in needs:
             if isinstance(direction, DirectionOnDemand) and "validation" in needs:  # before the scope: it sets its own
                 direction = direction()  # the round books its seconds and completions
             with scoring_scope(model, scope):
