@@ -47,7 +47,7 @@ BUILDERS = {
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 0.77, 1.0])
-@pytest.mark.parametrize("corruption", ["coin", "wrong-answer"])
+@pytest.mark.parametrize("corruption", ["coin", "wrong-answer", "slips"])
 def test_corrupted_fraction_is_exact(fraction, corruption):
     sc = unreliable_rewards(pool_size=150, validation_size=8, test_size=8, corrupt_fraction=fraction,
                             corruption=corruption, seed=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import pickle
 import subprocess
@@ -11,6 +13,7 @@ import time
 import pytest
 
 from gradalign.rewards import ExactMatch, MathVerify, ProblemReward, Verifier, get_verifier
+from gradalign.rewards.corruption import SLIP_RATE
 
 
 def test_rewards_package_does_not_import_torch():
@@ -150,6 +153,31 @@ def test_problem_reward_coin_is_independent_for_repeated_completions():
     rewards = reward.batch(["82"] * 400, ["82"] * 400, [meta] * 400)
     assert 0.4 <= sum(rewards) / 400 <= 0.6
     assert reward.batch(["82"] * 400, ["82"] * 400, [meta] * 400) == rewards
+
+
+def test_the_coin_is_the_first_digest_bytes_low_bit():
+    """Pinned by an independent computation: benchmark runs of earlier versions keep their coins."""
+    reward = ProblemReward(ExactMatch(), seed=3)
+    for i in range(50):
+        digest = hashlib.blake2b(json.dumps([3, "p7", f"c{i}", 0]).encode(), digest_size=8).digest()
+        assert reward(f"c{i}", "82", {"corrupted": True, "problem_id": "p7"}) == float(digest[0] & 1)
+
+
+def test_problem_reward_slips_flip_a_fixed_tenth_of_the_verifiers_rewards():
+    """A mostly-right judge: the verifier's reward, flipped on a fixed pseudo-random SLIP_RATE of the completions,
+    each occurrence of a repeated completion on its own (so a group can reward one answer two ways)."""
+    reward, n = ProblemReward(ExactMatch(), seed=5), 4000
+    completions, answers = [str(i % 7) for i in range(n)], ["3"] * n
+    meta = {"corrupted": True, "corruption": "slips", "problem_id": "p1"}
+    got = reward.batch(completions, answers, [meta] * n)
+    truth = ExactMatch().batch(completions, answers, [{}] * n)
+    slipped = [g != t for g, t in zip(got, truth)]
+    assert set(got) == set(truth) == {0.0, 1.0}  # binary: a slip is 1 - r
+    # Binomial(n, 0.1): the share's std is sqrt(0.09 / n) = 0.0047 at n = 4000; 5 std of room
+    assert abs(sum(slipped) / n - SLIP_RATE) < 5 * (SLIP_RATE * (1 - SLIP_RATE) / n) ** 0.5
+    assert {g for c, g in zip(completions, got) if c == "3"} == {0.0, 1.0}  # one answer, both rewards
+    assert reward.batch(completions, answers, [meta] * n) == got  # fixed: a resumed run sees the same rewards
+    assert ProblemReward(ExactMatch(), seed=6).batch(completions, answers, [meta] * n) != got
 
 
 def test_problem_reward_wrong_answer_and_unknown_kind():

@@ -153,6 +153,30 @@ def test_the_batch_schedule_trains_each_step_on_its_best_candidates_with_their_o
     assert ledger_mod.selection_per_training(result.rounds) == pytest.approx(expected)
 
 
+def test_unpadded_batch_steps_train_only_on_the_chosen_groups_that_can_teach(tmp_path, spy):
+    """`pad_steps: false`: each step trains on its selection's groups whose rewards vary and rewarded no answer two
+    ways, in the selection's order, with their own rollouts; proven noise and zero-variance groups are neither trained
+    on nor paid for (a step with none trains on one zero-variance group). Coin-flip rewards make both kinds."""
+    result = Curriculum(tiny_cfg(tmp_path, method="gradalign-lfdr", schedule="batch", oversample=2.0, rounds=2,
+                                 scenario="unreliable-rewards", pad_steps=False)).run()
+    assert spy["generate_calls"] == 0 and len(spy["selections"]) == len(spy["trained"]) == 2 * T
+    sizes = []
+    for selection, (prompts, completions, _) in zip(spy["selections"], spy["trained"]):
+        c = selection.candidates
+        teach = [int(i) for i in selection.selected if not c.zero_variance[i] and not c.inconsistent[i]]
+        groups = trained_groups(prompts, completions)
+        idle = np.flatnonzero(c.zero_variance)
+        expected = teach or (idle[:1] if len(idle) else selection.selected[:1])
+        assert groups == sampled(selection, expected)
+        sizes.append(len(groups))
+    assert min(sizes) < B  # the run made short steps: the rule was exercised
+    for r, record in enumerate(result.rounds):
+        step_sizes = sizes[r * T:(r + 1) * T]
+        cost = record["cost"]
+        assert record["batch"]["groups_trained"] == sum(step_sizes) == len(record["selected_ids"])
+        assert cost["reused"]["completions"] == sum(step_sizes) * K and cost["generated"]["training"]["completions"] == 0
+
+
 def test_steps_the_gradient_free_checks_decide_pay_for_no_gradient_and_no_validation_rollouts(tmp_path, spy):
     """gradalign-lfdr keeps every consistent eligible candidate when no more than B are left (`decide_early`). With
     B candidates a step (oversample 1) that is always so: no step scores, and after the run's first direction

@@ -145,8 +145,9 @@ class RunConfig:
                                  "corrupted rewards (mixed: share of its useful part).")
     corruption: str | None = _f(None, "unreliable-rewards, smollm2-coin, gsm-symbolic and mixed: how a corrupted "
                                 "problem is rewarded: coin (a fair coin per completion), wrong-answer (the verifier "
-                                "against a fixed wrong answer) or mixed (half each) (default: the scenario's: mixed "
-                                "for mixed, else coin).")
+                                "against a fixed wrong answer), slips (a mostly-right judge: the verifier, its reward "
+                                "flipped on a fixed pseudo-random tenth of the completions) or mixed (half coin, half "
+                                "wrong-answer) (default: the scenario's: mixed for mixed, else coin).")
     families: list = _f(["add", "sub"], "unreliable-rewards: task families of every set, in equal shares.")
     target_family: str = _f("sub", "imbalance and mixed: the target task family (a small share of the pool; "
                             "validation and test are this family only).")
@@ -247,6 +248,11 @@ class RunConfig:
                        "first needs it). batch applies to methods "
                        "that score their candidates' on-policy rollouts; the others keep their own schedule.")
     oversample: float = _f(2.0, "schedule batch: candidates rolled out per GRPO step, as a multiple of B (>= 1).")
+    pad_steps: bool = _f(True, "schedule batch: a step whose chosen candidates hold fewer than B groups that can "
+                         "teach (rewards that vary, no answer rewarded two ways) is padded to B groups, as plain "
+                         "GRPO's batch is (the method's ranking, then stream order). false: it trains on those "
+                         "groups only (a smaller, cheaper step without the noise; none: one zero-variance group, "
+                         "which moves nothing but the optimiser's momentum).")
     validation_every: int = _f(1, "Rounds between measurements of the validation direction (1, default: every round, "
                                "as METHODS.md §1); in between, selections score against the last one. A resumed run "
                                "measures it again at its first round.")

@@ -6,8 +6,10 @@ weights, through the round's trainer (TRL's generation and every setting of it);
 validation direction, also sampled through the trainer, is measured once per round, when a step first needs it: a
 step whose candidates the method's gradient-free checks decide scores nothing); and trains on the best B with
 those very completions (`trl_bridge.Replay`). Nothing is trained twice per selection, and the only generations
-spent on selection alone are the candidates not kept and the validation rollouts. When fewer than B candidates are eligible (zero-variance groups), the step is filled up with the next
-candidates in stream order: their advantages are 0, as in plain GRPO, and the round record counts them.
+spent on selection alone are the candidates not kept and the validation rollouts. When fewer than B candidates are
+eligible (zero-variance groups), the step is filled up with the next candidates in stream order: their advantages
+are 0, as in plain GRPO, and the round record counts them. With `pad_steps: false` a step trains only on its chosen
+groups that can teach (`step_groups`): proven noise and zero-variance groups are neither trained on nor paid for.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from ..config import RunConfig
 from ..data.problem import Problem
 from ..selection import Candidates
+from ..selection.base import can_teach
 from .ledger import Ledger
 from .round import DirectionOnDemand, RoundSelection, RoundSelector, seconds_since
 from .setup import round_seed
@@ -64,7 +67,7 @@ class BatchRound:
             part = chunk[s * self.per_step:(s + 1) * self.per_step]
             sel = self.selector.select(model, tokenizer, part, round_seed(seed, s + 1), keep=B, k=k,
                                        direction=direction)
-            picked = fill_up(sel.selected, len(part), B)
+            picked = step_groups(sel, len(part), B, cfg.pad_steps)
             ledger.add(sel.ledger)
             steps.append((sel, picked))
             spent[0] += time.perf_counter() - t
@@ -81,9 +84,25 @@ class BatchRound:
         merged = merge_steps([sel for sel, _ in steps], self.per_step, direction.measured)
         trained = np.concatenate([s * self.per_step + picked for s, (_, picked) in enumerate(steps)])
         self.summary = {"steps": len(steps), "candidates_per_step": self.per_step, "problems_per_step": B,
-                        "filled": int(sum(len(p) - len(sel.selected) for sel, p in steps)),
+                        "filled": int(sum(max(0, len(p) - len(sel.selected)) for sel, p in steps)),
+                        "groups_trained": int(sum(len(p) for _, p in steps)),
                         "scored": int(sum(sel.scored for sel, _ in steps))}
         return chunk, merged, [chunk[i] for i in trained], train_log
+
+
+def step_groups(sel: RoundSelection, n: int, size: int, pad: bool) -> np.ndarray:
+    """The candidates (indices among the step's n) a step trains on. `pad`: the selection filled up to `size`
+    (`fill_up`). Otherwise only the chosen ones that can teach (`can_teach`), so that a step with few of them costs
+    less and adds no noise; a step with none trains on one zero-variance group (a loss of 0: only the optimiser's
+    momentum moves the weights) or, lacking one, on the selection's best."""
+    if pad:
+        return fill_up(sel.selected, n, size)
+    teach = can_teach(sel.candidates)
+    chosen = np.asarray([i for i in sel.selected if teach[i]], dtype=int)
+    if len(chosen):
+        return chosen
+    idle = np.flatnonzero(sel.candidates.zero_variance)
+    return idle[:1] if len(idle) else fill_up(sel.selected, n, 1)[:1]
 
 
 def fill_up(selected: np.ndarray, n: int, size: int) -> np.ndarray:

@@ -34,6 +34,7 @@ SINGLE_DIGIT_SHARE = 0.5  # of smollm2-arithmetic's mix (and of gsm-symbolic's a
 SMOLLM2_TASKS = ("basic_arithmetic", "chain_sum")
 SKEWED_TARGET, SKEWED_OTHERS = "chain_sum", ("single_digit", "basic_arithmetic")
 UTILITY_LABELS = ("useful", "trivial", "unsolvable")
+MIXED_KINDS = ("coin", "wrong-answer")
 POOL_CORRUPTIONS = (*CORRUPTION_KINDS, "mixed")  # "mixed": half coin flips, half wrong answers
 FORMATS = ("jsonl", "parquet")
 
@@ -87,12 +88,13 @@ def unreliable_rewards(pool_size: int = 2000, validation_size: int = 64, test_si
 
 def corrupt(pool: list[Problem], fraction: float, corruption: str, seed: int) -> None:
     """Mark a seeded `fraction` of the pool corrupted (in place): its rewards become coin flips ("coin"), the
-    verifier against a fixed wrong answer ("wrong-answer"; integer answers), or half each ("mixed")."""
+    verifier against a fixed wrong answer ("wrong-answer"; integer answers), a mostly-right judge ("slips": the
+    verifier, wrong on a tenth of the completions), or half coin flips, half wrong answers ("mixed")."""
     if corruption not in POOL_CORRUPTIONS:
         raise ValueError(f"unknown corruption '{corruption}' (choose from: {', '.join(POOL_CORRUPTIONS)})")
     rng = random.Random(f"corrupt:{seed}")
     chosen = rng.sample(pool, int(round(fraction * len(pool))))
-    kinds = CORRUPTION_KINDS if corruption == "mixed" else (corruption,)
+    kinds = MIXED_KINDS if corruption == "mixed" else (corruption,)
     for i, p in enumerate(chosen):
         kind = kinds[i % len(kinds)]  # the sample is in random order: alternating kinds split it at random
         p.metadata["corrupted"] = True

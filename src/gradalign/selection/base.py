@@ -89,6 +89,17 @@ def gradient_eligibility(c: Candidates, opts: SelectionOptions) -> np.ndarray:
     raise ValueError(f"unknown zero_variance option '{opts.zero_variance}' (choose from: exclude, score-zero)")
 
 
+def inconsistent(c: Candidates) -> np.ndarray:
+    """The candidates whose group gave one answer two different rewards (all False when not known)."""
+    return np.zeros(len(c), dtype=bool) if c.inconsistent is None else np.asarray(c.inconsistent, dtype=bool)
+
+
+def can_teach(c: Candidates) -> np.ndarray:
+    """The candidates whose group can teach: its rewards vary (a zero-variance group's gradient is 0) and no answer
+    was rewarded two ways (proven noise)."""
+    return ~np.asarray(c.zero_variance, dtype=bool) & ~inconsistent(c)
+
+
 def zero_where_zero_variance(scores: np.ndarray, c: Candidates) -> np.ndarray:
     """Score 0 for zero-variance candidates (their gradient is 0; the cosine is 0/ε there anyway)."""
     return np.where(c.zero_variance, 0.0, scores)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Candidates, Method, Scored, SelectionOptions, gradient_eligibility, zero_where_zero_variance
+from .base import (Candidates, Method, Scored, SelectionOptions, gradient_eligibility, inconsistent,
+                   zero_where_zero_variance)
 
 GRADIENTS = frozenset({"gradients", "validation"})
 DEGENERATE = 1e-4  # terms equal to this relative precision (identical completions): no evidence, z = 0
@@ -105,11 +106,6 @@ def local_fdr(z: np.ndarray, among: np.ndarray) -> np.ndarray:
     null = np.exp(-0.5 * z * z / s2) / np.sqrt(2 * np.pi * s2)
     pi0 = min(1.0, float(np.mean(np.abs(x) < 1.0)) / CENTRAL_NULL_MASS)
     return np.clip(pi0 * null / np.maximum(f, 1e-300), 0.0, 1.0)
-
-
-def inconsistent(c: Candidates) -> np.ndarray:
-    """The candidates whose group gave one answer two different rewards (all False when not known)."""
-    return np.zeros(len(c), dtype=bool) if c.inconsistent is None else np.asarray(c.inconsistent, dtype=bool)
 
 
 def signal_gate(c: Candidates, opts: SelectionOptions) -> np.ndarray:
