@@ -12,7 +12,7 @@ from gradalign.selection import REGISTRY, Candidates, SelectionOptions, get_meth
 
 GRADIENT_METHODS = ["gradalign", "gradalign-z", "gradalign-lfdr", "gradalign-zcos", "gradalign-dot", "negalign", "norm", "selfalign", "align-x-learnability"]
 UNIFORM_METHODS = ["random", "passrate-band", "nonzero-variance"]
-ALL_METHODS = GRADIENT_METHODS + ["accgreedy"] + UNIFORM_METHODS + ["full"]
+ALL_METHODS = GRADIENT_METHODS + ["accgreedy", "consistent"] + UNIFORM_METHODS + ["full"]
 
 
 def candidates() -> Candidates:
@@ -116,6 +116,20 @@ def test_accgreedy_ascending_distance_to_half():
     assert set(got[2:4]) == {0, 2}  # p = 0.25 and 0.75 tie at 0.25 (tie broken by the seed; see below)
     assert set(got[4:6]) == {3, 5}  # p = 0.125 and 0.875
     assert set(got[-2:]) == {6, 7}  # zero-variance problems are allowed but last (|p - 0.5| = 0.5)
+
+
+def test_consistent_draws_uniformly_among_the_groups_that_can_teach_then_proven_noise():
+    c = candidates()
+    c.inconsistent = np.array([False, True, False, False, True, False, False, False])
+    teach, noise = {0, 2, 3, 5}, {1, 4}
+    firsts = set()
+    for seed in range(60):
+        got = run("consistent", c, 8, seed=seed)
+        assert set(got[:4]) == teach and set(got[4:]) == noise  # zero-variance groups never
+        firsts.add(got[0])
+    assert firsts == teach  # uniform: every teaching group comes first for some seed
+    c.inconsistent = None  # consistency unknown: uniform among the nonzero-variance, as nonzero-variance
+    assert set(run("consistent", c, 8)) == teach | noise
 
 
 def test_accgreedy_ties_broken_by_seed():
