@@ -96,6 +96,16 @@ def test_missing_wheel_is_one_line_telling_how_to_install(monkeypatch):
 
 
 @needs_wheel
+def test_the_gguf_readers_progress_bar_is_quiet_while_loading_and_restored_after(capfd):
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    bar = gguf_utils.tqdm
+    with pretrained.quiet_gguf():
+        assert list(gguf_utils.tqdm(range(5), desc="Converting and de-quantizing GGUF tensors...")) == list(range(5))
+    assert "GGUF" not in capfd.readouterr().err and gguf_utils.tqdm is bar
+    list(gguf_utils.tqdm(range(5), desc="GGUF bar", disable=False))
+    assert "GGUF bar" in capfd.readouterr().err  # the check above can fail: the bar draws outside the block
+
+
 def test_gguf_path_points_into_the_installed_wheel():
     path = pretrained.gguf_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50e6

@@ -7,6 +7,8 @@ included, from the same file. Nothing is downloaded, so this works where model h
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Callable
@@ -40,13 +42,27 @@ def load_smollm2(device: torch.device | str = "cpu"):
     the tokenizer pads on the left, as TRL's generation needs, and keeps the model's ChatML chat template."""
     device = torch.device(device)
     path = gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = trainable(AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                           dtype=torch.float32))
+    with quiet_gguf():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = trainable(AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                               dtype=torch.float32))
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # the GGUF sets <|im_end|>; kept as a guard for TRL, which needs one
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
+
+
+@contextlib.contextmanager
+def quiet_gguf():
+    """transformers' GGUF reader draws its own tqdm bar (not through its logging, which the CLI quiets): one bar of
+    272 redraws per load would fill every benchmark cell's log."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def trainable(model):
