@@ -225,6 +225,22 @@ def test_methods_without_scores_sample_nothing_for_selection(tmp_path, spy):
         assert ledger_mod.selection_per_training(result.rounds) == 0
 
 
+def test_the_gradient_free_checks_alone_pay_for_candidates_only_and_record_no_scoring(tmp_path, spy):
+    """`consistent` on the batch schedule: no validation rollout, no backward pass for selection, `scored` false, and
+    each step trains on its consistent groups first (what a user compares the default against)."""
+    result = Curriculum(tiny_cfg(tmp_path, method="consistent", schedule="batch", rounds=1,
+                                 scenario="unreliable-rewards")).run()
+    record = result.rounds[0]
+    cost = record["cost"]
+    assert cost["generated"]["validation"]["completions"] == 0 and cost["forward_backward_tokens"]["scoring"] == 0
+    assert record["scored"] is False and record["batch"]["scored"] == 0
+    for selection in spy["selections"]:
+        c = selection.candidates
+        teach = ~c.zero_variance & ~c.inconsistent
+        first = selection.selected[:int(teach.sum())]
+        assert teach[first].all() and not selection.scored
+
+
 def test_sequential_sampling_completes_only_the_groups_that_disagree(tmp_path, spy):
     result = Curriculum(tiny_cfg(tmp_path, sequential_rollouts=2, rounds=1)).run()
     selection = spy["selections"][0]

@@ -32,6 +32,7 @@ from .ledger import Ledger
 log = logging.getLogger(__name__)
 
 ENERGY_SAMPLE = 64  # problems the projection's energy split is measured on
+GRADIENT_NEEDS = frozenset({"gradients", "features", "offline"})  # a method that needs one computes gradients
 
 
 class NoDirectionError(RuntimeError):
@@ -69,7 +70,7 @@ class RoundSelection:
     offpolicy: dict | None = None  # CROPI with offpolicy_fidelity: agreement with on-policy gradients
     ledger: Ledger = field(default_factory=Ledger)  # what this selection generated and scored
     rollouts: Rollouts | None = None  # the candidates' on-policy rollouts (None: offline, warm-up or none), for reuse
-    scored: bool = True  # False when the method's gradient-free checks decided (`Method.decide_early`)
+    scored: bool = True  # whether it computed gradients: False for a gradient-free method, or when its checks decided
 
     @property
     def eligible(self) -> np.ndarray:
@@ -322,7 +323,7 @@ class RoundSelector:
         method, scope = self.method, self.cfg.score_parameters  # scope: the parameters scored (all by default)
         early = (self._decided_early(cand, owned, chunk, keep)
                  if rollouts is not None and not no_direction(direction) else None)
-        result.scored = early is None
+        result.scored = early is None and bool(needs & GRADIENT_NEEDS)
         if "gradients" in needs and early is not None:
             timings["scoring"] = 0.0  # every round of a gradient method reports its scoring time
         elif "gradients" in needs:
