@@ -155,7 +155,7 @@ def test_problem_reward_coin_is_independent_for_repeated_completions():
     assert reward.batch(["82"] * 400, ["82"] * 400, [meta] * 400) == rewards
 
 
-def test_the_coin_is_the_first_digest_bytes_low_bit():
+def test_the_coin_is_the_low_bit_of_the_first_digest_byte():
     """Pinned by an independent computation: benchmark runs of earlier versions keep their coins."""
     reward = ProblemReward(ExactMatch(), seed=3)
     for i in range(50):

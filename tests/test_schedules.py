@@ -155,7 +155,7 @@ def test_the_batch_schedule_trains_each_step_on_its_best_candidates_with_their_o
 
 def test_unpadded_batch_steps_train_only_on_the_chosen_groups_that_can_teach(tmp_path, spy):
     """`pad_steps: false`: each step trains on its selection's groups whose rewards vary and rewarded no answer two
-    ways, in the selection's order, with their own rollouts; proven noise and zero-variance groups are neither trained
+    ways, with their own rollouts; proven noise and zero-variance groups are neither trained
     on nor paid for (a step with none trains on one zero-variance group). Coin-flip rewards make both kinds."""
     result = Curriculum(tiny_cfg(tmp_path, method="gradalign-lfdr", schedule="batch", oversample=2.0, rounds=2,
                                  scenario="unreliable-rewards", pad_steps=False)).run()
