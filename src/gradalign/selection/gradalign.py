@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import (Candidates, Method, Scored, SelectionOptions, gradient_eligibility, inconsistent,
+from .base import (Candidates, Method, Scored, SelectionOptions, can_teach, gradient_eligibility, inconsistent,
                    zero_where_zero_variance)
 
 GRADIENTS = frozenset({"gradients", "validation"})
@@ -146,10 +146,9 @@ def lfdr_decided_early(c: Candidates, opts: SelectionOptions) -> Scored | None:
     if opts.zero_variance != "exclude" or opts.keep is None:
         return None
     eligible = gradient_eligibility(c, opts)
-    noise = inconsistent(c)
-    if not eligible.any() or int((eligible & ~noise).sum()) > opts.keep:  # none: the no-direction rules apply
+    if not eligible.any() or int(can_teach(c).sum()) > opts.keep:  # none: the no-direction rules apply
         return None
-    return Scored(zero_where_zero_variance(np.where(noise, -2.0, 1.0), c), eligible)
+    return Scored(zero_where_zero_variance(np.where(inconsistent(c), -2.0, 1.0), c), eligible)
 
 
 METHODS = [
