@@ -32,7 +32,7 @@ def test_single_digit_arithmetic_is_right_distinct_and_seeded():
         (message,) = p.prompt
         a, op, b = re.fullmatch(r"What is (\d) ([-+*]) (\d)\? Answer with the number only\.", message["content"]).groups()
         assert message["role"] == "user" and p.answer == str(eval(f"{a}{op}{b}"))  # test-only eval of digits
-        assert p.source == "single_digit" and p.metadata == {"verifier": "math"}
+        assert p.source == "single_digit" and p.metadata == {"verifier": "number"}
     assert as_dicts(single_digit_arithmetic(120, seed=3)) == as_dicts(problems)
     assert [p.prompt for p in single_digit_arithmetic(120, seed=4)] != [p.prompt for p in problems]
 
@@ -68,7 +68,7 @@ def test_reasoning_gym_metadata_says_how_to_verify():
         assert 2 <= len(p.metadata["numbers"]) <= 3 and all(1 <= n <= 9 for n in p.metadata["numbers"])
         assert 1 <= p.metadata["target"] <= 50
     for p in reasoning_gym_problems("chain_sum", 10, seed=0):
-        assert p.metadata["verifier"] == "math" and p.prompt[0]["content"].endswith("Answer with the number only.")
+        assert p.metadata["verifier"] == "number" and p.prompt[0]["content"].endswith("Answer with the number only.")
 
 
 @needs_reasoning_gym

@@ -55,7 +55,7 @@ def test_get_verifier():
     assert isinstance(get_verifier("exact"), ExactMatch)
     m = get_verifier("math", timeout_seconds=2.0)
     assert isinstance(m, MathVerify) and m.timeout_seconds == 2.0
-    with pytest.raises(ValueError, match=r"^unknown verifier 'x' \(choose from: exact, math, countdown, task\)$"):
+    with pytest.raises(ValueError, match=r"^unknown verifier 'x' \(choose from: exact, math, number, countdown, task\)$"):
         get_verifier("x")
 
 
@@ -87,6 +87,24 @@ def test_math_verify_equivalences(math_verifier):
     rewards = math_verifier.batch([c for c, _, _ in pairs], [a for _, a, _ in pairs])
     assert rewards == [r for _, _, r in pairs]
     assert math_verifier("\\boxed{2}", "2") == 1.0
+
+
+def test_number_verifier_wants_the_number_not_the_question_copied_back():
+    """math-verify evaluates expressions, so an arithmetic question's own expression scores as its answer; `number`
+    rewards the same answers as `math` where the answer read is a number, and nothing else."""
+    answers = ["54", "-5", "-20", "9"]
+    numbers = ["54", "The answer is -5.", "4 * 1 * 5 = -20 is wrong, it is -20", "1 + 3 + 5 = 9"]
+    copied = ["6 * 9", "1 - 6", "-4 * 1 * 5", "(1 + 3 + 5)"]  # the questions' own expressions
+    wrong = ["55", "5", "-4 * 1 * 5 = 20", "3 ^ 2 - 1"]
+    math, number = get_verifier("math"), get_verifier("number")
+    try:
+        assert math.batch(copied[:3], answers[:3]) == [1.0, 1.0, 1.0]  # the hole `number` closes
+        assert number.batch(numbers + copied + wrong, answers * 3) == [1.0] * 4 + [0.0] * 8
+        assert math.batch(numbers, answers) == [1.0] * 4
+        assert number.name == "number" and isinstance(pickle.loads(pickle.dumps(number)), type(number))
+    finally:
+        math.close()
+        number.close()
 
 
 def test_math_verify_pickles_without_its_process(math_verifier):

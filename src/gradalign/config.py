@@ -163,12 +163,15 @@ class RunConfig:
                               "0); the remainder is unsolvable.")
     gsm_share: float = _f(0.5, "gsm-symbolic: share of every set that is GSM8K-style word problems (the rest is "
                           "smollm2-arithmetic's mix).")
-    verifier: str = _f("exact", "Verifier used for training AND selection: exact, math (math-verify), countdown "
-                       "(safe expression check) or task (per problem, from metadata['verifier']).")
-    verifier_timeout: float = _f(5.0, "math (and task) verifier: seconds per completion before it scores 0 (> 0). "
+    verifier: str = _f("exact", "Verifier used for training AND selection: exact, math (math-verify), number "
+                       "(math-verify, the answer a number: an arithmetic question's own expression copied back does "
+                       "not count), countdown (safe expression check) or task (per problem, from "
+                       "metadata['verifier']).")
+    verifier_timeout: float = _f(5.0, "math, number (and task) verifier: seconds per completion before it scores 0 "
+                                 "(> 0). "
                                  "exact and countdown run in-process without one: linear-time in the capped "
                                  "completion, so bounded by construction (well under 1 ms a call).")
-    verifier_max_chars: int = _f(4096, "Every verifier (exact, math, countdown, task): a completion longer than this "
+    verifier_max_chars: int = _f(4096, "Every verifier (exact, math, number, countdown, task): a completion longer than this "
                                  "is cut to its first verifier_max_chars characters, then the usual answer extraction "
                                  "applies to the rest.")
     validation_split: str = _f("train", "validation given as a `datasets` dataset: its split.")

@@ -96,7 +96,7 @@ def _named_sets(cfg: RunConfig, sets: Scenario) -> list[tuple[str, list[Problem]
 def _check_verifiable(cfg: RunConfig, sets: Scenario) -> None:
     """Every problem must be scorable by the verifier it gets: a known per-problem verifier (`task`), and a
     countdown puzzle (numbers and target, or a gold expression) wherever countdown scores it."""
-    if cfg.verifier not in ("countdown", "task"):  # exact and math score any answer text
+    if cfg.verifier not in ("countdown", "task"):  # exact, math and number score any answer text
         return
     from ..rewards.expression import CountdownVerifier
     from ..rewards.verifiers import TASK_VERIFIERS
@@ -214,5 +214,5 @@ def join_processes(cfg: RunConfig, sets: Scenario) -> ProcessGroup:
 
 def make_reward(cfg: RunConfig) -> ProblemReward:
     """The one reward of a run: training, selection and evaluation all score with it."""
-    kw = {"timeout_seconds": cfg.verifier_timeout} if cfg.verifier in ("math", "task") else {}
+    kw = {"timeout_seconds": cfg.verifier_timeout} if cfg.verifier in ("math", "number", "task") else {}
     return ProblemReward(get_verifier(cfg.verifier, **kw), seed=cfg.seed, max_chars=cfg.verifier_max_chars)

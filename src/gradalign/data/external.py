@@ -6,9 +6,11 @@ file's. `datasets` is imported only when a dataset is asked for.
 
 Every prompt is a one-message chat (``[{"role": "user", "content": ...}]``), rendered with the model's chat
 template, and every problem names its verifier in ``metadata["verifier"]`` (for the "task" verifier):
-"math" (math-verify) for arithmetic, because a chat model answers "3 + 4 = 7" or "The answer is 7." rather than
-the bare number (measured on SmolLM2-135M-Instruct: exact match scored 0 of 64); "countdown" for countdown
-(with ``metadata["numbers"]`` and ``metadata["target"]``). The arithmetic questions still ask for the number only.
+"number" (math-verify, the answer a number) for arithmetic, because a chat model answers "3 + 4 = 7" or "The answer
+is 7." rather than the bare number (measured on SmolLM2-135M-Instruct: exact match scored 0 of 64), and because
+math-verify alone evaluates expressions: the question's own "3 + 4" copied back would count as solved; "math" for
+word problems; "countdown" for countdown (with ``metadata["numbers"]`` and ``metadata["target"]``). The arithmetic
+questions still ask for the number only.
 
 reasoning-gym is imported only when one of its tasks is asked for, so the rest of the package works without it.
 """
@@ -167,8 +169,9 @@ def first_distinct(make: Callable[[int, int], Problem], max_items: int, n: int, 
 
 def _from_item(task: str, item: dict[str, Any], problem_id: str, seed: int, index: int) -> Problem:
     """A reasoning-gym entry as a Problem with what our verifiers need in its metadata."""
-    # math-verify, not exact match: a chat model answers "3 + 4 = 7" or "The answer is 7." (measured on SmolLM2)
-    metadata: dict[str, Any] = {"verifier": "math", "rg_seed": seed, "rg_index": index}
+    # math-verify, not exact match: a chat model answers "3 + 4 = 7" or "The answer is 7." (measured on SmolLM2);
+    # a number, not the question's expression copied back ("number")
+    metadata: dict[str, Any] = {"verifier": "number", "rg_seed": seed, "rg_index": index}
     question = f"{item['question']}\n{ANSWER_ONLY}"
     if task == "countdown":  # its question already spells out the answer format
         question = item["question"]
@@ -216,7 +219,7 @@ def single_digit_arithmetic(n: int, seed: int, *, exclude: Collection[str] = (),
             continue
         problems.append(Problem(id=f"{id_prefix or 'single_digit'}-{len(problems)}", prompt=prompt,
                                 answer=str(SINGLE_DIGIT_OPS[op](a, b)), source="single_digit",
-                                metadata={"verifier": "math"}))
+                                metadata={"verifier": "number"}))
     if len(problems) < n:
         raise ValueError(f"single-digit arithmetic has only {len(problems)} new problems of {n} asked "
                          f"({SINGLE_DIGIT_COUNT} exist in all)")
