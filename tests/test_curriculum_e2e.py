@@ -11,6 +11,7 @@ from gradalign.config import RunConfig
 from gradalign.curriculum import trl_bridge
 from gradalign.curriculum.loop import Curriculum
 from gradalign.policy.rollouts import Rollouts
+from gradalign.rewards import ExactMatch
 from gradalign.policy.warmstart import WarmStartConfig, sampled_accuracy, warm_started_tiny
 from gradalign.data.tasks import generate_mix
 from gradalign.selection import REGISTRY
@@ -80,6 +81,15 @@ def test_trl_trains_on_exactly_the_selected_problems(tmp_path, monkeypatch, capl
                  "checkpoints/round-001/model.safetensors", "checkpoints/round-001/optimizer.pt"):
         assert (out / name).exists(), name
     assert not (out / "checkpoints/round-000/model.safetensors").exists()  # only the latest weights are kept
+    # every greedy test answer is kept, in test order, and grading it again gives the round's accuracy
+    test = [json.loads(line) for line in (out / "problems/test.jsonl").read_text().splitlines()]
+    for name, accuracy in [("initial", json.loads((out / "initial.json").read_text())["accuracy"]),
+                           *((f"round-{r['round']:03d}", r["test"]["accuracy"]) for r in rounds)]:
+        answers = [json.loads(line) for line in (out / "answers" / f"{name}.jsonl").read_text().splitlines()]
+        assert [a["id"] for a in answers] == [p["id"] for p in test] and {a["set"] for a in answers} == {"test"}
+        regraded = [ExactMatch()(a["completion"], p["answer"]) for a, p in zip(answers, test)]
+        assert regraded == [a["correct"] for a in answers] and np.mean(regraded) == accuracy
+    assert "answers" not in rounds[0]["test"] and "answers" not in json.loads((out / "initial.json").read_text())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     per_step = [m["step"] for m in metrics if "test_accuracy" not in m]
     assert per_step == [1, 2, 3, 4]  # GRPO steps count on across rounds (TRL's own step restarts each round)

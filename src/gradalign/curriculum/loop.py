@@ -233,7 +233,7 @@ class Curriculum:
                  trained(ledger.generated, ledger.reused, "completions"), ledger.reused["completions"],
                  timings.get("training", float("nan")))
         t = time.perf_counter()
-        test = self.evaluate(model, tokenizer, seed)
+        test = self.evaluate(model, tokenizer, seed, f"round-{r:03d}")
         log.info("%sevaluation: test accuracy %.3f on %d problems, %.1f s", progress, test["accuracy"],
                  len(self.sets.test), seconds_since(t))
         record = self.round_record(r, chunk_index, chunk, selection, chosen, train_log, test)
@@ -330,23 +330,30 @@ class Curriculum:
                      scores_table(chunk, c.pass_rate, c.completion_length, c.zero_variance, sel.scores, sel.ranking,
                                   sel.selected))
 
-    def evaluate(self, model, tokenizer, seed: int) -> dict:
-        """Test accuracy; a scenario's extra test sets (e.g. imbalance's other tasks, for forgetting) under "extra"."""
-        def on(problems):
-            return evaluate(model, tokenizer, problems, self.reward, self.cfg.grpo.max_completion_length,
-                            samples=self.cfg.eval_samples, sampling=self.selector.sampling, seed=seed,
-                            group=self.group)
-        result = on(self.sets.test)
+    def evaluate(self, model, tokenizer, seed: int, name: str) -> dict:
+        """Test accuracy; a scenario's extra test sets (e.g. imbalance's other tasks, for forgetting) under "extra".
+        Greedy answers go to answers/NAME.jsonl (one row per test problem, `set` naming its test set)."""
+        answers: list[dict] = []
+
+        def on(problems, test_set):
+            result = evaluate(model, tokenizer, problems, self.reward, self.cfg.grpo.max_completion_length,
+                              samples=self.cfg.eval_samples, sampling=self.selector.sampling, seed=seed,
+                              group=self.group)
+            answers.extend({"set": test_set, **row} for row in result.pop("answers", []))
+            return result
+        result = on(self.sets.test, "test")
         extra = self.sets.extra_tests
         if extra:
-            result["extra"] = {name: on(problems) for name, problems in extra.items()}
+            result["extra"] = {name: on(problems, name) for name, problems in extra.items()}
+        if answers and self.group.is_main:
+            fileio.write_jsonl(self.out / "answers" / f"{name}.jsonl", answers)
         return result
 
     def initial_evaluation(self, model, tokenizer) -> dict:
         path = self.out / "initial.json"
         if self.group.broadcast(path.exists()):
             return fileio.read_json(path)
-        result = self.evaluate(model, tokenizer, round_seed(self.cfg.seed, INITIAL_EVAL))
+        result = self.evaluate(model, tokenizer, round_seed(self.cfg.seed, INITIAL_EVAL), "initial")
         if self.group.is_main:
             fileio.write_json(path, result)
         return result
