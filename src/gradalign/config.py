@@ -168,12 +168,11 @@ class RunConfig:
                        "not count), countdown (safe expression check) or task (per problem, from "
                        "metadata['verifier']).")
     verifier_timeout: float = _f(5.0, "math, number (and task) verifier: seconds per completion before it scores 0 "
-                                 "(> 0). "
-                                 "exact and countdown run in-process without one: linear-time in the capped "
+                                 "(> 0). exact and countdown run in-process without one: linear-time in the capped "
                                  "completion, so bounded by construction (well under 1 ms a call).")
-    verifier_max_chars: int = _f(4096, "Every verifier (exact, math, number, countdown, task): a completion longer than this "
-                                 "is cut to its first verifier_max_chars characters, then the usual answer extraction "
-                                 "applies to the rest.")
+    verifier_max_chars: int = _f(4096, "Every verifier (exact, math, number, countdown, task): a completion longer "
+                                 "than this is cut to its first verifier_max_chars characters, then the usual answer "
+                                 "extraction applies to the rest.")
     validation_split: str = _f("train", "validation given as a `datasets` dataset: its split.")
     validation_config: str | None = _f(None, "validation given as a `datasets` dataset: its configuration name.")
     test_split: str = _f("test", "test given as a `datasets` dataset: its split.")
