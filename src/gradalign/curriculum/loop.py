@@ -344,7 +344,7 @@ class Curriculum:
         result = on(self.sets.test, "test")
         extra = self.sets.extra_tests
         if extra:
-            result["extra"] = {name: on(problems, name) for name, problems in extra.items()}
+            result["extra"] = {test_set: on(problems, test_set) for test_set, problems in extra.items()}
         if answers and self.group.is_main:
             fileio.write_jsonl(self.out / "answers" / f"{name}.jsonl", answers)
         return result

@@ -271,8 +271,9 @@ class MathVerify(Verifier):
 class NumberVerify(MathVerify):
     """math-verify equivalence of an answer that is a number: "54", "The answer is 54.", "6 * 9 = 54" match 54;
     "6 * 9" does not, though math-verify alone evaluates it to 54. For arithmetic questions, whose own expression
-    a policy can copy back: with `math`, SmolLM2-135M's accuracy on chain_sum went from 0.13 to 1.00 in one round
-    of GRPO (docs/benchmarks.md: a real LLM). Everything else as `MathVerify`."""
+    a policy can copy back: with `math`, SmolLM2-135M learnt in 12 GRPO steps to restate the question ("To calculate
+    6 * 9, we need to"), its reported accuracy 0.38 -> 0.78 while its answers, read as numbers, went 0.27 -> 0.07
+    (docs/benchmarks.md: a real LLM). Everything else as `MathVerify`."""
 
     name = "number"
     job = "number"
@@ -340,8 +341,9 @@ class TaskVerifier(Verifier):
 
     def close(self) -> None:
         """Stop the math-verify child processes, if any was started."""
-        self.verifiers["math"].close()
-        self.verifiers["number"].close()
+        for verifier in self.verifiers.values():
+            if isinstance(verifier, MathVerify):
+                verifier.close()
 
 
 # ------------------------------------------------------------------------------------------ registry
