@@ -369,3 +369,29 @@ def test_report_compares_seed_by_seed(bench: Path):
     assert ("- full beats random: 0.410 vs 0.370 (Δ +0.040, beyond the seed spread ±0.016). Seed by seed (3 seeds "
             "both finished, each on its own data): Δ +0.040 ± 0.000, beyond its spread ±0.000.") in md
     assert "**seed by seed**" in md
+
+
+def set_code(cell: Path, codes: list[str | None]) -> None:
+    """Rewrite a cell's rounds as run by the given source fingerprints, one per round (None: none recorded)."""
+    path = cell / "rounds.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row, code in zip(rows, codes):
+        row.pop("code", None) if code is None else row.update(code=code)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_report_says_which_code_the_cells_ran(bench: Path):
+    cells = sorted(p.parent for p in bench.rglob("rounds.jsonl"))  # 17 started: 16 finished, 1 running
+    assert len(cells) == 17
+    assert "**code**" not in bench_report(bench).read_text()  # recorded by none: nothing to say
+    for cell in cells:
+        set_code(cell, ["a" * 12] * ROUNDS)
+    assert "- **code**: source aaaaaaaaaaaa (17 cells)\n" in bench_report(bench).read_text()
+    set_code(cells[0], [None] * ROUNDS)
+    assert ("- **code**: source aaaaaaaaaaaa (16 cells), not recorded (1 cell, run before fingerprints were kept)\n"
+            in bench_report(bench).read_text())
+    set_code(cells[1], ["a" * 12, "b" * 12, "b" * 12])  # resumed on other code: counted under both
+    set_code(cells[2], ["b" * 12] * ROUNDS)
+    assert ("- **code**: the cells ran 2 versions of the source: aaaaaaaaaaaa (15 cells), bbbbbbbbbbbb (2 cells), "
+            "not recorded (1 cell, run before fingerprints were kept); a difference between methods may be a "
+            "difference between versions\n") in bench_report(bench).read_text()

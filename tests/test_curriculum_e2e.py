@@ -2,15 +2,18 @@
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+import gradalign
 from gradalign.config import RunConfig
 from gradalign.curriculum import trl_bridge
 from gradalign.curriculum.loop import Curriculum
 from gradalign.policy.rollouts import Rollouts
+from gradalign.provenance import source_fingerprint
 from gradalign.rewards import ExactMatch
 from gradalign.policy.warmstart import WarmStartConfig, sampled_accuracy, warm_started_tiny
 from gradalign.data.tasks import generate_mix
@@ -77,6 +80,7 @@ def test_trl_trains_on_exactly_the_selected_problems(tmp_path, monkeypatch, capl
     out = tmp_path / "run"
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1]
+    assert {r["code"] for r in rounds} == {source_fingerprint(Path(gradalign.__file__).parent)}  # the code that ran
     for name in ("config.yaml", "initial.json", "metrics.jsonl", "problems/pool.jsonl", "selected/round-001.jsonl",
                  "checkpoints/round-001/model.safetensors", "checkpoints/round-001/optimizer.pt"):
         assert (out / name).exists(), name

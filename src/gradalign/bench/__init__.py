@@ -11,6 +11,8 @@ import os
 import platform
 from typing import Callable
 
+from ..provenance import running_code
+
 
 def machine_info(device=None) -> dict:
     """What the figures were measured on (recorded in every benchmark's JSON)."""
@@ -18,7 +20,8 @@ def machine_info(device=None) -> dict:
     import transformers
     info = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
             "threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python": platform.python_version(), "processor": platform.processor() or platform.machine()}
+            "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+            "code": running_code()}
     if device is not None:
         info["device"] = str(device)
         if device.type == "cuda":

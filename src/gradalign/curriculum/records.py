@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import fileio
 from ..data.problem import Problem, one_line
+from ..provenance import running_code
 
 ROUNDS_FILE = "rounds.jsonl"  # one record per finished round, without the per-step log
 METRICS_FILE = "metrics.jsonl"  # TRL's step logs under one step count, and each round's test accuracy
@@ -46,7 +47,7 @@ def round_record(*, r: int, step: int, method: str, processes: int, chunk_index:
                                 if any("utility" in p.metadata for p in pool) else None),
         "train": {k: float(np.mean([float(row[k]) for row in train_log if k in row])) for k in TRAIN_KEYS
                   if train_log},
-        "train_log": train_log, "test": test, "timings": {},
+        "train_log": train_log, "test": test, "timings": {}, "code": running_code(),
     }
 
 

@@ -92,7 +92,26 @@ def _setting(bench: BenchView) -> list[str]:
                          f"q = {get('selection_ratio', '?')}")
     if bench.config:
         items.append("**overrides**: " + ", ".join(f"{k} = {v}" for k, v in bench.config.items()))
-    return items
+    code = _code(bench.code_versions())
+    return items + ([code] if code else [])
+
+
+def _code(versions: dict[str | None, int]) -> str | None:
+    """Which source the cells ran; a warning when they ran more than one (None where no cell recorded any)."""
+    unrecorded = versions.pop(None, 0)
+    if not versions:
+        return None
+    parts = [f"{code} ({_cells(n)})" for code, n in sorted(versions.items(), key=lambda item: -item[1])]
+    if unrecorded:
+        parts.append(f"not recorded ({_cells(unrecorded)}, run before fingerprints were kept)")
+    if len(versions) == 1:
+        return f"**code**: source {', '.join(parts)}"
+    return (f"**code**: the cells ran {len(versions)} versions of the source: {', '.join(parts)}; a difference "
+            f"between methods may be a difference between versions")
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
 
 
 def _progress(bench: BenchView) -> str:
