@@ -163,10 +163,12 @@ def test_real_model_preset_defaults():
     plan = plan_from_args(parser.parse_args(["regimes", "--preset", "smollm2"]))
     assert plan.regimes == ["smollm2-coin"] and plan.seeds == [0, 1, 2]
     assert set(plan.methods) == {"gradalign-lfdr", "gradalign", "random", "nonzero-variance", "full",
-                                 "consistent@batch", "gradalign-lfdr@batch-lean"}
+                                 "consistent@batch", "gradalign-lfdr@batch-lean", "gradalign-lfdr@teach"}
     lean = plan.config("smollm2-coin", "gradalign-lfdr@batch-lean", 0)
     assert (lean.method, lean.schedule, lean.validation_every, lean.validation_rollouts) == ("gradalign-lfdr", "batch",
                                                                                            2, 4)
+    teach = plan.config("smollm2-coin", "gradalign-lfdr@teach", 0)  # the lean batch arm with unpadded steps
+    assert (teach.schedule, teach.validation_every, teach.pad_steps) == ("batch", 2, False)
     cfg = plan.config("smollm2-coin", "gradalign-lfdr", 0)
     assert (cfg.model_args.model_name_or_path, cfg.verifier, cfg.rollouts_per_problem) == ("smollm2-135m", "task", 8)
     skewed = plan_from_args(parser.parse_args(["regimes", "--preset", "smollm2", "--regimes", "smollm2-skewed"]))

@@ -43,8 +43,9 @@ PRESETS: dict[str, dict] = {
     "full": DEMO_SIZES,
     # SmolLM2-135M-Instruct on the arithmetic it half-solves (docs/benchmarks.md: a real LLM): k = 8 so that clean
     # problems vary, 16 new tokens, 12 GRPO steps of 4 problems x 8 completions at 1e-5 (3e-5 gained, then lost it
-    # all by step 12; TRL's 1e-6 moved nothing), greedy test accuracy on 128 problems. Sized for 2 CPU cores: a
-    # full or random cell takes about 10 minutes, a gradient cell about an hour (--threads 2)
+    # all by step 12; TRL's 1e-6 moved nothing: checked with the `math` verifier), greedy test accuracy on 128
+    # problems. Sized for 2 CPU cores (--threads 2): a full, random or batch cell takes 6-11 minutes, a cell of the
+    # published round with gradients about an hour
     "smollm2": dict(model_name_or_path="smollm2-135m", verifier="task", pool_size=256, validation_size=32,
                     test_size=128, chunk_size=64, selection_ratio=4, rollouts_per_problem=8, validation_rollouts=8,
                     max_completion_length=16, rounds=3, steps_per_round=4, problems_per_step=4, num_generations=8,
@@ -63,9 +64,10 @@ STANDARD_METHODS = ["gradalign-lfdr", "gradalign", "gradalign-z", "learnalign", 
                     "full", "gradalign@batch", "gradalign-z@batch", "nonzero-variance@batch", "gradalign@lean",
                     "gradalign-z@lean"]
 DEFAULT_METHODS = {"quick": QUICK_METHODS, "standard": STANDARD_METHODS,  # full: every method of the registry
-                   # cheap first; the batch arms are what paid on the clock there (docs/benchmarks.md: a real LLM)
-                   "smollm2": ["full", "random", "consistent@batch", "gradalign-lfdr@batch-lean", "nonzero-variance",
-                               "gradalign-lfdr", "gradalign"],
+                   # cheap first; the batch arms are what paid on the clock there, unpadded steps most
+                   # (docs/benchmarks.md: a real LLM)
+                   "smollm2": ["full", "random", "consistent@batch", "gradalign-lfdr@teach",
+                               "gradalign-lfdr@batch-lean", "nonzero-variance", "gradalign-lfdr", "gradalign"],
                    "smollm2-gsm": ["gradalign", "gradalign-z", "random"]}
 DEFAULT_SEEDS = {"standard": 5, "smollm2-gsm": 2}  # the others: 3
 DEFAULT_REGIMES = {"smollm2": ["smollm2-coin"], "smollm2-gsm": ["gsm-symbolic"]}  # the others: PAPER_REGIMES

@@ -98,15 +98,15 @@ def _setting(bench: BenchView) -> list[str]:
 
 def _code(versions: dict[str | None, int]) -> str | None:
     """Which source the cells ran; a warning when they ran more than one (None where no cell recorded any)."""
-    unrecorded = versions.pop(None, 0)
-    if not versions:
+    known = sorted(((n, code) for code, n in versions.items() if code is not None), reverse=True)
+    if not known:
         return None
-    parts = [f"{code} ({_cells(n)})" for code, n in sorted(versions.items(), key=lambda item: -item[1])]
-    if unrecorded:
-        parts.append(f"not recorded ({_cells(unrecorded)}, run before fingerprints were kept)")
-    if len(versions) == 1:
+    parts = [f"{code} ({_cells(n)})" for n, code in known]
+    if versions.get(None):
+        parts.append(f"not recorded ({_cells(versions[None])}, run before fingerprints were kept)")
+    if len(known) == 1:
         return f"**code**: source {', '.join(parts)}"
-    return (f"**code**: the cells ran {len(versions)} versions of the source: {', '.join(parts)}; a difference "
+    return (f"**code**: the cells ran {len(known)} versions of the source: {', '.join(parts)}; a difference "
             f"between methods may be a difference between versions")
 
 
