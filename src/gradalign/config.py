@@ -254,7 +254,9 @@ class RunConfig:
                          "teach (rewards that vary, no answer rewarded two ways) is padded to B groups, as plain "
                          "GRPO's batch is (the method's ranking, then stream order). false: it trains on those "
                          "groups only (a smaller, cheaper step without the noise; none: one zero-variance group, "
-                         "which moves nothing but the optimiser's momentum).")
+                         "which moves nothing but the optimiser's momentum). Measured: false paid where a step's "
+                         "candidates hold few clean groups that vary (SmolLM2 with coin flips); true where flagged "
+                         "groups still teach (a mostly-right judge).")
     validation_every: int = _f(1, "Rounds between measurements of the validation direction (1, default: every round, "
                                "as METHODS.md §1); in between, selections score against the last one. A resumed run "
                                "measures it again at its first round.")
