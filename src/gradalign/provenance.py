@@ -24,7 +24,7 @@ def source_fingerprint(root: str | Path = PACKAGE) -> str:
     for path in sorted(root.rglob("*.py")):
         content = path.read_bytes()
         for part in (path.relative_to(root).as_posix().encode(), content):
-            digest.update(len(part).to_bytes(8, "big") + part)  # length-prefixed: no two file sets hash alike
+            digest.update(len(part).to_bytes(8, "big") + part)  # length-prefixed: where a file ends is hashed too
     return digest.hexdigest()[:FINGERPRINT_DIGITS]
 
 
