@@ -12,8 +12,8 @@ PACKAGE = Path(gradalign.__file__).parent
 # Lowest first. The stages follow the data flow (problems → rollouts → gradients → scores → selection →
 # training → reports); `evaluation` sits below `curriculum`, which evaluates the policy every round; `config`
 # knows the stages' choices (task families, projection variants) and is read only by the layers that run them.
-ORDER = ["provenance", "fileio", "distributed", "rewards", "data", "policy", "gradients", "selection", "evaluation", "config",
-         "flags", "curriculum", "reports", "bench", "cli", "__init__"]
+ORDER = ["provenance", "fileio", "distributed", "rewards", "data", "policy", "gradients", "selection", "evaluation",
+         "config", "flags", "curriculum", "reports", "bench", "cli", "__init__"]
 
 
 def unit(path: Path) -> str:
