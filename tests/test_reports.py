@@ -118,6 +118,28 @@ def test_report_writes_summary_and_png(demo: Path):
     assert not list(demo.glob(".*.tmp"))  # atomic writes left nothing behind
 
 
+def set_code(run: Path, codes: list[str | None]) -> None:
+    """Record, per round, the source fingerprint it ran (None: a round from before fingerprints were kept)."""
+    rows = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    for row, code in zip(rows, codes):
+        row.pop("code", None) if code is None else row.update(code=code)
+    (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_summary_says_which_code_the_runs_ran(demo: Path):
+    report(demo)
+    assert "**code**" not in (demo / "summary.md").read_text()  # recorded by none: nothing to say
+    for name in ("accgreedy", "random", "gradalign"):
+        set_code(demo / name, ["a" * 12] * 3)
+    report(demo)
+    assert "- **code**: source aaaaaaaaaaaa (3 runs)\n" in (demo / "summary.md").read_text()
+    set_code(demo / "random", ["a" * 12, "b" * 12, None])  # resumed on other code: counted under each
+    report(demo)
+    assert ("- **code**: the runs ran 2 versions of the source: aaaaaaaaaaaa (3 runs), bbbbbbbbbbbb (1 run), "
+            "not recorded (1 run, run before fingerprints were kept); a difference between methods may be a "
+            "difference between versions\n") in (demo / "summary.md").read_text()
+
+
 def test_run_without_corrupted_shares(tmp_path: Path):
     d = tmp_path / "clean"
     make_run(d / "gradalign", "gradalign", [0.4, 0.5], [None, None], scenario="imbalance", by_source=False)

@@ -66,14 +66,6 @@ class BenchView:
     def any_run(self) -> RunView | None:
         return next(iter(self.started_runs()), None)
 
-    def code_versions(self) -> dict[str | None, int]:
-        """Source fingerprint (`provenance`) -> how many started cells ran it; None: rounds recorded without one
-        (before fingerprints were kept). A cell resumed on other code counts under each version it ran."""
-        counts: dict[str | None, int] = {}
-        for run in self.started_runs():
-            for code in {r.get("code") for r in run.rounds}:
-                counts[code] = counts.get(code, 0) + 1
-        return counts
 
 
 def _names(path: Path, data: dict, key: str) -> list[str]:

@@ -22,7 +22,7 @@ from .bench_tables import cost_cells, diagnostics_cells, format_bench_table, tab
 from .bench_verdicts import regime_verdict, time_to_accuracy_verdict
 from .bench_views import BenchView, RegimeView, load_bench
 from .blocks import Block, to_html, to_markdown
-from .summary import DASH, GOOD_MEANS
+from .summary import DASH, GOOD_MEANS, code_versions, describe_code
 
 __all__ = ["bench_report", "format_bench_table", "load_bench"]  # `gradalign bench` and the CLI import them from here
 
@@ -92,26 +92,8 @@ def _setting(bench: BenchView) -> list[str]:
                          f"q = {get('selection_ratio', '?')}")
     if bench.config:
         items.append("**overrides**: " + ", ".join(f"{k} = {v}" for k, v in bench.config.items()))
-    code = _code(bench.code_versions())
+    code = describe_code(code_versions(bench.started_runs()), "cell")
     return items + ([code] if code else [])
-
-
-def _code(versions: dict[str | None, int]) -> str | None:
-    """Which source the cells ran; a warning when they ran more than one (None where no cell recorded any)."""
-    known = sorted(((n, code) for code, n in versions.items() if code is not None), reverse=True)
-    if not known:
-        return None
-    parts = [f"{code} ({_cells(n)})" for n, code in known]
-    if versions.get(None):
-        parts.append(f"not recorded ({_cells(versions[None])}, run before fingerprints were kept)")
-    if len(known) == 1:
-        return f"**code**: source {', '.join(parts)}"
-    return (f"**code**: the cells ran {len(known)} versions of the source: {', '.join(parts)}; a difference "
-            f"between methods may be a difference between versions")
-
-
-def _cells(n: int) -> str:
-    return f"{n} cell" if n == 1 else f"{n} cells"
 
 
 def _progress(bench: BenchView) -> str:

@@ -406,7 +406,36 @@ def _essentials(runs: list[RunView]) -> list[str]:
         out.append(f"- **rollouts per candidate**: k_r = {get('rollouts_per_problem')}")
     if get("seed") is not None:
         out.append(f"- **seed**: {get('seed')}")
+    code = describe_code(code_versions(runs), "run")
+    if code:
+        out.append(f"- {code}")
     return out
+
+
+def code_versions(runs: Iterable[RunView]) -> dict[str | None, int]:
+    """Source fingerprint (`provenance`) -> how many runs ran it; None: rounds recorded without one (before
+    fingerprints were kept). A run resumed on other code counts under each version it ran."""
+    counts: dict[str | None, int] = {}
+    for run in runs:
+        for code in {r.get("code") for r in run.rounds}:
+            counts[code] = counts.get(code, 0) + 1
+    return counts
+
+
+def describe_code(versions: dict[str | None, int], noun: str) -> str | None:
+    """Which source the runs (`noun`: "run", "cell") ran; a warning when they ran more than one (None where none
+    recorded any)."""
+    known = sorted(((n, code) for code, n in versions.items() if code is not None), reverse=True)
+    if not known:
+        return None
+    count = lambda n: f"{n} {noun}" if n == 1 else f"{n} {noun}s"  # noqa: E731
+    parts = [f"{code} ({count(n)})" for n, code in known]
+    if versions.get(None):
+        parts.append(f"not recorded ({count(versions[None])}, run before fingerprints were kept)")
+    if len(known) == 1:
+        return f"**code**: source {', '.join(parts)}"
+    return (f"**code**: the {noun}s ran {len(known)} versions of the source: {', '.join(parts)}; a difference "
+            f"between methods may be a difference between versions")
 
 
 HOW_TO_READ = (
