@@ -1,13 +1,16 @@
 """Selection rollouts that training consumes (`reuse_rollouts`), the batch schedule, and the cost ledger they fill:
 through the real TRL GRPOTrainer on the warm-started tiny policy, checked against what TRL actually trained on."""
 
+import contextlib
 import math
 
 import numpy as np
 import pytest
+import torch
 from trl import GRPOTrainer
 
-from gradalign.config import RunConfig
+from gradalign.config import ConfigError, RunConfig
+from gradalign.curriculum import batch as batch_mod
 from gradalign.curriculum import ledger as ledger_mod
 from gradalign.curriculum import trl_bridge
 from gradalign.curriculum.loop import Curriculum
@@ -153,14 +156,29 @@ def test_the_batch_schedule_trains_each_step_on_its_best_candidates_with_their_o
     assert ledger_mod.selection_per_training(result.rounds) == pytest.approx(expected)
 
 
-def test_unpadded_batch_steps_train_only_on_the_chosen_groups_that_can_teach(tmp_path, spy):
+def test_unpadded_batch_steps_train_only_on_the_chosen_groups_that_can_teach(tmp_path, spy, monkeypatch):
     """`pad_steps: false`: each step trains on its selection's groups whose rewards vary and rewarded no answer two
     ways, with their own rollouts; proven noise and zero-variance groups are neither trained
-    on nor paid for (a step with none trains on one zero-variance group). Coin-flip rewards make both kinds."""
-    result = Curriculum(tiny_cfg(tmp_path, method="gradalign-lfdr", schedule="batch", oversample=2.0, rounds=2,
-                                 scenario="unreliable-rewards", pad_steps=False)).run()
+    on nor paid for (a step with none trains on one zero-variance group). Coin-flip rewards make both kinds. With
+    `scale_short_steps` each optimiser step runs at the learning rate × (its groups that can teach) / B, read off
+    the optimiser at the step itself."""
+    stepped = []  # the learning rate each optimiser step ran at (a hook after the scaling one)
+    scaled = batch_mod.scaled_learning_rate
+
+    @contextlib.contextmanager
+    def recording(optimizer, scale):
+        with scaled(optimizer, scale):
+            hook = optimizer.register_step_pre_hook(lambda opt, a, kw: stepped.append(opt.param_groups[0]["lr"]))
+            try:
+                yield
+            finally:
+                hook.remove()
+    monkeypatch.setattr(batch_mod, "scaled_learning_rate", recording)
+    cfg = tiny_cfg(tmp_path, method="gradalign-lfdr", schedule="batch", oversample=2.0, rounds=2,
+                   scenario="unreliable-rewards", pad_steps=False, scale_short_steps=True)
+    result = Curriculum(cfg).run()
     assert spy["generate_calls"] == 0 and len(spy["selections"]) == len(spy["trained"]) == 2 * T
-    sizes = []
+    sizes, teaching = [], []
     for selection, (prompts, completions, _) in zip(spy["selections"], spy["trained"]):
         c = selection.candidates
         teach = [int(i) for i in selection.selected if not c.zero_variance[i] and not c.inconsistent[i]]
@@ -169,12 +187,55 @@ def test_unpadded_batch_steps_train_only_on_the_chosen_groups_that_can_teach(tmp
         expected = teach or (idle[:1] if len(idle) else selection.selected[:1])
         assert groups == sampled(selection, expected)
         sizes.append(len(groups))
+        teaching.append(len(teach))
     assert min(sizes) < B  # the run made short steps: the rule was exercised
+    lr = cfg.grpo.learning_rate
+    assert stepped == pytest.approx([lr * n / B for n in teaching], rel=1e-12)  # one multiplication in float64
     for r, record in enumerate(result.rounds):
         step_sizes = sizes[r * T:(r + 1) * T]
         cost = record["cost"]
         assert record["batch"]["groups_trained"] == sum(step_sizes) == len(record["selected_ids"])
+        assert record["batch"]["learning_rate_scales"] == [n / B for n in teaching[r * T:(r + 1) * T]]
         assert cost["reused"]["completions"] == sum(step_sizes) * K and cost["generated"]["training"]["completions"] == 0
+
+
+def test_a_scaled_step_is_adamw_at_the_scaled_rate_and_the_rate_comes_back():
+    """`scaled_learning_rate` against AdamW built at lr × s (fresh random weights and gradients, three steps at
+    different scales, 0 included): the same weights to float32 rounding of a few operations per element (rtol
+    1e-6), the base rate back after every step, and no hook left on the optimiser afterwards."""
+    torch.manual_seed(7)
+    weights = torch.randn(5, 3)
+    grads = [torch.randn(5, 3) for _ in range(3)]
+    scales = [0.25, 0.0, 0.75]
+    ours = torch.nn.Parameter(weights.clone())
+    optimizer = torch.optim.AdamW([ours], lr=1e-2, weight_decay=0.1)
+    current = []
+    with trl_bridge.scaled_learning_rate(optimizer, lambda: current[-1]):
+        for g, s in zip(grads, scales):
+            current.append(s)
+            ours.grad = g.clone()
+            optimizer.step()
+            assert optimizer.param_groups[0]["lr"] == 1e-2
+    ref = torch.nn.Parameter(weights.clone())
+    reference = torch.optim.AdamW([ref], lr=1e-2, weight_decay=0.1)
+    for g, s in zip(grads, scales):
+        reference.param_groups[0]["lr"] = 1e-2 * s
+        ref.grad = g.clone()
+        reference.step()
+    torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-6, atol=1e-7)
+    assert not torch.equal(ours.detach(), weights)
+    ours.grad = grads[0].clone()
+    before = ours.detach().clone()
+    current.append(0.0)  # outside the context the scale is not read any more: a full step
+    optimizer.step()
+    assert not torch.equal(ours.detach(), before)
+
+
+def test_scale_short_steps_needs_unpadded_batch_steps():
+    with pytest.raises(ConfigError, match="scale_short_steps.*pad_steps True"):
+        RunConfig.of(schedule="batch", scale_short_steps=True)
+    with pytest.raises(ConfigError, match="scale_short_steps.*schedule rounds"):
+        RunConfig.of(pad_steps=False, scale_short_steps=True)
 
 
 def test_steps_the_gradient_free_checks_decide_pay_for_no_gradient_and_no_validation_rollouts(tmp_path, spy):

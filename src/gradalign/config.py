@@ -257,6 +257,11 @@ class RunConfig:
                          "which moves nothing but the optimiser's momentum). Measured: false paid where a step's "
                          "candidates hold few clean groups that vary (SmolLM2 with coin flips); true where flagged "
                          "groups still teach (a mostly-right judge).")
+    scale_short_steps: bool = _f(False, "pad_steps false: a step's learning rate is scaled by the share of B it trains "
+                                 "on (groups that can teach / B; a step with none moves nothing). Without it a step "
+                                 "of one group moves the weights as far as a step of B: its gradient is clipped to "
+                                 "max_grad_norm and normalised by AdamW like any other, from an eighth of the "
+                                 "samples at B = 4, k = 8.")
     validation_every: int = _f(1, "Rounds between measurements of the validation direction (1, default: every round, "
                                "as METHODS.md §1); in between, selections score against the last one. A resumed run "
                                "measures it again at its first round.")
@@ -376,6 +381,9 @@ class RunConfig:
         if self.oversample < 1:
             raise ConfigError("oversample", f"must be >= 1 (got {self.oversample!r}): each step trains on B of the "
                                             f"candidates it rolled out")
+        if self.scale_short_steps and (self.schedule != "batch" or self.pad_steps):
+            raise ConfigError("scale_short_steps", "scales the short steps of schedule batch with pad_steps false "
+                                                   f"(got schedule {self.schedule}, pad_steps {self.pad_steps})")
         reason = replay_obstacle(self.value("use_vllm"), self.value("vllm_importance_sampling_correction"))
         if self.schedule == "batch" and reason:
             raise ConfigError("schedule", f"batch trains only on its selection rollouts, and {reason}")

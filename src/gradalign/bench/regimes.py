@@ -101,13 +101,15 @@ class BenchPlan:
 # from 4 completions per validation problem ((1024 + 256 / 2 - 128 reused) / 1024 = 1.0). `batch-lean` is the batch
 # schedule with lean's validation direction: where that direction is most of the selection's bill (SmolLM2: two
 # thirds of it), a quarter of it remains. `teach` is batch-lean training only on the groups that can teach
-# (`pad_steps: false`): a step with fewer of them is smaller instead of padded with proven noise.
+# (`pad_steps: false`): a step with fewer of them is smaller instead of padded with proven noise; `teach-scaled` also
+# scales such a step's learning rate by its share of B (`scale_short_steps`), so that it moves the weights less too.
 LEAN_VALIDATION = {"validation_every": 2, "validation_rollouts": 4}
 VARIANTS: dict[str, dict] = {
     "batch": {"schedule": "batch"},
     "lean": {"chunk_size": 128, "selection_ratio": 4, **LEAN_VALIDATION},
     "batch-lean": {"schedule": "batch", **LEAN_VALIDATION},
     "teach": {"schedule": "batch", **LEAN_VALIDATION, "pad_steps": False},
+    "teach-scaled": {"schedule": "batch", **LEAN_VALIDATION, "pad_steps": False, "scale_short_steps": True},
 }
 
 

@@ -9,7 +9,8 @@ those very completions (`trl_bridge.Replay`). Nothing is trained twice per selec
 spent on selection alone are the candidates not kept and the validation rollouts. When fewer than B candidates are
 eligible (zero-variance groups), the step is filled up with the next candidates in stream order: their advantages
 are 0, as in plain GRPO, and the round record counts them. With `pad_steps: false` a step trains only on its chosen
-groups that can teach (`step_groups`): proven noise and zero-variance groups are neither trained on nor paid for.
+groups that can teach (`step_groups`): proven noise and zero-variance groups are neither trained on nor paid for;
+with `scale_short_steps` such a step also moves the weights only that share of B as far (`step_scale`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..selection.base import can_teach
 from .ledger import Ledger
 from .round import DirectionOnDemand, RoundSelection, RoundSelector, seconds_since
 from .setup import round_seed
-from .trl_bridge import Replay, round_trainer, sampling_through, train_on
+from .trl_bridge import Replay, round_trainer, sampling_through, scaled_learning_rate, train_on
 
 
 class BatchRound:
@@ -58,6 +59,7 @@ class BatchRound:
         cfg, B, k = self.cfg, self.cfg.problems_per_step, self.cfg.grpo.num_generations
         chunk = self.candidates(r)
         steps: list[tuple[RoundSelection, np.ndarray]] = []
+        scales: list[float] = []  # each step's learning-rate factor (`scale_short_steps`), the current one last
         spent = [0.0]
         direction = None  # the round's validation direction, measured through the trainer when a step first needs it
 
@@ -70,13 +72,16 @@ class BatchRound:
             picked = step_groups(sel, len(part), B, cfg.pad_steps)
             ledger.add(sel.ledger)
             steps.append((sel, picked))
+            scales.append(step_scale(sel, picked, B) if cfg.scale_short_steps else 1.0)
             spent[0] += time.perf_counter() - t
             return s * self.per_step + picked, Replay(sel.rollouts.completion_groups(picked, k),
                                                       step=trainer.state.global_step)
 
         with round_trainer(model, tokenizer, chunk, cfg.steps_per_round, cfg, self.selector.reward, optimizer,
                            scheduler, seed, ledger=ledger, pick_batch=pick) as trainer, \
-                sampling_through(self.selector, trainer):  # the candidates sample as training would
+                sampling_through(self.selector, trainer), \
+                scaled_learning_rate(optimizer, lambda: scales[-1] if scales else 1.0):
+            # the candidates sample as training would; each step runs at its own learning-rate factor
             direction = DirectionOnDemand(self.selector, r, model, tokenizer, seed, ledger)  # steps share it
             t = time.perf_counter()
             train_log = train_on(trainer, range(len(chunk)), cfg.steps_per_round, cfg, seed)  # blocks: placeholders
@@ -87,6 +92,8 @@ class BatchRound:
                         "filled": int(sum(max(0, len(p) - len(sel.selected)) for sel, p in steps)),
                         "groups_trained": int(sum(len(p) for _, p in steps)),
                         "scored": int(sum(sel.scored for sel, _ in steps))}
+        if cfg.scale_short_steps:
+            self.summary["learning_rate_scales"] = [round(x, 4) for x in scales]
         return chunk, merged, [chunk[i] for i in trained], train_log
 
 
@@ -103,6 +110,12 @@ def step_groups(sel: RoundSelection, n: int, size: int, pad: bool) -> np.ndarray
         return chosen
     idle = np.flatnonzero(sel.candidates.zero_variance)
     return idle[:1] if len(idle) else fill_up(sel.selected, n, 1)[:1]
+
+
+def step_scale(sel: RoundSelection, picked: np.ndarray, size: int) -> float:
+    """The share of a full step (`size` groups) that the step's groups which can teach make up: its learning-rate
+    factor under `scale_short_steps` (0 for a step of one zero-variance group, which has nothing to teach)."""
+    return float(np.count_nonzero(can_teach(sel.candidates)[picked])) / size
 
 
 def fill_up(selected: np.ndarray, n: int, size: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -286,6 +286,29 @@ def round_trainer(model, tokenizer, problems: Sequence[Problem], steps: int, cfg
         yield trainer
     finally:
         shutil.rmtree(args.output_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scaled_learning_rate(optimizer: torch.optim.Optimizer, scale: Callable[[], float]):
+    """Every optimiser step inside runs at its learning rate × `scale()` (read at the step), restored right after
+    it, so that the scheduler and the next step see the base rate. AdamW's update is linear in the rate: a step
+    scaled by s moves the weights s times as far (and its weight decay s times as much)."""
+    base: list[float] = []
+
+    def before(opt, args, kwargs):
+        base[:] = [group["lr"] for group in opt.param_groups]
+        for group in opt.param_groups:
+            group["lr"] *= scale()
+
+    def after(opt, args, kwargs):
+        for group, lr in zip(opt.param_groups, base):
+            group["lr"] = lr
+    handles = [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def train_round(trainer: "ScheduledGRPOTrainer", schedule: list[list[int]]) -> list[dict]:
