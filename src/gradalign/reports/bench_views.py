@@ -67,7 +67,6 @@ class BenchView:
         return next(iter(self.started_runs()), None)
 
 
-
 def _names(path: Path, data: dict, key: str) -> list[str]:
     value = data.get(key)
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
