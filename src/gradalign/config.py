@@ -262,7 +262,7 @@ class RunConfig:
                                  "of one group moves the weights as far as a step of B: its gradient is clipped to "
                                  "max_grad_norm and normalised by AdamW like any other, from an eighth of the "
                                  "samples at B = 4, k = 8. Measured on SmolLM2 with coin flips: level with "
-                                 "unscaled steps (7 seeds).")
+                                 "unscaled steps (8 seeds).")
     validation_every: int = _f(1, "Rounds between measurements of the validation direction (1, default: every round, "
                                "as METHODS.md §1); in between, selections score against the last one. A resumed run "
                                "measures it again at its first round.")
