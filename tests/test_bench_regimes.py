@@ -96,7 +96,8 @@ def test_arms_name_a_method_and_a_variant_of_its_schedule(tmp_path, capsys):
     assert (both.method, both.schedule, both.validation_every, both.validation_rollouts) == (
         "gradalign-lfdr", "batch", lean.validation_every, lean.validation_rollouts)
     assert main(["bench", "regimes", "--methods", "gradalign@often", "--out", str(tmp_path / "b")]) == 2
-    assert ("unknown variant '@often' in 'gradalign@often' (choose from: @batch, @lean, @batch-lean, @teach, @teach-scaled)"
+    assert ("unknown variant '@often' in 'gradalign@often' (choose from: @batch, @lean, @batch-lean, @teach, "
+            "@teach-scaled)"
             in capsys.readouterr().err)
 
 

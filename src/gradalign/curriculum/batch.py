@@ -15,6 +15,7 @@ with `scale_short_steps` such a step also moves the weights only that share of B
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -59,7 +60,6 @@ class BatchRound:
         cfg, B, k = self.cfg, self.cfg.problems_per_step, self.cfg.grpo.num_generations
         chunk = self.candidates(r)
         steps: list[tuple[RoundSelection, np.ndarray]] = []
-        scales: list[float] = []  # each step's learning-rate factor (`scale_short_steps`), the current one last
         spent = [0.0]
         direction = None  # the round's validation direction, measured through the trainer when a step first needs it
 
@@ -72,7 +72,6 @@ class BatchRound:
             picked = step_groups(sel, len(part), B, cfg.pad_steps)
             ledger.add(sel.ledger)
             steps.append((sel, picked))
-            scales.append(step_scale(sel, picked, B) if cfg.scale_short_steps else 1.0)
             spent[0] += time.perf_counter() - t
             return s * self.per_step + picked, Replay(sel.rollouts.completion_groups(picked, k),
                                                       step=trainer.state.global_step)
@@ -80,8 +79,8 @@ class BatchRound:
         with round_trainer(model, tokenizer, chunk, cfg.steps_per_round, cfg, self.selector.reward, optimizer,
                            scheduler, seed, ledger=ledger, pick_batch=pick) as trainer, \
                 sampling_through(self.selector, trainer), \
-                scaled_learning_rate(optimizer, lambda: scales[-1] if scales else 1.0):
-            # the candidates sample as training would; each step runs at its own learning-rate factor
+                short_steps_scaled(cfg, optimizer, steps):
+            # the candidates sample as training would
             direction = DirectionOnDemand(self.selector, r, model, tokenizer, seed, ledger)  # steps share it
             t = time.perf_counter()
             train_log = train_on(trainer, range(len(chunk)), cfg.steps_per_round, cfg, seed)  # blocks: placeholders
@@ -93,7 +92,7 @@ class BatchRound:
                         "groups_trained": int(sum(len(p) for _, p in steps)),
                         "scored": int(sum(sel.scored for sel, _ in steps))}
         if cfg.scale_short_steps:
-            self.summary["learning_rate_scales"] = [round(x, 4) for x in scales]
+            self.summary["learning_rate_scales"] = [round(step_scale(sel, p, B), 4) for sel, p in steps]
         return chunk, merged, [chunk[i] for i in trained], train_log
 
 
@@ -110,6 +109,15 @@ def step_groups(sel: RoundSelection, n: int, size: int, pad: bool) -> np.ndarray
         return chosen
     idle = np.flatnonzero(sel.candidates.zero_variance)
     return idle[:1] if len(idle) else fill_up(sel.selected, n, 1)[:1]
+
+
+def short_steps_scaled(cfg: RunConfig, optimizer, steps: list[tuple[RoundSelection, np.ndarray]]):
+    """With `scale_short_steps`, every optimiser step at the learning rate × `step_scale` of the step picked last
+    (the generation it trains on); otherwise nothing."""
+    if not cfg.scale_short_steps:
+        return contextlib.nullcontext()
+    B = cfg.problems_per_step
+    return scaled_learning_rate(optimizer, lambda: step_scale(*steps[-1], B) if steps else 1.0)
 
 
 def step_scale(sel: RoundSelection, picked: np.ndarray, size: int) -> float:
