@@ -97,7 +97,7 @@ def test_arms_name_a_method_and_a_variant_of_its_schedule(tmp_path, capsys):
         "gradalign-lfdr", "batch", lean.validation_every, lean.validation_rollouts)
     assert main(["bench", "regimes", "--methods", "gradalign@often", "--out", str(tmp_path / "b")]) == 2
     assert ("unknown variant '@often' in 'gradalign@often' (choose from: @batch, @lean, @batch-lean, @teach, "
-            "@teach-scaled)"
+            "@teach-scaled, @teach-refill)"
             in capsys.readouterr().err)
 
 
@@ -173,6 +173,8 @@ def test_real_model_preset_defaults():
     scaled = plan.config("smollm2-coin", "gradalign-lfdr@teach-scaled", 0)  # and short steps at a smaller rate
     assert (scaled.schedule, scaled.validation_every, scaled.pad_steps, scaled.scale_short_steps) == ("batch", 2, False,
                                                                                                      True)
+    refill = plan.config("smollm2-coin", "gradalign-lfdr@teach-refill", 0)  # or short steps refilled from more draws
+    assert (refill.schedule, refill.validation_every, refill.pad_steps, refill.max_draws) == ("batch", 2, False, 3)
     cfg = plan.config("smollm2-coin", "gradalign-lfdr", 0)
     assert (cfg.model_args.model_name_or_path, cfg.verifier, cfg.rollouts_per_problem) == ("smollm2-135m", "task", 8)
     skewed = plan_from_args(parser.parse_args(["regimes", "--preset", "smollm2", "--regimes", "smollm2-skewed"]))

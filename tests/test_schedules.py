@@ -199,6 +199,53 @@ def test_unpadded_batch_steps_train_only_on_the_chosen_groups_that_can_teach(tmp
         assert cost["reused"]["completions"] == sum(step_sizes) * K and cost["generated"]["training"]["completions"] == 0
 
 
+def test_a_short_step_draws_again_until_b_groups_can_teach(tmp_path, spy):
+    """`max_draws`: a step whose chosen groups that can teach number fewer than B rolls out the next candidates of
+    the stream and adds the best of them (keeping at most the B it lacks), until it has B or has drawn max_draws
+    times; it trains on every draw's chosen groups with their own rollouts, and every draw is paid for. Read off
+    the selections TRL's steps were given, draw by draw (coin-flip rewards make short draws)."""
+    D = 3
+    cfg = tiny_cfg(tmp_path, method="gradalign-lfdr", schedule="batch", oversample=2.0, scenario="unreliable-rewards",
+                   pad_steps=False, max_draws=D)
+    result = Curriculum(cfg).run()
+    per_step = math.ceil(2.0 * B)
+    selections = iter(spy["selections"])
+    draws_per_step, sizes = [], []
+    for prompts, completions, _ in spy["trained"]:
+        expected: dict[tuple, list[list[int]]] = {}
+        have, draws = 0, 0
+        while draws == 0 or (have < B and draws < D):
+            selection = next(selections)
+            c = selection.candidates
+            assert len(c) == per_step and len(selection.selected) <= B - have  # a refill keeps only what is lacking
+            teach = [int(i) for i in selection.selected if not c.zero_variance[i] and not c.inconsistent[i]]
+            for key, group in sampled(selection, teach).items():
+                expected.setdefault(key, []).extend(group)
+            have, draws = have + len(teach), draws + 1
+        if have:  # a step with nothing to teach trains on one idle group (the unpadded test checks it)
+            assert trained_groups(prompts, completions) == expected
+        assert len(trained_groups(prompts, completions)) <= B
+        draws_per_step.append(draws)
+        sizes.append(len(trained_groups(prompts, completions)))
+    assert next(selections, None) is None  # no draw the steps did not ask for
+    assert max(draws_per_step) > 1  # the run refilled: the rule was exercised
+    for r, record in enumerate(result.rounds):
+        draws = draws_per_step[r * T:(r + 1) * T]
+        assert record["batch"]["draws"] == draws and record["candidates"] == sum(draws) * per_step
+        assert record["cost"]["generated"]["candidates"]["completions"] == sum(draws) * per_step * K
+        assert record["batch"]["groups_trained"] == sum(sizes[r * T:(r + 1) * T]) == len(record["selected_ids"])
+        assert record["cost"]["reused"]["completions"] == sum(sizes[r * T:(r + 1) * T]) * K
+
+
+def test_max_draws_needs_unpadded_batch_steps():
+    with pytest.raises(ConfigError, match="max_draws.*pad_steps True"):
+        RunConfig.of(schedule="batch", max_draws=2)
+    with pytest.raises(ConfigError, match="max_draws.*schedule rounds"):
+        RunConfig.of(pad_steps=False, max_draws=2)
+    with pytest.raises(ConfigError, match="max_draws.*must be >= 1"):
+        RunConfig.of(max_draws=0)
+
+
 def test_a_scaled_step_is_adamw_at_the_scaled_rate_and_the_rate_comes_back():
     """`scaled_learning_rate` against AdamW built at lr × s (fresh random weights and gradients, three steps at
     different scales, 0 included): the same weights to float32 rounding of a few operations per element (rtol

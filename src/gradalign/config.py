@@ -263,6 +263,11 @@ class RunConfig:
                                  "max_grad_norm and normalised by AdamW like any other, from an eighth of the "
                                  "samples at B = 4, k = 8. Measured on SmolLM2 with coin flips: level with "
                                  "unscaled steps (8 seeds).")
+    max_draws: int = _f(1, "pad_steps false: a step whose chosen candidates hold fewer than B groups that can teach "
+                        "rolls out the next ceil(oversample * B) candidates of the stream and adds their best, until "
+                        "it has B or has drawn max_draws times (DAPO's dynamic sampling: keep sampling until the "
+                        "batch is full). Every draw is counted as selection's cost. 1: one draw, short steps stay "
+                        "short.")
     validation_every: int = _f(1, "Rounds between measurements of the validation direction (1, default: every round, "
                                "as METHODS.md §1); in between, selections score against the last one. A resumed run "
                                "measures it again at its first round.")
@@ -382,6 +387,11 @@ class RunConfig:
         if self.oversample < 1:
             raise ConfigError("oversample", f"must be >= 1 (got {self.oversample!r}): each step trains on B of the "
                                             f"candidates it rolled out")
+        if self.max_draws < 1:
+            raise ConfigError("max_draws", f"must be >= 1 (got {self.max_draws!r}): a step draws its candidates once")
+        if self.max_draws > 1 and (self.schedule != "batch" or self.pad_steps):
+            raise ConfigError("max_draws", "refills the short steps of schedule batch with pad_steps false "
+                                           f"(got schedule {self.schedule}, pad_steps {self.pad_steps})")
         if self.scale_short_steps and (self.schedule != "batch" or self.pad_steps):
             raise ConfigError("scale_short_steps", "scales the short steps of schedule batch with pad_steps false "
                                                    f"(got schedule {self.schedule}, pad_steps {self.pad_steps})")

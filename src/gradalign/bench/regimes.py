@@ -102,7 +102,9 @@ class BenchPlan:
 # schedule with lean's validation direction: where that direction is most of the selection's bill (SmolLM2: two
 # thirds of it), a quarter of it remains. `teach` is batch-lean training only on the groups that can teach
 # (`pad_steps: false`): a step with fewer of them is smaller instead of padded with proven noise; `teach-scaled` also
-# scales such a step's learning rate by its share of B (`scale_short_steps`), so that it moves the weights less too.
+# scales such a step's learning rate by its share of B (`scale_short_steps`), so that it moves the weights less too;
+# `teach-refill` fills a short step from up to two more draws of candidates instead (`max_draws`: DAPO's dynamic
+# sampling), so that its steps train on as many clean groups as `full`'s train on groups.
 LEAN_VALIDATION = {"validation_every": 2, "validation_rollouts": 4}
 VARIANTS: dict[str, dict] = {
     "batch": {"schedule": "batch"},
@@ -110,6 +112,7 @@ VARIANTS: dict[str, dict] = {
     "batch-lean": {"schedule": "batch", **LEAN_VALIDATION},
     "teach": {"schedule": "batch", **LEAN_VALIDATION, "pad_steps": False},
     "teach-scaled": {"schedule": "batch", **LEAN_VALIDATION, "pad_steps": False, "scale_short_steps": True},
+    "teach-refill": {"schedule": "batch", **LEAN_VALIDATION, "pad_steps": False, "max_draws": 3},
 }
 
 

@@ -10,7 +10,9 @@ spent on selection alone are the candidates not kept and the validation rollouts
 eligible (zero-variance groups), the step is filled up with the next candidates in stream order: their advantages
 are 0, as in plain GRPO, and the round record counts them. With `pad_steps: false` a step trains only on its chosen
 groups that can teach (`step_groups`): proven noise and zero-variance groups are neither trained on nor paid for;
-with `scale_short_steps` such a step also moves the weights only that share of B as far (`step_scale`).
+with `scale_short_steps` such a step also moves the weights only that share of B as far (`step_scale`); with
+`max_draws` > 1 a step short of B such groups draws the next candidates of the stream and adds their best, until
+it has B or has drawn `max_draws` times (DAPO's dynamic sampling: sample until the batch is full).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import dataclasses
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,6 +41,7 @@ class BatchRound:
     def __init__(self, cfg: RunConfig, selector: RoundSelector, pool: list[Problem]):
         self.cfg, self.selector, self.pool = cfg, selector, pool
         self.per_step = math.ceil(cfg.oversample * cfg.problems_per_step)
+        self.draws = cfg.max_draws  # a step's candidates: up to this many draws of per_step
         self.generations = cfg.steps_per_round // cfg.grpo.num_iterations  # one selection per generation batch
         self.order = np.random.default_rng(cfg.seed).permutation(len(pool))  # the pool's stream, as chunk_order's
         self.summary: dict = {}
@@ -49,8 +53,9 @@ class BatchRound:
         return cfg.schedule == "batch" and selector.method.needs_rollouts and selector.on_policy
 
     def candidates(self, r: int) -> list[Problem]:
-        """Round r's candidates: the next generations × per_step problems of the stream (wrapping around)."""
-        n = self.generations * self.per_step
+        """Round r's candidates: the next generations × draws × per_step problems of the stream (wrapping around);
+        step s draws from its own draws × per_step of them, per_step at a time, only as far as it needs."""
+        n = self.generations * self.draws * self.per_step
         return [self.pool[i] for i in np.resize(np.roll(self.order, -r * n), n)]
 
     def run(self, r: int, model, tokenizer, optimizer, scheduler, seed: int, ledger: Ledger, timings: dict
@@ -59,22 +64,35 @@ class BatchRound:
         step logs. `ledger` and `timings` (training: the trainer's time less the selections inside it) are filled."""
         cfg, B, k = self.cfg, self.cfg.problems_per_step, self.cfg.grpo.num_generations
         chunk = self.candidates(r)
-        steps: list[tuple[RoundSelection, np.ndarray]] = []
+        steps: list[list[Draw]] = []
         spent = [0.0]
         direction = None  # the round's validation direction, measured through the trainer when a step first needs it
+
+        def draw(s: int, d: int, keep: int) -> Draw:
+            offset = (s * self.draws + d) * self.per_step
+            part = chunk[offset:offset + self.per_step]
+            step_seed = round_seed(seed, s + 1)
+            sel = self.selector.select(model, tokenizer, part, round_seed(step_seed, d) if d else step_seed,
+                                       keep=keep, k=k, direction=direction)
+            ledger.add(sel.ledger)
+            return Draw(offset, sel, step_groups(sel, len(part), keep, cfg.pad_steps, fallback=False))
 
         def pick(trainer):
             t = time.perf_counter()
             s = len(steps)
-            part = chunk[s * self.per_step:(s + 1) * self.per_step]
-            sel = self.selector.select(model, tokenizer, part, round_seed(seed, s + 1), keep=B, k=k,
-                                       direction=direction)
-            picked = step_groups(sel, len(part), B, cfg.pad_steps)
-            ledger.add(sel.ledger)
-            steps.append((sel, picked))
+            draws = [draw(s, 0, B)]
+            while teaching(draws) < B and len(draws) < self.draws:
+                draws.append(draw(s, len(draws), B - teaching(draws)))
+            if not cfg.pad_steps and teaching(draws) == 0:  # nothing to teach: the first draw's idle group
+                draws = [draws[0]._replace(picked=step_groups(draws[0].sel, self.per_step, B, False))] + draws[1:]
+            steps.append(draws)
             spent[0] += time.perf_counter() - t
-            return s * self.per_step + picked, Replay(sel.rollouts.completion_groups(picked, k),
-                                                      step=trainer.state.global_step)
+            groups: dict[tuple[int, ...], list[list[int]]] = {}
+            for d in draws:
+                for key, completions in d.sel.rollouts.completion_groups(d.picked, k).items():
+                    groups.setdefault(key, []).extend(completions)
+            return (np.concatenate([d.offset + d.picked for d in draws]),
+                    Replay(groups, step=trainer.state.global_step))
 
         with round_trainer(model, tokenizer, chunk, cfg.steps_per_round, cfg, self.selector.reward, optimizer,
                            scheduler, seed, ledger=ledger, pick_batch=pick) as trainer, \
@@ -85,45 +103,61 @@ class BatchRound:
             t = time.perf_counter()
             train_log = train_on(trainer, range(len(chunk)), cfg.steps_per_round, cfg, seed)  # blocks: placeholders
             timings["training"] = round(seconds_since(t) - spent[0], 4)
-        merged = merge_steps([sel for sel, _ in steps], self.per_step, direction.measured)
-        trained = np.concatenate([s * self.per_step + picked for s, (_, picked) in enumerate(steps)])
+        drawn = [d for draws in steps for d in draws]  # the candidates rolled out, in stream order
+        merged = merge_steps([d.sel for d in drawn], self.per_step, direction.measured)
         self.summary = {"steps": len(steps), "candidates_per_step": self.per_step, "problems_per_step": B,
-                        "filled": int(sum(max(0, len(p) - len(sel.selected)) for sel, p in steps)),
-                        "groups_trained": int(sum(len(p) for _, p in steps)),
-                        "scored": int(sum(sel.scored for sel, _ in steps))}
+                        "filled": int(sum(max(0, len(d.picked) - len(d.sel.selected)) for d in drawn)),
+                        "groups_trained": int(sum(len(d.picked) for d in drawn)),
+                        "scored": int(sum(d.sel.scored for d in drawn))}
+        if self.draws > 1:
+            self.summary["draws"] = [len(draws) for draws in steps]
         if cfg.scale_short_steps:
-            self.summary["learning_rate_scales"] = [round(step_scale(sel, p, B), 4) for sel, p in steps]
-        return chunk, merged, [chunk[i] for i in trained], train_log
+            self.summary["learning_rate_scales"] = [round(step_scale(draws, B), 4) for draws in steps]
+        candidates = [p for d in drawn for p in chunk[d.offset:d.offset + self.per_step]]
+        return candidates, merged, [chunk[d.offset + i] for d in drawn for i in d.picked], train_log
 
 
-def step_groups(sel: RoundSelection, n: int, size: int, pad: bool) -> np.ndarray:
+class Draw(NamedTuple):
+    """One draw of a step's candidates: where they start in the round's candidates, their selection, and the
+    groups (indices among them) the step trains on."""
+    offset: int
+    sel: RoundSelection
+    picked: np.ndarray
+
+
+def teaching(draws: list[Draw]) -> int:
+    """How many groups that can teach a step's draws give it."""
+    return sum(int(np.count_nonzero(can_teach(d.sel.candidates)[d.picked])) for d in draws)
+
+
+def step_groups(sel: RoundSelection, n: int, size: int, pad: bool, fallback: bool = True) -> np.ndarray:
     """The candidates (indices among the step's n) a step trains on. `pad`: the selection filled up to `size`
     (`fill_up`). Otherwise only the chosen ones that can teach (`can_teach`), so that a step with few of them costs
-    less and adds no noise; a step with none trains on one zero-variance group (a loss of 0: only the optimiser's
-    momentum moves the weights) or, lacking one, on the selection's best."""
+    less and adds no noise; a step with none (and `fallback`) trains on one zero-variance group (a loss of 0: only
+    the optimiser's momentum moves the weights) or, lacking one, on the selection's best."""
     if pad:
         return fill_up(sel.selected, n, size)
     teach = can_teach(sel.candidates)
     chosen = np.asarray([i for i in sel.selected if teach[i]], dtype=int)
-    if len(chosen):
+    if len(chosen) or not fallback:
         return chosen
     idle = np.flatnonzero(sel.candidates.zero_variance)
     return idle[:1] if len(idle) else fill_up(sel.selected, n, 1)[:1]
 
 
-def short_steps_scaled(cfg: RunConfig, optimizer, steps: list[tuple[RoundSelection, np.ndarray]]):
+def short_steps_scaled(cfg: RunConfig, optimizer, steps: list[list[Draw]]):
     """With `scale_short_steps`, every optimiser step at the learning rate × `step_scale` of the step picked last
     (the generation it trains on); otherwise nothing."""
     if not cfg.scale_short_steps:
         return contextlib.nullcontext()
     B = cfg.problems_per_step
-    return scaled_learning_rate(optimizer, lambda: step_scale(*steps[-1], B) if steps else 1.0)
+    return scaled_learning_rate(optimizer, lambda: step_scale(steps[-1], B) if steps else 1.0)
 
 
-def step_scale(sel: RoundSelection, picked: np.ndarray, size: int) -> float:
+def step_scale(draws: list[Draw], size: int) -> float:
     """The share of a full step (`size` groups) that the step's groups which can teach make up: its learning-rate
     factor under `scale_short_steps` (0 for a step of one zero-variance group, which has nothing to teach)."""
-    return float(np.count_nonzero(can_teach(sel.candidates)[picked])) / size
+    return teaching(draws) / size
 
 
 def fill_up(selected: np.ndarray, n: int, size: int) -> np.ndarray:
