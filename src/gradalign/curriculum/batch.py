@@ -75,7 +75,7 @@ class BatchRound:
             sel = self.selector.select(model, tokenizer, part, round_seed(step_seed, d) if d else step_seed,
                                        keep=keep, k=k, direction=direction)
             ledger.add(sel.ledger)
-            return Draw(offset, sel, step_groups(sel, len(part), keep, cfg.pad_steps, fallback=False))
+            return Draw(offset, sel, step_groups(sel, len(part), keep, cfg.pad_steps))
 
         def pick(trainer):
             t = time.perf_counter()
@@ -84,7 +84,7 @@ class BatchRound:
             while teaching(draws) < B and len(draws) < self.draws:
                 draws.append(draw(s, len(draws), B - teaching(draws)))
             if not cfg.pad_steps and teaching(draws) == 0:  # nothing to teach: the first draw's idle group
-                draws = [draws[0]._replace(picked=step_groups(draws[0].sel, self.per_step, B, False))] + draws[1:]
+                draws[0] = draws[0]._replace(picked=idle_group(draws[0].sel, self.per_step))
             steps.append(draws)
             spent[0] += time.perf_counter() - t
             groups: dict[tuple[int, ...], list[list[int]]] = {}
@@ -130,17 +130,19 @@ def teaching(draws: list[Draw]) -> int:
     return sum(int(np.count_nonzero(can_teach(d.sel.candidates)[d.picked])) for d in draws)
 
 
-def step_groups(sel: RoundSelection, n: int, size: int, pad: bool, fallback: bool = True) -> np.ndarray:
-    """The candidates (indices among the step's n) a step trains on. `pad`: the selection filled up to `size`
+def step_groups(sel: RoundSelection, n: int, size: int, pad: bool) -> np.ndarray:
+    """The candidates (indices among the draw's n) a step trains on. `pad`: the selection filled up to `size`
     (`fill_up`). Otherwise only the chosen ones that can teach (`can_teach`), so that a step with few of them costs
-    less and adds no noise; a step with none (and `fallback`) trains on one zero-variance group (a loss of 0: only
-    the optimiser's momentum moves the weights) or, lacking one, on the selection's best."""
+    less and adds no noise (none at all: `idle_group`)."""
     if pad:
         return fill_up(sel.selected, n, size)
     teach = can_teach(sel.candidates)
-    chosen = np.asarray([i for i in sel.selected if teach[i]], dtype=int)
-    if len(chosen) or not fallback:
-        return chosen
+    return np.asarray([i for i in sel.selected if teach[i]], dtype=int)
+
+
+def idle_group(sel: RoundSelection, n: int) -> np.ndarray:
+    """What an unpadded step with nothing to teach trains on: one zero-variance group (a loss of 0: only the
+    optimiser's momentum moves the weights) or, lacking one, the selection's best."""
     idle = np.flatnonzero(sel.candidates.zero_variance)
     return idle[:1] if len(idle) else fill_up(sel.selected, n, 1)[:1]
 
