@@ -155,7 +155,7 @@ def test_new_cells_extend_an_existing_benchmark(tmp_path):
 
 def test_real_model_preset_defaults():
     """The SmolLM2 preset: the coin-flip arithmetic by default (the skewed mix on request), the default rule beside
-    the published one and the three references, 3 seeds, k = 8 so clean problems vary."""
+    the published one, its batch arms and the three references, 3 seeds, k = 8 so clean problems vary."""
     import argparse
 
     from gradalign.bench.regimes import add_regimes_parser, plan_from_args
@@ -164,7 +164,8 @@ def test_real_model_preset_defaults():
     plan = plan_from_args(parser.parse_args(["regimes", "--preset", "smollm2"]))
     assert plan.regimes == ["smollm2-coin"] and plan.seeds == [0, 1, 2]
     assert set(plan.methods) == {"gradalign-lfdr", "gradalign", "random", "nonzero-variance", "full",
-                                 "consistent@batch", "gradalign-lfdr@batch-lean", "gradalign-lfdr@teach"}
+                                 "consistent@batch", "gradalign-lfdr@batch-lean", "gradalign-lfdr@teach",
+                                 "gradalign-lfdr@teach-refill"}
     lean = plan.config("smollm2-coin", "gradalign-lfdr@batch-lean", 0)
     assert (lean.method, lean.schedule, lean.validation_every, lean.validation_rollouts) == ("gradalign-lfdr", "batch",
                                                                                            2, 4)
