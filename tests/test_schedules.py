@@ -16,6 +16,7 @@ from gradalign.curriculum import trl_bridge
 from gradalign.curriculum.loop import Curriculum
 from gradalign.curriculum.round import RoundSelector
 from gradalign.curriculum.trl_bridge import Replay, shared_replay
+from gradalign.selection.diagnostics import read_scores
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +179,7 @@ def test_unpadded_batch_steps_train_only_on_the_chosen_groups_that_can_teach(tmp
                    scenario="unreliable-rewards", pad_steps=False, scale_short_steps=True)
     result = Curriculum(cfg).run()
     assert spy["generate_calls"] == 0 and len(spy["selections"]) == len(spy["trained"]) == 2 * T
-    sizes, teaching = [], []
+    sizes, teaching, chosen = [], [], []  # chosen: the method's choices each step trained on (candidate ids)
     for selection, (prompts, completions, _) in zip(spy["selections"], spy["trained"]):
         c = selection.candidates
         teach = [int(i) for i in selection.selected if not c.zero_variance[i] and not c.inconsistent[i]]
@@ -188,6 +189,7 @@ def test_unpadded_batch_steps_train_only_on_the_chosen_groups_that_can_teach(tmp
         assert groups == sampled(selection, expected)
         sizes.append(len(groups))
         teaching.append(len(teach))
+        chosen.append([c.ids[i] for i in expected if i in selection.selected])
     assert min(sizes) < B  # the run made short steps: the rule was exercised
     lr = cfg.grpo.learning_rate
     assert stepped == pytest.approx([lr * n / B for n in teaching], rel=1e-12)  # one multiplication in float64
@@ -197,6 +199,13 @@ def test_unpadded_batch_steps_train_only_on_the_chosen_groups_that_can_teach(tmp
         assert record["batch"]["groups_trained"] == sum(step_sizes) == len(record["selected_ids"])
         assert record["batch"]["learning_rate_scales"] == [n / B for n in teaching[r * T:(r + 1) * T]]
         assert cost["reused"]["completions"] == sum(step_sizes) * K and cost["generated"]["training"]["completions"] == 0
+        # the round's selection (scores table, diagnostics) is what was trained, not the groups a step declined
+        ids = [i for step in chosen[r * T:(r + 1) * T] for i in step]
+        rows = read_scores(tmp_path / "run" / "scores" / f"round-{r:03d}.csv")
+        assert sorted(row["id"] for row in rows if row["selected"] == "True") == sorted(ids)
+        corrupted = {row["id"]: row["corrupted"] == "True" for row in rows}
+        assert record["diagnostics"]["labels"]["corrupted"]["selected_good_share"] == pytest.approx(
+            np.mean([not corrupted[i] for i in ids]), abs=1e-12)  # a mean of at most 2T·B booleans
 
 
 def test_a_short_step_draws_again_until_b_groups_can_teach(tmp_path, spy):

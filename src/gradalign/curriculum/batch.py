@@ -104,7 +104,7 @@ class BatchRound:
             train_log = train_on(trainer, range(len(chunk)), cfg.steps_per_round, cfg, seed)  # blocks: placeholders
             timings["training"] = round(seconds_since(t) - spent[0], 4)
         drawn = [d for draws in steps for d in draws]  # the candidates rolled out, in stream order
-        merged = merge_steps([d.sel for d in drawn], self.per_step, direction.measured)
+        merged = merge_steps([as_trained(d) for d in drawn], self.per_step, direction.measured)
         self.summary = {"steps": len(steps), "candidates_per_step": self.per_step, "problems_per_step": B,
                         "filled": int(sum(max(0, len(d.picked) - len(d.sel.selected)) for d in drawn)),
                         "groups_trained": int(sum(len(d.picked) for d in drawn)),
@@ -123,6 +123,13 @@ class Draw(NamedTuple):
     offset: int
     sel: RoundSelection
     picked: np.ndarray
+
+
+def as_trained(d: Draw) -> RoundSelection:
+    """A draw's selection as its step trained it: the chosen candidates the step trained on, best first (with
+    `pad_steps: false`, those that can teach), so that the record's selection and its diagnostics describe what was
+    trained, not the groups an unpadded step declined."""
+    return dataclasses.replace(d.sel, selected=d.sel.selected[np.isin(d.sel.selected, d.picked)])
 
 
 def teaching(draws: list[Draw]) -> int:
