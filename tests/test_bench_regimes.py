@@ -95,10 +95,21 @@ def test_arms_name_a_method_and_a_variant_of_its_schedule(tmp_path, capsys):
     both = plan.config("imbalance", "gradalign-lfdr@batch-lean", 0)
     assert (both.method, both.schedule, both.validation_every, both.validation_rollouts) == (
         "gradalign-lfdr", "batch", lean.validation_every, lean.validation_rollouts)
+    # @xN: the same arm for N times the benchmark's rounds (YAML overrides included), nothing else changed
+    plan.overrides = {"rounds": 3}
+    longer, full = plan.config("imbalance", "full@x2", 0), plan.config("imbalance", "full", 0)
+    assert (longer.method, longer.rounds, longer.output_dir.endswith("imbalance/full@x2/seed-0")) == ("full", 6, True)
+    def rest(cfg, *changed):
+        return {k: v for k, v in vars(cfg).items() if k not in changed}
+    assert rest(longer, "rounds", "output_dir", "grpo") == rest(full, "rounds", "output_dir", "grpo")
+    assert rest(longer.grpo, "max_steps", "output_dir") == rest(full.grpo, "max_steps", "output_dir")
+    assert longer.grpo.max_steps == 2 * full.grpo.max_steps  # a constant learning rate: its first rounds are full's
     assert main(["bench", "regimes", "--methods", "gradalign@often", "--out", str(tmp_path / "b")]) == 2
     assert ("unknown variant '@often' in 'gradalign@often' (choose from: @batch, @lean, @batch-lean, @teach, "
-            "@teach-scaled, @teach-refill)"
+            "@teach-scaled, @teach-refill, or @xN: N >= 2 times the rounds)"
             in capsys.readouterr().err)
+    assert main(["bench", "regimes", "--methods", "full@x1", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown variant '@x1' in 'full@x1'" in capsys.readouterr().err
 
 
 def test_presets_are_valid_configs():

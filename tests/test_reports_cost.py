@@ -175,7 +175,7 @@ def test_time_to_accuracy_numbers(cost_bench: Path):
     assert tta["targets"] == pytest.approx({"full": 0.45, "random": 0.36})
     assert list(tta["targets"]) == ["full", "random"]
     # full: 30 s and 1000 tokens a round → 90 s, 3000 tokens; random 30 s, 1200 tokens
-    assert tta["budget"] == pytest.approx({"seconds": 90.0, "tokens": 3000.0})
+    assert tta["budgets"] == {"full": pytest.approx({"seconds": 90.0, "tokens": 3000.0})}
     assert tta["totals"]["random"]["seconds"] == pytest.approx((30.0, 0.0, 3))
 
     z = rows[Z]["to"]["full"]
@@ -194,20 +194,20 @@ def test_time_to_accuracy_numbers(cost_bench: Path):
     assert own["reached"] == 2 and own["cost"][0] == pytest.approx(25.0)
 
     # at full's 90 s z's runs have ended (60 s): their finals 0.47, 0.48, 0.44
-    assert rows[Z]["at_budget"]["seconds"] == pytest.approx((np.mean([0.47, 0.48, 0.44]),
+    assert rows[Z]["at_budget"]["full"]["seconds"] == pytest.approx((np.mean([0.47, 0.48, 0.44]),
                                                              np.std([0.47, 0.48, 0.44], ddof=1), 3))
     # at full's 3000 tokens: 1/14 of the way from round 1 (2800 tokens) to round 2 (5600)
     at_tokens = [a1 + (a2 - a1) / 14 for a1, a2, _ in Z_ACCS]
     assert at_tokens[1] == pytest.approx(0.40 + 0.06 / 14)
-    assert rows[Z]["at_budget"]["tokens"] == pytest.approx((np.mean(at_tokens), np.std(at_tokens, ddof=1), 3))
-    assert rows["random"]["at_budget"]["seconds"][0] == pytest.approx(0.36)  # 30 s < 90 s: its finals
+    assert rows[Z]["at_budget"]["full"]["tokens"] == pytest.approx((np.mean(at_tokens), np.std(at_tokens, ddof=1), 3))
+    assert rows["random"]["at_budget"]["full"]["seconds"][0] == pytest.approx(0.36)  # 30 s < 90 s: its finals
     # seed by seed: every full seed costs 90 s and 3000 tokens, so each seed's own budget is the mean's; the
     # differences are taken from that seed's full final (0.44, 0.46, 0.45), not from their mean
     full_finals = np.array([a[-1] for a in FULL_ACCS])
     for axis, at in (("seconds", np.array([0.47, 0.48, 0.44])), ("tokens", np.array(at_tokens))):
         d = at - full_finals
-        assert rows[Z]["at_own_budget"][axis] == pytest.approx((d.mean(), d.std(ddof=1), 3))
-    assert rows["full"]["at_own_budget"]["seconds"] == pytest.approx((0.0, 0.0, 3))
+        assert rows[Z]["at_own_budget"]["full"][axis] == pytest.approx((d.mean(), d.std(ddof=1), 3))
+    assert rows["full"]["at_own_budget"]["full"]["seconds"] == pytest.approx((0.0, 0.0, 3))
 
     costs = {r["method"]: r for r in cost_rows(load_bench(cost_bench).regimes["unreliable-rewards"],
                                                [Z, "random", "full"])}
@@ -266,6 +266,53 @@ def test_report_cost_tables_and_verdicts(cost_bench: Path):
     assert width > 2 * height  # two panels: wall time and generated tokens
 
 
+# full@x2: plain GRPO for twice the rounds (6 × 30 s = 180 s, 6000 tokens), the equal-cost reference
+LONG_ACCS = [[0.40, 0.42, 0.44, 0.43, 0.42, 0.41], [0.38, 0.43, 0.46, 0.45, 0.44, 0.43],
+             [0.41, 0.43, 0.45, 0.44, 0.42, 0.42]]  # finals 0.41 0.43 0.42: target 0.42
+
+
+def test_plain_grpo_run_longer_is_a_reference_and_a_budget(cost_bench: Path):
+    reg = cost_bench / "unreliable-rewards"
+    for s, accs in enumerate(LONG_ACCS):
+        cell = reg / "full@x2" / f"seed-{s}"
+        make_cell(cell, "full", s, accs, [{"add": 8}], 8, FULL_T)
+        set_rounds(cell, cost=FULL_COST)
+        (cell / "config.yaml").write_text((cell / "config.yaml").read_text().replace("rounds: 3", "rounds: 6"))
+    settings = json.loads((cost_bench / "bench.json").read_text())
+    (cost_bench / "bench.json").write_text(json.dumps({**settings, "methods": [*settings["methods"], "full@x2"]}))
+    regime = load_bench(cost_bench).regimes["unreliable-rewards"]
+    tta = time_to_accuracy(regime, [Z, "random", "full", "full@x2"])
+    rows = {r["method"]: r for r in tta["rows"]}
+    assert list(tta["targets"]) == ["full", "random", "full@x2"]
+    assert tta["targets"]["full@x2"] == pytest.approx(0.42)
+    assert tta["budgets"]["full@x2"] == pytest.approx({"seconds": 180.0, "tokens": 6000.0})
+    # z stays at or above 0.42 from round 1 on seeds 0 and 2 (20 s) and from round 2 on seed 1 (40 s)
+    z = rows[Z]["to"]["full@x2"]["seconds"]
+    assert (z["reached"], z["seeds"]) == (3, 3) and z["cost"][0] == pytest.approx(80 / 3)
+    # at full@x2's 180 s z (60 s) and full (90 s) have ended: their finals, against full@x2's 0.41, 0.43, 0.42
+    long_finals = np.array([a[-1] for a in LONG_ACCS])
+    for method, accs in ((Z, Z_ACCS), ("full", FULL_ACCS)):
+        finals = np.array([a[-1] for a in accs])
+        assert rows[method]["at_budget"]["full@x2"]["seconds"][0] == pytest.approx(finals.mean())
+        d = finals - long_finals
+        assert rows[method]["at_own_budget"]["full@x2"]["seconds"] == pytest.approx((d.mean(), d.std(ddof=1), 3))
+    # full@x2 at full's 90 s: its round 3 (0.44, 0.46, 0.45), i.e. full's own finals (the same first rounds)
+    assert rows["full@x2"]["at_budget"]["full"]["seconds"][0] == pytest.approx(0.45)
+
+    md = bench_report(cost_bench).read_text()
+    assert "| s to full@x2 (0.420) |" in md and "accuracy at full@x2's wall time (180.0 s)" in md
+    assert f"- {Z} reaches full@x2's final accuracy (0.420) for good in 3/3 seeds, at 15% ± 6% of full@x2's wall " \
+           "time" in md
+    # z's finals 0.463 ± 0.021 vs 0.420 ± 0.010: margin 2·sqrt((0.0208² + 0.01²)/3) = 0.027; seed by seed +0.06,
+    # +0.05, +0.02: 0.043 ± 0.021, margin 2 · 0.0208 / √3 = 0.024
+    assert (f"- {Z} at full@x2's total cost (180.0 s, 6.0k tokens) vs full@x2's final accuracy (0.420 ± 0.010): "
+            f"0.463 ± 0.021 by wall time (Δ +0.043, above it beyond the seed spread ±0.027)") in md
+    assert ("Seed by seed (3 seeds both finished), at each seed's own full@x2 total cost against that seed's "
+            "full@x2 final: wall time Δ +0.043 ± 0.021, beyond its spread ±0.024;") in md
+    assert "- full@x2 at full@x2's total cost" not in md and "- full at full@x2's total cost" in md
+    assert "arm **full@xN**" in md
+
+
 def test_seeds_without_a_ledger_and_a_running_reference(cost_bench: Path):
     reg = cost_bench / "unreliable-rewards"
     set_rounds(reg / Z / "seed-0", cost=None)  # recorded before the ledger: no tokens, wall time still counts
@@ -280,7 +327,7 @@ def test_seeds_without_a_ledger_and_a_running_reference(cost_bench: Path):
     for s in range(3):  # full still running (2 of 3 rounds): no full target, no budget, the rest still reported
         truncate(reg / "full" / f"seed-{s}", 2)
     tta, rows = _tta(cost_bench)
-    assert list(tta["targets"]) == ["random"] and tta["budget"] == {"seconds": None, "tokens": None}
+    assert list(tta["targets"]) == ["random"] and tta["budgets"] == {"full": {"seconds": None, "tokens": None}}
     md = bench_report(cost_bench).read_text()
     assert "| s to full" not in md and "| accuracy at full's" not in md and f"- {Z} at full's total cost" not in md
     assert "| s to random (0.360) |" in md

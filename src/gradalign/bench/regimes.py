@@ -91,8 +91,9 @@ class BenchPlan:
 
     def config(self, regime: str, method: str, seed: int):
         from ..config import RunConfig
-        return RunConfig.of(**{**PRESETS[self.preset], **self.overrides, "scenario": regime, **arm(method),
-                            "seed": seed, "output_dir": str(self.cell(regime, method, seed))})
+        base = {**PRESETS[self.preset], **self.overrides}
+        return RunConfig.of(**{**base, "scenario": regime, **arm(method, base["rounds"]), "seed": seed,
+                               "output_dir": str(self.cell(regime, method, seed))})
 
 
 # Named variants of a method's schedule, run as arms `METHOD@VARIANT` beside the method itself. The published round
@@ -105,7 +106,9 @@ class BenchPlan:
 # (`pad_steps: false`): a step with fewer of them is smaller instead of padded with proven noise; `teach-scaled` also
 # scales such a step's learning rate by its share of B (`scale_short_steps`), so that it moves the weights less too;
 # `teach-refill` fills a short step from up to two more draws of candidates instead (`max_draws`: DAPO's dynamic
-# sampling), so that its steps train on as many clean groups as `full`'s train on groups.
+# sampling), so that its steps train on as many clean groups as `full`'s train on groups. `xN` (any N >= 2) runs
+# the arm N times as many rounds: `full@x2` is plain GRPO given about the wall time of a method whose steps cost
+# twice full's, the equal-cost reference the report reads every method against (reports/bench_cost.py).
 LEAN_VALIDATION = {"validation_every": 2, "validation_rollouts": 4}
 VARIANTS: dict[str, dict] = {
     "batch": {"schedule": "batch"},
@@ -117,12 +120,15 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def arm(spec: str) -> dict:
-    """A benchmark arm's config fields: `METHOD` (as configured) or `METHOD@VARIANT` (e.g. gradalign@batch)."""
+def arm(spec: str, rounds: int = 1) -> dict:
+    """A benchmark arm's config fields: `METHOD` (as configured), `METHOD@VARIANT` (e.g. gradalign@batch) or
+    `METHOD@xN` (N times the benchmark's `rounds`)."""
     method, _, variant = spec.partition("@")
+    if variant.startswith("x") and variant[1:].isdigit() and int(variant[1:]) >= 2:
+        return {"method": method, "rounds": rounds * int(variant[1:])}
     if variant and variant not in VARIANTS:
         raise ValueError(f"bench regimes: unknown variant '@{variant}' in '{spec}' (choose from: "
-                         f"{', '.join('@' + v for v in VARIANTS)})")
+                         f"{', '.join('@' + v for v in VARIANTS)}, or @xN: N >= 2 times the rounds)")
     return {"method": method, **VARIANTS.get(variant, {})}
 
 
@@ -141,7 +147,8 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
                + [r for r in regimes if r not in REGIMES + REAL_MODEL_REGIMES])
     if unknown:
         raise ValueError(f"bench regimes: unknown method or regime '{unknown[0]}' (methods: {', '.join(REGISTRY)}, "
-                         f"each optionally @{'/@'.join(VARIANTS)}; regimes: {', '.join(REGIMES + REAL_MODEL_REGIMES)})")
+                         f"each optionally @{'/@'.join(VARIANTS)} or @xN; regimes: "
+                         f"{', '.join(REGIMES + REAL_MODEL_REGIMES)})")
     overrides: dict = {}
     if args.config:
         overrides = {k: v for k, v in RunConfig.yaml_values(args.config).items()

@@ -3,7 +3,8 @@ wall-time split) and time to accuracy, on both cost axes (`cost.AXES`: wall time
 tokens with selection's included):
 - the cost at which a method reaches a reference's final accuracy for good (`cost.lasting_crossing`), per seed and
   on the seed-mean curve, with how many seeds reached it;
-- its accuracy at full's mean total cost (`cost.accuracy_at_cost`).
+- its accuracy at full's mean total cost (`cost.accuracy_at_cost`), and at that of plain GRPO run longer (`full@xN`
+  arms, `bench regimes`) where one ran: the equal-cost reading for a method whose steps cost more than full's.
 
 Pure functions of the finished cells, like `bench_stats`; nothing here formats or draws.
 """
@@ -13,8 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..curriculum.records import time_split
-from .bench_stats import (REFERENCES, Stats, final_accuracy, final_stats, mean_curve, paired_stats, reference_thresholds,
-                          seed_stats)
+from .bench_stats import REFERENCES, Stats, final_accuracy, final_stats, mean_curve, paired_stats, seed_stats
 from .bench_views import RegimeView
 from .cost import AXES, accuracy_at_cost, cost_curve, lasting_crossing, run_cost
 from .summary import RunView
@@ -24,6 +24,7 @@ TIME_STATS = ("rollouts", "scoring", "training")
 # whose final accuracy is timed
 TARGETS = tuple(ref for ref in ("full", "random", "nonzero-variance") if ref in REFERENCES)
 BUDGET = "full"  # the method at whose total cost every method's accuracy is read
+LONGER = BUDGET + "@x"  # BUDGET run N times as long (arm `full@xN`): timed to and read at, like BUDGET
 
 SeedCurve = tuple[list[int], list[float], list[float]]  # (GRPO steps, cumulative cost, test accuracy)
 
@@ -84,11 +85,17 @@ def accuracy_at(curves: Sequence[SeedCurve], budget: float | None) -> Stats:
     return seed_stats(accuracy_at_cost(c, a, budget) for _, c, a in curves)
 
 
-def paired_at_budget(regime: RegimeView, method: str, axis: str) -> Stats:
-    """Seed by seed: `method`'s accuracy at the same seed's BUDGET total cost minus that seed's BUDGET final
+def longer_references(methods: Sequence[str]) -> list[str]:
+    """The `full@xN` arms among `methods`, shortest first."""
+    return sorted((m for m in methods if m.startswith(LONGER) and m[len(LONGER):].isdigit()),
+                  key=lambda m: int(m[len(LONGER):]))
+
+
+def paired_at_budget(regime: RegimeView, method: str, axis: str, budget: str = BUDGET) -> Stats:
+    """Seed by seed: `method`'s accuracy at the same seed's `budget` total cost minus that seed's `budget` final
     accuracy (`paired_stats` over the seeds both finished and can count `axis`): whether, on its own data, a
-    method had BUDGET's result by the time BUDGET had spent its whole run."""
-    ref, runs = regime.finished_by_seed(BUDGET), regime.finished_by_seed(method)
+    method had `budget`'s result by the time `budget` had spent its whole run."""
+    ref, runs = regime.finished_by_seed(budget), regime.finished_by_seed(method)
     at, finals = {}, {}
     for seed in set(ref) & set(runs):
         ref_costs, costs = cost_curve(ref[seed].rounds, axis), cost_curve(runs[seed].rounds, axis)
@@ -100,23 +107,25 @@ def paired_at_budget(regime: RegimeView, method: str, axis: str) -> Stats:
 
 def time_to_accuracy(regime: RegimeView, methods: Sequence[str]) -> dict:
     """The regime's time to accuracy over finished seeds:
-    - `targets`: ref → its seed-mean final accuracy (TARGETS run with finished seeds only);
+    - `targets`: ref → its seed-mean final accuracy (TARGETS and the `full@xN` arms, with finished seeds only);
     - `totals`: ref → axis → Stats of its total cost (the yardstick of "X% of full's wall time");
-    - `budget`: axis → full's mean total cost (None without finished `full` seeds); `budget_final`: full's final
-      accuracy Stats;
-    - `rows`: per method, `to[ref][axis]` (`crossing`), `at_budget[axis]` (accuracy Stats at the budget) and
-      `at_own_budget[axis]` (`paired_at_budget`)."""
-    finals = {ref: final_stats(regime.finished(ref)) for ref in TARGETS if ref in methods}
-    thresholds = reference_thresholds(finals)
-    targets = {ref: thresholds[ref] for ref in TARGETS if thresholds.get(ref) is not None}
+    - `budgets`: budget → axis → its mean total cost (None without finished seeds), for BUDGET and the `full@xN`
+      arms; `budget_finals`: budget → its final accuracy Stats;
+    - `rows`: per method, `to[ref][axis]` (`crossing`), `at_budget[budget][axis]` (accuracy Stats at the budget)
+      and `at_own_budget[budget][axis]` (`paired_at_budget`)."""
+    longer = longer_references(methods)
+    refs = [ref for ref in TARGETS if ref in methods] + longer
+    finals = {ref: final_stats(regime.finished(ref)) for ref in refs}
+    targets = {ref: finals[ref][0] for ref in refs if finals[ref][2]}
     curves = {m: {axis: seed_curves(regime.finished(m), axis) for axis in AXES} for m in methods}
     totals = {ref: {axis: total_cost(curves[ref][axis]) for axis in AXES} for ref in targets}
-    budget = {axis: totals[BUDGET][axis][0] if BUDGET in totals and totals[BUDGET][axis][2] else None
-              for axis in AXES}
+    budgets = {b: {axis: totals[b][axis][0] if b in totals and totals[b][axis][2] else None for axis in AXES}
+               for b in [BUDGET, *longer]}
     rows = [{"method": m, "seeds": len(regime.finished(m)),
              "to": {ref: {axis: crossing(curves[m][axis], t) for axis in AXES} for ref, t in targets.items()},
-             "at_budget": {axis: accuracy_at(curves[m][axis], budget[axis]) for axis in AXES},
-             "at_own_budget": {axis: paired_at_budget(regime, m, axis) for axis in AXES}}
+             "at_budget": {b: {axis: accuracy_at(curves[m][axis], cost[axis]) for axis in AXES}
+                           for b, cost in budgets.items()},
+             "at_own_budget": {b: {axis: paired_at_budget(regime, m, axis, b) for axis in AXES} for b in budgets}}
             for m in methods]
-    return {"targets": targets, "totals": totals, "budget": budget,
-            "budget_final": finals.get(BUDGET, seed_stats([])), "rows": rows}
+    return {"targets": targets, "totals": totals, "budgets": budgets,
+            "budget_finals": {b: finals.get(b, seed_stats([])) for b in budgets}, "rows": rows}

@@ -181,9 +181,9 @@ def _plot_accuracy_vs_cost(ax, regime: RegimeView, styles: dict, axis: str, tta:
         ax.fill_between(cost / scale, acc - std, acc + std, color=colour, alpha=0.12, linewidth=0)
     for ref, target in tta["targets"].items():
         ax.axhline(target, color=styles.get(ref, ("#444444", ""))[0], linestyle=":", linewidth=1.2)
-    if tta["budget"][axis] is not None:
-        ax.axvline(tta["budget"][axis] / scale, color=styles.get(BUDGET, ("#444444", ""))[0], linestyle="--",
-                   linewidth=1.0)
+    budget = tta["budgets"][BUDGET][axis]
+    if budget is not None:
+        ax.axvline(budget / scale, color=styles.get(BUDGET, ("#444444", ""))[0], linestyle="--", linewidth=1.0)
     if axis == "seconds":
         ax.set_xlabel(f"wall time ({unit}, mean cumulative, evaluation excluded)")
     else:

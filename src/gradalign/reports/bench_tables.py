@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from .bench_cost import BUDGET, TIME_STATS as COST_TIMES
+from .bench_cost import TIME_STATS as COST_TIMES
 from .bench_stats import DIAGNOSTIC_COLUMNS, REFERENCES, SHARES, TIMES, Stats, regime_rows
 from .bench_views import BenchView
 from .cost import AXES
@@ -135,13 +135,14 @@ def _crossing_text(axis: str, c: dict) -> str:
 
 def time_to_accuracy_cells(tta: dict) -> tuple[list[str], list[list[str]]]:
     """(header, cell rows) of a regime's time-to-accuracy table: per reference target, the cost to reach it for
-    good per seed and on the seed-mean curve; then the accuracy at the budget method's total cost."""
+    good per seed and on the seed-mean curve; then the accuracy at each budget method's total cost."""
     header = ["method"]
     for ref, target in tta["targets"].items():
         header += [f"s to {ref} ({target:.3f})", f"tokens to {ref}", f"mean curve to {ref}: s / tokens"]
-    budget = {axis: b for axis, b in tta["budget"].items() if b is not None}
-    header += [f"accuracy at {BUDGET}'s {AXES[axis]} ({_axis_value(axis, b)}{' s' if axis == 'seconds' else ''})"
-               for axis, b in budget.items()]
+    budgets = [(b, axis, cost) for b, costs in tta["budgets"].items() for axis, cost in costs.items()
+               if cost is not None]
+    header += [f"accuracy at {b}'s {AXES[axis]} ({_axis_value(axis, cost)}{' s' if axis == 'seconds' else ''})"
+               for b, axis, cost in budgets]
     body = []
     for r in tta["rows"]:
         cells = [r["method"]]
@@ -149,6 +150,6 @@ def time_to_accuracy_cells(tta: dict) -> tuple[list[str], list[list[str]]]:
             to = r["to"][ref]
             cells += [_crossing_text(axis, to[axis]) for axis in AXES]
             cells.append(" / ".join(_axis_value(axis, to[axis]["on_mean"]) for axis in AXES))
-        cells += [_stats_text(r["at_budget"][axis]) for axis in budget]
+        cells += [_stats_text(r["at_budget"][b][axis]) for b, axis, _ in budgets]
         body.append(cells)
     return header, body

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .bench_cost import BUDGET
 from .bench_stats import REFERENCES, Stats, beyond_spread, paired_beyond, paired_margin, paired_stats, spread_margin
 from .cost import AXES
 from .summary import format_count, format_seconds
@@ -174,8 +173,8 @@ def own_budget_clause(ref: str, own: dict) -> str:
 
 
 def time_to_accuracy_verdict(tta: dict) -> list[str]:
-    """Per reference target, each other method's cost to reach it; then each method's accuracy at the budget
-    method's total cost."""
+    """Per reference target, each other method's cost to reach it; then each method's accuracy at each budget
+    method's total cost (full's, and plain GRPO run longer where it ran)."""
     lines = []
     for ref, target in tta["targets"].items():
         never = []
@@ -186,8 +185,8 @@ def time_to_accuracy_verdict(tta: dict) -> list[str]:
                 never.append((row["method"], to[axes[0]]["seeds"]))
             lines.append(reach_sentence(row["method"], ref, target, to, totals))
         lines.append(never_sentence(ref, target, never))
-    for row in tta["rows"]:
-        if row["method"] != BUDGET:
-            lines.append(budget_sentence(row["method"], BUDGET, row["at_budget"], tta["budget"], tta["budget_final"],
-                                         row["at_own_budget"]))
+    for budget, costs in tta["budgets"].items():
+        for row in (r for r in tta["rows"] if r["method"] != budget):
+            lines.append(budget_sentence(row["method"], budget, row["at_budget"][budget], costs,
+                                         tta["budget_finals"][budget], row["at_own_budget"][budget]))
     return [line for line in lines if line]

@@ -60,7 +60,9 @@ COST_HOW_TO_READ = (
     "accuracy per round). **Accuracy at full's cost** is each seed's accuracy interpolated at full's mean total cost "
     "(its final accuracy if its run cost less). The verdicts compare a crossing's cost with the reference's total "
     "cost, and the accuracy at full's cost with full's final accuracy, by the same seed-spread rule; and seed by "
-    "seed, each seed's accuracy at that seed's own full cost against that seed's full final."
+    "seed, each seed's accuracy at that seed's own full cost against that seed's full final. Where plain GRPO also "
+    "ran N times as long (arm **full@xN**), it is a reference like full: timed to, and read at its cost, which "
+    "compares a method whose steps cost more than full's with plain GRPO given the same time."
 )
 
 DIAGNOSTICS_LEGEND = (
@@ -145,7 +147,7 @@ def _cost_blocks(regime: RegimeView, methods: Sequence[str], cost_plot: Path | N
                             f"finished seeds yet."))
     else:
         blocks += [("p", f"**Time to accuracy** ({regime.name}): cost to reach a reference's final accuracy for "
-                         f"good, and accuracy at full's total cost (*How to read this*)."),
+                         f"good, and accuracy at full's total cost (and full@xN's) (*How to read this*)."),
                    ("table", header, body)]
     verdicts = time_to_accuracy_verdict(tta)
     if verdicts:
