@@ -166,7 +166,8 @@ def test_new_cells_extend_an_existing_benchmark(tmp_path):
 
 def test_real_model_preset_defaults():
     """The SmolLM2 preset: the coin-flip arithmetic by default (the skewed mix on request), the default rule beside
-    the published one, its batch arms and the three references, 3 seeds, k = 8 so clean problems vary."""
+    the published one, its batch arms, the three references and plain GRPO for twice the steps, 3 seeds, k = 8 so
+    clean problems vary."""
     import argparse
 
     from gradalign.bench.regimes import add_regimes_parser, plan_from_args
@@ -176,7 +177,8 @@ def test_real_model_preset_defaults():
     assert plan.regimes == ["smollm2-coin"] and plan.seeds == [0, 1, 2]
     assert set(plan.methods) == {"gradalign-lfdr", "gradalign", "random", "nonzero-variance", "full",
                                  "consistent@batch", "gradalign-lfdr@batch-lean", "gradalign-lfdr@teach",
-                                 "gradalign-lfdr@teach-refill"}
+                                 "gradalign-lfdr@teach-refill", "full@x2"}
+    assert plan.config("smollm2-coin", "full@x2", 0).rounds == 2 * plan.config("smollm2-coin", "full", 0).rounds
     lean = plan.config("smollm2-coin", "gradalign-lfdr@batch-lean", 0)
     assert (lean.method, lean.schedule, lean.validation_every, lean.validation_rollouts) == ("gradalign-lfdr", "batch",
                                                                                            2, 4)
