@@ -177,7 +177,7 @@ def test_real_model_preset_defaults():
     assert plan.regimes == ["smollm2-coin"] and plan.seeds == [0, 1, 2]
     assert set(plan.methods) == {"gradalign-lfdr", "gradalign", "random", "nonzero-variance", "full",
                                  "consistent@batch", "gradalign-lfdr@batch-lean", "gradalign-lfdr@teach",
-                                 "gradalign-lfdr@teach-refill", "full@x2"}
+                                 "gradalign-lfdr@teach-refill", "full@x2", "consistent@teach-refill"}
     assert plan.config("smollm2-coin", "full@x2", 0).rounds == 2 * plan.config("smollm2-coin", "full", 0).rounds
     lean = plan.config("smollm2-coin", "gradalign-lfdr@batch-lean", 0)
     assert (lean.method, lean.schedule, lean.validation_every, lean.validation_rollouts) == ("gradalign-lfdr", "batch",

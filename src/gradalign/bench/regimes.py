@@ -64,11 +64,12 @@ STANDARD_METHODS = ["gradalign-lfdr", "gradalign", "gradalign-z", "learnalign", 
                     "full", "gradalign@batch", "gradalign-z@batch", "nonzero-variance@batch", "gradalign@lean",
                     "gradalign-z@lean"]
 DEFAULT_METHODS = {"quick": QUICK_METHODS, "standard": STANDARD_METHODS,  # full: every method of the registry
-                   # cheap first; unpadded batch steps paid on the clock there, refilled ones in accuracy, and
-                   # full@x2 is plain GRPO given the refilled arm's time (docs/benchmarks.md: a real LLM)
+                   # cheap first; unpadded batch steps paid on the clock there, refilled ones in accuracy;
+                   # full@x2 is plain GRPO given the refilled arm's time, consistent@teach-refill the refill
+                   # without gradients (docs/benchmarks.md: a real LLM)
                    "smollm2": ["full", "random", "consistent@batch", "gradalign-lfdr@teach",
                                "gradalign-lfdr@batch-lean", "gradalign-lfdr@teach-refill", "full@x2",
-                               "nonzero-variance", "gradalign-lfdr", "gradalign"],
+                               "consistent@teach-refill", "nonzero-variance", "gradalign-lfdr", "gradalign"],
                    "smollm2-gsm": ["gradalign", "gradalign-z", "random"]}
 DEFAULT_SEEDS = {"standard": 5, "smollm2-gsm": 2}  # the others: 3
 DEFAULT_REGIMES = {"smollm2": ["smollm2-coin"], "smollm2-gsm": ["gsm-symbolic"]}  # the others: PAPER_REGIMES
@@ -290,7 +291,7 @@ def add_regimes_parser(subparsers) -> argparse.ArgumentParser:
                              "the demo's sizes with every method; smollm2: SmolLM2-135M-Instruct on arithmetic with "
                              "coin-flip rewards (smollm2-coin; smollm2-skewed on request): full, random, consistent and "
                              "the default on the batch schedule, full for twice the steps, nonzero-variance, the "
-                             "default and gradalign, 3 seeds, about 1.7 hours a seed with --threads 2; "
+                             "default and gradalign, 3 seeds, about 2 hours a seed with --threads 2; "
                              "smollm2-gsm: SmolLM2-135M on gsm-symbolic word "
                              "problems with coin-flip rewards, gradalign, gradalign-z and random, 2 seeds, about 2 "
                              "hours (default: quick)")
