@@ -195,7 +195,7 @@ def test_time_to_accuracy_numbers(cost_bench: Path):
 
     # at full's 90 s z's runs have ended (60 s): their finals 0.47, 0.48, 0.44
     assert rows[Z]["at_budget"]["full"]["seconds"] == pytest.approx((np.mean([0.47, 0.48, 0.44]),
-                                                             np.std([0.47, 0.48, 0.44], ddof=1), 3))
+                                                                     np.std([0.47, 0.48, 0.44], ddof=1), 3))
     # at full's 3000 tokens: 1/14 of the way from round 1 (2800 tokens) to round 2 (5600)
     at_tokens = [a1 + (a2 - a1) / 14 for a1, a2, _ in Z_ACCS]
     assert at_tokens[1] == pytest.approx(0.40 + 0.06 / 14)
