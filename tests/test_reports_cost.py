@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gradalign.reports import bench_report, format_cost_table, method_rows, find_runs, report
-from gradalign.reports.bench_cost import cost_rows, time_to_accuracy
+from gradalign.reports.bench_cost import cost_rows, longer_references, time_to_accuracy
 from gradalign.reports.bench_views import load_bench
 from gradalign.reports.cost import accuracy_at_cost, cost_curve, lasting_crossing, run_cost
 from test_bench_report import PNG_MAGIC, make_cell
@@ -286,6 +286,9 @@ def test_plain_grpo_run_longer_is_a_reference_and_a_budget(cost_bench: Path):
     assert list(tta["targets"]) == ["full", "random", "full@x2"]
     assert tta["targets"]["full@x2"] == pytest.approx(0.42)
     assert tta["budgets"]["full@x2"] == pytest.approx({"seconds": 180.0, "tokens": 6000.0})
+    # only plain GRPO run N >= 2 times as long is a reference, the longest last (10 after 3, not as text)
+    assert longer_references(["full@x10", Z, "full@x1", "random@x2", "full@x3", "full@xx", "full"]) == [
+        "full@x3", "full@x10"]
     # z stays at or above 0.42 from round 1 on seeds 0 and 2 (20 s) and from round 2 on seed 1 (40 s)
     z = rows[Z]["to"]["full@x2"]["seconds"]
     assert (z["reached"], z["seeds"]) == (3, 3) and z["cost"][0] == pytest.approx(80 / 3)
@@ -311,6 +314,14 @@ def test_plain_grpo_run_longer_is_a_reference_and_a_budget(cost_bench: Path):
             "full@x2 final: wall time Δ +0.043 ± 0.021, beyond its spread ±0.024;") in md
     assert "- full@x2 at full@x2's total cost" not in md and "- full at full@x2's total cost" in md
     assert "arm **full@xN**" in md
+    # the figure marks both budgets, full's 90 s and full@x2's 180 s (the same scale), dashed in each arm's colour
+    from matplotlib.figure import Figure
+    from gradalign.reports.bench_figures import _plot_accuracy_vs_cost, _styles
+    methods = [Z, "random", "full", "full@x2"]
+    styles, ax = _styles(methods, methods), Figure().subplots()
+    _plot_accuracy_vs_cost(ax, regime, styles, "seconds", tta)
+    dashed = {line.get_color(): line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"}
+    assert len(dashed) == 2 and dashed[styles["full@x2"][0]] == pytest.approx(2 * dashed[styles["full"][0]])
 
 
 def test_seeds_without_a_ledger_and_a_running_reference(cost_bench: Path):

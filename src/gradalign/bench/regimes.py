@@ -124,9 +124,10 @@ VARIANTS: dict[str, dict] = {
 def arm(spec: str, rounds: int = 1) -> dict:
     """A benchmark arm's config fields: `METHOD` (as configured), `METHOD@VARIANT` (e.g. gradalign@batch) or
     `METHOD@xN` (N times the benchmark's `rounds`)."""
+    from ..reports.bench_views import rounds_multiple
     method, _, variant = spec.partition("@")
-    if variant.startswith("x") and variant[1:].isdigit() and int(variant[1:]) >= 2:
-        return {"method": method, "rounds": rounds * int(variant[1:])}
+    if times := rounds_multiple(spec):
+        return {"method": method, "rounds": rounds * times}
     if variant and variant not in VARIANTS:
         raise ValueError(f"bench regimes: unknown variant '@{variant}' in '{spec}' (choose from: "
                          f"{', '.join('@' + v for v in VARIANTS)}, or @xN: N >= 2 times the rounds)")

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..curriculum.records import time_split
 from .bench_stats import REFERENCES, Stats, final_accuracy, final_stats, mean_curve, paired_stats, seed_stats
-from .bench_views import RegimeView
+from .bench_views import RegimeView, rounds_multiple
 from .cost import AXES, accuracy_at_cost, cost_curve, lasting_crossing, run_cost
 from .summary import RunView
 
@@ -24,7 +24,6 @@ TIME_STATS = ("rollouts", "scoring", "training")
 # whose final accuracy is timed
 TARGETS = tuple(ref for ref in ("full", "random", "nonzero-variance") if ref in REFERENCES)
 BUDGET = "full"  # the method at whose total cost every method's accuracy is read
-LONGER = BUDGET + "@x"  # BUDGET run N times as long (arm `full@xN`): timed to and read at, like BUDGET
 
 SeedCurve = tuple[list[int], list[float], list[float]]  # (GRPO steps, cumulative cost, test accuracy)
 
@@ -86,9 +85,9 @@ def accuracy_at(curves: Sequence[SeedCurve], budget: float | None) -> Stats:
 
 
 def longer_references(methods: Sequence[str]) -> list[str]:
-    """The `full@xN` arms among `methods`, shortest first."""
-    return sorted((m for m in methods if m.startswith(LONGER) and m[len(LONGER):].isdigit()),
-                  key=lambda m: int(m[len(LONGER):]))
+    """The `full@xN` arms among `methods` (N >= 2: plain GRPO run N times as long), shortest first."""
+    longer = [m for m in methods if m.partition("@")[0] == BUDGET and rounds_multiple(m)]
+    return sorted(longer, key=rounds_multiple)
 
 
 def paired_at_budget(regime: RegimeView, method: str, axis: str, budget: str = BUDGET) -> Stats:

@@ -13,7 +13,7 @@ import numpy as np
 from ..curriculum.records import is_number
 from ..fileio import atomic_path
 from ..selection.diagnostics import LABELS
-from .bench_cost import BUDGET, seed_curves, time_to_accuracy
+from .bench_cost import seed_curves, time_to_accuracy
 from .bench_stats import REGIME_LABEL, Curve, composition, mean_curve
 from .cost import AXES
 from .bench_views import RegimeView
@@ -166,7 +166,7 @@ def _count_unit(count: float) -> tuple[float, str]:
 
 def _plot_accuracy_vs_cost(ax, regime: RegimeView, styles: dict, axis: str, tta: dict) -> None:
     """Seed-mean accuracy (±std band) against seed-mean cumulative cost; the reference targets as horizontal lines
-    in their method's colour, the budget method's mean total cost as a vertical line."""
+    in their method's colour, each budget arm's mean total cost (full's, full@xN's) as a vertical line."""
     series = []
     for m, (colour, marker) in styles.items():
         curves = seed_curves(regime.started(m), axis)
@@ -181,9 +181,9 @@ def _plot_accuracy_vs_cost(ax, regime: RegimeView, styles: dict, axis: str, tta:
         ax.fill_between(cost / scale, acc - std, acc + std, color=colour, alpha=0.12, linewidth=0)
     for ref, target in tta["targets"].items():
         ax.axhline(target, color=styles.get(ref, ("#444444", ""))[0], linestyle=":", linewidth=1.2)
-    budget = tta["budgets"][BUDGET][axis]
-    if budget is not None:
-        ax.axvline(budget / scale, color=styles.get(BUDGET, ("#444444", ""))[0], linestyle="--", linewidth=1.0)
+    for arm, budget in tta["budgets"].items():  # full's and every full@xN's
+        if budget[axis] is not None:
+            ax.axvline(budget[axis] / scale, color=styles.get(arm, ("#444444", ""))[0], linestyle="--", linewidth=1.0)
     if axis == "seconds":
         ax.set_xlabel(f"wall time ({unit}, mean cumulative, evaluation excluded)")
     else:
@@ -196,7 +196,8 @@ def plot_regime_cost(regime: RegimeView, methods: Sequence[str], path: str | os.
                      dpi: int = 110) -> Path | None:
     """One PNG (atomically) for a regime's time to accuracy: accuracy against cumulative wall time and against
     cumulative generated tokens (that panel only when some cell recorded the ledger); dotted lines at the
-    references' final accuracy, dashed at full's mean total cost. None when no cell has started."""
+    references' final accuracy, dashed at the mean total cost of full (and of each full@xN). None when no cell has
+    started."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -213,7 +214,8 @@ def plot_regime_cost(regime: RegimeView, methods: Sequence[str], path: str | os.
         ax.grid(True, alpha=0.3)
         _legend(ax)
     fig.suptitle(f"regime: {regime.name}   ·   time to accuracy (dotted: final accuracy of "
-                 f"{' / '.join(tta['targets']) or 'the references'}; dashed: {BUDGET}'s total cost)", fontsize=11)
+                 f"{' / '.join(tta['targets']) or 'the references'}; dashed: total cost of "
+                 f"{' / '.join(tta['budgets'])})", fontsize=11)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)

@@ -20,6 +20,14 @@ from ..curriculum.records import has_rounds, is_number
 from .summary import RunView, load_run, read_json_object
 
 
+def rounds_multiple(arm: str) -> int | None:
+    """N for an arm `METHOD@xN` (METHOD run N >= 2 times the benchmark's rounds, e.g. `full@x2`), None for any
+    other arm (`@x1` included: it would be METHOD itself)."""
+    _, _, variant = arm.partition("@")
+    times = int(variant[1:]) if variant[:1] == "x" and variant[1:].isdigit() else 0
+    return times if times >= 2 else None
+
+
 def is_finished(run: RunView) -> bool:
     """All the rounds its config asks for are recorded (a config without `rounds`: any round is the end)."""
     wanted = run.config.get("rounds")
