@@ -52,20 +52,24 @@ def variant_fields(name: str) -> tuple[dict, int | None]:
 
 
 def select_once(cfg, sets, model, tokenizer, n_validation: int | None) -> dict:
-    """One round-0 selection of the pool's first chunk: its selection cost and diagnostics."""
+    """One round-0 selection of the pool's first chunk: its selection cost, diagnostics, and what they were computed
+    from (the eligible candidates' scores and, per label, which of them are good)."""
     from ..curriculum.round import RoundSelector
     from ..curriculum.setup import chunk_order, make_reward, round_seed
-    from ..selection.diagnostics import selection_diagnostics
+    from ..selection.diagnostics import good_labels, selection_diagnostics
     validation = sets.validation[:n_validation] if n_validation else sets.validation
     selector = RoundSelector(cfg, validation, make_reward(cfg))
     chunk = [sets.pool[i] for i in chunk_order(len(sets.pool), cfg.chunk_size, cfg.seed)[0]]
     sel = selector.select(model, tokenizer, chunk, round_seed(cfg.seed, 0))
     c = sel.candidates
+    validation_sources = {p.source for p in sets.validation}
     diagnostics = selection_diagnostics(chunk, c.pass_rate, c.completion_length, sel.scores, sel.eligible,
-                                        sel.selected, {p.source for p in sets.validation})
+                                        sel.selected, validation_sources)
+    eligible = np.asarray(sel.eligible, dtype=bool)
     generated = sel.ledger.generated
     return {"completions": generated["candidates"]["completions"] + generated["validation"]["completions"],
-            "labels": diagnostics["labels"]}
+            "labels": diagnostics["labels"], "scores": np.asarray(sel.scores, dtype=float)[eligible],
+            "good": {label: good[eligible] for label, good in good_labels(chunk, validation_sources).items()}}
 
 
 def run_savings(regimes: list[str], methods: list[str], variants: list[str], seeds: list[int],
